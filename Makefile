@@ -1,0 +1,30 @@
+# The two user-facing commands (see README):
+#   make demo   - set up .venv if needed, run the whole pipeline on the embedded demo corpus
+#   make test   - set up .venv if needed, run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.ssrl-installed
+CORES ?= all
+
+.PHONY: demo test venv clean-demo
+
+venv: $(STAMP)
+
+# Reinstall when the dependency list changes. The package is installed editable,
+# so source edits need no reinstall.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+demo: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES)
+	@echo
+	@echo "Results are under results/demo/ (tables in results/demo/tables/, plots in results/demo/plots/)."
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+clean-demo:
+	rm -rf results/demo .snakemake

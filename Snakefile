@@ -1,0 +1,27 @@
+# SSRL reproduction pipeline: DINO -> k-means pseudo labels -> SSRL, the iterative
+# clustering baseline, the WavLM systems, scoring and the result tables.
+#
+#   snakemake --cores all                                  # embedded demo (CPU, minutes)
+#   snakemake --profile slurm --cores all --configfile config/voxceleb.yaml
+#   snakemake results/demo/dino/model.pt --cores all       # one stage and what it needs
+
+from snakemake.utils import min_version, validate
+
+min_version("9.27")
+
+
+# The demo defaults; --configfile FILE is merged over them (config/voxceleb.yaml).
+configfile: f"{workflow.basedir}/config/config.yaml"
+
+
+validate(config, "config/schema.yaml")
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

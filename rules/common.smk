@@ -1,0 +1,68 @@
+# Path and resource helpers shared by every rule file.
+# Every path between stages is built here, so a rule file never spells a layout.
+
+import json
+import os
+import sys
+from pathlib import Path
+
+# Scripts import the library from this checkout (also inside conda envs and SLURM
+# jobs, which inherit the environment and re-read this file).
+# `python` in shell commands is the interpreter running Snakemake (e.g. .venv), unless
+# a conda env (--sdm conda) puts its own first.
+def _prepend_env_path(name, entry):
+    parts = os.environ.get(name, "").split(os.pathsep)
+    if parts[0] != entry:
+        os.environ.update({name: os.pathsep.join(filter(None, [entry, *parts]))})
+
+
+_prepend_env_path("PYTHONPATH", str(Path(workflow.basedir) / "src"))
+_prepend_env_path("PATH", str(Path(sys.executable).parent))
+
+RUN_DIR = f"results/{config['run']}"
+DATA_DIR = f"{RUN_DIR}/data"
+ENV = "../envs/ssrl.yaml"
+
+
+def run_path(*parts):
+    """A path under results/<run>/."""
+    return "/".join([RUN_DIR, *map(str, parts)])
+
+
+def sys_path(system, *parts):
+    """A path under results/<run>/<system>/ (a trained model and what derives from it)."""
+    return run_path(system, *parts)
+
+
+def log_path(name):
+    return run_path("logs", f"{name}.log")
+
+
+def bench_path(name):
+    return run_path("benchmarks", f"{name}.tsv")
+
+
+def as_json(obj):
+    """Hyper-parameters reach scripts as one JSON string through params:, so that
+    editing any of them reruns the stage (Snakemake tracks params changes)."""
+    return json.dumps(obj, sort_keys=True)
+
+
+def launcher(wildcards, threads, resources):
+    """Command prefix for a training/extraction script.
+
+    gpu >= 2: torchrun --standalone with one worker per GPU (OMP threads split
+    between workers); otherwise plain python on one device (CUDA if present).
+    """
+    gpus = int(resources.get("gpu", 0) or 0)
+    if gpus >= 2:
+        omp = max(1, int(threads) // gpus)
+        return f"OMP_NUM_THREADS={omp} torchrun --standalone --nproc_per_node={gpus}"
+    return f"OMP_NUM_THREADS={threads} python"
+
+
+def all_targets():
+    """The final targets of the workflow (the default target's inputs)."""
+    return [
+        f"{DATA_DIR}/train/wav.scp",
+    ]

@@ -1,0 +1,60 @@
+"""Shared test helpers: run the workflow in a scratch directory with a tiny config."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_CONFIG = REPO / "tests" / "config" / "tiny.yaml"
+
+sys.path.insert(0, str(REPO / "src"))
+
+
+def deep_update(base: dict, overrides: dict) -> dict:
+    """Recursively merge ``overrides`` into a copy of ``base``."""
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_update(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def write_config(path: Path, overrides: dict | None = None, base: Path | None = TINY_CONFIG) -> Path:
+    """Write a config file: ``base`` (default: the tiny test config) updated with ``overrides``."""
+    cfg = yaml.safe_load(base.read_text()) if base is not None and base.exists() else {}
+    cfg = deep_update(cfg or {}, overrides or {})
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def run_snakemake(workdir: Path, *args: str, configfile: Path | None = None, check: bool = True,
+                  timeout: float = 1200, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the repository's Snakefile with ``workdir`` as working directory.
+
+    Returns the completed process (stdout and stderr merged into ``stdout``).
+    """
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir)]
+    if configfile is not None:
+        cmd += ["--configfile", str(configfile)]
+    cmd += list(args)
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = subprocess.run(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=timeout, env=full_env, stdin=subprocess.DEVNULL)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-6000:]}")
+    return proc
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    d = tmp_path / "work"
+    d.mkdir()
+    return d
