@@ -1,0 +1,619 @@
+"""SSRL label machinery (SPEC 7 and 12): pseudo-label queues, relabelling, noisy-label modelling.
+
+Pure, vectorised building blocks for the SSRL trainer; nothing here trains.
+
+* Phases: :func:`relabel_start_epoch`, :func:`first_replace_epoch`, :func:`is_relabel_epoch`,
+  :func:`is_replace_epoch` map ``(epoch, E_fix, L)`` to what happens in that
+  epoch. Epoch indices are 0-based within one training run (a stage that
+  continues another's state, e.g. WavLM step 2-ft, counts from 0 again).
+* Labels: :func:`vote` (mode of a queue, ties to the oldest entry) and
+  :class:`LabelState` (queues, current labels, removed classes and p_clean of
+  every training utterance, with numpy ``state_dict`` for checkpoints).
+* Relabelling (torch, any device): :func:`relabel_logits` (teacher logits with
+  removed classes at -inf and, quirk Q2, the AAM margin on the current label),
+  :func:`sinkhorn` (optional SwAV-style balancing), :func:`relabel` (both,
+  giving the new labels), :func:`mask_removed` (the -inf mask for the student).
+* Noisy-label modelling: :func:`clean_probability` (2-component GMM on the log
+  teacher losses), :func:`weighted_ce` (the student loss), and for the logs
+  :func:`majority_label_correct` + :func:`clean_detector_stats`.
+
+An epoch of SSRL training uses them like this (``e`` = epoch index; numpy
+arrays on the host, tensors on the device; per-item arrays gathered over ranks)::
+
+    removed_t = torch.from_numpy(state.removed).to(device)         # refresh after replace()
+    ce = F.cross_entropy(mask_removed(student_logits, removed_t), labels_t, reduction="none")
+    loss = weighted_ce(ce, p_clean_t, nlm=True)                     # labels_t, p_clean_t from state[idx]
+    if is_relabel_epoch(e, e_fix, L):
+        new, t_logits = relabel(teacher_cos, labels_t, removed_t, scale=s, margin=m)
+        target = state.nlm_targets(idx, new.cpu().numpy(), replace_this_epoch=is_replace_epoch(e, e_fix))
+        t_loss = F.cross_entropy(t_logits, torch.from_numpy(target).to(device), reduction="none")
+    ... at the end of the epoch, with the epoch's (idx, new, t_loss) gathered:
+        state.append(idx, new)
+        state.update_p_clean(idx, t_loss)                           # NLM on
+        if is_replace_epoch(e, e_fix):
+            stats = state.replace()                                 # stats.num_live for the log
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, NamedTuple
+
+import numpy as np
+import torch
+
+FILL = -1
+"""Marks an empty queue slot (labels are >= 0)."""
+
+AllReduce = Callable[[torch.Tensor, str], None]
+"""In-place all-reduce over ranks: ``fn(tensor, op)`` with ``op`` in {"sum", "max"}."""
+
+
+# --------------------------------------------------------------------------- phases
+
+
+def relabel_start_epoch(e_fix: int, queue_len: int) -> int:
+    """First epoch index in which the teacher relabels: ``max(E_fix - (L // 2 + 1), 0)``.
+
+    With E_fix = 5, L = 5 this is 2, so the epochs 2, 3, 4 fill the queue (2 k-means
+    copies + 3 argmaxes = L entries) by the first replacement at the end of epoch 4.
+    A negative value (E_fix = 0, or L // 2 + 1 > E_fix) clamps to 0: relabel from the start.
+    """
+    _check_phase_args(e_fix, queue_len)
+    return max(e_fix - (queue_len // 2 + 1), 0)
+
+
+def first_replace_epoch(e_fix: int) -> int:
+    """First epoch index whose end replaces the labels: ``max(E_fix - 1, 0)``.
+
+    E_fix = 0 (WavLM step 2-ft: no label-fixed epochs) replaces at the end of every
+    epoch from epoch 0; no epoch index can be negative.
+    """
+    _check_phase_args(e_fix, 1)
+    return max(e_fix - 1, 0)
+
+
+def is_relabel_epoch(epoch: int, e_fix: int, queue_len: int) -> bool:
+    """Whether the teacher relabels (and the queue receives an entry) in ``epoch``."""
+    return epoch >= relabel_start_epoch(e_fix, queue_len)
+
+
+def is_replace_epoch(epoch: int, e_fix: int) -> bool:
+    """Whether the labels are replaced by the queue votes at the end of ``epoch``.
+
+    Every replacement epoch is also a relabelling epoch (``L // 2 + 1 >= 1``).
+    """
+    return epoch >= first_replace_epoch(e_fix)
+
+
+def _check_phase_args(e_fix: int, queue_len: int) -> None:
+    if e_fix < 0:
+        raise ValueError(f"E_fix (label-fixed epochs) must be >= 0, got {e_fix}")
+    if queue_len < 1:
+        raise ValueError(f"queue length must be >= 1, got {queue_len}")
+
+
+# --------------------------------------------------------------------------- voting
+
+
+def vote(queues: np.ndarray, fill: int = FILL) -> np.ndarray:
+    """Mode of each queue: ``(n_utts, L)`` int, oldest entry first -> ``(n_utts,)`` int.
+
+    Slots equal to ``fill`` are ignored wherever they are. Ties go to the value that
+    appears first in the queue (the oldest). A row with no entry gives ``fill``.
+    Vectorised over rows: O(n_utts * L^2) element operations, O(n_utts * L) memory.
+    """
+    q = np.asarray(queues)
+    if q.ndim != 2 or not np.issubdtype(q.dtype, np.integer):
+        raise ValueError(f"vote: queues must be a 2-D integer array, got shape {q.shape} dtype {q.dtype}")
+    n, length = q.shape
+    if length == 1:
+        return q[:, 0].copy()
+    valid = q != fill
+    # counts[:, j] = how many valid slots hold the value of slot j (0 for empty slots).
+    count_dtype = np.int8 if length < 128 else np.int32
+    counts = np.zeros((n, length), dtype=count_dtype)
+    for j in range(length):
+        col = q[:, j]
+        for k in range(length):
+            counts[:, j] += (q[:, k] == col) & valid[:, k]
+    counts *= valid
+    # argmax returns the first maximal slot: the oldest occurrence of the oldest most
+    # frequent value. An all-empty row has all-zero counts and picks slot 0 (= fill).
+    best = counts.argmax(axis=1)
+    return np.take_along_axis(q, best[:, None], axis=1)[:, 0]
+
+
+# --------------------------------------------------------------------------- label state
+
+
+@dataclass(frozen=True)
+class ReplaceStats:
+    """What one :meth:`LabelState.replace` did."""
+
+    num_live: int
+    """Classes held by at least one utterance after the replacement."""
+    num_newly_removed: int
+    """Classes removed by this replacement."""
+    num_changed: int
+    """Utterances whose label changed."""
+
+
+class LabelState:
+    """Pseudo-label state of all training utterances (SPEC 7).
+
+    Arrays (numpy, index = training item index):
+
+    * ``queues`` ``(n_utts, L)`` int64, oldest entry first, empty slots :data:`FILL`.
+      Entries are right-aligned: the newest is in the last column. Initially the
+      last ``L // 2`` slots hold the k-means label (for L = 1: an empty queue).
+    * ``labels`` ``(n_utts,)`` int64: the current labels, what the student trains on
+      and the margin (Q2) is applied to. They change only in :meth:`replace` (Q6).
+    * ``removed`` ``(n_classes,)`` bool: classes masked to -inf for student and
+      teacher. Initially none; grows in :meth:`replace`, never shrinks.
+    * ``p_clean`` ``(n_utts,)`` float32: NLM weights, initially 1.
+
+    Queue semantics: :meth:`append` adds one entry to the queue of each utterance it
+    names and drops the oldest entry beyond L; utterances not named (not seen in the
+    epoch) keep their queue unchanged, so their vote, and hence their label, does not
+    change at the next replacement. Votes ignore entries of removed classes (an old
+    queue entry cannot bring a removed class back), and an utterance whose queue has
+    no live entry keeps its current label.
+    """
+
+    def __init__(self, initial_labels: np.ndarray, n_classes: int | None = None, queue_len: int = 5):
+        labels = np.asarray(initial_labels)
+        if labels.ndim != 1 or labels.size == 0 or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"LabelState: initial labels must be a non-empty 1-D integer array, "
+                             f"got shape {labels.shape} dtype {labels.dtype}")
+        if queue_len < 1:
+            raise ValueError(f"LabelState: queue length must be >= 1, got {queue_len}")
+        if n_classes is None:
+            n_classes = int(labels.max()) + 1
+        bad = np.flatnonzero((labels < 0) | (labels >= n_classes))
+        if bad.size:
+            raise ValueError(f"LabelState: initial label {labels[bad[0]]} of item {bad[0]} is outside "
+                             f"[0, {n_classes}) ({bad.size} such items)")
+        self.labels = labels.astype(np.int64)
+        self.queues = np.full((labels.size, queue_len), FILL, dtype=np.int64)
+        n_init = queue_len // 2
+        if n_init:
+            self.queues[:, queue_len - n_init:] = self.labels[:, None]
+        self.removed = np.zeros(n_classes, dtype=bool)
+        self.p_clean = np.ones(labels.size, dtype=np.float32)
+        self.num_replacements = 0
+
+    @property
+    def n_utts(self) -> int:
+        return self.labels.size
+
+    @property
+    def queue_len(self) -> int:
+        return self.queues.shape[1]
+
+    @property
+    def n_classes(self) -> int:
+        return self.removed.size
+
+    @property
+    def num_live(self) -> int:
+        """Classes not removed."""
+        return int(self.n_classes - self.removed.sum())
+
+    # -- relabelling
+
+    def append(self, indices: np.ndarray, new_labels: np.ndarray) -> None:
+        """Append this epoch's teacher argmax ``new_labels`` (n,) to the queues of ``indices`` (n,).
+
+        Call once per relabelling epoch with everything relabelled in it, gathered
+        over ranks (calling per batch is the same as long as every utterance appears
+        once per epoch). A repeated index (a padded distributed sampler) appends its
+        last value once. New labels must be live classes.
+        """
+        idx, new = self._unique_items(indices, new_labels, "append")
+        if idx.size == 0:
+            return
+        q = self.queues
+        if self.queue_len > 1:
+            rows = np.zeros(self.n_utts, dtype=bool)
+            rows[idx] = True
+            # a whole-array select streams memory in order, unlike a gather/scatter by idx
+            q[:, :-1] = np.where(rows[:, None], q[:, 1:], q[:, :-1])
+        q[idx, -1] = new
+
+    def vote_after_append(self, indices: np.ndarray, new_labels: np.ndarray) -> np.ndarray:
+        """The label each queue would vote if ``new_labels`` were appended (no state change).
+
+        ``indices`` (n,), ``new_labels`` (n,) -> (n,) int64. Use it before :meth:`append`
+        of the same entries. Same vote rules as :meth:`replace`.
+        """
+        idx = self._check_indices(indices, "vote_after_append")
+        new = self._check_new_labels(new_labels, idx.size, "vote_after_append")
+        queues = np.concatenate([self.queues[idx, 1:], new[:, None]], axis=1)
+        return self._vote_live(queues, self.labels[idx])
+
+    def nlm_targets(self, indices: np.ndarray, new_labels: np.ndarray, replace_this_epoch: bool) -> np.ndarray:
+        """Targets of the per-utterance teacher loss for noisy-label modelling (SPEC 7).
+
+        In an epoch that ends with a replacement (:func:`is_replace_epoch`): the label
+        the queue votes once this epoch's argmax is appended, i.e. the label the
+        utterance will hold after this epoch's replacement. In the relabelling epochs
+        before the first replacement epoch: the argmax ``new_labels`` itself.
+        """
+        if replace_this_epoch:
+            return self.vote_after_append(indices, new_labels)
+        idx = self._check_indices(indices, "nlm_targets")
+        return self._check_new_labels(new_labels, idx.size, "nlm_targets").copy()
+
+    def replace(self) -> ReplaceStats:
+        """End-of-epoch label replacement: labels <- queue votes; unheld classes become removed."""
+        new_labels = self._vote_live(self.queues, self.labels)
+        num_changed = int(np.count_nonzero(new_labels != self.labels))
+        self.labels = new_labels
+        held = np.bincount(new_labels, minlength=self.n_classes).astype(bool)
+        newly = int(np.count_nonzero(~held & ~self.removed))
+        self.removed |= ~held
+        self.num_replacements += 1
+        return ReplaceStats(num_live=self.num_live, num_newly_removed=newly, num_changed=num_changed)
+
+    def update_p_clean(self, indices: np.ndarray, teacher_losses: np.ndarray, **gmm: Any) -> np.ndarray:
+        """Refit noisy-label modelling on one epoch's teacher losses and store p_clean.
+
+        ``indices`` (n,) with ``teacher_losses`` (n,) from :meth:`nlm_targets` targets;
+        utterances not named keep their p_clean. ``gmm`` goes to
+        :func:`clean_probability`. Returns the new p_clean of the (deduplicated) items.
+        """
+        idx, losses = self._unique_items(indices, teacher_losses, "update_p_clean", labels=False)
+        p = clean_probability(losses, **gmm)
+        self.p_clean[idx] = p
+        return p
+
+    # -- checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        """Numpy arrays and ints (copies) for a checkpoint."""
+        return {
+            "queues": self.queues.copy(),
+            "labels": self.labels.copy(),
+            "removed": self.removed.copy(),
+            "p_clean": self.p_clean.copy(),
+            "num_replacements": int(self.num_replacements),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output; sizes must match this state's (n_utts, L, n_classes).
+
+        CPU torch tensors are accepted in place of the arrays (``torch.load`` with
+        ``weights_only=True`` refuses numpy arrays; store ``torch.from_numpy`` copies).
+        """
+        expected = {
+            "queues": ((self.n_utts, self.queue_len), np.integer),
+            "labels": ((self.n_utts,), np.integer),
+            "removed": ((self.n_classes,), np.bool_),
+            "p_clean": ((self.n_utts,), np.floating),
+        }
+        missing = [k for k in [*expected, "num_replacements"] if k not in state]
+        if missing:
+            raise ValueError(f"LabelState.load_state_dict: missing keys {missing}")
+        arrays = {}
+        for key, (shape, kind) in expected.items():
+            arr = np.asarray(state[key])
+            if arr.shape != shape or not np.issubdtype(arr.dtype, kind):
+                raise ValueError(f"LabelState.load_state_dict: state['{key}'] has shape {arr.shape} dtype "
+                                 f"{arr.dtype}, expected shape {shape} of {kind.__name__}")
+            arrays[key] = arr
+        for key, allowed_below in (("queues", FILL), ("labels", 0)):
+            arr = arrays[key]
+            bad = (arr >= self.n_classes) | ((arr < 0) & (arr != allowed_below))
+            if bad.any():
+                raise ValueError(f"LabelState.load_state_dict: state['{key}'] holds labels outside "
+                                 f"[0, {self.n_classes})")
+        self.queues = arrays["queues"].astype(np.int64)
+        self.labels = arrays["labels"].astype(np.int64)
+        self.removed = arrays["removed"].copy()
+        self.p_clean = arrays["p_clean"].astype(np.float32)
+        self.num_replacements = int(state["num_replacements"])
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> "LabelState":
+        """A state rebuilt from :meth:`state_dict` output alone (sizes taken from it)."""
+        queues = np.asarray(state["queues"])
+        if queues.ndim != 2:
+            raise ValueError(f"LabelState.from_state_dict: state['queues'] must be 2-D, got shape {queues.shape}")
+        out = cls(np.zeros(queues.shape[0], dtype=np.int64), n_classes=np.asarray(state["removed"]).size,
+                  queue_len=queues.shape[1])
+        out.load_state_dict(state)
+        return out
+
+    # -- helpers
+
+    def _vote_live(self, queues: np.ndarray, current: np.ndarray) -> np.ndarray:
+        """Vote ``queues`` (n, L) ignoring removed classes; rows without a live entry keep ``current``."""
+        valid = queues != FILL
+        live = valid & ~self.removed[np.where(valid, queues, 0)]
+        voted = vote(np.where(live, queues, FILL))
+        return np.where(voted == FILL, current, voted)
+
+    def _check_indices(self, indices: np.ndarray, where: str) -> np.ndarray:
+        idx = np.asarray(indices)
+        if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
+            raise ValueError(f"LabelState.{where}: indices must be a 1-D integer array, "
+                             f"got shape {idx.shape} dtype {idx.dtype}")
+        bad = np.flatnonzero((idx < 0) | (idx >= self.n_utts))
+        if bad.size:
+            raise ValueError(f"LabelState.{where}: index {idx[bad[0]]} is outside [0, {self.n_utts})")
+        return idx
+
+    def _check_new_labels(self, new_labels: np.ndarray, n: int, where: str) -> np.ndarray:
+        new = np.asarray(new_labels)
+        if new.shape != (n,) or not np.issubdtype(new.dtype, np.integer):
+            raise ValueError(f"LabelState.{where}: new labels must be ({n},) integers, "
+                             f"got shape {new.shape} dtype {new.dtype}")
+        bad = np.flatnonzero((new < 0) | (new >= self.n_classes))
+        if bad.size:
+            raise ValueError(f"LabelState.{where}: new label {new[bad[0]]} (position {bad[0]}) is outside "
+                             f"[0, {self.n_classes})")
+        dead = np.flatnonzero(self.removed[new])
+        if dead.size:
+            raise ValueError(f"LabelState.{where}: new label {new[dead[0]]} (position {dead[0]}) is a removed "
+                             f"class ({dead.size} such labels); mask removed classes before the argmax")
+        return new.astype(np.int64, copy=False)
+
+    def _unique_items(self, indices: np.ndarray, values: np.ndarray, where: str,
+                      labels: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Validate and deduplicate ``(indices, values)``, keeping each index's last value."""
+        idx = self._check_indices(indices, where)
+        if labels:
+            vals = self._check_new_labels(values, idx.size, where)
+        else:
+            vals = np.asarray(values)
+            if vals.shape != idx.shape:
+                raise ValueError(f"LabelState.{where}: values of shape {vals.shape} do not match "
+                                 f"indices of shape {idx.shape}")
+        if idx.size < 2 or np.bincount(idx, minlength=self.n_utts).max() < 2:
+            return idx, vals
+        # Last occurrence of each index: first occurrence in the reversed arrays.
+        _, first_rev = np.unique(idx[::-1], return_index=True)
+        keep = idx.size - 1 - first_rev
+        return idx[keep], vals[keep]
+
+
+# --------------------------------------------------------------------------- relabelling (torch)
+
+
+def mask_removed(logits: torch.Tensor, removed: torch.Tensor | np.ndarray | None) -> torch.Tensor:
+    """``logits`` (batch, n_classes) with the columns of ``removed`` (n_classes,) bool set to -inf."""
+    if removed is None:
+        return logits
+    removed = torch.as_tensor(removed, dtype=torch.bool, device=logits.device)
+    if logits.dim() != 2 or removed.shape != (logits.shape[1],):
+        raise ValueError(f"mask_removed: logits {tuple(logits.shape)} and removed mask {tuple(removed.shape)} "
+                         f"do not match (batch, n_classes) / (n_classes,)")
+    return logits.masked_fill(removed, float("-inf"))
+
+
+def relabel_logits(cosine: torch.Tensor, current_labels: torch.Tensor,
+                   removed: torch.Tensor | np.ndarray | None, scale: float, margin: float,
+                   margin_quirk: bool = True) -> torch.Tensor:
+    """Teacher relabelling logits (SPEC 7): (batch, n_classes) float32.
+
+    ``cosine`` (batch, n_classes): cosines between the L2-normalised teacher
+    embeddings and the L2-normalised AAM weight rows (any device/dtype). Logits are
+    ``scale * cos``; with ``margin_quirk`` (Q2, the reference behaviour) the logit of
+    each item's ``current_labels`` (batch,) class is the AAM training logit
+    ``scale * cos(theta + margin)``, or ``scale * (cos - sin(pi - margin) * margin)``
+    where ``cos <= cos(pi - margin)``. Removed classes are -inf.
+    """
+    if cosine.dim() != 2 or current_labels.shape != (cosine.shape[0],):
+        raise ValueError(f"relabel_logits: cosine {tuple(cosine.shape)} must be (batch, n_classes) and labels "
+                         f"{tuple(current_labels.shape)} (batch,)")
+    cos = cosine.float()
+    logits = scale * cos
+    if margin_quirk:
+        target = current_labels.long().unsqueeze(1)
+        cos_t = cos.gather(1, target).clamp(-1.0, 1.0)
+        sin_t = (1.0 - cos_t * cos_t).clamp_min(0.0).sqrt()
+        phi = cos_t * math.cos(margin) - sin_t * math.sin(margin)
+        phi = torch.where(cos_t > math.cos(math.pi - margin), phi, cos_t - math.sin(math.pi - margin) * margin)
+        logits = logits.scatter(1, target, scale * phi)
+    return mask_removed(logits, removed)
+
+
+def sinkhorn(scores: torch.Tensor, n_iters: int = 3, epsilon: float = 0.05,
+             removed: torch.Tensor | np.ndarray | None = None,
+             all_reduce: AllReduce | None = None) -> torch.Tensor:
+    """SwAV-style Sinkhorn-Knopp balancing of (batch, n_classes) scores -> (batch, n_classes) assignments.
+
+    Starting from ``exp(scores / epsilon)``, each iteration rescales every live class
+    to equal total mass over the batch, then every item to equal mass; the result is
+    returned with each row summing to 1 (``n_iters = 0`` gives ``softmax(scores /
+    epsilon)``). Its argmax gives the balanced labels. Removed classes (``removed``
+    (n_classes,) bool) get 0 and do not count. SwAV applies it to cosine
+    similarities with epsilon = 0.05 (:func:`relabel` passes ``logits / scale``).
+    Computed in the log domain, so any score scale is safe.
+
+    Under DDP the class totals must be taken over the global batch: pass
+    ``all_reduce`` (see :func:`distributed_all_reduce`), which is called with the
+    per-class max and sum (n_classes,) and the batch size; every rank then returns
+    the rows of its own items. Without it the local batch is balanced on its own.
+    """
+    if scores.dim() != 2:
+        raise ValueError(f"sinkhorn: scores must be (batch, n_classes), got {tuple(scores.shape)}")
+    if n_iters < 0 or epsilon <= 0:
+        raise ValueError(f"sinkhorn: need n_iters >= 0 and epsilon > 0, got {n_iters}, {epsilon}")
+    log_q = scores.float() / epsilon
+    n_live = scores.shape[1]
+    if removed is not None:
+        removed = torch.as_tensor(removed, dtype=torch.bool, device=scores.device)
+        log_q = mask_removed(log_q, removed)
+        n_live = int(scores.shape[1] - int(removed.sum()))
+        if n_live == 0:
+            raise ValueError("sinkhorn: every class is removed")
+    batch = torch.tensor(float(scores.shape[0]), dtype=torch.float64, device=scores.device)
+    if all_reduce is not None:
+        all_reduce(batch, "sum")
+    log_batch, log_live = math.log(float(batch)), math.log(n_live)
+    for _ in range(n_iters):
+        # classes: total mass 1 / n_live each over the (global) batch
+        col_max = log_q.max(dim=0).values
+        if all_reduce is not None:
+            all_reduce(col_max, "max")
+        col_max = torch.where(torch.isfinite(col_max), col_max, torch.zeros_like(col_max))
+        col_sum = torch.exp(log_q - col_max).sum(dim=0)
+        if all_reduce is not None:
+            all_reduce(col_sum, "sum")
+        col_lse = torch.where(col_sum > 0, col_max + col_sum.log(), torch.zeros_like(col_sum))
+        log_q = log_q - col_lse - log_live
+        # items: total mass 1 / batch each
+        log_q = log_q - torch.logsumexp(log_q, dim=1, keepdim=True) - log_batch
+    return torch.softmax(log_q, dim=1)
+
+
+def distributed_all_reduce(group: Any = None) -> AllReduce:
+    """An :data:`AllReduce` over ``torch.distributed`` (initialised by the caller) for :func:`sinkhorn`."""
+    import torch.distributed as dist
+
+    ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
+
+    def reduce(tensor: torch.Tensor, op: str) -> None:
+        dist.all_reduce(tensor, op=ops[op], group=group)
+
+    return reduce
+
+
+class Relabelled(NamedTuple):
+    labels: torch.Tensor
+    """(batch,) int64 new labels (the teacher's argmax, after Sinkhorn when on)."""
+    logits: torch.Tensor
+    """(batch, n_classes) float32 relabelling logits (:func:`relabel_logits`), for the NLM teacher loss."""
+
+
+def relabel(cosine: torch.Tensor, current_labels: torch.Tensor, removed: torch.Tensor | np.ndarray | None,
+            scale: float, margin: float, margin_quirk: bool = True, sinkhorn_iters: int = 0,
+            epsilon: float = 0.05, all_reduce: AllReduce | None = None) -> Relabelled:
+    """Online clustering step of SPEC 7: teacher cosines (batch, n_classes) -> new labels + logits.
+
+    ``sinkhorn_iters = 0`` (the default configuration) takes the argmax of
+    :func:`relabel_logits`; otherwise the argmax of :func:`sinkhorn` applied to
+    ``logits / scale`` (the margin-adjusted cosines) with ``epsilon``.
+    """
+    logits = relabel_logits(cosine, current_labels, removed, scale, margin, margin_quirk)
+    if sinkhorn_iters > 0:
+        assign = sinkhorn(logits / scale, sinkhorn_iters, epsilon, removed, all_reduce)
+        return Relabelled(assign.argmax(dim=1), logits)
+    return Relabelled(logits.argmax(dim=1), logits)
+
+
+# --------------------------------------------------------------------------- noisy-label modelling
+
+
+def clean_probability(teacher_losses: np.ndarray, max_iter: int = 500, tol: float = 1e-5, seed: int = 0,
+                      min_points: int = 10) -> np.ndarray:
+    """p_clean (n,) float32 in [0, 1] from per-utterance teacher losses (n,) (SPEC 7, NLM).
+
+    x = log(loss + 1e-12); lo = max(0.1th percentile of x, -20), hi = 99.9th
+    percentile; a 2-component 1-D Gaussian mixture (scikit-learn, ``max_iter``,
+    ``tol``, ``random_state=seed``) is fitted to the x within [lo, hi]; x is clipped
+    to [lo, hi] and p_clean is the posterior of the component with the smaller mean.
+
+    Degenerate input gives p_clean = 1 for every item (nothing can be called noisy):
+    fewer than ``min_points`` losses, or fewer than ``min_points`` of them or fewer
+    than 2 distinct values within [lo, hi] (e.g. all losses equal, or all below
+    e^-20 so that hi < lo). Losses must be finite and >= 0.
+    """
+    from sklearn.mixture import GaussianMixture
+
+    losses = np.asarray(teacher_losses, dtype=np.float64)
+    if losses.ndim != 1:
+        raise ValueError(f"clean_probability: teacher losses must be 1-D, got shape {losses.shape}")
+    bad = np.flatnonzero(~np.isfinite(losses) | (losses < 0))
+    if bad.size:
+        raise ValueError(f"clean_probability: loss {losses[bad[0]]} at position {bad[0]} is not finite and >= 0 "
+                         f"({bad.size} such losses)")
+    ones = np.ones(losses.size, dtype=np.float32)
+    if losses.size < min_points:
+        return ones
+    x = np.log(losses + 1e-12)
+    lo = max(float(np.percentile(x, 0.1)), -20.0)
+    hi = float(np.percentile(x, 99.9))
+    fit_x = x[(x >= lo) & (x <= hi)]
+    if fit_x.size < min_points or np.ptp(fit_x) == 0:
+        return ones
+    gmm = GaussianMixture(n_components=2, max_iter=max_iter, tol=tol, random_state=seed)
+    gmm.fit(fit_x[:, None])
+    clean = int(np.argmin(gmm.means_[:, 0]))
+    post = gmm.predict_proba(np.clip(x, lo, hi)[:, None])[:, clean]
+    return np.clip(post, 0.0, 1.0).astype(np.float32)
+
+
+def weighted_ce(per_item_ce: torch.Tensor, p_clean: torch.Tensor, nlm: bool = True) -> torch.Tensor:
+    """Student loss from per-item CE (batch,): sum(p * CE) / sum(p) with NLM, else mean(CE).
+
+    A batch whose p_clean are all 0 gives loss 0 (with zero gradient). Under DDP this
+    is the local batch's weighted mean, and DDP averages the gradients over ranks.
+    """
+    if not nlm:
+        return per_item_ce.mean()
+    if p_clean.shape != per_item_ce.shape:
+        raise ValueError(f"weighted_ce: p_clean {tuple(p_clean.shape)} does not match CE {tuple(per_item_ce.shape)}")
+    p = p_clean.to(device=per_item_ce.device, dtype=per_item_ce.dtype)
+    total = p.sum()
+    return (p * per_item_ce).sum() / torch.where(total > 0, total, torch.ones_like(total))
+
+
+def majority_label_correct(pseudo_labels: np.ndarray, true_labels: np.ndarray) -> np.ndarray:
+    """Whether each pseudo label is "correct": (n,) ints + (n,) speaker ids -> (n,) bool.
+
+    A pseudo label is correct when the majority true speaker of its cluster (the
+    utterances currently holding that label) is the utterance's speaker; several
+    clusters may map to one speaker. This many-to-one mapping is the one behind
+    purity (SPEC 6); a one-to-one Hungarian mapping would call every utterance of a
+    pure but surplus cluster noisy whenever clusters outnumber speakers (K = 8000 vs
+    5,994 speakers). Ties between speakers go to the smallest speaker id (sorted).
+    """
+    pseudo = np.asarray(pseudo_labels)
+    true = np.asarray(true_labels)
+    if pseudo.ndim != 1 or pseudo.shape != true.shape:
+        raise ValueError(f"majority_label_correct: pseudo {pseudo.shape} and true {true.shape} must be equal 1-D")
+    if pseudo.size == 0:
+        return np.zeros(0, dtype=bool)
+    _, cluster = np.unique(pseudo, return_inverse=True)
+    speakers, spk = np.unique(true, return_inverse=True)
+    pair = cluster.astype(np.int64) * speakers.size + spk
+    pairs, counts = np.unique(pair, return_counts=True)
+    pair_cluster, pair_spk = np.divmod(pairs, speakers.size)
+    # per cluster: the largest count, ties to the smallest speaker index
+    order = np.lexsort((pair_spk, -counts, pair_cluster))
+    first = np.ones(order.size, dtype=bool)
+    first[1:] = pair_cluster[order][1:] != pair_cluster[order][:-1]
+    majority = np.empty(cluster.max() + 1, dtype=np.int64)
+    majority[pair_cluster[order][first]] = pair_spk[order][first]
+    return majority[cluster] == spk
+
+
+def clean_detector_stats(p_clean: np.ndarray, label_correct: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """Quality of ``p_clean > threshold`` as a detector of correct labels (SPEC 7 logs).
+
+    Positive = predicted clean; actual positive = ``label_correct`` (e.g. from
+    :func:`majority_label_correct`). Returns counts ``tp``, ``fp``, ``tn``, ``fn`` and
+    rates ``tpr`` = tp/(tp+fn), ``fpr`` = fp/(fp+tn), ``tnr`` = 1 - fpr,
+    ``fnr`` = 1 - tpr (NaN where the class is empty).
+    """
+    p = np.asarray(p_clean)
+    correct = np.asarray(label_correct, dtype=bool)
+    if p.shape != correct.shape or p.ndim != 1:
+        raise ValueError(f"clean_detector_stats: p_clean {p.shape} and label_correct {correct.shape} "
+                         f"must be equal 1-D")
+    pred = p > threshold
+    tp = int(np.count_nonzero(pred & correct))
+    fp = int(np.count_nonzero(pred & ~correct))
+    tn = int(np.count_nonzero(~pred & ~correct))
+    fn = int(np.count_nonzero(~pred & correct))
+
+    def rate(num: int, den: int) -> float:
+        return num / den if den else float("nan")
+
+    return {"tp": tp, "fp": fp, "tn": tn, "fn": fn,
+            "tpr": rate(tp, tp + fn), "fpr": rate(fp, fp + tn),
+            "tnr": rate(tn, fp + tn), "fnr": rate(fn, tp + fn)}
