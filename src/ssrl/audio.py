@@ -1,0 +1,263 @@
+"""Audio input/output and the waveform preprocessing of SPEC 2.
+
+Every waveform in the library is a 16 kHz (``ssrl.SAMPLE_RATE``) mono float32
+numpy array of shape ``(samples,)``.
+
+* Reading: WAV/FLAC (and the other formats libsndfile knows) through
+  ``soundfile``; ``.m4a``/``.aac``/``.mp4`` (VoxCeleb2) through PyAV (FFmpeg).
+  Multi-channel audio is mixed to mono by the mean over channels; other sample
+  rates are resampled to 16 kHz with ``scipy.signal.resample_poly`` (polyphase
+  FIR, Kaiser window: exact rational ratio, e.g. 44.1 kHz -> 16 kHz is
+  up 160 / down 441; output length ``ceil(n * up / down)``), numpy only so data
+  workers need no torch threads.
+* Preprocessing for every network input (SPEC 2): :func:`random_crop` ->
+  augmentation (``ssrl.augment``) -> :func:`peak_normalise` ->
+  :func:`pre_emphasis`.
+
+Unreadable, empty, missing or non-finite audio raises :class:`AudioError`
+whose message starts with the file path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import soundfile as sf
+from scipy.signal import resample_poly
+
+from . import SAMPLE_RATE
+from .fileio import atomic_path
+
+PYAV_SUFFIXES = frozenset({".m4a", ".aac", ".mp4"})
+"""Suffixes decoded with PyAV (FFmpeg); everything else goes through soundfile."""
+
+_WRITE_FORMATS = {".flac": "FLAC", ".wav": "WAV"}
+
+
+class AudioError(ValueError):
+    """Unreadable or unusable audio; the message starts with the file path."""
+
+
+def _check_file(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"{path}: no such audio file")
+    return path
+
+
+def _uses_pyav(path: Path) -> bool:
+    return path.suffix.lower() in PYAV_SUFFIXES
+
+
+def _to_mono(frames: np.ndarray) -> np.ndarray:
+    """``(samples, channels)`` -> ``(samples,)`` float32 by the mean over channels."""
+    if frames.shape[1] == 1:
+        return np.ascontiguousarray(frames[:, 0], dtype=np.float32)
+    return frames.mean(axis=1, dtype=np.float64).astype(np.float32)
+
+
+def resample(x: np.ndarray, orig_sr: int, new_sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Resample ``(samples,)`` from ``orig_sr`` to ``new_sr`` Hz (polyphase, scipy).
+
+    Returns float32 of length ``ceil(samples * new_sr / orig_sr)``; unchanged
+    (same object) when the rates are equal.
+    """
+    if orig_sr == new_sr:
+        return x
+    if orig_sr <= 0 or new_sr <= 0:
+        raise ValueError(f"sample rates must be positive, got {orig_sr} -> {new_sr}")
+    g = math.gcd(int(orig_sr), int(new_sr))
+    return resample_poly(x, int(new_sr) // g, int(orig_sr) // g).astype(np.float32, copy=False)
+
+
+@contextlib.contextmanager
+def _soundfile(path: Path) -> Iterator[sf.SoundFile]:
+    """Open ``path`` with soundfile; libsndfile errors (open or read) become AudioError."""
+    try:
+        with sf.SoundFile(str(path)) as fh:
+            yield fh
+    except (sf.SoundFileError, RuntimeError, OSError, TypeError) as err:
+        raise AudioError(f"{path}: cannot read audio ({err})") from err
+
+
+def _read_frames(fh: sf.SoundFile, frames: int) -> np.ndarray:
+    """Read ``frames`` frames at the current position -> ``(frames, channels)`` float32."""
+    return fh.read(frames, dtype="float32", always_2d=True)
+
+
+def _read_pyav(path: Path) -> tuple[np.ndarray, int]:
+    """Decode the first audio stream with PyAV -> (``(samples, channels)`` float32, rate)."""
+    import av  # FFmpeg bindings; imported here since only m4a/aac/mp4 need them
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise AudioError(f"{path}: no audio stream")
+            stream = container.streams.audio[0]
+            # Planar float at the native layout and rate: one ndarray row per channel.
+            converter = av.AudioResampler(format="fltp")
+            chunks: list[np.ndarray] = []
+            for frame in container.decode(stream):
+                chunks.extend(out.to_ndarray() for out in converter.resample(frame))
+            chunks.extend(out.to_ndarray() for out in converter.resample(None))
+            sr = int(stream.rate or stream.codec_context.sample_rate)
+    except av.FFmpegError as err:
+        raise AudioError(f"{path}: cannot decode audio ({err})") from err
+    if not chunks:
+        return np.zeros((0, 1), dtype=np.float32), sr
+    return np.concatenate(chunks, axis=1).T.astype(np.float32, copy=False), sr
+
+
+def load_audio(path: str | os.PathLike, max_seconds: float | None = None) -> np.ndarray:
+    """Read a whole file -> ``(samples,)`` float32 mono at 16 kHz.
+
+    ``max_seconds`` keeps only the first ``round(max_seconds * 16000)`` samples
+    (soundfile formats read only that part). Raises :class:`AudioError` for a
+    missing, unreadable, empty (zero samples) or non-finite file.
+    """
+    path = _check_file(path)
+    if _uses_pyav(path):
+        frames, sr = _read_pyav(path)
+    else:
+        with _soundfile(path) as fh:
+            sr, limit = fh.samplerate, fh.frames
+            if max_seconds is not None:
+                limit = min(limit, math.ceil(max_seconds * sr) + 1)
+            frames = _read_frames(fh, limit)
+    if frames.shape[0] == 0:
+        raise AudioError(f"{path}: empty audio (zero samples)")
+    x = resample(_to_mono(frames), sr)
+    if max_seconds is not None:
+        x = x[: max(1, round(max_seconds * SAMPLE_RATE))]
+    if not np.isfinite(x).all():
+        raise AudioError(f"{path}: audio contains NaN or infinite samples")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def audio_duration(path: str | os.PathLike) -> float:
+    """Duration in seconds from the header (soundfile) or container metadata (PyAV).
+
+    An empty file gives 0.0; falls back to decoding when a container does not
+    state its duration. Raises :class:`AudioError` for a missing/unreadable file.
+    """
+    path = _check_file(path)
+    if not _uses_pyav(path):
+        with _soundfile(path) as fh:
+            return fh.frames / fh.samplerate
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise AudioError(f"{path}: no audio stream")
+            stream = container.streams.audio[0]
+            if stream.duration is not None and stream.time_base is not None:
+                return float(stream.duration * stream.time_base)
+            if container.duration is not None:
+                return container.duration / av.time_base
+    except av.FFmpegError as err:
+        raise AudioError(f"{path}: cannot read audio header ({err})") from err
+    frames, sr = _read_pyav(path)
+    return frames.shape[0] / sr
+
+
+def _crop_offset(length: int, num_samples: int, rng: np.random.Generator) -> int:
+    """The one random draw of a crop: offset in ``[0, length - num_samples]``, or in
+    ``[0, length)`` (a start point in the tiled signal) when the signal is shorter."""
+    if length >= num_samples:
+        return int(rng.integers(0, length - num_samples + 1))
+    return int(rng.integers(0, length))
+
+
+def _tile(x: np.ndarray, offset: int, num_samples: int) -> np.ndarray:
+    return x[(offset + np.arange(num_samples)) % x.shape[0]]
+
+
+def random_crop(x: np.ndarray, num_samples: int, rng: np.random.Generator) -> np.ndarray:
+    """A ``(num_samples,)`` float32 crop of ``x`` at a random offset (SPEC 2 step 1).
+
+    ``x`` at least ``num_samples`` long: offset uniform in ``[0, len - num_samples]``.
+    Shorter: ``x`` is repeated end to end and the crop starts at a uniform
+    offset in ``[0, len)``, i.e. ``y[i] = x[(offset + i) % len]``. One draw from ``rng``.
+    """
+    if num_samples <= 0:
+        raise ValueError(f"crop length must be positive, got {num_samples}")
+    if x.ndim != 1 or x.shape[0] == 0:
+        raise ValueError(f"random_crop expects a non-empty (samples,) array, got shape {x.shape}")
+    offset = _crop_offset(x.shape[0], num_samples, rng)
+    if x.shape[0] >= num_samples:
+        return np.array(x[offset: offset + num_samples], dtype=np.float32)
+    return _tile(x, offset, num_samples).astype(np.float32, copy=False)
+
+
+def read_random_crop(path: str | os.PathLike, num_samples: int, rng: np.random.Generator) -> np.ndarray:
+    """``random_crop(load_audio(path), num_samples, rng)`` reading only the crop when possible.
+
+    16 kHz soundfile formats (WAV, FLAC: MUSAN, RIRs, prepared VoxCeleb) seek to
+    the drawn offset and decode ``num_samples`` frames; other rates and PyAV
+    formats load the whole file. Same draw and same result as
+    :func:`random_crop` on the loaded file.
+    """
+    path = _check_file(path)
+    if num_samples <= 0:
+        raise ValueError(f"crop length must be positive, got {num_samples}")
+    if not _uses_pyav(path):
+        with _soundfile(path) as fh:
+            if fh.samplerate == SAMPLE_RATE and fh.frames > num_samples:
+                offset = _crop_offset(fh.frames, num_samples, rng)
+                fh.seek(offset)
+                frames = _read_frames(fh, num_samples)
+                if frames.shape[0] != num_samples:
+                    raise AudioError(f"{path}: header says {fh.frames} samples but reading "
+                                     f"{num_samples} at offset {offset} returned {frames.shape[0]}")
+                x = _to_mono(frames)
+                if not np.isfinite(x).all():
+                    raise AudioError(f"{path}: audio contains NaN or infinite samples")
+                return x
+    return random_crop(load_audio(path), num_samples, rng)
+
+
+def peak_normalise(x: np.ndarray) -> np.ndarray:
+    """``x / max|x|`` as float32 (SPEC 2 step 3); an all-zero signal is returned unchanged."""
+    x = np.asarray(x, dtype=np.float32)
+    peak = float(np.max(np.abs(x))) if x.size else 0.0
+    if peak == 0.0:
+        return x.copy()
+    return x / np.float32(peak)
+
+
+def pre_emphasis(x: np.ndarray, coef: float = 0.97) -> np.ndarray:
+    """``y[n] = x[n] - coef * x[n-1]``, ``y[0] = x[0]`` (SPEC 2 step 4); float32, same shape."""
+    x = np.asarray(x, dtype=np.float32)
+    y = x.copy()
+    y[1:] -= np.float32(coef) * x[:-1]
+    return y
+
+
+def write_audio(path: str | os.PathLike, x: np.ndarray, sample_rate: int = SAMPLE_RATE,
+                subtype: str = "PCM_16") -> None:
+    """Write ``(samples,)`` (or ``(samples, channels)``) audio atomically; FLAC or WAV by extension.
+
+    ``subtype`` is a soundfile subtype (``PCM_16``, ``PCM_24``; WAV also
+    ``FLOAT``). Integer subtypes require samples within [-1, 1] (libsndfile
+    would otherwise clip silently).
+    """
+    path = Path(path)
+    fmt = _WRITE_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise AudioError(f"{path}: cannot write audio with suffix {path.suffix!r} (use .flac or .wav)")
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim not in (1, 2) or x.shape[0] == 0:
+        raise AudioError(f"{path}: expected non-empty (samples,) or (samples, channels) audio, got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise AudioError(f"{path}: refusing to write NaN or infinite samples")
+    if subtype.startswith("PCM") and float(np.max(np.abs(x))) > 1.0:
+        raise AudioError(f"{path}: samples exceed [-1, 1] (peak {float(np.max(np.abs(x))):.3f}); "
+                         f"normalise first or write WAV with subtype='FLOAT'")
+    with atomic_path(path) as tmp:
+        sf.write(str(tmp), x, sample_rate, subtype=subtype, format=fmt)
