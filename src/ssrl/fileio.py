@@ -15,6 +15,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -29,6 +32,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    # mkstemp creates the file 0600; give it the permissions a plain open() would.
+    os.chmod(tmp_path, 0o666 & ~_UMASK)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
