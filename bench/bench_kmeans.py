@@ -1,0 +1,96 @@
+"""Benchmark of k-means pseudo labelling at VoxCeleb2 scale (SPEC 6).
+
+Synthetic embeddings (speaker centres + noise, 5,994 speakers per 1,092,009 points,
+scaled with n) are clustered into K = 8000 by ssrl.cluster.kmeans with a fixed number
+of Lloyd iterations. Each size runs in its own process so that its peak RSS
+(resource.getrusage) is its own. Prints, per size: wall time of the clustering,
+seconds per iteration (wall, and CPU time summed over threads: on a shared machine
+CPU s/iter divided by the core count estimates the unloaded wall time), iterations
+run, peak RSS, inertia, NMI against the synthetic speakers; with --sklearn also
+scikit-learn's KMeans (Lloyd, random init, same K and iterations) on the first size.
+Target for 1.09M x 512, K = 8000: < 15 min on 2 cores and < 24 GB.
+
+    python bench/bench_kmeans.py                           # 100k only (a few minutes)
+    python bench/bench_kmeans.py --sizes 100000 300000 1090000 --sklearn   # the full set
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+SPEAKERS_PER_POINT = 5994 / 1_092_009
+
+
+def synthetic(n: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(n, dim) float32 points around max(2, n * 5994 / 1092009) random speaker centres."""
+    rng = np.random.default_rng(seed)
+    n_spk = max(2, round(n * SPEAKERS_PER_POINT))
+    centres = rng.standard_normal((n_spk, dim), dtype=np.float32)
+    spk = rng.integers(0, n_spk, n)
+    x = rng.standard_normal((n, dim), dtype=np.float32)
+    x *= 1.5
+    x += centres[spk]
+    return x, spk
+
+
+def run_one(args: argparse.Namespace) -> dict:
+    """One measurement in this process -> dict printed as JSON."""
+    x, spk = synthetic(args.one, args.dim)
+    t0, c0 = time.perf_counter(), time.process_time()
+    if args.impl == "ssrl":
+        from ssrl.cluster import kmeans
+
+        res = kmeans(x, args.k, seed=0, max_iter=args.max_iter, progress=True)
+        n_iter, inertia, labels = res.n_iter, res.inertia, res.labels
+    else:
+        from sklearn.cluster import KMeans
+
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        km = KMeans(n_clusters=args.k, init="random", n_init=1, max_iter=args.max_iter, tol=0.0,
+                    algorithm="lloyd", random_state=0).fit(x)
+        n_iter, inertia, labels = int(km.n_iter_), float(km.inertia_), km.labels_
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    from ssrl.cluster import cluster_quality
+
+    return {"impl": args.impl, "n": args.one, "k": args.k, "dim": args.dim, "seconds": seconds, "n_iter": n_iter,
+            "s_per_iter": seconds / n_iter, "cpu_s_per_iter": cpu / n_iter, "inertia": inertia,
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            "nmi": cluster_quality(labels, spk)["nmi"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[100_000])
+    ap.add_argument("--k", type=int, default=8000)
+    ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--max-iter", type=int, default=10, help="Lloyd iterations (runs stop only at convergence earlier)")
+    ap.add_argument("--sklearn", action="store_true", help="also time scikit-learn KMeans on the first size")
+    ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--impl", choices=["ssrl", "sklearn"], default="ssrl", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        print(json.dumps(run_one(args)), flush=True)
+        return
+
+    jobs = [("ssrl", n) for n in args.sizes] + ([("sklearn", args.sizes[0])] if args.sklearn else [])
+    print(f"k-means K={args.k}, dim {args.dim}, max_iter {args.max_iter}")
+    for impl, n in jobs:
+        cmd = [sys.executable, __file__, "--one", str(n), "--impl", impl, "--k", str(args.k), "--dim", str(args.dim),
+               "--max-iter", str(args.max_iter)]
+        out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
+        r = json.loads(out.strip().splitlines()[-1])
+        print(f"  {r['impl']:7s} n={r['n']:>9,d}: {r['seconds']:8.1f} s  "
+              f"({r['s_per_iter']:.2f} s/iter x {r['n_iter']}, "
+              f"CPU {r['cpu_s_per_iter']:.2f} s/iter)  peak RSS {r['peak_rss_gb']:.2f} GB  inertia {r['inertia']:.1f}  "
+              f"NMI {r['nmi']:.4f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

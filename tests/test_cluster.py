@@ -1,0 +1,213 @@
+"""ssrl.cluster: k-means (SPEC 6) and pseudo-label quality; the kmeans script and rule."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+
+import numpy as np
+import pytest
+
+from conftest import REPO, run_snakemake, write_config
+from ssrl.cluster import cluster_means, cluster_quality, kmeans, normalise_rows
+from ssrl.fileio import read_json, write_embeddings
+from ssrl.manifest import read_labels, write_utt2spk
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(name, REPO / "workflow" / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def blobs(n_blobs, per_blob, dim, spread, seed):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(n_blobs, dim))
+    x = np.repeat(centers, per_blob, axis=0) + spread * rng.normal(size=(n_blobs * per_blob, dim))
+    return x.astype(np.float32), np.repeat(np.arange(n_blobs), per_blob)
+
+
+# --------------------------------------------------------------------------- quality
+
+
+def test_quality_hand_example():
+    # clusters: 0 = {a, a, b}, 1 = {b, b}, 2 = {c}
+    q = cluster_quality([0, 0, 0, 1, 1, 2], ["a", "a", "b", "b", "b", "c"])
+    assert q["accuracy"] == pytest.approx(5 / 6)                # 0->a (2), 1->b (2), 2->c (1)
+    assert q["purity"] == pytest.approx((2 / 3 + 1 + 1) / 3)    # per-cluster mean, not size-weighted
+    # NMI by hand: H(true) = H(pred) = H(1/2, 1/3, 1/6); MI from the joint counts
+    h = -(0.5 * math.log(0.5) + 1 / 3 * math.log(1 / 3) + 1 / 6 * math.log(1 / 6))
+    mi = 1 / 3 * math.log(2) + 1 / 6 * math.log(2 / 3) + 1 / 3 * math.log(2) + 1 / 6 * math.log(6)
+    assert q["nmi"] == pytest.approx(mi / h)
+    assert (q["n_clusters"], q["n_speakers"]) == (3, 3)
+
+
+def test_quality_accuracy_is_one_to_one():
+    # majority mapping would map both clusters to speaker a (accuracy 1); one-to-one gives 3/4
+    q = cluster_quality([0, 0, 1, 1], ["a", "a", "a", "b"])
+    assert q["accuracy"] == pytest.approx(3 / 4)
+    assert q["purity"] == pytest.approx((1 + 1 / 2) / 2)
+    # more clusters than speakers: unmatched clusters count as wrong; every cluster is pure
+    q = cluster_quality([7, 3, 5, 9], ["a", "a", "b", "b"])
+    assert q["accuracy"] == pytest.approx(0.5) and q["purity"] == 1.0
+    assert q["nmi"] == pytest.approx(math.log(2) / ((math.log(2) + math.log(4)) / 2))
+    assert q["n_clusters"] == 4
+    # relabelled perfect clustering
+    q = cluster_quality([5, 5, 2, 2, 9], ["x", "x", "y", "y", "z"])
+    assert q == {"nmi": pytest.approx(1.0), "accuracy": 1.0, "purity": 1.0, "n_clusters": 3, "n_speakers": 3}
+    with pytest.raises(ValueError, match="equal length"):
+        cluster_quality([0, 1], ["a"])
+
+
+# --------------------------------------------------------------------------- k-means
+
+
+def reference_lloyd(x, k, seed, max_iter):
+    """Plain numpy Lloyd with the documented init (k distinct rows from default_rng([seed, 0]))."""
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    c = x[np.sort(np.random.default_rng([seed, 0]).choice(len(x), size=k, replace=False))].astype(np.float64)
+    labels = None
+    for _ in range(max_iter):
+        new = np.argmin(((x[:, None, :] - c[None]) ** 2).sum(-1), axis=1)
+        if labels is not None and np.array_equal(new, labels):
+            break
+        labels = new
+        for j in range(k):
+            if (labels == j).any():
+                c[j] = x[labels == j].mean(axis=0)
+    return labels, c
+
+
+def test_kmeans_matches_reference_lloyd():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 8)).astype(np.float32)
+    for max_iter in (3, 100):
+        res = kmeans(x, 12, seed=7, max_iter=max_iter, progress=False)
+        labels, centers = reference_lloyd(x.astype(np.float64), 12, 7, max_iter)
+        np.testing.assert_array_equal(res.labels, labels)
+        np.testing.assert_allclose(res.centers, centers, atol=1e-6)
+        assert res.labels.dtype == np.int64 and res.centers.dtype == np.float32
+    assert not kmeans(x, 12, seed=7, max_iter=3, progress=False).converged
+    res = kmeans(x, 12, seed=7, max_iter=100, progress=False)
+    assert res.converged and res.n_iter < 100
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    assert res.inertia == pytest.approx(((xn - res.centers[res.labels]) ** 2).sum(), rel=1e-5)
+
+
+def test_kmeans_recovers_separated_blobs_and_is_deterministic():
+    x, truth = blobs(3, 40, 16, 0.05, seed=1)
+    # random init puts all three seeds in different blobs with probability 2/9 per init;
+    # the lowest-inertia init of 40 is the right partition.
+    res = kmeans(x, 3, seed=0, n_init=40, progress=False)
+    q = cluster_quality(res.labels, truth)
+    assert q["accuracy"] == 1.0 and q["nmi"] == pytest.approx(1.0)
+    again = kmeans(x, 3, seed=0, n_init=40, progress=False)
+    np.testing.assert_array_equal(res.labels, again.labels)
+    np.testing.assert_array_equal(res.centers, again.centers)
+    # centers are the (not re-normalised) means of the normalised points
+    xn = normalise_rows(x)
+    for j in range(3):
+        np.testing.assert_allclose(res.centers[j], xn[res.labels == j].mean(axis=0), atol=1e-6)
+    assert np.all(np.linalg.norm(res.centers, axis=1) < 1.0)
+    # k = n: every point its own cluster, zero inertia
+    res = kmeans(x[:10], 10, progress=False)
+    assert sorted(res.labels.tolist()) == list(range(10)) and res.inertia == pytest.approx(0.0, abs=1e-10)
+
+
+def test_empty_clusters_keep_their_center():
+    # 3 distinct directions, k = 5: at least two initial centers coincide and one of each such pair
+    # never wins a point; it keeps its initial center (a copy of a data point).
+    base = np.eye(4, dtype=np.float32)[:3]
+    x = np.repeat(base, 10, axis=0)
+    res = kmeans(x, 5, seed=0, progress=False)
+    assert len(np.unique(res.labels)) == 3
+    for j in range(3):
+        assert len(np.unique(res.labels[j * 10:(j + 1) * 10])) == 1
+    for center in res.centers:
+        assert np.isclose(np.abs(base - center).sum(axis=1), 0, atol=1e-6).any()
+    # cluster_means directly
+    prev = np.full((3, 2), 9.0, dtype=np.float32)
+    means = cluster_means(np.array([[1, 0], [0, 1], [1, 1]], dtype=np.float32), np.array([0, 0, 2]), prev)
+    np.testing.assert_allclose(means, [[0.5, 0.5], [9, 9], [1, 1]])
+
+
+def test_kmeans_rejects_bad_input():
+    x = np.ones((5, 3), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"k must be in \[1, 5\]"):
+        kmeans(x, 6, progress=False)
+    x[3, 1] = np.inf
+    with pytest.raises(ValueError, match="first row 3"):
+        kmeans(x, 2, progress=False)
+    x[3] = 0
+    with pytest.raises(ValueError, match="row 3 is all zeros"):
+        kmeans(x, 2, progress=False)
+
+
+# --------------------------------------------------------------------------- script and rule
+
+
+def make_train_set(tmp_path, n_spk=4, per_spk=6, dim=8, seed=2):
+    x, truth = blobs(n_spk, per_spk, dim, 0.05, seed)
+    utts = [f"spk{s}-u{i}" for i, s in enumerate(truth)]
+    write_embeddings(tmp_path / "train.npz", utts, x)
+    write_utt2spk(tmp_path / "utt2spk", {u: f"spk{s}" for u, s in zip(utts, truth)})
+    return utts, x
+
+
+def test_kmeans_script_outputs(tmp_path):
+    utts, x = make_train_set(tmp_path)
+    out = tmp_path / "out"
+    load_script("kmeans").main([
+        "--emb", str(tmp_path / "train.npz"), "--k", "5", "--utt2spk", str(tmp_path / "utt2spk"),
+        "--hparams", json.dumps({"max_iter": 50, "seed": 0, "n_init": 4}),
+        "--labels", str(out / "labels.txt"), "--centers", str(out / "centers.npy"),
+        "--quality", str(out / "quality.json"), "--plot", str(out / "sizes.png")])
+    labels = read_labels(out / "labels.txt")
+    assert list(labels) == utts and set(labels.values()) <= set(range(5))
+    centers = np.load(out / "centers.npy")
+    assert centers.shape == (5, 8) and centers.dtype == np.float32
+    q = read_json(out / "quality.json")
+    assert q["k"] == 5 and q["n_utts"] == 24 and sum(q["sizes"]) == 24 and len(q["sizes"]) == 5
+    assert q["n_clusters"] == 5 - q["n_empty"] and q["n_speakers"] == 4
+    for key in ("nmi", "accuracy", "purity", "n_iter", "inertia", "seconds", "size_median"):
+        assert key in q
+    assert q["purity"] == 1.0                        # 5 clusters over 4 tight blobs: none mixes two
+    assert (out / "sizes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_kmeans_script_names_bad_utterance(tmp_path):
+    utts, x = make_train_set(tmp_path)
+    x[7, 2] = np.nan
+    write_embeddings(tmp_path / "train.npz", utts, x)
+    args = ["--emb", str(tmp_path / "train.npz"), "--k", "3",
+            "--hparams", json.dumps({"max_iter": 5, "seed": 0, "n_init": 1}),
+            "--labels", str(tmp_path / "l.txt"), "--centers", str(tmp_path / "c.npy"),
+            "--quality", str(tmp_path / "q.json"), "--plot", str(tmp_path / "p.png")]
+    with pytest.raises(SystemExit, match=rf"train\.npz: 1 embedding\(s\) contain NaN/inf, first '{utts[7]}'"):
+        load_script("kmeans").main(args)
+    assert not (tmp_path / "l.txt").exists()
+    x[7, 2] = 0.5
+    write_embeddings(tmp_path / "train.npz", utts, x)
+    write_utt2spk(tmp_path / "utt2spk", {u: "spk" for u in utts[1:]})
+    with pytest.raises(SystemExit, match=rf"utt2spk: 1 of the 24 utterances in .* have no speaker, e.g. '{utts[0]}'"):
+        load_script("kmeans").main(args + ["--utt2spk", str(tmp_path / "utt2spk")])
+
+
+@pytest.mark.slow
+def test_kmeans_rule(workdir):
+    cfg = write_config(workdir / "config.yaml", {"kmeans": {"k": 5, "max_iter": 30, "seed": 0, "n_init": 2}})
+    data = workdir / "results" / "tiny"
+    (data / "dino" / "emb").mkdir(parents=True)
+    (data / "data" / "train").mkdir(parents=True)
+    make_train_set(workdir)
+    (workdir / "train.npz").rename(data / "dino" / "emb" / "train.npz")
+    (workdir / "utt2spk").rename(data / "data" / "train" / "utt2spk")
+    # (--configfile takes several values: the options go before the target)
+    run_snakemake(workdir, "--cores", "1", "--allowed-rules", "kmeans", "--printshellcmds",
+                  "results/tiny/dino/kmeans_k5/quality.json", configfile=cfg)
+    q = read_json(data / "dino" / "kmeans_k5" / "quality.json")
+    assert (q["k"], q["n_init"], q["max_iter"]) == (5, 2, 30)
+    assert (data / "dino" / "kmeans_k5" / "labels.txt").exists()
+    assert (data / "logs" / "kmeans" / "dino_k5.log").exists()

@@ -1,0 +1,139 @@
+"""k-means pseudo labels from train-set embeddings (SPEC 6).
+
+Writes
+  --labels   'utt label' per line (label in [0, k); labels of clusters that ended empty are unused)
+  --centers  (k, dim) float32 .npy: cluster means of the L2-normalised embeddings
+  --quality  JSON: k, n_utts, dim, n_iter, converged, inertia, seconds, device, seed, max_iter,
+             n_init, cluster-size statistics (n_clusters non-empty, n_empty, size_min/median/mean/max,
+             n_singletons, sizes: the k cluster sizes in label order) and, with --utt2spk, the
+             quality against the true speakers (nmi, accuracy, purity, n_speakers)
+  --plot     PNG histogram of cluster sizes (and of true speaker sizes with --utt2spk)
+
+Hyper-parameters (--hparams JSON): max_iter, seed, n_init.
+
+Example:
+  python workflow/scripts/kmeans.py --emb results/demo/dino/emb/train.npz --k 62 \\
+      --utt2spk results/demo/data/train/utt2spk --hparams '{"max_iter": 100, "seed": 0, "n_init": 1}' \\
+      --labels l.txt --centers c.npy --quality q.json --plot sizes.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ssrl.cluster import cluster_quality, kmeans  # noqa: E402
+from ssrl.fileio import atomic_path, read_embeddings, write_json  # noqa: E402
+from ssrl.manifest import ManifestError, read_utt2spk, write_labels  # noqa: E402
+
+HPARAMS = ("max_iter", "seed", "n_init")
+
+
+def parse_hparams(text: str) -> dict:
+    hp = json.loads(text)
+    if set(hp) != set(HPARAMS):
+        raise SystemExit(f"--hparams: expected keys {list(HPARAMS)}, got {sorted(hp)}")
+    for key in HPARAMS:
+        if not isinstance(hp[key], int) or isinstance(hp[key], bool):
+            raise SystemExit(f"--hparams: {key} must be an integer, got {hp[key]!r}")
+    return hp
+
+
+def size_stats(sizes: np.ndarray) -> dict:
+    """Statistics of the (k,) cluster sizes (empty clusters counted in n_empty, not in the rest)."""
+    used = sizes[sizes > 0]
+    return {
+        "n_clusters": int(len(used)),
+        "n_empty": int((sizes == 0).sum()),
+        "size_min": int(used.min()),
+        "size_median": float(np.median(used)),
+        "size_mean": float(used.mean()),
+        "size_max": int(used.max()),
+        "n_singletons": int((used == 1).sum()),
+        "sizes": sizes.tolist(),
+    }
+
+
+def plot_sizes(path: str, sizes: np.ndarray, speaker_sizes: np.ndarray | None, title: str) -> None:
+    used = sizes[sizes > 0]
+    top = int(max(used.max(), speaker_sizes.max() if speaker_sizes is not None else 0))
+    bins = np.linspace(0.5, top + 0.5, min(top, 60) + 1)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.hist(used, bins=bins, alpha=0.7, label=f"k-means clusters ({len(used)} non-empty)")
+    if speaker_sizes is not None:
+        ax.hist(speaker_sizes, bins=bins, alpha=0.5, label=f"true speakers ({len(speaker_sizes)})")
+    ax.set_xlabel("utterances per cluster")
+    ax.set_ylabel("clusters")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--emb", required=True, help="train-set embeddings (.npz: utts, embeddings)")
+    ap.add_argument("--k", type=int, required=True, help="number of clusters")
+    ap.add_argument("--utt2spk", help="true speakers of the embedded utterances, for quality metrics only")
+    ap.add_argument("--hparams", required=True, help="JSON, see above")
+    ap.add_argument("--labels", required=True)
+    ap.add_argument("--centers", required=True)
+    ap.add_argument("--quality", required=True)
+    ap.add_argument("--plot", required=True)
+    args = ap.parse_args(argv)
+    hp = parse_hparams(args.hparams)
+
+    utts, emb = read_embeddings(args.emb)
+    for bad, what in ((~np.isfinite(emb).all(axis=1), "contain NaN/inf"), (~emb.any(axis=1), "are all zeros")):
+        if bad.any():
+            raise SystemExit(f"{args.emb}: {int(bad.sum())} embedding(s) {what}, first {utts[int(np.argmax(bad))]!r}")
+    truth = None
+    if args.utt2spk:
+        try:
+            utt2spk = read_utt2spk(args.utt2spk)
+        except ManifestError as exc:
+            raise SystemExit(str(exc)) from None
+        missing = [u for u in utts if u not in utt2spk]
+        if missing:
+            raise SystemExit(f"{args.utt2spk}: {len(missing)} of the {len(utts)} utterances in {args.emb} have no "
+                             f"speaker, e.g. {', '.join(map(repr, missing[:5]))}")
+        truth = np.array([utt2spk[u] for u in utts])
+    if not 1 <= args.k <= len(utts):
+        raise SystemExit(f"--k {args.k}: must be between 1 and the number of embeddings ({len(utts)}) in {args.emb}")
+
+    res = kmeans(emb, args.k, seed=hp["seed"], max_iter=hp["max_iter"], n_init=hp["n_init"])
+    sizes = np.bincount(res.labels, minlength=args.k)
+    quality = {
+        "k": args.k, "n_utts": len(utts), "dim": int(emb.shape[1]),
+        "n_iter": res.n_iter, "converged": res.converged, "inertia": res.inertia,
+        "seconds": round(res.seconds, 3), "device": res.device, **hp,
+    }
+    speaker_sizes = None
+    if truth is not None:
+        quality.update(cluster_quality(res.labels, truth))
+        speaker_sizes = np.array(sorted(Counter(truth.tolist()).values()))
+    quality.update(size_stats(sizes))              # n_clusters here equals cluster_quality's
+
+    write_labels(args.labels, utts, res.labels)
+    with atomic_path(args.centers) as tmp:
+        np.save(tmp, res.centers.astype(np.float32))
+    plot_sizes(args.plot, sizes, speaker_sizes, f"k-means k={args.k}: cluster sizes")
+    write_json(args.quality, quality)
+    summary = (f"k-means k={args.k}: {quality['n_clusters']} non-empty clusters, {res.n_iter} iterations "
+               f"({'converged' if res.converged else 'max_iter reached'}), {res.seconds:.1f} s")
+    if truth is not None:
+        summary += f"; NMI {quality['nmi']:.4f}  accuracy {quality['accuracy']:.4f}  purity {quality['purity']:.4f}"
+    print(summary, flush=True)
+
+
+if __name__ == "__main__":
+    main()
