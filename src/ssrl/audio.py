@@ -28,7 +28,6 @@ from typing import Iterator
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import resample_poly
 
 from . import SAMPLE_RATE
 from .fileio import atomic_path
@@ -71,6 +70,8 @@ def resample(x: np.ndarray, orig_sr: int, new_sr: int = SAMPLE_RATE) -> np.ndarr
         return x
     if orig_sr <= 0 or new_sr <= 0:
         raise ValueError(f"sample rates must be positive, got {orig_sr} -> {new_sr}")
+    from scipy.signal import resample_poly  # imported here: scipy.signal costs seconds at start-up
+
     g = math.gcd(int(orig_sr), int(new_sr))
     return resample_poly(x, int(new_sr) // g, int(orig_sr) // g).astype(np.float32, copy=False)
 
