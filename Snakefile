@@ -19,6 +19,14 @@ validate(config, "config/schema.yaml")
 
 include: "rules/common.smk"
 include: "rules/data.smk"
+include: "rules/embed.smk"
+include: "rules/cluster.smk"
+include: "rules/score.smk"
+
+
+# <system> names a trained model (dino, ssrl, iter_r2, wavlm_step1, ...).
+wildcard_constraints:
+    system=r"[a-z0-9_]+",
 
 
 rule all:

@@ -3,6 +3,7 @@
 
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -34,6 +35,30 @@ def sys_path(system, *parts):
     return run_path(system, *parts)
 
 
+def script_cmd(name, args):
+    """Shell command running workflow/scripts/<name> with ``args`` (a shell template using
+    {input}, {output}, ...) on {threads} OpenMP threads. The script is named by absolute path:
+    the working directory may be anywhere (e.g. -d in tests)."""
+    path = shlex.quote(str(Path(workflow.basedir) / "workflow" / "scripts" / name))
+    return f"OMP_NUM_THREADS={{threads}} python {path} {args}"
+
+
+def kmeans_path(system, name, k=None):
+    """A file of <system>'s k-means pseudo labels (labels.txt, centers.npy, quality.json);
+    k defaults to config kmeans.k."""
+    return sys_path(system, f"kmeans_k{config['kmeans']['k'] if k is None else k}", name)
+
+
+def score_path(system, trials, kind="metrics"):
+    """<system>'s results on trial list <trials>: "metrics" (.json: EER, minDCF, counts),
+    "scores" (.tsv: enroll test label score) or "det" (.det.tsv: far frr)."""
+    return {
+        "metrics": sys_path(system, "metrics", f"{trials}.json"),
+        "scores": sys_path(system, "scores", f"{trials}.tsv"),
+        "det": sys_path(system, "scores", f"{trials}.det.tsv"),
+    }[kind]
+
+
 def log_path(name):
     return run_path("logs", f"{name}.log")
 
@@ -63,6 +88,7 @@ def launcher(wildcards, threads, resources):
 
 def all_targets():
     """The final targets of the workflow (the default target's inputs)."""
-    return [
-        f"{DATA_DIR}/train/wav.scp",
-    ]
+    targets = [f"{DATA_DIR}/train/wav.scp"]
+    if config["corpus"]["kind"] == "demo":
+        targets.append(run_path("corpus", "baseline.json"))
+    return targets

@@ -58,3 +58,19 @@ def workdir(tmp_path: Path) -> Path:
     d = tmp_path / "work"
     d.mkdir()
     return d
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny demo corpus (the corpus.demo sizes of tests/config/tiny.yaml), made once per session.
+
+    Returns the run directory: ``data/`` holds the manifests (train, test, trials/demo.txt,
+    augment lists; absolute audio paths), ``corpus/`` the audio and baseline.json. Treat it
+    as read-only: other tests share it.
+    """
+    from ssrl.demo import generate_corpus
+
+    run_dir = tmp_path_factory.mktemp("tiny_corpus")
+    sizes = yaml.safe_load(TINY_CONFIG.read_text())["corpus"]["demo"]
+    generate_corpus(run_dir / "corpus", run_dir / "data", workers=1, **sizes)
+    return run_dir
