@@ -289,7 +289,8 @@ def check_labels_cover(labels: Mapping[str, int], utts: Iterable[str], path: Pat
     extra = [u for u in labels if u not in known]
     problems = []
     if missing:
-        problems.append(f"{len(missing)} of {len(utts)} utterances have no label ({_examples([repr(u) for u in missing])})")
+        problems.append(f"{len(missing)} of {len(utts)} utterances have no label "
+                        f"({_examples([repr(u) for u in missing])})")
     if extra:
         problems.append(f"{len(extra)} labelled utterances are not in the utterance list "
                         f"({_examples([repr(u) for u in extra])})")
