@@ -1,0 +1,113 @@
+# Result tables, plots and the HTML report, built only from files the pipeline wrote.
+#   tables/{main,ablations,wavlm,pseudo_labels,published}.{md,csv}, tables/summary.{md,html}
+#   plots/{det,labels,training,scores}.png
+# After a run:  snakemake --report results/<run>/report.html  (tables and plots, captions in report/)
+#
+# Which systems the tables hold comes from the config, read once below (REPORT_SYSTEMS). Absent
+# sections mean no such systems: no `iterative` -> no rounds, no `ablations` -> an ablations table
+# without rows, `wavlm.enabled` false or absent -> a wavlm table without rows.
+
+
+report: "../report/workflow.rst"
+
+
+REPORT_TABLES = ["main", "ablations", "wavlm", "pseudo_labels", "published"]  # = ssrl.tables.TABLE_NAMES
+REPORT_PLOTS = ["det", "labels", "training", "scores"]  # = ssrl.tables.PLOT_NAMES
+
+
+# The systems of the result tables, in table order: name, table (main | ablations | wavlm), kind, and
+# round (iterative), overrides (ablation) or checkpoint (WavLM; None: random init). Config keys of
+# other stages read here, and only here: iterative.rounds, ablations (name -> overrides of the ssrl
+# section), wavlm.enabled, wavlm.checkpoint.
+_ROUNDS = int((config.get("iterative") or {}).get("rounds", 0))
+_WAVLM = config.get("wavlm") or {}
+REPORT_SYSTEMS = [
+    {"name": "dino", "table": "main", "kind": "dino"},
+    *[{"name": f"iter_r{r}", "table": "main", "kind": "iterative", "round": r} for r in range(1, _ROUNDS + 1)],
+    {"name": "ssrl", "table": "main", "kind": "ssrl"},
+    *[{"name": name, "table": "ablations", "kind": "ablation", "overrides": overrides or {}}
+      for name, overrides in (config.get("ablations") or {}).items()],
+    *[{"name": name, "table": "wavlm", "kind": name, "checkpoint": _WAVLM.get("checkpoint")}
+      for name in (("wavlm_step1", "wavlm_step2", "wavlm_ft") if _WAVLM.get("enabled") else ())],
+]
+
+# Each system's files (the run spec of ssrl.tables): metrics, det, scores per trial list; train_log;
+# k-means quality (DINO, iterative rounds); label_log (systems trained with online pseudo labels).
+_REPORT_FILES = {}
+for _s in REPORT_SYSTEMS:
+    _REPORT_FILES[_s["name"]] = {
+        **{key: {t: score_path(_s["name"], t, key) for t in TRIAL_LISTS} for key in ("metrics", "det", "scores")},
+        "train_log": sys_path(_s["name"], "train_log.tsv"),
+    }
+    if _s["kind"] in ("dino", "iterative"):
+        _REPORT_FILES[_s["name"]]["quality"] = kmeans_path(_s["name"], "quality.json")
+    if _s["kind"] in ("ssrl", "ablation", "wavlm_step2", "wavlm_ft"):
+        _REPORT_FILES[_s["name"]]["label_log"] = sys_path(_s["name"], "label_log.tsv")
+
+# Run specs of the two rules, each naming only the files that rule declares as inputs.
+_TABLES_SPEC, _PLOTS_SPEC = (
+    {"run": config["run"], "k": config["kmeans"]["k"], "trial_lists": list(TRIAL_LISTS),
+     "compare": dict(config["tables"]["compare"]),
+     "systems": [{**s, "files": {k: v for k, v in _REPORT_FILES[s["name"]].items() if k in kinds}}
+                 for s in REPORT_SYSTEMS]}
+    for kinds in (("metrics", "quality", "label_log"), ("metrics", "det", "scores", "train_log", "quality", "label_log"))
+)
+_TABLES_INPUTS, _PLOTS_INPUTS = (
+    [path for s in spec["systems"] for value in s["files"].values()
+     for path in (value.values() if isinstance(value, dict) else [value])]
+    for spec in (_TABLES_SPEC, _PLOTS_SPEC)
+)
+# config tables.published: an absolute path, or relative to the workflow folder.
+_PUBLISHED = str(Path(workflow.basedir) / config["tables"]["published"])
+
+# The tables and plots, requested by rule all (all_targets() in rules/common.smk).
+REPORT_TARGETS = [run_path("tables", "summary.md"), *[run_path("plots", f"{name}.png") for name in REPORT_PLOTS]]
+
+
+rule tables:
+    input:
+        files=_TABLES_INPUTS,
+        published=_PUBLISHED,
+    output:
+        md=[report(run_path("tables", f"{name}.md"), caption="../report/tables_md.rst", category="Tables",
+                   subcategory="Markdown", labels={"table": name}) for name in REPORT_TABLES],
+        csv=[report(run_path("tables", f"{name}.csv"), caption="../report/tables_csv.rst", category="Tables",
+                    subcategory="CSV", labels={"table": name}) for name in REPORT_TABLES],
+        summary=run_path("tables", "summary.md"),
+        html=report(run_path("tables", "summary.html"), caption="../report/tables.rst", category="Tables",
+                    subcategory="All tables", labels={"table": "all"}),
+    params:
+        spec=as_json(_TABLES_SPEC),
+        out_dir=lambda wildcards, output: os.path.dirname(output.summary),
+    log:
+        log_path("tables"),
+    conda:
+        ENV
+    shell:
+        script_cmd(
+            "make_tables.py",
+            "--spec {params.spec:q} --published {input.published:q} --out-dir {params.out_dir:q} > {log:q} 2>&1",
+        )
+
+
+rule plots:
+    input:
+        _PLOTS_INPUTS,
+    output:
+        det=report(run_path("plots", "det.png"), caption="../report/det.rst", category="Plots",
+                   labels={"figure": "DET curves"}),
+        labels=report(run_path("plots", "labels.png"), caption="../report/labels.rst", category="Plots",
+                      labels={"figure": "pseudo labels vs epoch"}),
+        training=report(run_path("plots", "training.png"), caption="../report/training.rst", category="Plots",
+                        labels={"figure": "training loss and LR"}),
+        scores=report(run_path("plots", "scores.png"), caption="../report/scores.rst", category="Plots",
+                      labels={"figure": "score histograms"}),
+    params:
+        spec=as_json(_PLOTS_SPEC),
+        out_dir=lambda wildcards, output: os.path.dirname(output.det),
+    log:
+        log_path("plots"),
+    conda:
+        ENV
+    shell:
+        script_cmd("make_plots.py", "--spec {params.spec:q} --out-dir {params.out_dir:q} > {log:q} 2>&1")

@@ -1,0 +1,932 @@
+"""Result tables and plots, built only from the files the pipeline wrote (SPEC 10, 13).
+
+Inputs (under ``results/<run>/``, see docs/internals.md): per system
+``metrics/<list>.json`` (EER as a fraction, minDCF at P_target 0.01 / 0.05, trial
+counts), ``scores/<list>.tsv`` and ``.det.tsv``, ``train_log.tsv``; k-means
+``quality.json`` of DINO and the iterative rounds; ``label_log.tsv`` of the SSRL
+systems; and a YAML file of published reference numbers (``config/published.yaml``).
+
+A *run spec* (a JSON-able dict, built by rules/report.smk) says which systems exist
+and where their files are::
+
+    {"run": "demo", "k": 62, "trial_lists": ["demo"],
+     "compare": {"dino": "sslsv_dino_ecapa_c1024", ...},      # system -> published id (or null)
+     "systems": [{"name": "dino", "table": "main", "kind": "dino",
+                  "files": {"metrics": {"demo": path}, "det": {...}, "scores": {...},
+                            "train_log": path, "quality": path, "label_log": path}}, ...]}
+
+``table`` is ``main`` | ``ablations`` | ``wavlm``; ``kind`` one of :data:`KINDS`;
+``iterative`` systems carry ``round``, ``ablation`` systems ``overrides`` (the config
+overrides of SSRL), WavLM systems ``checkpoint`` (null: randomly initialised front-end).
+
+Tables (:func:`build_tables`): ``main``, ``ablations``, ``wavlm``, ``pseudo_labels``,
+``published``; each a :class:`Table` (a DataFrame with full-precision numbers, blank
+(NaN/None) where unknown) written as Markdown and CSV (:func:`write_tables`), plus
+``summary.md`` / ``summary.html`` holding them all. Numbers are copied from the inputs
+(EER converted to %), never computed from anything else. Plots (:func:`make_plots`):
+``det.png``, ``labels.png``, ``training.png``, ``scores.png``; matplotlib's Agg
+renderer through :class:`matplotlib.figure.Figure` (no pyplot, no global backend).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import yaml
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from scipy.special import ndtri
+
+from .fileio import atomic_open, atomic_path, read_json
+from .progress import Progress
+
+TABLE_NAMES = ("main", "ablations", "wavlm", "pseudo_labels", "published")
+"""File stems of the tables written by :func:`write_tables` (besides ``summary.md`` / ``.html``)."""
+
+PLOT_NAMES = ("det", "labels", "training", "scores")
+"""File stems of the figures written by :func:`make_plots` (``<name>.png``)."""
+
+KINDS = ("dino", "iterative", "ssrl", "ablation", "wavlm_step1", "wavlm_step2", "wavlm_ft")
+SYSTEM_TABLES = ("main", "ablations", "wavlm")
+METRIC_KEYS = ("eer", "min_dcf_0.01", "min_dcf_0.05", "n_trials", "n_target", "n_nontarget")
+LABEL_LOG_COLUMNS = ("epoch", "phase", "live_classes", "nmi", "accuracy", "purity")
+TRAIN_LOG_COLUMNS = ("kind", "epoch", "step", "lr", "loss")
+REFERENCE_KEYS = ("system", "trials", "eer_percent", "min_dcf", "p_target", "source")
+TRIAL_LIST_NAMES = {"vox1_o": "VoxCeleb1-O, cleaned", "vox1_e": "VoxCeleb1-E, cleaned",
+                    "vox1_h": "VoxCeleb1-H, cleaned"}
+
+# Column formats for Markdown/HTML (CSV keeps full precision).
+_FORMATS: dict[str, Callable[[Any], str]] = {
+    "eer": lambda v: f"{v:.2f}",
+    "dcf": lambda v: f"{v:.4f}",
+    "frac": lambda v: f"{v:.4f}",
+    "g": lambda v: f"{v:g}",
+    # published EER %: as reported, but at least 2 decimals (1.8 -> 1.80, 2.627 stays)
+    "pub_eer": lambda v: f"{v:.{max(2, len(repr(float(v)).partition('.')[2]))}f}",
+}
+
+
+class TablesError(ValueError):
+    """Bad input to the tables or plots; the message starts with the file (or spec key) at fault."""
+
+
+# ---------------------------------------------------------------------------------------
+# reading the pipeline's files
+
+
+def _number(value: Any, where: str, allow_none: bool = False) -> float | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise TablesError(f"{where}: expected a finite number, got {value!r}")
+    return float(value)
+
+
+def _read_json(path: str | os.PathLike) -> Any:
+    try:
+        return read_json(path)
+    except json.JSONDecodeError as exc:
+        raise TablesError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}") from None
+
+
+def read_metrics(path: str | os.PathLike) -> dict[str, Any]:
+    """A ``metrics/<list>.json`` of workflow/scripts/score.py, checked: EER (fraction, 0..1),
+    ``min_dcf_0.01``, ``min_dcf_0.05``, trial counts; other keys are kept as they are."""
+    m = _read_json(path)
+    if not isinstance(m, dict):
+        raise TablesError(f"{path}: expected a JSON object, got {type(m).__name__}")
+    missing = [k for k in METRIC_KEYS if k not in m]
+    if missing:
+        raise TablesError(f"{path}: missing key(s) {missing}")
+    for key in METRIC_KEYS:
+        _number(m[key], f"{path}: {key}")
+    if not 0.0 <= m["eer"] <= 1.0:
+        raise TablesError(f"{path}: eer must be a fraction in [0, 1], got {m['eer']!r}")
+    return m
+
+
+def read_quality(path: str | os.PathLike) -> dict[str, Any]:
+    """A k-means ``quality.json`` (workflow/scripts/kmeans.py): ``n_clusters`` and, when the true
+    speakers were known, ``nmi`` / ``accuracy`` / ``purity`` (absent otherwise)."""
+    q = _read_json(path)
+    if not isinstance(q, dict) or "n_clusters" not in q:
+        raise TablesError(f"{path}: expected a JSON object with key 'n_clusters'")
+    for key in ("n_clusters", "nmi", "accuracy", "purity"):
+        if key in q:
+            _number(q[key], f"{path}: {key}")
+    return q
+
+
+def _read_tsv(path: str | os.PathLike, required: Sequence[str]) -> pd.DataFrame:
+    try:
+        df = pd.read_csv(path, sep="\t")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise TablesError(f"{path}: not a readable TSV file: {exc}") from None
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise TablesError(f"{path}: missing column(s) {missing} in the header {list(df.columns)}")
+    return df
+
+
+def _numeric_columns(df: pd.DataFrame, path: str | os.PathLike, columns: Iterable[str]) -> pd.DataFrame:
+    """Columns as float (empty cells NaN); a non-numeric cell raises naming its line."""
+    for col in columns:
+        if col not in df.columns:
+            continue
+        values = pd.to_numeric(df[col], errors="coerce")
+        bad = values.isna() & df[col].notna()
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            raise TablesError(f"{path}:{i + 2}: column {col!r} is not a number: {df[col].iloc[i]!r}")
+        df[col] = values.astype(float)
+    return df
+
+
+def read_label_log(path: str | os.PathLike) -> pd.DataFrame:
+    """An SSRL ``label_log.tsv``: one row per epoch, columns at least :data:`LABEL_LOG_COLUMNS`
+    (``phase`` fixed | update; nmi / accuracy / purity empty (NaN) without true labels)."""
+    df = _read_tsv(path, LABEL_LOG_COLUMNS)
+    bad = ~df["phase"].isin(["fixed", "update"])
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise TablesError(f"{path}:{i + 2}: phase must be 'fixed' or 'update', got {df['phase'].iloc[i]!r}")
+    df = _numeric_columns(df, path, [c for c in LABEL_LOG_COLUMNS if c != "phase"])
+    for col in ("epoch", "live_classes"):
+        if df[col].isna().any():
+            raise TablesError(f"{path}:{int(np.flatnonzero(df[col].isna().to_numpy())[0]) + 2}: "
+                              f"column {col!r} is empty")
+    return df.sort_values("epoch", kind="stable").reset_index(drop=True)
+
+
+def read_train_log(path: str | os.PathLike) -> pd.DataFrame:
+    """A ``train_log.tsv`` of the shared trainer (ssrl.train.loop.TsvLog): ``kind`` step | epoch,
+    ``epoch``, ``step`` (global optimiser steps done), ``lr``, ``loss`` (as floats; empty cells
+    NaN) and the stage's metric columns as they are."""
+    df = _read_tsv(path, TRAIN_LOG_COLUMNS)
+    return _numeric_columns(df, path, [c for c in TRAIN_LOG_COLUMNS if c != "kind"])
+
+
+def read_det(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """A ``scores/<list>.det.tsv`` -> ``(far, frr)``, each (p,) float64 fractions."""
+    df = _numeric_columns(_read_tsv(path, ("far", "frr")), path, ("far", "frr"))
+    far, frr = df["far"].to_numpy(float), df["frr"].to_numpy(float)
+    if len(far) == 0 or np.isnan(far).any() or np.isnan(frr).any():
+        raise TablesError(f"{path}: no DET points or empty cells")
+    return far, frr
+
+
+def read_scores(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """A ``scores/<list>.tsv`` (enroll, test, label, score) -> ``(labels (n,) int, scores (n,) float64)``."""
+    try:
+        df = pd.read_csv(path, sep="\t", usecols=lambda c: c in ("label", "score"))
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise TablesError(f"{path}: not a readable TSV file: {exc}") from None
+    if set(df.columns) != {"label", "score"}:
+        raise TablesError(f"{path}: expected columns 'label' and 'score' in the header")
+    df = _numeric_columns(df, path, ("label", "score"))
+    if df.isna().any().any():
+        raise TablesError(f"{path}: empty label or score cells")
+    labels = df["label"].to_numpy()
+    if not np.isin(labels, (0, 1)).all():
+        raise TablesError(f"{path}: labels must be 0 or 1")
+    return labels.astype(np.int64), df["score"].to_numpy(float)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A published result (SPEC 13): EER in %, minDCF at ``p_target`` (both may be None)."""
+
+    id: str
+    system: str
+    trials: str
+    eer_percent: float | None
+    min_dcf: float | None
+    p_target: float | None
+    source: str
+
+
+def read_published(path: str | os.PathLike) -> dict[str, Reference]:
+    """The published-numbers file: ``references: {id: {system, trials, eer_percent, min_dcf,
+    p_target, source}}`` -> ``{id: Reference}`` in file order."""
+    try:
+        doc = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as exc:
+        raise TablesError(f"{path}: not valid YAML: {exc}") from None
+    refs = (doc or {}).get("references") if isinstance(doc, dict) else None
+    if not isinstance(refs, dict):
+        raise TablesError(f"{path}: expected a mapping 'references: {{id: {{...}}}}'")
+    out = {}
+    for rid, entry in refs.items():
+        where = f"{path}: references.{rid}"
+        if not isinstance(entry, dict):
+            raise TablesError(f"{where}: expected a mapping with keys {list(REFERENCE_KEYS)}")
+        missing = [k for k in REFERENCE_KEYS if k not in entry]
+        unknown = sorted(set(entry) - set(REFERENCE_KEYS))
+        if missing or unknown:
+            raise TablesError(f"{where}: missing key(s) {missing}, unknown key(s) {unknown}")
+        for key in ("system", "trials", "source"):
+            if not isinstance(entry[key], str) or not entry[key].strip():
+                raise TablesError(f"{where}.{key}: expected a non-empty string, got {entry[key]!r}")
+        eer = _number(entry["eer_percent"], f"{where}.eer_percent", allow_none=True)
+        dcf = _number(entry["min_dcf"], f"{where}.min_dcf", allow_none=True)
+        p = _number(entry["p_target"], f"{where}.p_target", allow_none=True)
+        if (dcf is None) != (p is None):
+            raise TablesError(f"{where}: min_dcf and p_target go together (both given or both null)")
+        if p is not None and not 0.0 < p < 1.0:
+            raise TablesError(f"{where}.p_target: must be in (0, 1), got {p}")
+        out[str(rid)] = Reference(str(rid), entry["system"], entry["trials"], eer, dcf, p, entry["source"])
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# the run
+
+
+@dataclass
+class SystemData:
+    """One trained system's results: ``metrics`` (trial list -> metrics dict), the k-means
+    ``quality`` of its embeddings (DINO, iterative rounds) and its ``label_log`` (SSRL systems)."""
+
+    name: str
+    table: str
+    kind: str
+    metrics: dict[str, dict[str, Any]]
+    files: dict[str, Any]
+    quality: dict[str, Any] | None = None
+    label_log: pd.DataFrame | None = None
+    round: int | None = None
+    overrides: dict[str, Any] | None = None
+    checkpoint: str | None = None
+
+    def description(self, k: int) -> str:
+        """What the system is, one short phrase."""
+        if self.kind == "dino":
+            return "DINO self-distillation, no labels"
+        if self.kind == "iterative":
+            src = "DINO k-means" if self.round == 1 else f"round {self.round - 1} k-means"
+            return f"iterative round {self.round}: AAM classifier on {src} labels (K={k})"
+        if self.kind == "ssrl":
+            return "SSRL: DINO init, online relabelling + noisy-label modelling"
+        if self.kind == "ablation":
+            return f"SSRL with {format_overrides(self.overrides or {})}"
+        return {"wavlm_step1": "WavLM frozen + ECAPA back-end on DINO k-means labels",
+                "wavlm_step2": "SSRL from step 1, WavLM frozen",
+                "wavlm_ft": "step 2 continued, WavLM fine-tuned"}[self.kind]
+
+    def labels(self) -> dict[str, float | None] | None:
+        """Quality of the pseudo labels this system yields: k-means on its embeddings (DINO,
+        iterative rounds) or its final online labels (SSRL systems); None when it yields none.
+        Keys ``live``, ``nmi``, ``accuracy``, ``purity`` (None where unknown)."""
+        if self.quality is not None:
+            q = self.quality
+            return {"live": q["n_clusters"], **{k: q.get(k) for k in ("nmi", "accuracy", "purity")}}
+        if self.label_log is not None and len(self.label_log):
+            last = self.label_log.iloc[-1]
+            return {"live": last["live_classes"], **{k: _blank(last[k]) for k in ("nmi", "accuracy", "purity")}}
+        return None
+
+
+@dataclass
+class RunData:
+    """Everything the tables need: run name, K, trial lists, systems in table order, and the
+    ``compare`` mapping (system -> published reference id or None)."""
+
+    run: str
+    k: int
+    trial_lists: list[str]
+    systems: list[SystemData]
+    compare: dict[str, str | None] = field(default_factory=dict)
+
+    def system(self, name: str) -> SystemData | None:
+        return next((s for s in self.systems if s.name == name), None)
+
+    def in_table(self, table: str) -> list[SystemData]:
+        return [s for s in self.systems if s.table == table]
+
+
+def _blank(value: Any) -> Any:
+    """None for NaN/None, else the value (as a plain float for numpy numbers)."""
+    if value is None:
+        return None
+    if isinstance(value, (float, np.floating)) and math.isnan(value):
+        return None
+    return float(value) if isinstance(value, (np.floating, np.integer)) else value
+
+
+def format_overrides(overrides: Mapping[str, Any], prefix: str = "") -> str:
+    """``{"ssrl": {"nlm": False}}`` -> ``"ssrl.nlm=false"`` (nested keys dotted, JSON values,
+    strings unquoted)."""
+    parts = []
+    for key, value in overrides.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            parts.append(format_overrides(value, f"{name}."))
+        else:
+            parts.append(f"{name}={value if isinstance(value, str) else json.dumps(value)}")
+    return ", ".join(parts) if parts else "no overrides"
+
+
+def read_spec(text: str) -> dict[str, Any]:
+    """A run spec from JSON text (starting with ``{``) or from the path of a JSON file."""
+    try:
+        spec = json.loads(text if text.lstrip().startswith("{") else Path(text).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise TablesError(f"spec {text[:80]!r}: {exc}") from None
+    if not isinstance(spec, dict):
+        raise TablesError(f"spec: expected a JSON object, got {type(spec).__name__}")
+    return spec
+
+
+def validate_spec(spec: Mapping[str, Any]) -> None:
+    """Check a run spec's structure; errors name the spec key."""
+    for key, kind in (("run", str), ("k", int), ("trial_lists", list), ("systems", list), ("compare", dict)):
+        if not isinstance(spec.get(key), kind):
+            raise TablesError(f"spec.{key}: expected {kind.__name__}, got {spec.get(key)!r}")
+    if not spec["trial_lists"]:
+        raise TablesError("spec.trial_lists: empty")
+    names = set()
+    for i, s in enumerate(spec["systems"]):
+        where = f"spec.systems[{i}]"
+        if not isinstance(s, dict) or not isinstance(s.get("name"), str):
+            raise TablesError(f"{where}: expected a mapping with a 'name'")
+        if s["name"] in names:
+            raise TablesError(f"{where}: system {s['name']!r} listed twice")
+        names.add(s["name"])
+        if s.get("table") not in SYSTEM_TABLES:
+            raise TablesError(f"{where}.table: expected one of {list(SYSTEM_TABLES)}, got {s.get('table')!r}")
+        if s.get("kind") not in KINDS:
+            raise TablesError(f"{where}.kind: expected one of {list(KINDS)}, got {s.get('kind')!r}")
+        if s["kind"] == "iterative" and not (isinstance(s.get("round"), int) and s["round"] >= 1):
+            raise TablesError(f"{where}.round: iterative systems need a round >= 1, got {s.get('round')!r}")
+        if not isinstance(s.get("files"), dict):
+            raise TablesError(f"{where}.files: expected a mapping")
+        for key in ("metrics", "det", "scores"):
+            per_list = s["files"].get(key)
+            if per_list is not None and set(per_list) != set(spec["trial_lists"]):
+                raise TablesError(f"{where}.files.{key}: trial lists {sorted(per_list)} differ from "
+                                  f"spec.trial_lists {spec['trial_lists']}")
+
+
+def load_run(spec: Mapping[str, Any]) -> RunData:
+    """Read the metrics, k-means quality and label logs named by a run spec (module docstring)."""
+    validate_spec(spec)
+    systems = []
+    for s in spec["systems"]:
+        files = s["files"]
+        if "metrics" not in files:
+            raise TablesError(f"spec: system {s['name']!r} has no files.metrics")
+        systems.append(SystemData(
+            name=s["name"], table=s["table"], kind=s["kind"], files=files,
+            metrics={t: read_metrics(files["metrics"][t]) for t in spec["trial_lists"]},
+            quality=read_quality(files["quality"]) if files.get("quality") else None,
+            label_log=read_label_log(files["label_log"]) if files.get("label_log") else None,
+            round=s.get("round"), overrides=s.get("overrides"), checkpoint=s.get("checkpoint"),
+        ))
+    return RunData(run=spec["run"], k=spec["k"], trial_lists=list(spec["trial_lists"]), systems=systems,
+                   compare=dict(spec["compare"]))
+
+
+# ---------------------------------------------------------------------------------------
+# tables
+
+
+@dataclass
+class Table:
+    """One result table: ``frame`` holds full-precision values (None/NaN = blank), ``formats``
+    maps a column to a :data:`_FORMATS` key for Markdown/HTML; ``notes`` are printed under it."""
+
+    name: str
+    title: str
+    how_to_read: str
+    frame: pd.DataFrame
+    formats: dict[str, str]
+    notes: list[str] = field(default_factory=list)
+
+    def cells(self) -> list[list[str]]:
+        """The formatted cells, row by row ('' where blank)."""
+        out = []
+        for row in self.frame.itertuples(index=False):
+            cells = []
+            for col, value in zip(self.frame.columns, row):
+                if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+                    cells.append("")
+                elif col in self.formats:
+                    cells.append(_FORMATS[self.formats[col]](value))
+                else:
+                    cells.append(str(value))
+            out.append(cells)
+        return out
+
+
+def metric_columns(trial_list: str) -> tuple[str, str, str]:
+    """Column names of EER % and minDCF at P_target 0.01 / 0.05 for one trial list."""
+    return (f"EER % ({trial_list})", f"minDCF 0.01 ({trial_list})", f"minDCF 0.05 ({trial_list})")
+
+
+def _metric_cells(system: SystemData, trial_lists: Sequence[str]) -> dict[str, float]:
+    row = {}
+    for t in trial_lists:
+        m = system.metrics[t]
+        eer_col, dcf1_col, dcf5_col = metric_columns(t)
+        row[eer_col] = 100.0 * float(m["eer"])
+        row[dcf1_col] = float(m["min_dcf_0.01"])
+        row[dcf5_col] = float(m["min_dcf_0.05"])
+    return row
+
+
+def _metric_formats(trial_lists: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for t in trial_lists:
+        eer_col, dcf1_col, dcf5_col = metric_columns(t)
+        out.update({eer_col: "eer", dcf1_col: "dcf", dcf5_col: "dcf"})
+    return out
+
+
+LABEL_COLUMNS = {"live": "label clusters", "nmi": "label NMI"}
+PUBLISHED_COLUMNS = ("published EER %", "published minDCF", "published P_target", "published reference")
+_PUBLISHED_FORMATS = {"published EER %": "pub_eer", "published minDCF": "g", "published P_target": "g"}
+
+
+def _label_cells(system: SystemData) -> dict[str, Any]:
+    q = system.labels() or {}
+    return {LABEL_COLUMNS["live"]: q.get("live"), LABEL_COLUMNS["nmi"]: q.get("nmi")}
+
+
+def _trial_list_name(name: str) -> str:
+    return f"{name} ({TRIAL_LIST_NAMES[name]})" if name in TRIAL_LIST_NAMES else name
+
+
+def check_compare(compare: Mapping[str, str | None], references: Mapping[str, Reference]) -> None:
+    """Every published id named by config ``tables.compare`` must exist in the published file."""
+    for system, rid in compare.items():
+        if rid is not None and rid not in references:
+            raise TablesError(f"config tables.compare.{system}: unknown published id {rid!r}; "
+                              f"the published file has {sorted(references)}")
+
+
+def _published_cells(system: SystemData, run: RunData, references: Mapping[str, Reference],
+                     unmatched: set[str]) -> dict[str, Any]:
+    """The published columns of a row: filled only when config maps the system to a reference
+    and the run scores the reference's trial list; ``unmatched`` collects the lists it misses."""
+    row = dict.fromkeys(PUBLISHED_COLUMNS)
+    rid = run.compare.get(system.name)
+    if rid is None:
+        return row
+    ref = references[rid]
+    if ref.trials not in run.trial_lists:
+        unmatched.add(ref.trials)
+        return row
+    row.update({"published EER %": ref.eer_percent, "published minDCF": ref.min_dcf,
+                "published P_target": ref.p_target, "published reference": f"{ref.system}; source: {ref.source}"})
+    return row
+
+
+def _how_to_read(run: RunData, systems: Sequence[SystemData]) -> str:
+    """EER/minDCF reading guide with the trial lists' sizes and score normalisation."""
+    parts = ["EER in %, minDCF with C_miss = C_fa = 1 normalised, at P_target 0.01 and 0.05; lower is better."]
+    if systems:
+        for t in run.trial_lists:
+            m = systems[0].metrics[t]
+            norm = m.get("score_norm", "none")
+            norm_text = {"none": "cosine scores", "asnorm": "cosine scores, adaptive s-norm"}.get(
+                norm, f"cosine scores, {norm}")
+            parts.append(f"Trial list {_trial_list_name(t)}: {int(m['n_trials'])} trials ({int(m['n_target'])} "
+                         f"target, {int(m['n_nontarget'])} non-target), {norm_text}.")
+    return " ".join(parts)
+
+
+def _system_frame(rows: list[dict[str, Any]], columns: list[str], int_columns: Sequence[str]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=columns)
+    for col in int_columns:
+        frame[col] = frame[col].astype("Int64") if len(frame) else frame[col]
+    return frame
+
+
+def _published_notes(run: RunData, references: Mapping[str, Reference], unmatched: set[str]) -> list[str]:
+    notes = []
+    if unmatched:
+        lists = ", ".join(_trial_list_name(t) for t in sorted(unmatched))
+        notes.append(f"The published numbers refer to {lists}, which this run does not score "
+                     f"(its trial lists: {', '.join(run.trial_lists)}): the published columns are blank.")
+    else:
+        notes.append("Published numbers come from other papers/toolkits (system and source in the row); "
+                     "they are shown for the system config `tables.compare` maps to them, on the same trial list.")
+    return notes
+
+
+def main_table(run: RunData, references: Mapping[str, Reference]) -> Table:
+    """DINO, iterative rounds 1..R and SSRL: EER %, minDCF per trial list, the quality of the
+    pseudo labels each system yields, and the published reference configured for it."""
+    systems = run.in_table("main")
+    unmatched: set[str] = set()
+    label_note = ("label clusters / NMI: non-empty clusters and NMI against the true speakers of the pseudo "
+                  "labels the system yields (k-means on its embeddings for DINO and the iterative rounds; "
+                  "the final online labels for SSRL); blank without true labels.")
+    rows = [{"system": s.name, "what it is": s.description(run.k), **_metric_cells(s, run.trial_lists),
+             **_label_cells(s), **_published_cells(s, run, references, unmatched)} for s in systems]
+    columns = ["system", "what it is", *[c for t in run.trial_lists for c in metric_columns(t)],
+               *LABEL_COLUMNS.values(), *PUBLISHED_COLUMNS]
+    notes = [label_note, *_published_notes(run, references, unmatched),
+             "SSRL's own published numbers are not available to this project and are left blank."]
+    if not systems:
+        notes.insert(0, "No systems.")
+    return Table("main", "Main results: DINO, iterative clustering rounds, SSRL", _how_to_read(run, systems),
+                 _system_frame(rows, columns, [LABEL_COLUMNS["live"]]),
+                 {**_metric_formats(run.trial_lists), LABEL_COLUMNS["nmi"]: "frac", **_PUBLISHED_FORMATS}, notes)
+
+
+def ablations_table(run: RunData) -> Table:
+    """Each ablation system (config ``ablations``) against SSRL (the first row)."""
+    ablations = run.in_table("ablations")
+    ssrl = run.system("ssrl")
+    systems = []
+    if ablations:                      # no ablations: no rows at all (not even the SSRL reference)
+        systems = ([ssrl] if ssrl is not None else []) + ablations
+    rows = [{"system": s.name,
+             "what it is": "SSRL as configured (the reference row)" if s.kind == "ssrl" else s.description(run.k),
+             **_metric_cells(s, run.trial_lists), **_label_cells(s)} for s in systems]
+    columns = ["system", "what it is", *[c for t in run.trial_lists for c in metric_columns(t)],
+               *LABEL_COLUMNS.values()]
+    notes = ["label clusters / NMI: the final online pseudo labels (non-empty classes, NMI against the true "
+             "speakers; blank without true labels)."]
+    if not ablations:
+        notes.insert(0, "No ablation systems are configured (config `ablations`): the table has no rows.")
+    return Table("ablations", "Ablations of SSRL", _how_to_read(run, systems),
+                 _system_frame(rows, columns, [LABEL_COLUMNS["live"]]),
+                 {**_metric_formats(run.trial_lists), LABEL_COLUMNS["nmi"]: "frac"}, notes)
+
+
+def wavlm_table(run: RunData, references: Mapping[str, Reference]) -> Table:
+    """WavLM step 1, step 2 and step 2-ft, with the front-end they used."""
+    systems = run.in_table("wavlm")
+    unmatched: set[str] = set()
+    rows = []
+    for s in systems:
+        front = "random-init front-end" if s.checkpoint is None else f"checkpoint {Path(s.checkpoint).name}"
+        rows.append({"system": s.name, "what it is": s.description(run.k), "front-end": front,
+                     **_metric_cells(s, run.trial_lists), **_label_cells(s),
+                     **_published_cells(s, run, references, unmatched)})
+    columns = ["system", "what it is", "front-end", *[c for t in run.trial_lists for c in metric_columns(t)],
+               *LABEL_COLUMNS.values(), *PUBLISHED_COLUMNS]
+    notes = []
+    if not systems:
+        notes.append("The WavLM systems are off (config `wavlm.enabled`): the table has no rows.")
+    else:
+        if any(s.checkpoint is None for s in systems):
+            notes.append("random-init front-end: no WavLM checkpoint is configured (config `wavlm.checkpoint` is "
+                         "null), so the front-end is a tiny randomly initialised WavLM; these rows exercise the "
+                         "mechanics, not WavLM's accuracy.")
+        notes.append("label clusters / NMI: the final online pseudo labels of step 2 and step 2-ft (step 1 trains "
+                     "on the fixed DINO k-means labels).")
+        notes += _published_notes(run, references, unmatched)
+    return Table("wavlm", "WavLM systems", _how_to_read(run, systems),
+                 _system_frame(rows, columns, [LABEL_COLUMNS["live"]]),
+                 {**_metric_formats(run.trial_lists), LABEL_COLUMNS["nmi"]: "frac", **_PUBLISHED_FORMATS}, notes)
+
+
+def pseudo_labels_table(run: RunData) -> Table:
+    """Pseudo-label quality: k-means init (on DINO), each iterative round's k-means, and SSRL's
+    labels after each label-update epoch (live clusters, NMI, accuracy, purity)."""
+    rows = []
+
+    def add(labels: str, what: str, epoch: Any, live: Any, q: Mapping[str, Any]) -> None:
+        rows.append({"labels": labels, "what they are": what, "epoch": epoch, "live clusters": live,
+                     **{name: _blank(q.get(key)) for name, key in
+                        (("NMI", "nmi"), ("accuracy", "accuracy"), ("purity", "purity"))}})
+
+    dino = run.system("dino")
+    if dino is not None and dino.quality is not None:
+        add("k-means init", f"k-means (K={run.k}) on DINO embeddings", None, dino.quality["n_clusters"],
+            dino.quality)
+    for s in run.systems:
+        if s.kind == "iterative" and s.quality is not None:
+            add(f"round {s.round}", f"k-means (K={run.k}) on {s.name} embeddings", None, s.quality["n_clusters"],
+                s.quality)
+    ssrl = run.system("ssrl")
+    if ssrl is not None and ssrl.label_log is not None:
+        for _, r in ssrl.label_log[ssrl.label_log["phase"] == "update"].iterrows():
+            add("SSRL", "online labels after this label-update epoch", r["epoch"], r["live_classes"], r)
+    frame = pd.DataFrame(rows, columns=["labels", "what they are", "epoch", "live clusters", "NMI", "accuracy",
+                                        "purity"])
+    if len(frame):
+        frame["epoch"] = frame["epoch"].astype("Int64")
+        frame["live clusters"] = frame["live clusters"].astype("Int64")
+    notes = []
+    if not rows:
+        notes.append("No pseudo labels were found.")
+    if rows and frame[["NMI", "accuracy", "purity"]].isna().all().all():
+        notes.append("NMI / accuracy / purity are blank: the training set has no true speaker labels.")
+    return Table("pseudo_labels", "Pseudo-label quality",
+                 "live clusters: non-empty clusters (classes holding an utterance); NMI (arithmetic "
+                 "normalisation), accuracy (one-to-one Hungarian matching) and purity against the true "
+                 "speakers, in [0, 1], higher is better. epoch: the index in the label log (from 0).",
+                 frame, {"NMI": "frac", "accuracy": "frac", "purity": "frac"}, notes)
+
+
+def published_table(references: Mapping[str, Reference], compare: Mapping[str, str | None]) -> Table:
+    """Every entry of the published-numbers file, with the systems of this run compared to it."""
+    compared: dict[str, list[str]] = {}
+    for system, rid in compare.items():
+        if rid is not None:
+            compared.setdefault(rid, []).append(system)
+    rows = [{"reference": r.system, "trial list": r.trials, "EER %": r.eer_percent, "minDCF": r.min_dcf,
+             "P_target": r.p_target, "source": r.source, "compared with": ", ".join(compared.get(r.id, []))}
+            for r in references.values()]
+    frame = pd.DataFrame(rows, columns=["reference", "trial list", "EER %", "minDCF", "P_target", "source",
+                                        "compared with"])
+    return Table("published", "Published reference numbers",
+                 "Numbers reported elsewhere (config `tables.published`), as reported: EER in %, minDCF at the "
+                 "P_target given; blank where the source gives none. 'compared with': this pipeline's systems shown beside them "
+                 "(config `tables.compare`).",
+                 frame, {"EER %": "pub_eer", "minDCF": "g", "P_target": "g"},
+                 ["SSRL's own published numbers are not available to this project and are not listed."])
+
+
+def build_tables(run: RunData, references: Mapping[str, Reference]) -> list[Table]:
+    """All tables of :data:`TABLE_NAMES`, in that order."""
+    check_compare(run.compare, references)
+    return [main_table(run, references), ablations_table(run), wavlm_table(run, references),
+            pseudo_labels_table(run), published_table(references, run.compare)]
+
+
+def to_markdown(table: Table, level: int = 1) -> str:
+    """Markdown: a heading, the how-to-read line, a pipe table (or a no-rows line), the notes."""
+    def esc(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    lines = [f"{'#' * level} {table.title}", "", table.how_to_read, ""]
+    cols = list(table.frame.columns)
+    if len(table.frame):
+        right = [c in table.formats or pd.api.types.is_numeric_dtype(table.frame[c]) for c in cols]
+        lines.append("| " + " | ".join(esc(c) for c in cols) + " |")
+        lines.append("|" + "|".join("---:" if r else "---" for r in right) + "|")
+        lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in table.cells()]
+    else:
+        lines.append("(no rows)")
+    if table.notes:
+        lines.append("")
+        lines += [f"* {note}" for note in table.notes]
+    return "\n".join(lines) + "\n"
+
+
+def to_html(tables: Sequence[Table], title: str) -> str:
+    """One self-contained HTML page holding every table (for the Snakemake report)."""
+    parts = [f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             "<style>body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse;margin:.5em 0}"
+             "td,th{border:1px solid #bbb;padding:.2em .5em;font-size:.9em}td.n{text-align:right}"
+             "th{background:#eee}p.how{color:#333}li{font-size:.9em}</style></head><body>",
+             f"<h1>{html.escape(title)}</h1>"]
+    for table in tables:
+        parts.append(f"<h2>{html.escape(table.title)}</h2><p class='how'>{html.escape(table.how_to_read)}</p>")
+        if len(table.frame):
+            numeric = [c in table.formats or pd.api.types.is_numeric_dtype(table.frame[c])
+                       for c in table.frame.columns]
+            parts.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in table.frame.columns)
+                         + "</tr>")
+            for row in table.cells():
+                parts.append("<tr>" + "".join(f"<td class='n'>{html.escape(v)}</td>" if n
+                                              else f"<td>{html.escape(v)}</td>" for v, n in zip(row, numeric))
+                             + "</tr>")
+            parts.append("</table>")
+        else:
+            parts.append("<p>(no rows)</p>")
+        if table.notes:
+            parts.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in table.notes) + "</ul>")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def summary_markdown(tables: Sequence[Table], run: str) -> str:
+    """``summary.md``: every table under one heading."""
+    return f"# Results of run {run}\n\n" + "\n".join(to_markdown(t, level=2) for t in tables)
+
+
+def write_tables(tables: Sequence[Table], out_dir: str | os.PathLike, run: str) -> list[Path]:
+    """Write ``<name>.md`` and ``<name>.csv`` per table and ``summary.md`` / ``summary.html``
+    (atomically) under ``out_dir``; returns the paths written."""
+    out_dir = Path(out_dir)
+    written = []
+    for table in tables:
+        with atomic_open(out_dir / f"{table.name}.md") as fh:
+            fh.write(to_markdown(table))
+        with atomic_path(out_dir / f"{table.name}.csv") as tmp:
+            table.frame.to_csv(tmp, index=False, na_rep="")
+        written += [out_dir / f"{table.name}.md", out_dir / f"{table.name}.csv"]
+    with atomic_open(out_dir / "summary.md") as fh:
+        fh.write(summary_markdown(tables, run))
+    with atomic_open(out_dir / "summary.html") as fh:
+        fh.write(to_html(tables, f"Results of run {run}"))
+    return written + [out_dir / "summary.md", out_dir / "summary.html"]
+
+
+# ---------------------------------------------------------------------------------------
+# plots
+
+_LINESTYLES = {"main": "-", "ablations": "--", "wavlm": ":"}
+_DET_TICKS = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4)
+
+
+@dataclass
+class DetCurve:
+    """DET points of one system on one trial list (fractions) and its EER (fraction)."""
+
+    far: np.ndarray
+    frr: np.ndarray
+    eer: float
+    n_target: int
+    n_nontarget: int
+
+
+def _colour(i: int) -> Any:
+    """The i-th line colour: tab10, then Dark2 (18 distinct colours, then repeating)."""
+    from matplotlib import colormaps
+
+    palette = [*colormaps["tab10"].colors, *colormaps["Dark2"].colors]
+    return palette[i % len(palette)]
+
+
+def _save(fig: Figure, path: str | os.PathLike) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+
+
+def _empty_figure(path: str | os.PathLike, message: str) -> None:
+    fig = Figure(figsize=(6, 2))
+    fig.text(0.5, 0.5, message, ha="center", va="center", wrap=True)
+    _save(fig, path)
+
+
+def plot_det(curves: Mapping[str, Mapping[str, DetCurve]], groups: Mapping[str, str],
+             path: str | os.PathLike) -> None:
+    """DET curves (normal-deviate axes, FAR vs FRR in %) of every system, one panel per trial
+    list. ``curves``: trial list -> system -> :class:`DetCurve`; ``groups``: system -> table
+    (sets the line style)."""
+    lists = list(curves)
+    if not lists or not any(curves.values()):
+        return _empty_figure(path, "no DET curves")
+    fig = Figure(figsize=(6.2 * len(lists), 6.2), layout="constrained")
+    axes = fig.subplots(1, len(lists), squeeze=False)[0]
+    for ax, t in zip(axes, lists):
+        eps = min(min(0.5 / c.n_target, 0.5 / c.n_nontarget) for c in curves[t].values())
+        lo = max(_DET_TICKS[0], max((x for x in _DET_TICKS if x <= eps), default=_DET_TICKS[0]))
+        for i, (name, c) in enumerate(curves[t].items()):
+            x = ndtri(np.clip(c.far, lo, 1.0 - lo))
+            y = ndtri(np.clip(c.frr, lo, 1.0 - lo))
+            line, = ax.plot(x, y, linestyle=_LINESTYLES.get(groups.get(name, "main"), "-"), color=_colour(i),
+                            label=f"{name} (EER {100 * c.eer:.2f} %)")
+            e = ndtri(min(max(c.eer, lo), 0.99))
+            ax.plot([e], [e], marker="o", markersize=4, color=line.get_color())
+        ticks = [v for v in _DET_TICKS if v >= lo]
+        ax.set_xticks(ndtri(ticks), [f"{100 * v:g}" for v in ticks])
+        ax.set_yticks(ndtri(ticks), [f"{100 * v:g}" for v in ticks])
+        ax.set_xlim(ndtri(lo), ndtri(0.5))
+        ax.set_ylim(ndtri(lo), ndtri(0.5))
+        ax.plot(ax.get_xlim(), ax.get_ylim(), color="0.8", linewidth=0.8, zorder=0)
+        ax.set_xlabel("false acceptance rate (%)")
+        ax.set_ylabel("false rejection rate (%)")
+        ax.set_title(f"DET: {_trial_list_name(t)}")
+        ax.grid(True, color="0.9")
+        ax.legend(fontsize=7, loc="upper right")
+    _save(fig, path)
+
+
+def plot_labels(logs: Mapping[str, pd.DataFrame], init: Mapping[str, Any] | None,
+                path: str | os.PathLike) -> None:
+    """Label NMI and live clusters vs epoch for the SSRL systems (``logs``: system -> label log),
+    with the k-means init (``init``: DINO quality.json, or None) as dashed reference lines."""
+    if not logs:
+        return _empty_figure(path, "no SSRL label logs")
+    fig = Figure(figsize=(12, 4.2), layout="constrained")
+    ax_nmi, ax_live = fig.subplots(1, 2)
+    have_truth = False
+    for i, (name, log) in enumerate(logs.items()):
+        colour = _colour(i)
+        if log["nmi"].notna().any():
+            have_truth = True
+            ax_nmi.plot(log["epoch"], log["nmi"], marker=".", color=colour, label=name)
+        ax_live.plot(log["epoch"], log["live_classes"], marker=".", color=colour, label=name)
+        update = log.loc[log["phase"] == "update", "epoch"]
+        if name == "ssrl" and len(update):
+            for ax in (ax_nmi, ax_live):
+                ax.axvline(update.iloc[0] - 0.5, color="0.6", linestyle=":", linewidth=1)
+    if init is not None:
+        if init.get("nmi") is not None:
+            ax_nmi.axhline(init["nmi"], color="k", linestyle="--", linewidth=1,
+                           label=f"k-means init ({init['nmi']:.3f})")
+        ax_live.axhline(init["n_clusters"], color="k", linestyle="--", linewidth=1,
+                        label=f"k-means init ({init['n_clusters']})")
+    if not have_truth:
+        ax_nmi.text(0.5, 0.5, "no true speaker labels:\nNMI unavailable", ha="center", va="center",
+                    transform=ax_nmi.transAxes)
+    ax_nmi.set_ylabel("NMI of the pseudo labels")
+    ax_live.set_ylabel("live clusters")
+    ax_live.yaxis.set_major_locator(MaxNLocator(integer=True))
+    for ax, title in ((ax_nmi, "label NMI"), (ax_live, "live clusters")):
+        ax.set_xlabel("epoch (dotted: first SSRL label-update epoch)")
+        ax.set_title(title)
+        ax.grid(True, color="0.9")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def plot_training(logs: Mapping[str, pd.DataFrame], path: str | os.PathLike, ncols: int = 3) -> None:
+    """Training loss (left axis) and learning rate (right axis, log scale) vs optimiser step,
+    one panel per system (``logs``: system -> train log; ``step`` rows, else ``epoch`` rows)."""
+    if not logs:
+        return _empty_figure(path, "no training logs")
+    n = len(logs)
+    ncols = min(ncols, n)
+    nrows = math.ceil(n / ncols)
+    fig = Figure(figsize=(4.6 * ncols, 3.0 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax, (name, log) in zip(axes, logs.items()):
+        rows = log[log["kind"] == "step"]
+        if not len(rows):
+            rows = log[log["kind"] == "epoch"]
+        ax.set_title(name)
+        ax.set_xlabel("optimiser step")
+        if not len(rows):
+            ax.text(0.5, 0.5, "empty log", ha="center", va="center", transform=ax.transAxes)
+            continue
+        ax.plot(rows["step"], rows["loss"], color="tab:blue")
+        ax.set_ylabel("loss", color="tab:blue")
+        lr = rows[["step", "lr"]].dropna()
+        if len(lr) and (lr["lr"] > 0).any():
+            ax2 = ax.twinx()
+            ax2.plot(lr["step"], lr["lr"], color="tab:orange", linestyle="--")
+            ax2.set_yscale("log")
+            ax2.set_ylabel("learning rate", color="tab:orange")
+        ax.grid(True, color="0.9")
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    _save(fig, path)
+
+
+def plot_scores(scores: Mapping[tuple[str, str], tuple[np.ndarray, np.ndarray, Mapping[str, Any]]],
+                path: str | os.PathLike, ncols: int = 3, bins: int = 60) -> None:
+    """Target / non-target score histograms, one panel per (system, trial list); ``scores``:
+    ``(system, list) -> (labels, scores, metrics)``; the EER threshold is drawn as a line.
+    ``bins``: at most this many bins (fewer, about sqrt(trials), for short lists)."""
+    if not scores:
+        return _empty_figure(path, "no trial scores")
+    n = len(scores)
+    ncols = min(ncols, n)
+    nrows = math.ceil(n / ncols)
+    fig = Figure(figsize=(4.4 * ncols, 3.0 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax, ((name, t), (labels, values, metrics)) in zip(axes, scores.items()):
+        edges = np.histogram_bin_edges(values, bins=min(bins, max(10, int(math.sqrt(len(values))))))
+        for lab, colour, text in ((0, "tab:red", "non-target"), (1, "tab:green", "target")):
+            if (labels == lab).any():
+                density, _ = np.histogram(values[labels == lab], bins=edges, density=True)
+                ax.stairs(density, edges, fill=True, alpha=0.55, color=colour, label=text)
+        if metrics.get("eer_threshold") is not None:
+            ax.axvline(metrics["eer_threshold"], color="k", linestyle="--", linewidth=1, label="EER threshold")
+        ax.set_title(f"{name}, {t} (EER {100 * metrics['eer']:.2f} %)", fontsize=9)
+        ax.set_xlabel("score" + (" (AS-norm)" if metrics.get("score_norm") == "asnorm" else " (cosine)"))
+        ax.set_ylabel("density")
+        ax.legend(fontsize=7)
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    _save(fig, path)
+
+
+def make_plots(spec: Mapping[str, Any], out_dir: str | os.PathLike, progress_every_s: float = 10.0) -> list[Path]:
+    """Read the DET points, scores, training and label logs named by a run spec and write
+    ``<out_dir>/{det,labels,training,scores}.png``; returns the paths written."""
+    run = load_run(spec)
+    out_dir = Path(out_dir)
+    groups = {s.name: s.table for s in run.systems}
+    curves: dict[str, dict[str, DetCurve]] = {t: {} for t in run.trial_lists}
+    score_data = {}
+    train_logs = {}
+    progress = Progress(len(run.systems), "plots: reading", unit="system", every_s=progress_every_s)
+    for s in run.systems:
+        for key in ("det", "scores", "train_log"):
+            if key not in s.files:
+                raise TablesError(f"spec: system {s.name!r} has no files.{key}")
+        for t in run.trial_lists:
+            m = s.metrics[t]
+            far, frr = read_det(s.files["det"][t])
+            curves[t][s.name] = DetCurve(far, frr, float(m["eer"]), int(m["n_target"]), int(m["n_nontarget"]))
+            labels, values = read_scores(s.files["scores"][t])
+            score_data[(s.name, t)] = (labels, values, m)
+        train_logs[s.name] = read_train_log(s.files["train_log"])
+        progress.update(1)
+    dino = run.system("dino")
+    paths = {name: out_dir / f"{name}.png" for name in PLOT_NAMES}
+    plot_det(curves, groups, paths["det"])
+    plot_labels({s.name: s.label_log for s in run.systems if s.label_log is not None},
+                dino.quality if dino is not None else None, paths["labels"])
+    plot_training(train_logs, paths["training"])
+    plot_scores(score_data, paths["scores"])
+    return list(paths.values())

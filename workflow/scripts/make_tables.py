@@ -1,0 +1,43 @@
+"""Result tables from the files the pipeline wrote (metrics, k-means quality, label logs).
+
+Writes under --out-dir, for each table of main, ablations, wavlm, pseudo_labels, published:
+  <table>.md   title, how-to-read line, Markdown table (EER %, 2 decimals; minDCF 4), notes
+  <table>.csv  the same table at full precision (blank cells where a number is unknown)
+and summary.md (all tables; what `make demo` shows) and summary.html (for the Snakemake report).
+
+--spec is the run spec (JSON text, or the path of a JSON file) described in ssrl.tables: the run
+name, K, the trial lists, config tables.compare and, per system, its table, kind and files.
+--published is the YAML file of published reference numbers (config/published.yaml).
+
+Example:
+  python workflow/scripts/make_tables.py --spec spec.json --published config/published.yaml \\
+      --out-dir results/demo/tables
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ssrl.tables import (TablesError, build_tables, load_run, read_published, read_spec, summary_markdown,
+                         write_tables)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--spec", required=True, help="run spec: JSON text or a JSON file")
+    ap.add_argument("--published", required=True, help="YAML file of published reference numbers")
+    ap.add_argument("--out-dir", required=True, help="folder for the tables (results/<run>/tables)")
+    args = ap.parse_args(argv)
+    try:
+        run = load_run(read_spec(args.spec))
+        tables = build_tables(run, read_published(args.published))
+    except (TablesError, OSError) as exc:
+        raise SystemExit(f"make_tables: {exc}") from None
+    paths = write_tables(tables, args.out_dir, run.run)
+    print(summary_markdown(tables, run.run), flush=True)
+    print(f"make_tables: wrote {len(paths)} files under {args.out_dir}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
