@@ -1,0 +1,33 @@
+"""The shared trainer of every training stage (DINO, SSRL, iterative rounds, WavLM).
+
+* :mod:`.loop`: :class:`Stage` (the extension point: what a stage trains),
+  :class:`Trainer` (how: DDP, schedules, EMA, checkpoints, resume, logs),
+  :func:`run` (entry point for scripts; returns the exit code).
+* :mod:`.distributed`: torchrun/process-group setup, gather helpers,
+  global-batch BatchNorm.
+* :mod:`.schedules`: per-step LR and EMA schedules as numpy arrays.
+* :mod:`.ema`: EMA teacher construction and update.
+* :mod:`.checkpoint`: atomic, pruned, resumable checkpoints and RNG states.
+* :mod:`.validation`: sharded embedding extraction and EER during training.
+* :mod:`.optim`: parameter groups and per-tensor gradient clipping.
+* :mod:`.dino_stage`: DINO (SPEC 4) as a Stage; stages live beside the trainer
+  because they sit above it in the layering (they import it).
+"""
+
+from .checkpoint import CheckpointManager
+from .distributed import (DistEnv, GlobalBatchNorm, all_gather_array, all_gather_objects, all_gather_tensor,
+                          all_reduce_mean, all_reduce_sum, barrier, broadcast_object, convert_sync_batchnorm,
+                          init_distributed, shutdown)
+from .ema import ema_update, make_teacher
+from .loop import NonFiniteLossError, RuntimeConfig, Stage, Trainer, TrainingInterrupted, file_digest, run
+from .optim import clip_grad_per_tensor, decay_param_groups
+from .validation import ValidationSet, extract_embeddings, validation_eer
+
+__all__ = [
+    "CheckpointManager", "DistEnv", "GlobalBatchNorm", "NonFiniteLossError", "RuntimeConfig", "Stage", "Trainer",
+    "TrainingInterrupted", "ValidationSet", "all_gather_array", "all_gather_objects", "all_gather_tensor",
+    "all_reduce_mean", "all_reduce_sum", "barrier", "broadcast_object", "clip_grad_per_tensor",
+    "convert_sync_batchnorm", "decay_param_groups", "ema_update", "extract_embeddings", "file_digest",
+    "init_distributed",
+    "make_teacher", "run", "shutdown", "validation_eer",
+]
