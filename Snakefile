@@ -19,9 +19,13 @@ validate(config, "config/schema.yaml")
 
 include: "rules/common.smk"
 include: "rules/data.smk"
+include: "rules/dino.smk"
+include: "rules/ssrl.smk"
+include: "rules/iterative.smk"
 include: "rules/embed.smk"
 include: "rules/cluster.smk"
 include: "rules/score.smk"
+include: "rules/report.smk"
 
 
 # <system> names a trained model (dino, ssrl, iter_r2, wavlm_step1, ...).

@@ -73,6 +73,19 @@ def as_json(obj):
     return json.dumps(obj, sort_keys=True)
 
 
+PLACEHOLDER_PREFIX = "/path/to/"  # config/voxceleb.yaml's stand-in for a local path
+
+
+def placeholder_keys(node, where):
+    """[(dotted key, value)] of every string under config ``node`` (dict, list or value; ``where`` is
+    its dotted key) still holding a PLACEHOLDER_PREFIX path, in file order."""
+    if isinstance(node, dict):
+        return [hit for key, value in node.items() for hit in placeholder_keys(value, f"{where}.{key}")]
+    if isinstance(node, list):
+        return [hit for i, value in enumerate(node) for hit in placeholder_keys(value, f"{where}[{i}]")]
+    return [(where, node)] if isinstance(node, str) and node.startswith(PLACEHOLDER_PREFIX) else []
+
+
 def launcher(wildcards, threads, resources):
     """Command prefix for a training/extraction script.
 
@@ -86,9 +99,53 @@ def launcher(wildcards, threads, resources):
     return f"OMP_NUM_THREADS={threads} python"
 
 
+def train_launcher(wildcards, threads, resources):
+    """launcher() for training scripts: the rule's threads are shared by the compute
+    threads and the DataLoader workers (config train.workers per process), so the
+    compute threads get what the workers leave (at least one per process)."""
+    procs = max(1, int(resources.get("gpu", 0) or 0))
+    compute = max(procs, int(threads) - procs * int(config["train"]["workers"]))
+    return launcher(wildcards, compute, resources)
+
+
+def train_script(name):
+    """Absolute path of workflow/scripts/<name> (the working directory may be anywhere)."""
+    return shlex.quote(str(Path(workflow.basedir) / "workflow" / "scripts" / name))
+
+
+def ssrl_stage_hparams(**overrides):
+    """--hparams of train_ssrl.py (SSRL, ablations, iterative rounds): the ssrl section, with quirk
+    Q1 from augment.student_none_is_noise, updated with ``overrides``; augmentation ranges; runtime."""
+    return {
+        "ssrl": {**config["ssrl"], "none_is_noise": config["augment"]["student_none_is_noise"], **overrides},
+        "augment": {key: config["augment"][key] for key in ("snr_db", "babble_count")},
+        "train": config["train"],
+    }
+
+
+def iterative_hparams():
+    """--hparams of an iterative round: ssrl_stage_hparams with fixed labels (no relabelling, no NLM)
+    for iterative.epochs epochs; the ssrl keys that only act in label updates are left out (stage
+    defaults), so that editing them does not rerun the rounds."""
+    update_only = {"lr_update_start", "queue_len", "gmm_max_iter", "gmm_tol", "margin_quirk", "sinkhorn_iters",
+                   "sinkhorn_epsilon", "teacher_crop_s"}
+    hp = ssrl_stage_hparams(label_update=False, nlm=False, update_epochs=0,
+                            fixed_epochs=config["iterative"]["epochs"])
+    hp["ssrl"] = {k: v for k, v in hp["ssrl"].items() if k not in update_only}
+    return hp
+
+
+def iterative_previous(wildcards):
+    """The system whose model and k-means labels iterative round {r} starts from (round 1: dino)."""
+    r = int(wildcards.r)
+    return "dino" if r == 1 else f"iter_r{r - 1}"
+
+
 def all_targets():
     """The final targets of the workflow (the default target's inputs)."""
     targets = [f"{DATA_DIR}/train/wav.scp"]
     if config["corpus"]["kind"] == "demo":
         targets.append(run_path("corpus", "baseline.json"))
+    targets += REPORT_TARGETS  # rules/report.smk: result tables and plots (and all they need)
+    targets += SSRL_TARGETS  # rules/ssrl.smk: k-means quality of the SSRL systems' embeddings
     return targets

@@ -547,18 +547,22 @@ def clean_probability(teacher_losses: np.ndarray, max_iter: int = 500, tol: floa
     return np.clip(post, 0.0, 1.0).astype(np.float32)
 
 
-def weighted_ce(per_item_ce: torch.Tensor, p_clean: torch.Tensor, nlm: bool = True) -> torch.Tensor:
+def weighted_ce(per_item_ce: torch.Tensor, p_clean: torch.Tensor, nlm: bool = True,
+                p_sum: torch.Tensor | None = None) -> torch.Tensor:
     """Student loss from per-item CE (batch,): sum(p * CE) / sum(p) with NLM, else mean(CE).
 
-    A batch whose p_clean are all 0 gives loss 0 (with zero gradient). Under DDP this
-    is the local batch's weighted mean, and DDP averages the gradients over ranks.
+    A batch whose p_clean are all 0 gives loss 0 (with zero gradient). By default this
+    is the local batch's weighted mean (under DDP, which averages the gradients over
+    ranks, each rank's batch then weighs the same). ``p_sum`` (0-d) replaces the
+    normaliser sum(p): pass the global batch's sum(p) divided by the number of ranks
+    to make the DDP average the weighted mean over the global batch (SPEC 7).
     """
     if not nlm:
         return per_item_ce.mean()
     if p_clean.shape != per_item_ce.shape:
         raise ValueError(f"weighted_ce: p_clean {tuple(p_clean.shape)} does not match CE {tuple(per_item_ce.shape)}")
     p = p_clean.to(device=per_item_ce.device, dtype=per_item_ce.dtype)
-    total = p.sum()
+    total = p.sum() if p_sum is None else p_sum.detach().to(device=p.device, dtype=p.dtype)
     return (p * per_item_ce).sum() / torch.where(total > 0, total, torch.ones_like(total))
 
 

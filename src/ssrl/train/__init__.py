@@ -12,6 +12,8 @@
 * :mod:`.optim`: parameter groups and per-tensor gradient clipping.
 * :mod:`.dino_stage`: DINO (SPEC 4) as a Stage; stages live beside the trainer
   because they sit above it in the layering (they import it).
+* :mod:`.ssrl_stage`: SSRL (SPEC 7), its ablations, the iterative rounds (SPEC 8)
+  and the WavLM steps (SPEC 9) as one Stage.
 """
 
 from .checkpoint import CheckpointManager

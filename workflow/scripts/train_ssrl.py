@@ -1,0 +1,83 @@
+"""Stage 2: SSRL (SPEC 7), its ablations, the iterative-clustering rounds (SPEC 8) and the
+WavLM steps (SPEC 9) on pseudo labels, by one stage (ssrl.train.ssrl_stage.SSRLStage).
+
+Runs as ``python train_ssrl.py ...`` on one device or as
+``torchrun --nproc_per_node N train_ssrl.py ...`` (DDP: NCCL on GPUs, gloo on CPU).
+Resumes automatically from the newest checkpoint in --ckpt-dir made with the same
+hyper-parameters and inputs (the ``train`` runtime section excepted).
+
+Writes, only when training completes: --model-out (the model file: EMA teacher as
+``eval_state``, student, teacher, head, and in ``extra`` the label state and the class ->
+k-means id map), --log-out (TSV: ``step`` and ``epoch`` rows) and --label-log-out (TSV, one
+row per epoch: phase, relabelling/replacement, live classes, label quality against
+--utt2spk, the p_clean > 0.5 clean-label detector, loss, accuracy, teacher EER).
+
+Exit codes: 0 done; 1 bad input or a non-finite loss (nothing written, the last good
+checkpoint kept); 143 / 130 stopped by SIGTERM / SIGINT after saving a checkpoint (rerun to
+resume).
+
+Hyper-parameters (--hparams JSON): ``ssrl`` (ssrl.train.ssrl_stage.SSRLConfig), ``augment``
+(snr_db, babble_count), ``train`` (ssrl.train.RuntimeConfig), and with ``ssrl.init: scratch``
+(WavLM step 1, no --init-model) ``arch`` (ssrl.models.build_speaker_model architecture, e.g. a
+WavLM checkpoint + an ECAPA back-end).
+
+Example (SSRL from the DINO model and its k-means labels):
+  python workflow/scripts/train_ssrl.py --system ssrl --train-scp results/demo/data/train/wav.scp \\
+      --init-model results/demo/dino/model.pt --labels results/demo/dino/kmeans_k62/labels.txt \\
+      --centers results/demo/dino/kmeans_k62/centers.npy --augment-dir results/demo/data/augment \\
+      --val-scp results/demo/data/test/wav.scp --val-trials results/demo/data/trials/demo.txt \\
+      --utt2spk results/demo/data/train/utt2spk --ckpt-dir results/demo/ssrl/ckpt \\
+      --model-out results/demo/ssrl/model.pt --log-out results/demo/ssrl/train_log.tsv \\
+      --label-log-out results/demo/ssrl/label_log.tsv --hparams '{"ssrl": {...}, "augment": {...}}'
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ssrl.train import RuntimeConfig, run
+from ssrl.train.ssrl_stage import AUGMENT_SOURCES, SSRLStage
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--system", required=True, help="system name (ssrl, ssrl_no_nlm, iter_r2, ...)")
+    ap.add_argument("--train-scp", required=True, help="training wav.scp ('utt path' per line)")
+    ap.add_argument("--init-model", default=None,
+                    help="model file to start from (e.g. dino/model.pt); not with ssrl.init 'scratch'")
+    ap.add_argument("--labels", default=None, help="k-means labels ('utt label' per line; init 'encoder')")
+    ap.add_argument("--centers", default=None, help="k-means centers (K, dim) .npy (head_init 'centers')")
+    ap.add_argument("--augment-dir", type=Path, default=None,
+                    help="folder with noise.lst, music.lst, babble.lst and rir.lst")
+    ap.add_argument("--no-augment", action="store_true", help="clean student crops (debugging only)")
+    ap.add_argument("--val-scp", default=None, help="validation wav.scp (with --val-trials)")
+    ap.add_argument("--val-trials", default=None, help="validation trial list ('1|0 enroll test' per line)")
+    ap.add_argument("--utt2spk", default=None, help="true speakers of the training set (label log only)")
+    ap.add_argument("--ckpt-dir", required=True, help="checkpoint folder (kept between runs for resuming)")
+    ap.add_argument("--model-out", required=True, help="model file to write (<system>/model.pt)")
+    ap.add_argument("--log-out", required=True, help="training log to write (<system>/train_log.tsv)")
+    ap.add_argument("--label-log-out", required=True, help="label log to write (<system>/label_log.tsv)")
+    ap.add_argument("--hparams", required=True, help="JSON, see above")
+    args = ap.parse_args(argv)
+    if (args.augment_dir is None) == (not args.no_augment):
+        ap.error("give --augment-dir, or --no-augment for clean crops")
+
+    try:
+        hp = json.loads(args.hparams)
+        runtime = RuntimeConfig.from_dict(hp.get("train"))
+        lists = None if args.no_augment else {k: args.augment_dir / f"{k}.lst" for k in AUGMENT_SOURCES}
+        stage = SSRLStage(hp, args.system, args.train_scp, args.init_model, labels=args.labels,
+                          centers=args.centers, augment_lists=lists, val_scp=args.val_scp,
+                          val_trials=args.val_trials, utt2spk=args.utt2spk, label_log=args.label_log_out,
+                          live_dir=args.ckpt_dir)
+        return run(stage, runtime, args.ckpt_dir, args.model_out, args.log_out)
+    except (ValueError, json.JSONDecodeError) as exc:   # ManifestError, ModelFileError, config errors name the input
+        print(f"train_ssrl: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
