@@ -35,12 +35,11 @@ def sys_path(system, *parts):
     return run_path(system, *parts)
 
 
-def script_cmd(name, args):
+def script_cmd(name, args, omp="{threads}"):
     """Shell command running workflow/scripts/<name> with ``args`` (a shell template using
-    {input}, {output}, ...) on {threads} OpenMP threads. The script is named by absolute path:
-    the working directory may be anywhere (e.g. -d in tests)."""
-    path = shlex.quote(str(Path(workflow.basedir) / "workflow" / "scripts" / name))
-    return f"OMP_NUM_THREADS={{threads}} python {path} {args}"
+    {input}, {output}, ...) on ``omp`` OpenMP threads (a template: default the rule's threads).
+    The script is named by absolute path: the working directory may be anywhere (-d in tests)."""
+    return f"OMP_NUM_THREADS={omp} python {script_path(name)} {args}"
 
 
 def kmeans_path(system, name, k=None):
@@ -108,7 +107,7 @@ def train_launcher(wildcards, threads, resources):
     return launcher(wildcards, compute, resources)
 
 
-def train_script(name):
+def script_path(name):
     """Absolute path of workflow/scripts/<name> (the working directory may be anywhere)."""
     return shlex.quote(str(Path(workflow.basedir) / "workflow" / "scripts" / name))
 
@@ -139,6 +138,95 @@ def iterative_previous(wildcards):
     """The system whose model and k-means labels iterative round {r} starts from (round 1: dino)."""
     r = int(wildcards.r)
     return "dino" if r == 1 else f"iter_r{r - 1}"
+
+
+# WavLM systems (rules/wavlm.smk): ssrl keys that act only in label updates (relabelling, queues, NLM)
+# or in the SSRL label-fixed LR segment: not part of WavLM step 1's hyper-parameters, so editing them
+# does not rerun it.
+_WAVLM_STEP1_UNUSED = {"fixed_epochs", "update_epochs", "lr_fixed_start", "lr_update_start", "queue_len", "nlm",
+                       "gmm_max_iter", "gmm_tol", "margin_quirk", "sinkhorn_iters", "sinkhorn_epsilon",
+                       "teacher_crop_s"}
+
+
+def wavlm_checkpoint_problem(path, num_layers):
+    """What is wrong with WavLM checkpoint ``path`` for ``num_layers`` layers, or None if it looks right.
+
+    Cheap enough for every `snakemake` start (the weights are not read): a file is opened with
+    torch.load(weights_only=True, mmap=True) (zip-format files, i.e. torch.save since PyTorch 1.6; an
+    older file is read whole) and must be the official WavLM dict ({"cfg", "model"} with WavLM's gated
+    relative-position parameters) or a torchaudio WavLM state dict; a directory must be a Hugging Face
+    WavLM (config.json with model_type wavlm + model.safetensors or pytorch_model.bin). The checkpoint
+    must have at least ``num_layers`` transformer layers. Every key and shape is checked when step 1
+    loads it (ssrl.models.wavlm.load_wavlm).
+    """
+    import torch
+    import zipfile
+
+    p = Path(path)
+    if str(path).startswith(PLACEHOLDER_PREFIX):
+        return "is still a placeholder; point it at your copy of WavLM-Large.pt"
+    if not p.exists():
+        return "not found"
+    if p.is_dir():
+        try:
+            cfg = json.loads((p / "config.json").read_text())
+        except (OSError, ValueError) as err:
+            return f"is a directory but not a Hugging Face WavLM (config.json: {err})"
+        if cfg.get("model_type") != "wavlm":
+            return f"is a Hugging Face {cfg.get('model_type')!r} model, not WavLM (config.json model_type)"
+        if not any((p / name).exists() for name in ("model.safetensors", "pytorch_model.bin")):
+            return "has no model.safetensors or pytorch_model.bin"
+        layers = cfg.get("num_hidden_layers", 0)
+    else:
+        try:
+            obj = torch.load(p, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(p))
+        except Exception as err:  # noqa: BLE001 - unpickling errors come in many types
+            return f"cannot be read by torch.load(weights_only=True): {err}"
+        if isinstance(obj, dict) and isinstance(obj.get("cfg"), dict) and isinstance(obj.get("model"), dict):
+            if "encoder.layers.0.self_attn.grep_a" not in obj["model"]:
+                return ("has the official {'cfg', 'model'} layout but no WavLM gated relative-position "
+                        "parameters (encoder.layers.0.self_attn.grep_a): a HuBERT / wav2vec 2.0 checkpoint?")
+            layers = obj["cfg"].get("encoder_layers", 0)
+        else:
+            if isinstance(obj, dict) and isinstance(obj.get("state_dict", obj.get("model")), dict):
+                obj = obj.get("state_dict", obj.get("model"))
+            if not (isinstance(obj, dict) and "encoder.transformer.layers.0.attention.gru_rel_pos_const" in obj):
+                return ("is not a WavLM checkpoint (expected the official WavLM-Large.pt {'cfg', 'model'} dict, "
+                        "a torchaudio WavLM state dict, or a Hugging Face WavLM directory)")
+            layers = len({k.split(".")[3] for k in obj if k.startswith("encoder.transformer.layers.")})
+    if layers < num_layers:
+        return f"has {layers} transformer layers, fewer than wavlm.num_layers = {num_layers}"
+    return None
+
+
+def wavlm_arch():
+    """build_speaker_model architecture of step 1: WavLM (checkpoint or random init, first num_layers
+    layers, quirk Q7) + the ECAPA back-end of wavlm.encoder (1024-d input, no log, norm not detached)."""
+    wavlm = config["wavlm"]
+    frontend = {key: wavlm[key] for key in ("checkpoint", "num_layers", "tiny", "normalize_input")}
+    return {"frontend": {"type": "wavlm", **frontend}, "encoder": dict(wavlm["encoder"])}
+
+
+def wavlm_hparams(step):
+    """--hparams of train_ssrl.py for WavLM step ``step`` (step1 | step2 | ft): the ssrl section (step 1:
+    without its label-update keys) updated with wavlm.<step>, then the keys that define the step; with
+    the WavLM frozen the teacher shares it (same weights as an EMA copy, one copy in memory and files),
+    in step 2-ft as wavlm.teacher_shares_wavlm says (quirk Q3). Step 1 also gets the arch (wavlm_arch)."""
+    wavlm = config["wavlm"]
+    if step == "step1":
+        hp = ssrl_stage_hparams()
+        hp["ssrl"] = {key: value for key, value in hp["ssrl"].items() if key not in _WAVLM_STEP1_UNUSED}
+        hp["ssrl"].update(wavlm["step1"], init="scratch", head_init="random", label_update=False, nlm=False,
+                          update_epochs=0, schedule="warmup_cosine", freeze_wavlm=True, teacher_shares_wavlm=True)
+        hp["arch"] = wavlm_arch()
+        return hp
+    if step == "step2":
+        return ssrl_stage_hparams(**wavlm["step2"], init="student_teacher", schedule="ssrl", freeze_wavlm=True,
+                                  teacher_shares_wavlm=True)
+    return ssrl_stage_hparams(**wavlm["ft"], init="full", schedule="ssrl", freeze_wavlm=False,
+                              teacher_shares_wavlm=wavlm["teacher_shares_wavlm"],
+                              gradient_checkpointing=wavlm["gradient_checkpointing"],
+                              wavlm_lr_scale=wavlm["wavlm_lr_scale"])
 
 
 def all_targets():

@@ -49,6 +49,11 @@ if config["corpus"]["kind"] == "demo":
 if config["corpus"]["kind"] in ("voxceleb", "generic"):
     _PREP_KIND = config["corpus"]["kind"]
     _PREP = config["corpus"][_PREP_KIND]
+    # config/voxceleb.yaml ships /path/to/... placeholders: name each one left, before planning any job.
+    _PREP_UNSET = placeholder_keys(_PREP, f"corpus.{_PREP_KIND}")
+    if _PREP_UNSET:
+        raise ValueError("set these corpus paths to your local copies (they are still placeholders):\n"
+                         + "\n".join(f"  {key}: {value}" for key, value in _PREP_UNSET))
     _PREP_CONV = _PREP["conversion"]
     _PREP_WIDTH = max(3, len(str(_PREP_CONV["n_shards"] - 1)))
     PREPARE_SHARDS = [f"{i:0{_PREP_WIDTH}d}" for i in range(_PREP_CONV["n_shards"])]

@@ -24,7 +24,7 @@ rule dino_train:
         ckpt=sys_path("dino", "ckpt"),
         augment_dir=lambda wildcards, input: os.path.dirname(input.augment[0]),
         launch=train_launcher,
-        script=train_script("train_dino.py"),
+        script=script_path("train_dino.py"),
     threads: 32
     resources:
         gpu=0,

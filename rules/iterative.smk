@@ -29,7 +29,7 @@ rule iterative_train:
         ckpt=lambda wildcards: sys_path(f"iter_r{wildcards.r}", "ckpt"),
         augment_dir=lambda wildcards, input: os.path.dirname(input.augment[0]),
         launch=train_launcher,
-        script=train_script("train_ssrl.py"),
+        script=script_path("train_ssrl.py"),
     wildcard_constraints:
         r=r"[1-9][0-9]*",
     threads: 32

@@ -17,16 +17,16 @@ REPORT_PLOTS = ["det", "labels", "training", "scores"]  # = ssrl.tables.PLOT_NAM
 
 # The systems of the result tables, in table order: name, table (main | ablations | wavlm), kind, and
 # round (iterative), overrides (ablation) or checkpoint (WavLM; None: random init). Config keys of
-# other stages read here, and only here: iterative.rounds, ablations (name -> overrides of the ssrl
-# section), wavlm.enabled, wavlm.checkpoint.
+# other stages read here, and only here: iterative.rounds, wavlm.enabled, wavlm.checkpoint; the
+# ablations come from ABLATIONS (rules/ssrl.smk: name -> overrides of the ssrl section).
 _ROUNDS = int((config.get("iterative") or {}).get("rounds", 0))
 _WAVLM = config.get("wavlm") or {}
 REPORT_SYSTEMS = [
     {"name": "dino", "table": "main", "kind": "dino"},
     *[{"name": f"iter_r{r}", "table": "main", "kind": "iterative", "round": r} for r in range(1, _ROUNDS + 1)],
     {"name": "ssrl", "table": "main", "kind": "ssrl"},
-    *[{"name": name, "table": "ablations", "kind": "ablation", "overrides": overrides or {}}
-      for name, overrides in (config.get("ablations") or {}).items()],
+    *[{"name": name, "table": "ablations", "kind": "ablation", "overrides": overrides}
+      for name, overrides in ABLATIONS.items()],  # rules/ssrl.smk (nulls dropped)
     *[{"name": name, "table": "wavlm", "kind": name, "checkpoint": _WAVLM.get("checkpoint")}
       for name in (("wavlm_step1", "wavlm_step2", "wavlm_ft") if _WAVLM.get("enabled") else ())],
 ]

@@ -12,7 +12,10 @@
 
 import re
 
-ABLATIONS = config.get("ablations") or {}  # name (ssrl_...) -> overrides of the ssrl section
+# name (ssrl_...) -> overrides of the ssrl section; an ablation set to null is left out (a config
+# merged over another cannot delete its keys: `ablations: {ssrl_queue1: null}` drops one)
+ABLATIONS = {name: overrides or {} for name, overrides in (config.get("ablations") or {}).items()
+             if overrides is not None}
 SSRL_SYSTEMS = ["ssrl", *ABLATIONS]
 AUGMENT_LISTS = expand(f"{DATA_DIR}/augment/{{name}}.lst", name=["noise", "music", "babble", "rir"])
 
@@ -36,7 +39,7 @@ rule ssrl_train:
         ckpt=lambda wildcards: sys_path(wildcards.system, "ckpt"),
         augment_dir=lambda wildcards, input: os.path.dirname(input.augment[0]),
         launch=train_launcher,
-        script=train_script("train_ssrl.py"),
+        script=script_path("train_ssrl.py"),
     wildcard_constraints:
         system="|".join(re.escape(s) for s in SSRL_SYSTEMS),
     threads: 32

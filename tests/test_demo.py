@@ -7,6 +7,7 @@ import importlib.util
 import itertools
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import pytest
 import soundfile as sf
 import yaml
 
-from conftest import REPO, TINY_CONFIG, run_snakemake, write_config
+from conftest import REPO, TINY_CONFIG, deep_update, run_snakemake, write_config
 from ssrl import demo
 from ssrl.manifest import (Trials, check_audio_exists, check_trials_cover, read_list, read_trials, read_utt2spk,
                            read_wav_scp)
@@ -297,3 +298,24 @@ def test_snakemake_builds_the_demo_data(workdir):
     assert "Nothing to be done" in run_snakemake(workdir, "-n", *targets, configfile=cfg).stdout
     cfg2 = write_config(workdir / "tiny2.yaml", {"corpus": {"demo": {**MINI, "seed": 2}}})
     assert "demo_corpus" in run_snakemake(workdir, "-n", *targets, configfile=cfg2).stdout
+
+
+def test_kmeans_ablation_quality_switch(workdir):
+    """kmeans.ablation_quality decides whether the default target k-means the ablations' train-set
+    embeddings (one more train-set extraction + k-means each); dino, the iterative rounds (their
+    labels) and ssrl are clustered either way."""
+    counts = {}
+    for on in (False, True):
+        # (AS-norm off: its cohort would need every system's train-set embeddings anyway)
+        cfg = write_config(workdir / f"config_{on}.yaml", {"kmeans": {"ablation_quality": on},
+                                                           "score": {"asnorm": False}})
+        out = run_snakemake(workdir, "-n", "--quiet", "rules", configfile=cfg).stdout
+        counts[on] = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", out, re.M)}
+    effective = deep_update(yaml.safe_load((REPO / "config" / "config.yaml").read_text()),
+                            yaml.safe_load(TINY_CONFIG.read_text()))
+    ablations = [name for name, overrides in effective["ablations"].items() if overrides is not None]
+    assert ablations                                               # the tiny config keeps one
+    assert counts[False]["kmeans"] == 2 + effective["iterative"]["rounds"], counts   # dino, rounds, ssrl
+    for rule in ("kmeans", "extract"):
+        assert counts[True][rule] - counts[False][rule] == len(ablations), counts
+    assert counts[True]["ssrl_train"] == counts[False]["ssrl_train"] == 1 + len(ablations), counts
