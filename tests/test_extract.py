@@ -152,3 +152,25 @@ def test_extract_rule_end_to_end(workdir, tmp_path):
     assert cosine(emb, one_at_a_time(model, wavs)).min() >= 0.9999
     log = (workdir / "results" / "tiny" / "logs" / "extract" / "sys1" / "test.log").read_text()
     assert "extract: wrote" in log
+
+
+def test_validation_keeps_the_first_seconds_of_wavlm_audio(tmp_path, monkeypatch):
+    """Validation during training embeds like extraction: a WavLM system sees only the first
+    WAVLM_MAX_SECONDS of each file (here patched to 1 s)."""
+    import ssrl.models
+    from ssrl.manifest import write_trials, Trials
+    from ssrl.train import ValidationSet, extract_embeddings as validation_embeddings
+    from ssrl.train.distributed import DistEnv
+
+    wavs = make_wavs(tmp_path / "wav", durations=(2.0, 0.7, 3.0))
+    write_scp(tmp_path / "wav.scp", wavs)
+    utts = list(wavs)
+    write_trials(tmp_path / "trials.txt", Trials.from_lists([1, 0], [utts[0], utts[1]], [utts[2], utts[2]]))
+    model, _ = make_model_file(tmp_path / "model.pt", {
+        "frontend": {"type": "wavlm", "checkpoint": None, "num_layers": 2, "tiny": True},
+        "encoder": {"channels": 16, "emb_dim": 8}})
+    monkeypatch.setattr(ssrl.models, "WAVLM_MAX_SECONDS", 1.0)
+    val = ValidationSet.from_files(tmp_path / "wav.scp", tmp_path / "trials.txt")
+    emb = validation_embeddings(model, val, DistEnv())
+    truncated = one_at_a_time(model, {u: wavs[u] for u in val.utts}, max_seconds=1.0)
+    assert cosine(emb, truncated).min() >= 0.9999

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-from scipy.signal import fftconvolve
+import scipy.fft  # light; scipy.signal costs seconds at start-up in every loader process
 
 from .audio import AudioError, load_audio, peak_normalise, read_random_crop
 
@@ -130,8 +130,12 @@ def prepare_rir(rir: np.ndarray) -> np.ndarray:
 def reverberate(x: np.ndarray, rir: np.ndarray) -> np.ndarray:
     """Convolve ``x`` ``(samples,)`` with a prepared RIR (:func:`prepare_rir`), keep the first
     ``samples`` outputs and rescale to the mean power of ``x``. Returns float32 ``(samples,)``."""
-    # Single-precision FFT: about 1.6x faster than double, errors ~1e-7 of the signal.
-    y = fftconvolve(x.astype(np.float32), rir.astype(np.float32), mode="full")[: x.shape[0]]
+    # Linear convolution by single-precision real FFT (as scipy.signal.fftconvolve does): about
+    # 1.6x faster than double, errors ~1e-7 of the signal.
+    n = x.shape[0] + rir.shape[0] - 1
+    nfft = scipy.fft.next_fast_len(n, real=True)
+    spectrum = scipy.fft.rfft(x.astype(np.float32), nfft) * scipy.fft.rfft(rir.astype(np.float32), nfft)
+    y = scipy.fft.irfft(spectrum, nfft)[: x.shape[0]]
     p_out = _power(y)
     if p_out > 0.0:
         y = y * np.float32(np.sqrt(_power(x) / p_out))

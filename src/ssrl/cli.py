@@ -169,7 +169,7 @@ def _load(args: argparse.Namespace, device: str = "cpu"):
 
 
 def _max_seconds(args: argparse.Namespace, model) -> float | None:
-    from .inference import default_max_seconds
+    from .models import default_max_seconds
 
     return args.max_seconds if args.max_seconds is not None else default_max_seconds(model)
 

@@ -43,9 +43,6 @@ from .metrics import score_trials
 from .models import SpeakerModel, extract_embeddings
 from .progress import Progress
 
-WAVLM_MAX_SECONDS = 100.0
-"""WavLM systems embed only the first 100 s of each file (SPEC 5)."""
-
 EXPORT_TOLERANCE = 1e-4
 """Largest absolute difference allowed between onnxruntime and PyTorch embeddings."""
 
@@ -96,12 +93,6 @@ def min_samples(model: SpeakerModel) -> int:
         else:
             lo = mid
     return hi
-
-
-def default_max_seconds(model: SpeakerModel) -> float | None:
-    """Audio kept per file for extraction: :data:`WAVLM_MAX_SECONDS` for WavLM systems,
-    everything (None) for log-mel ECAPA systems (SPEC 5)."""
-    return None if isinstance(model.frontend, MelFrontend) else WAVLM_MAX_SECONDS
 
 
 # --------------------------------------------------------------------------- embeddings

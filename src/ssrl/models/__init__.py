@@ -37,10 +37,19 @@ __all__ = [
     "ECAPATDNN", "DINOHead", "AAMSoftmax", "SoftmaxHead", "build_head", "LayerWeighting", "WavLM",
     "WavLMFrontend", "WavLMCheckpointError", "load_wavlm", "SpeakerModel", "build_speaker_model",
     "MODEL_FORMAT", "ModelFileError", "save_model_file", "read_model_file", "load_speaker_model",
-    "extract_embeddings",
+    "extract_embeddings", "WAVLM_MAX_SECONDS", "default_max_seconds",
 ]
 
 MODEL_FORMAT = "ssrl-model/1"
+
+WAVLM_MAX_SECONDS = 100.0
+"""WavLM systems embed only the first 100 s of each file (SPEC 5)."""
+
+
+def default_max_seconds(model: "SpeakerModel") -> float | None:
+    """Audio kept per file for extraction: :data:`WAVLM_MAX_SECONDS` for WavLM systems,
+    everything (None) for log-mel ECAPA systems (SPEC 5)."""
+    return None if isinstance(model.frontend, MelFrontend) else WAVLM_MAX_SECONDS
 
 
 class SpeakerModel(nn.Module):

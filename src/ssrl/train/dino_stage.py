@@ -30,7 +30,7 @@ from ..manifest import check_audio_exists, read_list, read_wav_scp
 from ..models import DINOHead, build_speaker_model, save_model_file
 from . import schedules
 from .ema import make_teacher
-from .loop import Stage, file_digest
+from .loop import Stage, config_from_dict, file_digest
 from .optim import clip_grad_per_tensor, decay_param_groups
 from .validation import ValidationSet, validation_eer
 
@@ -92,8 +92,8 @@ class DINOConfig:
     def from_dict(cls, d: Mapping[str, Any], where: str = "dino") -> "DINOConfig":
         """Validate and build; errors name ``where.key``."""
         d = dict(d)
-        head = _fill(HeadConfig, d.pop("head", {}) or {}, f"{where}.head")
-        cfg = _fill(cls, d, where)
+        head = config_from_dict(HeadConfig, d.pop("head", {}) or {}, f"{where}.head")
+        cfg = config_from_dict(cls, d, where, skip=("head",))
         cfg.head = head
         for key in ("epochs", "batch_size", "n_global"):
             if getattr(cfg, key) < 1:
@@ -116,21 +116,6 @@ class DINOConfig:
         return cfg
 
 
-def _fill(cls: type, d: Mapping[str, Any], where: str) -> Any:
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "head"}
-    unknown = sorted(set(d) - set(fields))
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(fields)}")
-    defaults = cls()
-    out = {}
-    for key, value in d.items():
-        want = type(getattr(defaults, key))
-        if want is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, want) or (want is int and isinstance(value, bool)):
-            raise ValueError(f"{where}.{key}: expected {want.__name__}, got {value!r}")
-        out[key] = value
-    return cls(**out)
 
 
 class DINOStage(Stage):

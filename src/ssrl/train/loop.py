@@ -117,6 +117,29 @@ class NonFiniteLossError(RuntimeError):
     """A loss became NaN or infinite; training stopped without writing outputs."""
 
 
+def config_from_dict(cls: type, d: Mapping[str, Any], where: str, skip: tuple[str, ...] = ()) -> Any:
+    """Build dataclass ``cls`` from config mapping ``d``, typed by the fields' defaults.
+
+    Fields named in ``skip`` are neither accepted nor set (the caller builds them). Unknown
+    keys and values of the wrong type raise ValueError naming ``where.key``; an int is
+    accepted (and converted) where a float is expected, a bool never counts as an int.
+    """
+    names = sorted(f.name for f in dataclasses.fields(cls) if f.name not in skip)
+    unknown = sorted(set(d) - set(names))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; expected some of {names}")
+    defaults = cls()
+    values = {}
+    for key, value in d.items():
+        want = type(getattr(defaults, key))
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+            raise ValueError(f"{where}.{key}: expected {want.__name__}, got {value!r}")
+        values[key] = value
+    return cls(**values)
+
+
 @dataclass
 class RuntimeConfig:
     """The ``train:`` config section: how (not what) to train. Not part of a stage's
@@ -146,21 +169,7 @@ class RuntimeConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None, where: str = "train") -> "RuntimeConfig":
         """Build from a config mapping; unknown keys and wrong types raise ValueError naming ``where.key``."""
-        d = dict(d or {})
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - set(fields))
-        if unknown:
-            raise ValueError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(fields)}")
-        defaults = cls()
-        for key, value in d.items():
-            want = type(getattr(defaults, key))
-            ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
-            if want is float and isinstance(value, int) and not isinstance(value, bool):
-                d[key] = float(value)
-                ok = True
-            if not ok:
-                raise ValueError(f"{where}.{key}: expected {want.__name__}, got {value!r}")
-        cfg = cls(**d)
+        cfg = config_from_dict(cls, d or {}, where)
         for key in ("workers", "ckpt_every_steps"):
             if getattr(cfg, key) < 0:
                 raise ValueError(f"{where}.{key}: must be >= 0, got {getattr(cfg, key)}")
@@ -447,9 +456,13 @@ class Trainer:
 
     # ---- signals ---------------------------------------------------------------------------
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        if self._signal is not None:        # second signal: give up on the clean stop
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
+        if self._signal is not None:
+            # A second SIGTERM is the same stop request again: SLURM signals every process of the
+            # job and torchrun forwards the signal to its workers (both follow up with SIGKILL).
+            # A second SIGINT (Ctrl-C pressed again) gives up on the clean stop.
+            if signum == signal.SIGINT:
+                signal.signal(signum, signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
             return
         self._signal = signum
         log.warning("%s received: saving a checkpoint after this step, then exiting",
@@ -689,7 +702,8 @@ class Trainer:
 
     def _non_finite(self, bad: Mapping[str, float], epoch: int, batch: int, step: int) -> None:
         kept = self.ckpt.checkpoints()
-        where = f"the last good checkpoint {kept[-1][1]} is kept" if kept else "no checkpoint had been saved yet"
+        where = (f"the last checkpoint before it, {kept[-1][1]}, is kept (its weights may already be diverging)"
+                 if kept else "no checkpoint had been saved yet")
         losses = ", ".join(f"{k}={v}" for k, v in bad.items())
         raise NonFiniteLossError(
             f"{self.stage.name}: non-finite loss at epoch {epoch}, step {batch + 1} of {self.steps_per_epoch} "

@@ -51,7 +51,6 @@ in the checkpoint directory and restored with the checkpoints, so it survives ki
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import math
 import os
@@ -77,7 +76,7 @@ from ..ssrl import (LabelState, clean_detector_stats, distributed_all_reduce, is
 from . import distributed as D
 from . import schedules
 from .ema import make_teacher
-from .loop import Stage, file_digest
+from .loop import Stage, config_from_dict, file_digest
 from .optim import decay_param_groups
 from .validation import ValidationSet, validation_eer
 
@@ -171,20 +170,7 @@ class SSRLConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str = "ssrl") -> "SSRLConfig":
         """Validate and build; unknown keys, wrong types and bad values raise ValueError naming ``where.key``."""
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - fields)
-        if unknown:
-            raise ValueError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(fields)}")
-        defaults = cls()
-        values = {}
-        for key, value in d.items():
-            want = type(getattr(defaults, key))
-            if want is float and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-            if not isinstance(value, want) or (want is int and isinstance(value, bool)):
-                raise ValueError(f"{where}.{key}: expected {want.__name__}, got {value!r}")
-            values[key] = value
-        cfg = cls(**values)
+        cfg = config_from_dict(cls, d, where)
         cfg._check(where)
         return cfg
 

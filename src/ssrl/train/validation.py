@@ -3,7 +3,8 @@
 Extraction is sharded over ranks and gathered, so every rank returns the same
 result and no rank waits in a collective that another skips. The model is a
 :class:`ssrl.models.SpeakerModel` (e.g. the EMA teacher's); validation uses
-whole utterances, exactly as the extraction stage does (SPEC 5).
+whole utterances (WavLM systems: the first 100 s), exactly as the extraction stage
+does (SPEC 5).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from .. import SAMPLE_RATE
 from ..data import EvalDataset, collate_padded, length_bucketed_batches
 from ..manifest import Trials, check_trials_cover, read_trials, read_wav_scp
 from ..metrics import compute_eer, score_trials
-from ..models import SpeakerModel
+from ..models import SpeakerModel, default_max_seconds
 from ..models import extract_embeddings as models_extract
 from . import distributed as D
 
@@ -56,12 +57,15 @@ def extract_embeddings(model: SpeakerModel, val: ValidationSet, env: D.DistEnv, 
     gathered. The model's train/eval mode is restored afterwards.
     """
     lengths = val.lengths if val.lengths is not None else EvalDataset(val.utts, val.paths).num_samples(False)
+    max_seconds = default_max_seconds(model)
+    if max_seconds is not None:
+        lengths = np.minimum(lengths, round(max_seconds * SAMPLE_RATE))
     mine = np.argsort(-lengths, kind="stable")[env.rank::env.world_size]
     was_training = model.training
     emb = np.zeros((0, model.emb_dim), dtype=np.float32)
     try:
         if mine.size:
-            dataset = EvalDataset([val.utts[i] for i in mine], [val.paths[i] for i in mine])
+            dataset = EvalDataset([val.utts[i] for i in mine], [val.paths[i] for i in mine], max_seconds=max_seconds)
             batches = length_bucketed_batches(lengths[mine], max(1, round(max_batch_seconds * SAMPLE_RATE)),
                                               max_batch_size)
             loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate_padded)
