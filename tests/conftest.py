@@ -12,6 +12,10 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "tests" / "config" / "tiny.yaml"
+# How the tiny end-to-end run is executed: the tiny jobs are import-bound, so two one-thread jobs at
+# a time beat one two-thread job. Reruns that must reproduce its weights bit for bit (same thread
+# count) use the same arguments.
+TINY_RUN_ARGS = ("--cores", "2", "--max-threads", "1")
 
 sys.path.insert(0, str(REPO / "src"))
 
@@ -74,3 +78,17 @@ def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     sizes = yaml.safe_load(TINY_CONFIG.read_text())["corpus"]["demo"]
     generate_corpus(run_dir / "corpus", run_dir / "data", workers=1, **sizes)
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The whole workflow (default target) on the tiny config, run once per session.
+
+    Returns the work directory: outputs under ``results/tiny/``, the config as
+    ``config.yaml``. Tests that inspect a stage's real outputs share this run instead of
+    building their own; treat it as read-only.
+    """
+    workdir = tmp_path_factory.mktemp("tiny_run")
+    cfg = write_config(workdir / "config.yaml")
+    run_snakemake(workdir, *TINY_RUN_ARGS, configfile=cfg)
+    return workdir

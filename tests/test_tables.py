@@ -420,7 +420,7 @@ def test_report_rules(workdir):
     cfg = effective_config()
     rounds = int((cfg.get("iterative") or {}).get("rounds", 0))
     systems = ["dino", *[f"iter_r{r}" for r in range(1, rounds + 1)], "ssrl"]
-    ablations = list(cfg.get("ablations") or {})
+    ablations = [name for name, overrides in (cfg.get("ablations") or {}).items() if overrides is not None]
     wavlm = bool((cfg.get("wavlm") or {}).get("enabled"))
     all_systems = [*systems, *ablations, *(["wavlm_step1", "wavlm_step2", "wavlm_ft"] if wavlm else [])]
     run_dir = workdir / "results" / cfg["run"]
