@@ -21,7 +21,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES)
 	@echo
-	@echo "Results are under results/demo/ (tables in results/demo/tables/, plots in results/demo/plots/)."
+	@cat results/demo/tables/main.md
+	@echo
+	@echo "Results are under results/demo/: all tables in results/demo/tables/summary.md, plots in results/demo/plots/."
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -702,7 +702,7 @@ class Trainer:
 
     def _non_finite(self, bad: Mapping[str, float], epoch: int, batch: int, step: int) -> None:
         kept = self.ckpt.checkpoints()
-        where = (f"the last checkpoint before it, {kept[-1][1]}, is kept (its weights may already be diverging)"
+        where = (f"{kept[-1][1]} is kept (the last checkpoint before it; its weights may already be diverging)"
                  if kept else "no checkpoint had been saved yet")
         losses = ", ".join(f"{k}={v}" for k, v in bad.items())
         raise NonFiniteLossError(
