@@ -29,6 +29,9 @@ import scipy.fft  # light; scipy.signal costs seconds at start-up in every loade
 
 from .audio import AudioError, load_audio, peak_normalise, read_random_crop
 
+AUGMENT_SOURCES = ("noise", "music", "babble", "rir")
+"""The augmentation source lists (data/augment/<source>.lst), the keyword arguments of :class:`Augmenter`."""
+
 AUGMENTATIONS = ("reverb", "noise", "none")
 """Names an :class:`AugmentPolicy` may choose from."""
 

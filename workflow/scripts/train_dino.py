@@ -32,32 +32,22 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from ssrl.train import RuntimeConfig, run
-from ssrl.train.dino_stage import AUGMENT_SOURCES, DINOStage
+from ssrl.train.dino_stage import DINOStage
+from ssrl.train.script_args import add_training_arguments, augment_lists
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--train-scp", required=True, help="training wav.scp ('utt path' per line)")
-    ap.add_argument("--augment-dir", type=Path, default=None,
-                    help="folder with noise.lst, music.lst, babble.lst and rir.lst")
-    ap.add_argument("--no-augment", action="store_true", help="clean crops (debugging only; not SPEC 4)")
-    ap.add_argument("--val-scp", default=None, help="validation wav.scp (with --val-trials)")
-    ap.add_argument("--val-trials", default=None, help="validation trial list ('1|0 enroll test' per line)")
-    ap.add_argument("--ckpt-dir", required=True, help="checkpoint folder (kept between runs for resuming)")
-    ap.add_argument("--model-out", required=True, help="model file to write (<system>/model.pt)")
-    ap.add_argument("--log-out", required=True, help="training log to write (<system>/train_log.tsv)")
-    ap.add_argument("--hparams", required=True, help="JSON, see above")
+    add_training_arguments(ap, no_augment_help="clean crops (debugging only; not SPEC 4)")
     args = ap.parse_args(argv)
-    if (args.augment_dir is None) == (not args.no_augment):
-        ap.error("give --augment-dir, or --no-augment for clean crops")
+    lists = augment_lists(ap, args)
 
     try:
         hp = json.loads(args.hparams)
         runtime = RuntimeConfig.from_dict(hp.get("train"))
-        lists = None if args.no_augment else {k: args.augment_dir / f"{k}.lst" for k in AUGMENT_SOURCES}
         stage = DINOStage(hp, args.train_scp, lists, args.val_scp, args.val_trials)
         return run(stage, runtime, args.ckpt_dir, args.model_out, args.log_out)
     except (ValueError, json.JSONDecodeError) as exc:   # ManifestError, AudioError, config errors name the input

@@ -36,10 +36,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from ssrl.train import RuntimeConfig, run
-from ssrl.train.ssrl_stage import AUGMENT_SOURCES, SSRLStage
+from ssrl.train.script_args import add_training_arguments, augment_lists
+from ssrl.train.ssrl_stage import SSRLStage
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,25 +50,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="model file to start from (e.g. dino/model.pt); not with ssrl.init 'scratch'")
     ap.add_argument("--labels", default=None, help="k-means labels ('utt label' per line; init 'encoder')")
     ap.add_argument("--centers", default=None, help="k-means centers (K, dim) .npy (head_init 'centers')")
-    ap.add_argument("--augment-dir", type=Path, default=None,
-                    help="folder with noise.lst, music.lst, babble.lst and rir.lst")
-    ap.add_argument("--no-augment", action="store_true", help="clean student crops (debugging only)")
-    ap.add_argument("--val-scp", default=None, help="validation wav.scp (with --val-trials)")
-    ap.add_argument("--val-trials", default=None, help="validation trial list ('1|0 enroll test' per line)")
     ap.add_argument("--utt2spk", default=None, help="true speakers of the training set (label log only)")
-    ap.add_argument("--ckpt-dir", required=True, help="checkpoint folder (kept between runs for resuming)")
-    ap.add_argument("--model-out", required=True, help="model file to write (<system>/model.pt)")
-    ap.add_argument("--log-out", required=True, help="training log to write (<system>/train_log.tsv)")
     ap.add_argument("--label-log-out", required=True, help="label log to write (<system>/label_log.tsv)")
-    ap.add_argument("--hparams", required=True, help="JSON, see above")
+    add_training_arguments(ap, no_augment_help="clean student crops (debugging only)")
     args = ap.parse_args(argv)
-    if (args.augment_dir is None) == (not args.no_augment):
-        ap.error("give --augment-dir, or --no-augment for clean crops")
+    lists = augment_lists(ap, args)
 
     try:
         hp = json.loads(args.hparams)
         runtime = RuntimeConfig.from_dict(hp.get("train"))
-        lists = None if args.no_augment else {k: args.augment_dir / f"{k}.lst" for k in AUGMENT_SOURCES}
         stage = SSRLStage(hp, args.system, args.train_scp, args.init_model, labels=args.labels,
                           centers=args.centers, augment_lists=lists, val_scp=args.val_scp,
                           val_trials=args.val_trials, utt2spk=args.utt2spk, label_log=args.label_log_out,

@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader
 
-from ..augment import Augmenter, AugmentPolicy
+from ..augment import AUGMENT_SOURCES, Augmenter, AugmentPolicy
 from ..data import EpochSampler, MultiCropDataset
 from ..dino import DINOCenter, DINOModel, dino_loss, output_std
 from ..manifest import check_audio_exists, read_list, read_wav_scp
@@ -34,7 +34,6 @@ from .loop import Stage, config_from_dict, file_digest
 from .optim import clip_grad_per_tensor, decay_param_groups
 from .validation import ValidationSet, validation_eer
 
-AUGMENT_SOURCES = ("noise", "music", "babble", "rir")
 
 
 @dataclass

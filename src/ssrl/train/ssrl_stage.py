@@ -63,7 +63,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..augment import Augmenter, AugmentPolicy
+from ..augment import AUGMENT_SOURCES, Augmenter, AugmentPolicy
 from ..cluster import cluster_quality
 from ..data import LabelledCropDataset
 from ..fileio import atomic_open
@@ -80,7 +80,6 @@ from .loop import Stage, config_from_dict, file_digest
 from .optim import decay_param_groups
 from .validation import ValidationSet, validation_eer
 
-AUGMENT_SOURCES = ("noise", "music", "babble", "rir")
 INIT_SOURCES = ("scratch", "encoder", "student_teacher", "full")
 HEAD_TYPES = ("aam", "softmax")
 HEAD_INITS = ("centers", "random")
