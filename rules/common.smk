@@ -85,26 +85,20 @@ def placeholder_keys(node, where):
     return [(where, node)] if isinstance(node, str) and node.startswith(PLACEHOLDER_PREFIX) else []
 
 
-def launcher(wildcards, threads, resources):
-    """Command prefix for a training/extraction script.
-
-    gpu >= 2: torchrun --standalone with one worker per GPU (OMP threads split
-    between workers); otherwise plain python on one device (CUDA if present).
-    """
-    gpus = int(resources.get("gpu", 0) or 0)
-    if gpus >= 2:
-        omp = max(1, int(threads) // gpus)
-        return f"OMP_NUM_THREADS={omp} torchrun --standalone --nproc_per_node={gpus}"
-    return f"OMP_NUM_THREADS={threads} python"
-
-
-def train_launcher(wildcards, threads, resources):
-    """launcher() for training scripts: the rule's threads are shared by the compute
-    threads and the DataLoader workers (config train.workers per process), so the
-    compute threads get what the workers leave (at least one per process)."""
-    procs = max(1, int(resources.get("gpu", 0) or 0))
-    compute = max(procs, int(threads) - procs * int(config["train"]["workers"]))
-    return launcher(wildcards, compute, resources)
+def train_command(script):
+    """Shell template starting training script ``script`` (workflow/scripts/) with the rule's {threads}
+    and {resources.gpu}: gpu >= 2 runs torchrun --standalone with one worker per GPU, otherwise one
+    python process (on CUDA if present). The threads are shared by the DataLoader processes (config
+    train.workers per worker) and the compute threads (OMP_NUM_THREADS per worker, at least 1).
+    Computed by the shell, not a params value: running with another --cores (which caps threads)
+    never reruns a trained stage."""
+    workers = int(config["train"]["workers"])
+    return (
+        "gpus={resources.gpu}; procs=$(( gpus > 1 ? gpus : 1 )); "
+        f"omp=$(( ({{threads}} - procs * {workers}) / procs )); "
+        'if [ "$gpus" -ge 2 ]; then run="torchrun --standalone --nproc_per_node=$gpus"; else run=python; fi; '
+        f"OMP_NUM_THREADS=$(( omp > 1 ? omp : 1 )) $run {script_path(script)}"
+    )
 
 
 def script_path(name):

@@ -23,8 +23,6 @@ rule dino_train:
         }),
         ckpt=sys_path("dino", "ckpt"),
         augment_dir=lambda wildcards, input: os.path.dirname(input.augment[0]),
-        launch=train_launcher,
-        script=script_path("train_dino.py"),
     threads: 32
     resources:
         gpu=0,
@@ -35,6 +33,6 @@ rule dino_train:
     conda:
         ENV
     shell:
-        "{params.launch} {params.script} --train-scp {input.wav_scp:q} --augment-dir {params.augment_dir:q}"
+        train_command("train_dino.py") + " --train-scp {input.wav_scp:q} --augment-dir {params.augment_dir:q}"
         " --val-scp {input.val_scp:q} --val-trials {input.val_trials:q} --ckpt-dir {params.ckpt:q}"
         " --model-out {output.model:q} --log-out {output.log:q} --hparams {params.hparams:q} > {log:q} 2>&1"

@@ -28,8 +28,6 @@ rule iterative_train:
         hparams=as_json(iterative_hparams()),
         ckpt=lambda wildcards: sys_path(f"iter_r{wildcards.r}", "ckpt"),
         augment_dir=lambda wildcards, input: os.path.dirname(input.augment[0]),
-        launch=train_launcher,
-        script=script_path("train_ssrl.py"),
     wildcard_constraints:
         r=r"[1-9][0-9]*",
     threads: 32
@@ -42,7 +40,7 @@ rule iterative_train:
     conda:
         ENV
     shell:
-        "{params.launch} {params.script} --system iter_r{wildcards.r} --train-scp {input.wav_scp:q}"
+        train_command("train_ssrl.py") + " --system iter_r{wildcards.r} --train-scp {input.wav_scp:q}"
         " --init-model {input.init:q} --labels {input.labels:q} --centers {input.centers:q}"
         " --augment-dir {params.augment_dir:q} --val-scp {input.val_scp:q} --val-trials {input.val_trials:q}"
         " --utt2spk {input.utt2spk:q} --ckpt-dir {params.ckpt:q} --model-out {output.model:q}"

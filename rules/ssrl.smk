@@ -38,8 +38,6 @@ rule ssrl_train:
         hparams=lambda wildcards: as_json(ssrl_stage_hparams(**ABLATIONS.get(wildcards.system, {}))),
         ckpt=lambda wildcards: sys_path(wildcards.system, "ckpt"),
         augment_dir=lambda wildcards, input: os.path.dirname(input.augment[0]),
-        launch=train_launcher,
-        script=script_path("train_ssrl.py"),
     wildcard_constraints:
         system="|".join(re.escape(s) for s in SSRL_SYSTEMS),
     threads: 32
@@ -52,7 +50,7 @@ rule ssrl_train:
     conda:
         ENV
     shell:
-        "{params.launch} {params.script} --system {wildcards.system} --train-scp {input.wav_scp:q}"
+        train_command("train_ssrl.py") + " --system {wildcards.system} --train-scp {input.wav_scp:q}"
         " --init-model {input.init:q} --labels {input.labels:q} --centers {input.centers:q}"
         " --augment-dir {params.augment_dir:q} --val-scp {input.val_scp:q} --val-trials {input.val_trials:q}"
         " --utt2spk {input.utt2spk:q} --ckpt-dir {params.ckpt:q} --model-out {output.model:q}"

@@ -36,7 +36,7 @@ if WAVLM["enabled"]:
 
 # The shell command of the three steps; {params.init} holds the step's init arguments.
 _WAVLM_SHELL = (
-    "{params.launch} {params.script} --system {params.system} --train-scp {input.wav_scp:q} {params.init}"
+    train_command("train_ssrl.py") + " --system {params.system} --train-scp {input.wav_scp:q} {params.init}"
     " --augment-dir {params.augment_dir:q} --val-scp {input.val_scp:q} --val-trials {input.val_trials:q}"
     " --utt2spk {input.utt2spk:q} --ckpt-dir {params.ckpt:q} --model-out {output.model:q}"
     " --log-out {output.log:q} --label-log-out {output.label_log:q} --hparams {params.hparams:q}"
@@ -69,8 +69,6 @@ if WAVLM["enabled"]:
             init=lambda wildcards, input: f"--labels {shlex.quote(input.labels)}",
             ckpt=sys_path("wavlm_step1", "ckpt"),
             augment_dir=lambda wildcards, input: os.path.dirname(input.augment[0]),
-            launch=train_launcher,
-            script=script_path("train_ssrl.py"),
         threads: 32
         resources:
             gpu=0,
@@ -97,8 +95,6 @@ if WAVLM["enabled"]:
             init=lambda wildcards, input: f"--init-model {shlex.quote(input.init)}",
             ckpt=sys_path("wavlm_step2", "ckpt"),
             augment_dir=lambda wildcards, input: os.path.dirname(input.augment[0]),
-            launch=train_launcher,
-            script=script_path("train_ssrl.py"),
         threads: 32
         resources:
             gpu=0,
@@ -125,8 +121,6 @@ if WAVLM["enabled"]:
             init=lambda wildcards, input: f"--init-model {shlex.quote(input.init)}",
             ckpt=sys_path("wavlm_ft", "ckpt"),
             augment_dir=lambda wildcards, input: os.path.dirname(input.augment[0]),
-            launch=train_launcher,
-            script=script_path("train_ssrl.py"),
         threads: 32
         resources:
             gpu=0,

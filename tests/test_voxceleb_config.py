@@ -314,12 +314,20 @@ def test_profile_plans_every_stage(vox, full_plan):
     assert "--k 8000 " in by_rule(jobs, "kmeans")[0]["shell"]
 
 
-def _omp_threads(shell: str, command: str) -> int:
-    """OMP_NUM_THREADS of a shell command line ``OMP_NUM_THREADS=<n or $(( shell arithmetic ))> <command> ...``,
-    evaluated by bash as the job would."""
-    m = re.match(r"OMP_NUM_THREADS=(\$\(\(.*?\)\)|\d+) " + re.escape(command) + " ", shell)
+def _launch(shell: str) -> tuple[int, str]:
+    """(OMP_NUM_THREADS, launcher) of a job's shell command, evaluated by bash as the job would: a
+    training command (rules/common.smk train_command: shell variables from threads and gpu) or a
+    script_cmd line ``OMP_NUM_THREADS=<n or $(( shell arithmetic ))> python ...``."""
+    if shell.startswith("gpus="):
+        setup, sep, _ = shell.partition(" $run ")
+        setup, sep_omp, omp = setup.rpartition("; OMP_NUM_THREADS=")
+        assert sep and sep_omp, shell[:300]
+        out = subprocess.run(["bash", "-c", f'{setup}; echo "{omp} $run"'], capture_output=True, text=True,
+                             check=True).stdout.split(maxsplit=1)
+        return int(out[0]), out[1].strip()
+    m = re.match(r"OMP_NUM_THREADS=(\$\(\(.*?\)\)|\d+) python ", shell)
     assert m, shell[:200]
-    return int(subprocess.run(["bash", "-c", f"echo {m[1]}"], capture_output=True, text=True, check=True).stdout)
+    return int(subprocess.run(["bash", "-c", f"echo {m[1]}"], capture_output=True, text=True, check=True).stdout), "python"
 
 
 def test_jobs_get_the_profile_resources(full_plan):
@@ -341,22 +349,22 @@ def test_jobs_get_the_profile_resources(full_plan):
         if gpus:
             assert res.get("nodes") == "1" and res["slurm_partition"] != default["slurm_partition"], job["rule"]
         if gpus >= 2:
-            # train_launcher: the job's threads = gpu x (DataLoader workers + OpenMP threads per worker)
+            # train_command: the job's threads = gpu x (DataLoader workers + OpenMP threads per worker)
             omp = (job["threads"] - gpus * workers) // gpus
             assert omp >= 1 and gpus * (workers + omp) <= int(res["cpus_per_task"]), job["rule"]
-            assert job["shell"].startswith(
-                f"OMP_NUM_THREADS={omp} torchrun --standalone --nproc_per_node={gpus} "), job["shell"][:200]
+            assert _launch(job["shell"]) == (omp, f"torchrun --standalone --nproc_per_node={gpus}"), job["rule"]
         else:                                            # one process, at most `threads` OpenMP threads
-            assert 1 <= _omp_threads(job["shell"], "python") <= job["threads"], job["shell"][:200]
+            omp, run = _launch(job["shell"])
+            assert run == "python" and 1 <= omp <= job["threads"], job["shell"][:200]
 
     # Known answers for the paper's training jobs: 4 GPUs, 32 CPUs = 4 x (6 loader workers + 2 threads).
     for rule in ("dino_train", "ssrl_train", "iterative_train"):
         for job in by_rule(jobs, rule):
             assert (job["threads"], job["resources"]["gpu"], job["resources"]["cpus_per_task"]) == (32, "4", "32")
-            assert job["shell"].startswith("OMP_NUM_THREADS=2 torchrun --standalone --nproc_per_node=4 ")
-    (extract,) = {(j["threads"], j["resources"]["gpu"], _omp_threads(j["shell"], "python"))
+            assert _launch(job["shell"]) == (2, "torchrun --standalone --nproc_per_node=4")
+    (extract,) = {(j["threads"], j["resources"]["gpu"], _launch(j["shell"]))
                   for j in by_rule(jobs, "extract")}
-    assert extract == (8, "1", 2)   # 8 CPUs = 6 loader workers + 2 threads
+    assert extract == (8, "1", (2, "python"))   # 8 CPUs = 6 loader workers + 2 threads
     (kmeans,) = {(j["threads"], j["resources"]["cpus_per_task"]) for j in by_rule(jobs, "kmeans")}
     assert kmeans == (16, "16")
 
