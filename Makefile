@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 demo: $(STAMP)
-	$(BIN)/snakemake --cores $(CORES)
+	$(BIN)/snakemake --profile profiles/demo --cores $(CORES)
 	@echo
 	@cat results/demo/tables/main.md
 	@echo

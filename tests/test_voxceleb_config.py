@@ -184,7 +184,7 @@ def systems(cfg: dict) -> dict[str, list[str]]:
     """Trained systems of the paper run: all (scored on every trial list), those whose train-set
     embeddings are clustered (k-means), the ablations and the WavLM steps (when enabled)."""
     rounds = [f"iter_r{r}" for r in range(1, cfg["iterative"]["rounds"] + 1)]
-    ablations = list(cfg["ablations"])
+    ablations = [name for name, overrides in cfg["ablations"].items() if overrides is not None]
     wavlm = ["wavlm_step1", "wavlm_step2", "wavlm_ft"] if WAVLM and (cfg.get("wavlm") or {}).get("enabled") else []
     clustered = ["dino", *rounds, "ssrl", *(ablations if cfg["kmeans"]["ablation_quality"] else [])]
     return {"all": ["dino", *rounds, "ssrl", *ablations, *wavlm], "clustered": clustered, "ablations": ablations,
@@ -229,7 +229,9 @@ def test_paper_values_and_schema():
     }
     assert {key: value_at(cfg, key) for key in expected} == expected
     # Every ablation is the paper's ssrl section with its own overrides only.
-    assert cfg["ablations"] and all(set(o) <= set(cfg["ssrl"]) | {"none_is_noise"} for o in cfg["ablations"].values())
+    ablations = {name: o for name, o in cfg["ablations"].items() if o is not None}
+    assert sorted(ablations) == ["ssrl_clean_aug", "ssrl_no_nlm", "ssrl_plain_relabel", "ssrl_queue1", "ssrl_softmax"]
+    assert all(set(o) <= set(cfg["ssrl"]) | {"none_is_noise"} for o in ablations.values())
     # The global batches split evenly over the profile's GPUs.
     gpus = int(PROFILE["set-resources"]["dino_train"]["gpu"])
     assert cfg["dino"]["batch_size"] % gpus == 0 and cfg["ssrl"]["batch_size"] % gpus == 0
