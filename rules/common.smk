@@ -85,19 +85,23 @@ def placeholder_keys(node, where):
     return [(where, node)] if isinstance(node, str) and node.startswith(PLACEHOLDER_PREFIX) else []
 
 
+def compute_threads(workers, procs="1"):
+    """Shell arithmetic for OMP_NUM_THREADS per process: what ``procs`` processes with ``workers``
+    DataLoader processes each leave of the rule's {threads}, shared out, at least 1. Evaluated by the
+    shell, not a params value: running with another --cores (which caps threads) never reruns a job."""
+    left = f"({{threads}} - {procs} * {workers}) / {procs}"
+    return f"$(( {left} > 1 ? {left} : 1 ))"
+
+
 def train_command(script):
     """Shell template starting training script ``script`` (workflow/scripts/) with the rule's {threads}
     and {resources.gpu}: gpu >= 2 runs torchrun --standalone with one worker per GPU, otherwise one
-    python process (on CUDA if present). The threads are shared by the DataLoader processes (config
-    train.workers per worker) and the compute threads (OMP_NUM_THREADS per worker, at least 1).
-    Computed by the shell, not a params value: running with another --cores (which caps threads)
-    never reruns a trained stage."""
-    workers = int(config["train"]["workers"])
+    python process (on CUDA if present); OMP_NUM_THREADS per worker from compute_threads with
+    train.workers DataLoader processes per worker."""
     return (
         "gpus={resources.gpu}; procs=$(( gpus > 1 ? gpus : 1 )); "
-        f"omp=$(( ({{threads}} - procs * {workers}) / procs )); "
         'if [ "$gpus" -ge 2 ]; then run="torchrun --standalone --nproc_per_node=$gpus"; else run=python; fi; '
-        f"OMP_NUM_THREADS=$(( omp > 1 ? omp : 1 )) $run {script_path(script)}"
+        f"OMP_NUM_THREADS={compute_threads(int(config['train']['workers']), '$procs')} $run {script_path(script)}"
     )
 
 

@@ -27,7 +27,6 @@ rule extract:
             "extract.py",
             "--model {input.model:q} --wav-scp {input.wav_scp:q} --hparams {params.hparams:q}"
             " --output {output:q} > {log:q} 2>&1",
-            # compute threads: what the DataLoader processes (extract.workers) leave of the rule's
-            # threads, at least 1; in the shell, not params, so other --cores never rerun the job
-            omp="$(( {threads} - %d > 1 ? {threads} - %d : 1 ))" % ((config["extract"]["workers"],) * 2),
+            # compute threads: what the DataLoader processes (extract.workers) leave of the rule's threads
+            omp=compute_threads(int(config["extract"]["workers"])),
         )

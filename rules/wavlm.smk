@@ -18,12 +18,14 @@
 # WavLM; off: an EMA copy).
 #
 # Start-up check (wavlm.enabled with wavlm.checkpoint set): before any job is planned, the checkpoint
-# must exist and look like a WavLM checkpoint (wavlm_checkpoint_problem in rules/common.smk). Resources: the `gpu`
+# must exist and look like a WavLM checkpoint (wavlm_checkpoint_problem in rules/common.smk). Only in the
+# main Snakemake process (also for -n and --lint): a job re-reads this file, and step 1 checks every key
+# when it loads the checkpoint, so jobs skip the torch import of the check. Resources: the `gpu`
 # resource of each rule (profiles/slurm/config.yaml); gpu >= 2 runs torchrun.
 
 WAVLM = config.get("wavlm") or {"enabled": False}
 
-if WAVLM["enabled"]:
+if WAVLM["enabled"] and workflow.is_main_process:
     if WAVLM["checkpoint"] is not None:
         if WAVLM["tiny"]:
             raise ValueError(f"wavlm.tiny: true builds a random tiny WavLM, but wavlm.checkpoint is set "
