@@ -3,6 +3,57 @@
 # Whole utterances (WavLM systems: the first extract.max_seconds_wavlm seconds), the model
 # file's eval_state (EMA teacher), length-bucketed zero-padded batches (exact), CUDA when the
 # job has a GPU (the SLURM profile gives `extract` one).
+# A system whose train-set embeddings the workflow uses (k-means of dino, ssrl and the iterative
+# rounds; the ablations with kmeans.ablation_quality; every system as the AS-norm cohort) gets both
+# sets from one job (extract_train_test: one process start and model load instead of two); every
+# other system embeds only what is asked for (extract).
+
+
+def train_embedding_systems():
+    """Regex of the systems whose train-set embeddings are used (see above)."""
+    if config["score"]["asnorm"]:
+        return r"[a-z0-9_]+"
+    systems = ["dino", "ssrl", r"iter_r[1-9][0-9]*"]
+    if config["kmeans"]["ablation_quality"]:
+        systems += [re.escape(name) for name in ABLATIONS]
+    return "|".join(systems)
+
+
+def extract_command(pairs):
+    """extract.py on the rule's model with (--wav-scp, --output) ``pairs`` of shell templates."""
+    sets = " ".join(f"--wav-scp {scp} --output {out}" for scp, out in pairs)
+    return script_cmd(
+        "extract.py",
+        f"--model {{input.model:q}} {sets} --hparams {{params.hparams:q}} > {{log:q}} 2>&1",
+        # compute threads: what the DataLoader processes (extract.workers) leave of the rule's threads
+        omp=compute_threads(int(config["extract"]["workers"])),
+    )
+
+
+ruleorder: extract_train_test > extract
+
+
+rule extract_train_test:
+    input:
+        model=sys_path("{system}", "model.pt"),
+        train=f"{DATA_DIR}/train/wav.scp",
+        test=f"{DATA_DIR}/test/wav.scp",
+    output:
+        train=sys_path("{system}", "emb", "train.npz"),
+        test=sys_path("{system}", "emb", "test.npz"),
+    params:
+        hparams=as_json(config["extract"]),
+    wildcard_constraints:
+        system=train_embedding_systems(),
+    threads: 8
+    log:
+        log_path("extract/{system}/train_test"),
+    benchmark:
+        bench_path("extract/{system}/train_test")
+    conda:
+        ENV
+    shell:
+        extract_command([("{input.train:q}", "{output.train:q}"), ("{input.test:q}", "{output.test:q}")])
 
 
 rule extract:
@@ -23,10 +74,4 @@ rule extract:
     conda:
         ENV
     shell:
-        script_cmd(
-            "extract.py",
-            "--model {input.model:q} --wav-scp {input.wav_scp:q} --hparams {params.hparams:q}"
-            " --output {output:q} > {log:q} 2>&1",
-            # compute threads: what the DataLoader processes (extract.workers) leave of the rule's threads
-            omp=compute_threads(int(config["extract"]["workers"])),
-        )
+        extract_command([("{input.wav_scp:q}", "{output:q}")])

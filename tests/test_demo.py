@@ -302,8 +302,8 @@ def test_snakemake_builds_the_demo_data(workdir):
 
 def test_kmeans_ablation_quality_switch(workdir):
     """kmeans.ablation_quality decides whether the default target k-means the ablations' train-set
-    embeddings (one more train-set extraction + k-means each); dino, the iterative rounds (their
-    labels) and ssrl are clustered either way."""
+    embeddings (one more train-set extraction, in the same job as its test set, + k-means each); dino,
+    the iterative rounds (their labels) and ssrl are clustered either way."""
     counts = {}
     for on in (False, True):
         # (AS-norm off: its cohort would need every system's train-set embeddings anyway)
@@ -316,6 +316,8 @@ def test_kmeans_ablation_quality_switch(workdir):
     ablations = [name for name, overrides in effective["ablations"].items() if overrides is not None]
     assert ablations                                               # the tiny config keeps one
     assert counts[False]["kmeans"] == 2 + effective["iterative"]["rounds"], counts   # dino, rounds, ssrl
-    for rule in ("kmeans", "extract"):
-        assert counts[True][rule] - counts[False][rule] == len(ablations), counts
+    assert counts[True]["kmeans"] - counts[False]["kmeans"] == len(ablations), counts
+    # an ablation clustered gets its train and test sets from one job instead of its test set alone
+    assert counts[True]["extract_train_test"] - counts[False]["extract_train_test"] == len(ablations), counts
+    assert counts[False]["extract"] - counts[True]["extract"] == len(ablations), counts
     assert counts[True]["ssrl_train"] == counts[False]["ssrl_train"] == 1 + len(ablations), counts

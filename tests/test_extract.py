@@ -127,14 +127,36 @@ def test_extraction_failures_write_nothing(tmp_path):
         run_script("--model", str(tmp_path / "nan.pt"), *args)
     write_scp(tmp_path / "short.scp", dict(wavs, tiny=str(make_wavs(tmp_path / "s", durations=(0.01,))["spk0-utt0"])))
     with pytest.raises(SystemExit, match="shorter than"):
-        run_script("--model", str(path), *args[:-2], "--wav-scp", str(tmp_path / "short.scp"),
+        run_script("--model", str(path), "--wav-scp", str(tmp_path / "short.scp"), "--output", str(out),
                    "--hparams", json.dumps(HPARAMS))
+    with pytest.raises(SystemExit):         # usage error: one output per set
+        run_script("--model", str(path), *args, "--wav-scp", str(tmp_path / "short.scp"))
     with pytest.raises(SystemExit, match="missing keys \\['workers'\\]"):
         run_script("--model", str(path), *args[:-1],
                    json.dumps({k: v for k, v in HPARAMS.items() if k != "workers"}))
     with pytest.raises(SystemExit, match="nothing.pt: model file not found"):
         run_script("--model", str(tmp_path / "nothing.pt"), *args)
     assert not out.exists()
+
+
+def test_several_sets_in_one_call_equal_separate_calls(tmp_path):
+    """--wav-scp/--output pairs: one model load, each set written as a call of its own writes it."""
+    sets = {name: make_wavs(tmp_path / name, durations=durations)
+            for name, durations in (("train", (1.0, 1.7)), ("test", (0.8, 1.3, 2.0)))}
+    for name, wavs in sets.items():
+        write_scp(tmp_path / f"{name}.scp", wavs)
+    _, path = make_model_file(tmp_path / "model.pt",
+                              {"frontend": {"type": "mel", "n_mels": 40}, "encoder": {"channels": 16, "emb_dim": 8}})
+    hp = ["--hparams", json.dumps(HPARAMS)]
+    run_script("--model", str(path), *[a for name in sets for a in ("--wav-scp", str(tmp_path / f"{name}.scp"),
+                                                                     "--output", str(tmp_path / f"{name}.npz"))], *hp)
+    for name, wavs in sets.items():
+        run_script("--model", str(path), "--wav-scp", str(tmp_path / f"{name}.scp"),
+                   "--output", str(tmp_path / f"{name}_alone.npz"), *hp)
+        utts, emb = read_embeddings(tmp_path / f"{name}.npz")
+        alone_utts, alone = read_embeddings(tmp_path / f"{name}_alone.npz")
+        assert utts == alone_utts == list(wavs)
+        np.testing.assert_array_equal(emb, alone)
 
 
 @pytest.mark.slow

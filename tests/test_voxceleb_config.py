@@ -301,8 +301,11 @@ def test_profile_plans_every_stage(vox, full_plan):
         ["ssrl", *names["ablations"]])
     assert len(names["ablations"]) == 5
     assert sorted(int(job["wildcards"]["r"]) for job in by_rule(jobs, "iterative_train")) == [1, 2, 3, 4, 5]
+    # a clustered system embeds its train and test sets in one job, every other system its test set
+    both = [job["wildcards"]["system"] for job in by_rule(jobs, "extract_train_test")]
+    assert sorted(both) == sorted(names["clustered"])
     extract = {(job["wildcards"]["system"], job["wildcards"]["set"]) for job in by_rule(jobs, "extract")}
-    assert extract == {(s, "test") for s in names["all"]} | {(s, "train") for s in names["clustered"]}
+    assert extract == {(s, "test") for s in names["all"] if s not in names["clustered"]}
     assert counts["extract"] == len(extract)
     kmeans = [(job["wildcards"]["system"], job["wildcards"]["k"]) for job in by_rule(jobs, "kmeans")]
     assert sorted(kmeans) == sorted((s, "8000") for s in names["clustered"])
@@ -365,7 +368,7 @@ def test_jobs_get_the_profile_resources(full_plan):
             assert (job["threads"], job["resources"]["gpu"], job["resources"]["cpus_per_task"]) == (32, "4", "32")
             assert _launch(job["shell"]) == (2, "torchrun --standalone --nproc_per_node=4")
     (extract,) = {(j["threads"], j["resources"]["gpu"], _launch(j["shell"]))
-                  for j in by_rule(jobs, "extract")}
+                  for j in by_rule(jobs, "extract") + by_rule(jobs, "extract_train_test")}
     assert extract == (8, "1", (2, "python"))   # 8 CPUs = 6 loader workers + 2 threads
     (kmeans,) = {(j["threads"], j["resources"]["cpus_per_task"]) for j in by_rule(jobs, "kmeans")}
     assert kmeans == (16, "16")
@@ -384,15 +387,15 @@ def test_one_target_plans_only_its_needs(vox):
                                       "prepare_voxceleb1": 1, "prepare_augment": 1, "dino_train": 1})
 
     # SSRL's Vox1-O metrics: DINO, its train-set k-means, SSRL itself and SSRL's test embeddings; no
-    # ablation, iterative round, other trial list or table.
+    # ablation, iterative round, other trial list or table. dino and ssrl are clustered systems: each
+    # embeds its train and test sets in one job.
     out = dry_run(vox["path_ecapa"], vox["tmp"] / "work_ssrl", "results/voxceleb/ssrl/metrics/vox1_o.json").stdout
     jobs = planned_jobs(out)
     stats = job_stats(out)
     assert {rule: n for rule, n in stats.items() if rule not in PREPARE_RULES} == {
-        "dino_train": 1, "extract": 2, "kmeans": 1, "ssrl_train": 1, "score": 1}
+        "dino_train": 1, "extract_train_test": 2, "kmeans": 1, "ssrl_train": 1, "score": 1}
     assert [j["wildcards"]["system"] for j in by_rule(jobs, "ssrl_train")] == ["ssrl"]
-    assert sorted((j["wildcards"]["system"], j["wildcards"]["set"]) for j in by_rule(jobs, "extract")) == [
-        ("dino", "train"), ("ssrl", "test")]
+    assert sorted(j["wildcards"]["system"] for j in by_rule(jobs, "extract_train_test")) == ["dino", "ssrl"]
     assert [j["wildcards"]["system"] for j in by_rule(jobs, "kmeans")] == ["dino"]
     assert [(j["wildcards"]["system"], j["wildcards"]["trials"]) for j in by_rule(jobs, "score")] == [
         ("ssrl", "vox1_o")]
