@@ -120,14 +120,22 @@ def ssrl_stage_hparams(**overrides):
     }
 
 
+def iterative_round_epochs():
+    """E_round, the epochs of each iterative round, by the budget rule: the R rounds together train
+    iterative.budget times SSRL's E_fix + E_upd epochs, E_round = round(budget * (E_fix + E_upd) / R),
+    at least 1 (paper: 1.0 * 105 / 5 = 21)."""
+    it, ssrl = config["iterative"], config["ssrl"]
+    total = it["budget"] * (ssrl["fixed_epochs"] + ssrl["update_epochs"])
+    return max(1, round(total / max(it["rounds"], 1)))
+
+
 def iterative_hparams():
     """--hparams of an iterative round: ssrl_stage_hparams with fixed labels (no relabelling, no NLM)
-    for iterative.epochs epochs; the ssrl keys that only act in label updates are left out (stage
-    defaults), so that editing them does not rerun the rounds."""
+    for iterative_round_epochs() epochs; the ssrl keys that only act in label updates are left out
+    (stage defaults), so that editing them does not rerun the rounds."""
     update_only = {"lr_update_start", "queue_len", "gmm_max_iter", "gmm_tol", "margin_quirk", "sinkhorn_iters",
                    "sinkhorn_epsilon", "teacher_crop_s"}
-    hp = ssrl_stage_hparams(label_update=False, nlm=False, update_epochs=0,
-                            fixed_epochs=config["iterative"]["epochs"])
+    hp = ssrl_stage_hparams(label_update=False, nlm=False, update_epochs=0, fixed_epochs=iterative_round_epochs())
     hp["ssrl"] = {k: v for k, v in hp["ssrl"].items() if k not in update_only}
     return hp
 

@@ -3,7 +3,8 @@
 # Round 1 starts from the DINO model and its k-means labels and centers, round r from iter_r<r-1>'s
 # (encoder = the previous round's EMA teacher; a fresh AAM head initialised from the centers). The
 # same stage and script as SSRL (train_ssrl.py) with the online label update and NLM off, for
-# iterative.epochs epochs on the SSRL label-fixed LR segment; the EMA teacher is kept and evaluated as
+# E_round epochs (iterative.budget x SSRL's epochs over the R rounds, iterative_round_epochs in
+# common.smk) on the SSRL label-fixed LR segment; the EMA teacher is kept and evaluated as
 # in SSRL. Every round is scored (<system>/metrics/) and its labels' quality recorded
 # (iter_r<r>/kmeans_k<k>/quality.json) by the extract / kmeans / score rules.
 #   iter_r<r>/model.pt, train_log.tsv, label_log.tsv (fixed-label rows), ckpt/ (params, resumable)
