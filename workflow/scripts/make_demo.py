@@ -21,7 +21,7 @@ import argparse
 import json
 import sys
 
-from ssrl.demo import generate_corpus
+from ssrl.demo import SessionStyle, generate_corpus
 
 INT_KEYS = ("seed", "n_train_speakers", "n_test_speakers", "utts_per_speaker", "n_noise", "n_music", "n_speech",
             "n_rir")
@@ -29,11 +29,17 @@ FLOAT_KEYS = ("min_dur", "max_dur")
 
 
 def parse_hparams(text: str) -> dict:
+    """The corpus.demo config: the size keys, and ``session`` (SessionStyle fields) -> ``style``."""
     hp = json.loads(text)
     expected = set(INT_KEYS) | set(FLOAT_KEYS)
-    if not isinstance(hp, dict) or set(hp) != expected:
+    if not isinstance(hp, dict) or set(hp) - {"session"} != expected:
         got = sorted(hp) if isinstance(hp, dict) else type(hp).__name__
-        raise SystemExit(f"--hparams: expected keys {sorted(expected)}, got {got}")
+        raise SystemExit(f"--hparams: expected keys {sorted(expected)} and optionally 'session', got {got}")
+    session = hp.pop("session", None) or {}
+    try:
+        hp["style"] = SessionStyle(**{k: tuple(v) if isinstance(v, list) else v for k, v in session.items()})
+    except TypeError as exc:
+        raise SystemExit(f"--hparams: session: {exc}") from None
     for key in INT_KEYS:
         if not isinstance(hp[key], int) or isinstance(hp[key], bool):
             raise SystemExit(f"--hparams: {key} must be an integer, got {hp[key]!r}")
