@@ -31,6 +31,7 @@ from ssrl.ssrl import FILL, LabelState
 from ssrl.train import RuntimeConfig, Trainer, ema_update, run, schedules
 from ssrl.train.distributed import DistEnv
 from ssrl.train.ssrl_stage import LABEL_LOG_COLUMNS, SSRLConfig, SSRLStage, renumber_labels
+from ssrl.train.validation import ValidationSet, validation_eer
 
 SCRIPT = REPO / "workflow" / "scripts" / "train_ssrl.py"
 ARCH = {"frontend": {"type": "mel", "n_mels": 20}, "encoder": {"channels": 16, "emb_dim": 8}}
@@ -114,7 +115,7 @@ class Recorder(SSRLStage):
 
     def student_logits(self, student, wave, labels):
         logits, plain = super().student_logits(student, wave, labels)
-        self._rec = {"removed": self.removed.clone(), "student": logits.detach().clone(), "plain": plain.clone()}
+        self._rec.update(removed=self.removed.clone(), student=logits.detach().clone(), plain=plain.clone())
         return logits, plain
 
     def teacher_relabel(self, wave, labels):
@@ -126,6 +127,7 @@ class Recorder(SSRLStage):
         self.calls += 1
         if self.calls == self.crash_at_call:
             raise KeyboardInterrupt("simulated kill")
+        self._rec: dict = {}
         loss, metrics = super().train_step(student, batch, epoch)
         self._rec.update(epoch=epoch, loss=loss.item(), index=batch["index"].clone(), label=batch["label"].clone(),
                          p_clean=batch["p_clean"].clone())
@@ -216,7 +218,7 @@ def test_student_loss_uses_p_clean_weights(inputs):
     torch.manual_seed(1)
     batch = {"student": torch.randn(3, 8000), "label": torch.tensor([0, 4, 7]), "index": torch.tensor([0, 1, 2]),
              "p_clean": torch.tensor([1.0, 0.0, 0.25])}
-    stage.student.eval()                                 # BatchNorm statistics independent of the batch order
+    stage.student.train()                  # as train_step runs it (BatchNorm: this batch's statistics)
     with torch.no_grad():
         _, logits = stage.student(batch["student"], batch["label"])
     ce = F.cross_entropy(logits, batch["label"], reduction="none")
@@ -399,11 +401,16 @@ def test_two_gloo_processes_match_one_process(inputs, tmp_path):
 def test_continuing_a_model_file(reference, inputs, tmp_path):
     stage, out = reference
     saved = read_model_file(out / "model.pt")
-    # init student_teacher (WavLM step 2): student + teacher + head, fresh queues from its labels.
-    st = built(make_stage(inputs, ssrl={"init": "student_teacher"}, init_model=out / "model.pt", validate=False))
-    for k, v in saved["student"]["model"].items():
-        assert torch.equal(st.student.model.state_dict()[k], v)
-    assert torch.equal(st.teacher.head.weight, saved["teacher"]["head"]["weight"])
+    # init student (WavLM step 2): the init model's student incl. head becomes the student AND the
+    # teacher (not the init model's teacher), fresh queues from its labels.
+    st = built(make_stage(inputs, ssrl={"init": "student"}, init_model=out / "model.pt", validate=False))
+    assert not torch.equal(saved["student"]["head"]["weight"], saved["teacher"]["head"]["weight"])
+    for part in (st.student, st.teacher):
+        for sub, module in (("model", part.model), ("head", part.head)):
+            got = module.state_dict()
+            assert got.keys() == saved["student"][sub].keys()
+            assert all(torch.equal(got[k], v) for k, v in saved["student"][sub].items()), sub
+    assert st.teacher is not st.student and not any(p.requires_grad for p in st.teacher.parameters())
     labels = saved["extra"]["label_state"]["labels"].numpy()
     assert (st.label_state.labels == labels).all() and (st.label_state.queues[:, -1] == labels).all()
     assert not st.label_state.removed.any() and (st.label_state.p_clean == 1).all()
@@ -423,6 +430,29 @@ def test_continuing_a_model_file(reference, inputs, tmp_path):
                                                   "hparams", "extra")})
     with pytest.raises(ValueError, match="another training list"):
         built(make_stage(inputs, ssrl={"init": "full"}, init_model=other, validate=False))
+
+
+def test_no_teacher_trains_validates_and_exports_the_student(inputs, tmp_path):
+    """teacher: false (WavLM step 1): a supervised student, no EMA teacher; the validation EER is
+    the student's and the model file's eval_state is the student's model."""
+    fixed = {"teacher": False, "label_update": False, "nlm": False, "fixed_epochs": 2, "update_epochs": 0,
+             "val_every": 2}
+    stage = make_stage(inputs, ssrl=fixed, out=tmp_path)
+    fit(stage, tmp_path)
+    assert stage.teacher is None and stage.ema_schedule(3) is None
+    obj = read_model_file(tmp_path / "model.pt")
+    assert obj["teacher"] is None
+    student = stage.student.model.state_dict()
+    assert obj["eval_state"].keys() == student.keys()
+    assert all(torch.equal(obj["eval_state"][k], v) and torch.equal(obj["student"]["model"][k], v)
+               for k, v in student.items())
+    val = ValidationSet.from_files(inputs["data"] / "test" / "wav.scp", inputs["data"] / "trials" / "demo.txt")
+    eer = validation_eer(load_speaker_model(tmp_path / "model.pt"), val, DistEnv())
+    assert float(_tsv(tmp_path / "label_log.tsv")[-1]["teacher_eer"]) == pytest.approx(eer, rel=1e-5)
+    with pytest.raises(ValueError, match="teacher: false leaves nobody to relabel"):
+        SSRLConfig.from_dict({"teacher": False})
+    with pytest.raises(ValueError, match="teacher_shares_wavlm is set"):
+        SSRLConfig.from_dict({**fixed, "teacher_shares_wavlm": True})
 
 
 def test_wavlm_frozen_and_shared_with_the_teacher(inputs, tmp_path):
