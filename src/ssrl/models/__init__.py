@@ -75,7 +75,7 @@ class SpeakerModel(nn.Module):
         if lengths is not None:
             lengths = lengths.to(device=wave.device, dtype=torch.long)
         if isinstance(self.frontend, MelFrontend):
-            features = self.frontend(wave)                                # (B, n_mels, T)
+            features = self.frontend(wave, lengths)                       # (B, n_mels, T)
             frame_lengths = None if lengths is None else self.frontend.num_frames(lengths)
         else:
             features, frame_lengths = self.frontend(wave, lengths)        # (B, D, T)
