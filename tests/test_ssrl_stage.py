@@ -196,6 +196,25 @@ def test_config_errors_name_the_key():
         SSRLStage({"ssrl": {}}, "ssrl", "t", "i")
 
 
+def test_adam_weight_decay_on_all_parameters(inputs):
+    """Adam's own weight decay on every trainable parameter, biases and 1-D ones included (only DINO
+    exempts them): one step from a zero gradient moves each parameter by lr * sign(decay * p)."""
+    stage = built(make_stage(inputs, ssrl={"weight_decay": 0.1}, validate=False))
+    opt = stage.configure_optimizer(stage.student)
+    trainable = [p for p in stage.student.parameters() if p.requires_grad]
+    assert [g["name"] for g in opt.param_groups] == ["model"] and opt.param_groups[0]["weight_decay"] == 0.1
+    assert {id(p) for p in opt.param_groups[0]["params"]} == {id(p) for p in trainable}
+    assert any(p.ndim == 1 for p in trainable)
+    before = [p.detach().clone() for p in trainable]
+    for p in trainable:
+        p.grad = torch.zeros_like(p)
+    opt.param_groups[0]["lr"] = 1e-3
+    opt.step()
+    for p, b in zip(trainable, before):     # Adam: grad 0.1 p -> first step -lr * sign(p) (|0.1 p| >> eps)
+        big = b.abs() > 1e-3
+        torch.testing.assert_close(p.detach()[big], (b - 1e-3 * b.sign())[big], rtol=0, atol=1e-6)
+
+
 def test_renumber_labels_maps_back_to_kmeans_ids():
     labels, classes = renumber_labels(np.array([9, 2, 2, 11, 0, 9]))
     assert classes.tolist() == [0, 2, 9, 11] and labels.tolist() == [2, 1, 1, 3, 0, 2]
@@ -471,7 +490,8 @@ def test_wavlm_frozen_and_shared_with_the_teacher(inputs, tmp_path):
     frozen = {k: v.clone() for k, v in wavlm.state_dict().items()}
     weights = st.student.model.frontend.layer_weights.weights.detach().clone()
     opt = st.configure_optimizer(st.student)
-    opt.param_groups[0]["lr"] = opt.param_groups[1]["lr"] = 0.01
+    for group in opt.param_groups:
+        group["lr"] = 0.01
     batch = torch.utils.data.default_collate([st.train_set[i] for i in range(4)])
     loss, _ = st.train_step(st.student, batch, epoch=0)
     loss.backward()

@@ -153,10 +153,10 @@ def test_q3_switch_shares_or_ema_copies_the_wavlm(wavlm_run, shares):
     assert all(p.requires_grad for p in s_wavlm.used_parameters())
     opt = st.configure_optimizer(st.student)
     groups = {g["name"]: g for g in opt.param_groups}
-    assert sorted(groups) == ["decay", "no_decay", "wavlm_decay", "wavlm_no_decay"]
-    assert groups["wavlm_decay"]["lr_scale"] == 0.5 and "lr_scale" not in groups["decay"]
-    assert {id(p) for g in ("wavlm_decay", "wavlm_no_decay") for p in groups[g]["params"]} == \
-        {id(p) for p in s_wavlm.used_parameters()}
+    assert sorted(groups) == ["model", "wavlm"]
+    assert groups["wavlm"]["lr_scale"] == 0.5 and "lr_scale" not in groups["model"]
+    assert {id(p) for p in groups["wavlm"]["params"]} == {id(p) for p in s_wavlm.used_parameters()}
+    assert groups["wavlm"]["weight_decay"] == groups["model"]["weight_decay"] == st.cfg.weight_decay
     before = {k: v.clone() for k, v in t_wavlm.state_dict().items()}
     for g in opt.param_groups:
         g["lr"] = 1e-2

@@ -85,7 +85,6 @@ from . import distributed as D
 from . import schedules
 from .ema import make_teacher
 from .loop import Stage, config_from_dict, file_digest
-from .optim import decay_param_groups
 from .validation import ValidationSet, validation_eer
 
 INIT_SOURCES = ("scratch", "encoder", "student", "full")
@@ -107,8 +106,8 @@ class SSRLConfig:
     """The stage's hyper-parameters (paper values as defaults; SPEC 7, 8, 9, 12).
 
     Schedule: ``fixed_epochs`` (E_fix, label-fixed), ``update_epochs`` (E_upd, label-update);
-    ``batch_size`` (global, all ranks); Adam ``lr`` (nominal) and ``weight_decay`` (weights
-    only, as in every stage); ``schedule`` ``ssrl`` (cosine ``lr * lr_fixed_start -> lr *
+    ``batch_size`` (global, all ranks); Adam ``lr`` (nominal) and ``weight_decay`` (Adam's, on
+    all parameters, biases and 1-D ones included); ``schedule`` ``ssrl`` (cosine ``lr * lr_fixed_start -> lr *
     lr_final`` over E_fix epochs, then restart at ``lr * lr_update_start`` down to ``lr *
     lr_final`` over E_upd epochs) or ``warmup_cosine`` (linear 0 -> lr over ``warmup_epochs``,
     then cosine to ``lr * lr_final``); ``teacher`` (an EMA teacher, decay ``ema_start ->
@@ -538,16 +537,19 @@ class SSRLStage(Stage):
 
     # ---- optimiser and schedules ---------------------------------------------------------
     def configure_optimizer(self, student: nn.Module) -> torch.optim.Optimizer:
-        """Adam over the trainable parameters: weights with weight decay, biases and 1-D parameters
-        without; a trained WavLM gets its own two groups (``wavlm_decay`` / ``wavlm_no_decay``) with
-        ``lr_scale = wavlm_lr_scale``. Frozen parameters are left out."""
-        groups = decay_param_groups(student, self.cfg.weight_decay)
+        """Adam over the trainable parameters with Adam's own weight decay on all of them (biases and
+        1-D parameters too, as the reference; only DINO exempts them): group ``model``, and a trained
+        WavLM as group ``wavlm`` with ``lr_scale = wavlm_lr_scale``. Frozen parameters are left out."""
+        params = [p for p in student.parameters() if p.requires_grad]
         frontend = student.model.frontend
+        wavlm = set()
         if isinstance(frontend, WavLMFrontend) and not frontend.wavlm_frozen:
             wavlm = {id(p) for p in frontend.wavlm.parameters()}
-            groups = [*({**g, "params": [p for p in g["params"] if id(p) not in wavlm]} for g in groups),
-                      *({**g, "name": f"wavlm_{g['name']}", "lr_scale": self.cfg.wavlm_lr_scale,
-                         "params": [p for p in g["params"] if id(p) in wavlm]} for g in groups)]
+        groups = [{"name": "model", "params": [p for p in params if id(p) not in wavlm],
+                   "weight_decay": self.cfg.weight_decay}]
+        if wavlm:
+            groups.append({"name": "wavlm", "params": [p for p in params if id(p) in wavlm],
+                           "weight_decay": self.cfg.weight_decay, "lr_scale": self.cfg.wavlm_lr_scale})
         return torch.optim.Adam(groups, lr=0.0)
 
     def lr_schedule(self, steps_per_epoch: int) -> np.ndarray:
