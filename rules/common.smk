@@ -151,7 +151,7 @@ def iterative_previous(wildcards):
 # does not rerun it.
 _WAVLM_STEP1_UNUSED = {"fixed_epochs", "update_epochs", "lr_fixed_start", "lr_update_start", "queue_len", "nlm",
                        "gmm_max_iter", "gmm_tol", "margin_quirk", "sinkhorn_iters", "sinkhorn_epsilon",
-                       "teacher_crop_s", "ema_start", "ema_end"}
+                       "teacher_crop_s", "ema_start", "ema_end", "removed_permanent"}
 
 
 def wavlm_checkpoint_problem(path, num_layers):

@@ -230,6 +230,8 @@ def test_build_renumbers_labels_and_takes_center_rows(inputs):
     # Queue of L = 5: two copies of the k-means label, oldest slots empty; p_clean 1, nothing removed.
     assert (stage.label_state.queues[:, :3] == FILL).all() and (stage.label_state.queues[:, 3] == inputs["classes"]).all()
     assert stage.label_state.removed.sum() == 0 and (stage.label_state.p_clean == 1).all()
+    assert not stage.label_state.removed_permanent
+    assert built(make_stage(inputs, ssrl={"removed_permanent": True}, validate=False)).label_state.removed_permanent
 
 
 def test_student_loss_uses_p_clean_weights(inputs):
@@ -262,7 +264,11 @@ def test_phases_relabelling_and_replacement(reference, inputs):
     # The teacher relabels (and gets a teacher crop) only in relabelling epochs.
     assert [("new" in s) for s in stage.steps] == [s["epoch"] >= 1 for s in stage.steps]
     live = [int(r["live_classes"]) for r in log]
-    assert live[:3] == [8, 8, 8] and all(a >= b for a, b in zip(live, live[1:])) and live[-1] < 8
+    assert live[:3] == [8, 8, 8] and live[-1] < 8
+    # Each replacement recomputes the removed set: exactly the classes no utterance holds.
+    for st, n_live in zip(stage.epoch_states[3:], live[3:]):
+        held = np.bincount(st["labels"], minlength=8).astype(bool)
+        assert (st["removed"] == ~held).all() and n_live == held.sum()
     assert all(int(r["changed"]) == 0 for r in log[:3]) and sum(int(r["changed"]) for r in log) > 0
     # Each relabelling epoch appends its argmaxes (gathered over the epoch) to the queues.
     for st in stage.epoch_states[1:]:

@@ -23,7 +23,10 @@ Under bf16 autocast the relabelling logits and the NLM teacher losses are comput
 
 End of a relabelling epoch: the epoch's argmaxes enter the label queues, p_clean is refitted
 (NLM), and from epoch E_fix - 1 on the labels are replaced by the queue votes, classes held by
-no utterance become removed (-inf for student and teacher from the next epoch on).
+no utterance become removed (-inf for student and teacher from the next epoch on); by default
+the removed set is recomputed at every replacement (a class voted back is live again) and
+votes count entries of removed classes, ``removed_permanent`` keeps removed classes removed
+(:class:`ssrl.ssrl.LabelState`).
 
 The same stage, by its hyper-parameters (:class:`SSRLConfig`), runs
 
@@ -114,7 +117,9 @@ class SSRLConfig:
     ema_end`` linearly over all steps; false: none, the student is validated and exported).
 
     Labels: ``label_update`` (online relabelling, queues and replacement; off for iterative
-    rounds and WavLM step 1), ``queue_len`` (L), ``nlm`` (noisy-label modelling: weighted
+    rounds and WavLM step 1), ``removed_permanent`` (false: the removed set is recomputed at
+    every replacement and votes count removed classes, as the reference; true: removed for
+    good, votes ignore them), ``queue_len`` (L), ``nlm`` (noisy-label modelling: weighted
     student loss and the GMM refit; off = plain mean CE), ``margin_quirk`` (Q2),
     ``sinkhorn_iters`` / ``sinkhorn_epsilon`` (0 = plain argmax), ``gmm_max_iter`` /
     ``gmm_tol``.
@@ -145,6 +150,7 @@ class SSRLConfig:
     ema_end: float = 0.9999
     teacher: bool = True
     label_update: bool = True
+    removed_permanent: bool = False
     queue_len: int = 5
     nlm: bool = True
     margin_quirk: bool = True
@@ -424,7 +430,7 @@ class SSRLStage(Stage):
         if int(extra["n_utts"]) != n_utts or extra["train_list_sha256"] != list_sha:
             raise ValueError(f"{path}: trained on another training list ({int(extra['n_utts'])} utterances) "
                              f"than {self.train_scp} ({n_utts}); the label state cannot be continued")
-        saved = LabelState.from_state_dict(extra["label_state"])
+        saved = LabelState.from_state_dict(extra["label_state"], removed_permanent=cfg.removed_permanent)
         if saved.n_classes != n_classes:
             raise ModelFileError(f"{path}: label state has {saved.n_classes} classes, its head {n_classes}")
         if cfg.init == "full":
@@ -433,7 +439,7 @@ class SSRLStage(Stage):
                                  f"{cfg.queue_len}")
             state = saved
         else:
-            state = LabelState(saved.labels, n_classes, cfg.queue_len)
+            state = LabelState(saved.labels, n_classes, cfg.queue_len, removed_permanent=cfg.removed_permanent)
         return state, np.asarray(extra["classes"], dtype=np.int64)
 
     def build(self) -> None:
@@ -457,7 +463,8 @@ class SSRLStage(Stage):
             head, self.head_spec = self._new_head(model.emb_dim, int(classes.size))
             if cfg.head_init == "centers":
                 self._init_head_from_centers(head, self._centers(classes, model.emb_dim))
-            self.label_state = LabelState(labels, int(classes.size), cfg.queue_len)
+            self.label_state = LabelState(labels, int(classes.size), cfg.queue_len,
+                                          removed_permanent=cfg.removed_permanent)
         else:
             student = self._init_part(init, "student")
             self.head_spec = dict(init["head"])
