@@ -27,7 +27,7 @@ from torch.nn import functional as F
 from conftest import REPO
 from ssrl.manifest import read_utt2spk, read_wav_scp
 from ssrl.models import build_speaker_model, load_speaker_model, read_model_file, save_model_file
-from ssrl.ssrl import FILL, LabelState
+from ssrl.ssrl import FILL, LabelState, relabel_logits
 from ssrl.train import RuntimeConfig, Trainer, ema_update, run, schedules
 from ssrl.train.distributed import DistEnv
 from ssrl.train.ssrl_stage import LABEL_LOG_COLUMNS, SSRLConfig, SSRLStage, renumber_labels
@@ -249,6 +249,37 @@ def test_student_loss_uses_p_clean_weights(inputs):
     loss, _ = stage.train_step(stage.student, batch, epoch=0)
     assert loss.item() == pytest.approx(ce.mean().item(), rel=1e-5)
     assert 0.0 <= float(metrics["acc"]) <= 1.0
+
+
+def test_relabelling_logits_and_teacher_losses_are_fp32_under_bf16_autocast(inputs):
+    """Under bf16 autocast the teacher network runs in bf16, but the relabelling logits (head
+    cosines, margin, mask) and the NLM teacher losses are computed in fp32 from its embeddings
+    (the GMM then fits float64 numpy): exactly the fp32 computation on the autocast embeddings,
+    and close to the all-fp32 result."""
+    stage = built(make_stage(inputs, validate=False))
+    stage.on_epoch_start(1)                                          # a relabelling epoch (teacher crops)
+    batch = torch.utils.data.default_collate([stage.train_set[i] for i in range(8)])
+    embs = []
+    stage.teacher.model.register_forward_hook(lambda module, args, out: embs.append(out))
+    with torch.no_grad():
+        fp32 = stage.teacher_relabel(batch["teacher"], batch["label"])
+        stage._relabel_step(batch, epoch=1)
+        loss32 = stage._relabelled[:, 2].clone()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = stage.teacher_relabel(batch["teacher"], batch["label"])
+            stage._relabel_step(batch, epoch=1)
+        loss_bf16 = stage._relabelled[:, 2].clone()
+    assert embs[-1].dtype == torch.bfloat16                          # the network itself did run in bf16
+    assert bf16.logits.dtype == torch.float32
+    head = stage.teacher.head
+    want = relabel_logits(head.cosine(embs[-1].float()), batch["label"], stage.removed, head.scale, head.margin,
+                          stage.cfg.margin_quirk)
+    torch.testing.assert_close(bf16.logits, want, rtol=0, atol=1e-5)
+    torch.testing.assert_close(bf16.logits, fp32.logits, rtol=0, atol=0.5)     # bf16 embeddings, scale 32
+    target = bf16.labels
+    torch.testing.assert_close(loss_bf16.float(), F.cross_entropy(want, target, reduction="none"), rtol=1e-5,
+                               atol=1e-5)
+    torch.testing.assert_close(loss_bf16, loss32, rtol=0.1, atol=0.05)
 
 
 # --------------------------------------------------------------------------- one recorded run
