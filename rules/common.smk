@@ -151,7 +151,7 @@ def iterative_previous(wildcards):
 # does not rerun it.
 _WAVLM_STEP1_UNUSED = {"fixed_epochs", "update_epochs", "lr_fixed_start", "lr_update_start", "queue_len", "nlm",
                        "gmm_max_iter", "gmm_tol", "margin_quirk", "sinkhorn_iters", "sinkhorn_epsilon",
-                       "teacher_crop_s"}
+                       "teacher_crop_s", "ema_start", "ema_end", "removed_permanent"}
 
 
 def wavlm_checkpoint_problem(path, num_layers):
@@ -215,19 +215,21 @@ def wavlm_arch():
 
 def wavlm_hparams(step):
     """--hparams of train_ssrl.py for WavLM step ``step`` (step1 | step2 | ft): the ssrl section (step 1:
-    without its label-update keys) updated with wavlm.<step>, then the keys that define the step; with
-    the WavLM frozen the teacher shares it (same weights as an EMA copy, one copy in memory and files),
-    in step 2-ft as wavlm.teacher_shares_wavlm says (quirk Q3). Step 1 also gets the arch (wavlm_arch)."""
+    without its label-update and EMA keys) updated with wavlm.<step>, then the keys that define the step.
+    Step 1 has no teacher (a supervised student, validated and exported itself) and gets the arch
+    (wavlm_arch); step 2 starts student and teacher from step 1's student; with the WavLM frozen the
+    teacher shares it (same weights as an EMA copy, one copy in memory and files), in step 2-ft as
+    wavlm.teacher_shares_wavlm says (quirk Q3)."""
     wavlm = config["wavlm"]
     if step == "step1":
         hp = ssrl_stage_hparams()
         hp["ssrl"] = {key: value for key, value in hp["ssrl"].items() if key not in _WAVLM_STEP1_UNUSED}
         hp["ssrl"].update(wavlm["step1"], init="scratch", head_init="random", label_update=False, nlm=False,
-                          update_epochs=0, schedule="warmup_cosine", freeze_wavlm=True, teacher_shares_wavlm=True)
+                          update_epochs=0, schedule="warmup_cosine", freeze_wavlm=True, teacher=False)
         hp["arch"] = wavlm_arch()
         return hp
     if step == "step2":
-        return ssrl_stage_hparams(**wavlm["step2"], init="student_teacher", schedule="ssrl", freeze_wavlm=True,
+        return ssrl_stage_hparams(**wavlm["step2"], init="student", schedule="ssrl", freeze_wavlm=True,
                                   teacher_shares_wavlm=True)
     return ssrl_stage_hparams(**wavlm["ft"], init="full", schedule="ssrl", freeze_wavlm=False,
                               teacher_shares_wavlm=wavlm["teacher_shares_wavlm"],

@@ -1,16 +1,20 @@
 # WavLM systems (SPEC 9): three steps of the SSRL stage (train_ssrl.py), chained by their model files.
 #   wavlm_step1  WavLM frozen (no_grad, eval mode); ECAPA back-end + layer weights + AAM head from scratch,
 #                supervised on the fixed DINO k-means labels (dino/kmeans_k<K>/labels.txt), plain mean CE,
-#                linear warm-up 0 -> lr then cosine to lr * lr_final, augmentation probability augment_prob
-#   wavlm_step2  SSRL (SPEC 7) from step 1's student and teacher (labels = step 1's), WavLM frozen
+#                linear warm-up 0 -> lr then cosine to lr * lr_final, augmentation probability augment_prob;
+#                no teacher: the student is validated and exported
+#   wavlm_step2  SSRL (SPEC 7) whose student and EMA teacher both start as step 1's student (labels =
+#                step 1's), WavLM frozen
 #   wavlm_ft     step 2's full state (student, teacher, label queues, labels, removed classes, p_clean)
-#                continued with WavLM trained too: E_fix = 0, one cosine lr * lr_update_start -> lr * lr_final
+#                continued with WavLM trained too: E_fix = 0, one cosine lr * lr_update_start -> lr * lr_final;
+#                the student's WavLM in train mode (the checkpoint's dropouts, layer drop, feature_grad_mult),
+#                the teacher's forward in eval mode; EMA decay constant (wavlm.ft ema_start = ema_end)
 # Each writes <system>/model.pt, train_log.tsv, label_log.tsv; <system>/ckpt/ (a params value) holds the
 # resumable checkpoints. Extraction (rules/embed.smk) keeps the first extract.max_seconds_wavlm seconds of
 # every file for these systems (the model file's arch says WavLM), and scoring is as for every system.
 #
 # Hyper-parameters: every step starts from the ssrl section (+ quirk Q1) overridden by wavlm.<step>;
-# step 1 leaves out the ssrl keys that act only in label updates. The keys that make a step what it is
+# step 1 leaves out the ssrl keys that act only in label updates or on a teacher. The keys that make a step what it is
 # (init, schedule, label_update, frozen WavLM, ...) are set below, not in the config. With the WavLM
 # frozen (steps 1 and 2) the teacher runs the student's WavLM (an EMA copy of frozen weights would be
 # the same weights): one copy in memory, checkpoints and model files. In step 2-ft

@@ -139,6 +139,24 @@ def noise_corpus(tmp_path_factory) -> Path:
     return root
 
 
+def test_global_and_local_views_are_separate_forward_passes():
+    """Each group of views goes through encoder AND head alone (per-group BatchNorm statistics):
+    the result equals running each group by itself in train mode, not one batch of all views."""
+    torch.manual_seed(0)
+    model = DINOModel(build_speaker_model(TINY_ARCH), DINOHead(8, n_prototypes=32, hidden=16, mid=16, bottleneck=8))
+    model.train()
+    global_views, local_views = torch.randn(3, 2, 8000), 0.3 * torch.randn(3, 4, 4000)
+    emb, logits = model(global_views, local_views)
+    assert emb.shape == (3, 6, 8) and logits.shape == (3, 6, 32)
+    for group, views in ((global_views, slice(0, 2)), (local_views, slice(2, 6))):
+        alone_emb, alone_logits = model(group)
+        torch.testing.assert_close(emb[:, views], alone_emb)
+        torch.testing.assert_close(logits[:, views], alone_logits)
+    # The head on all six views at once (shared statistics) gives other logits.
+    joint = model.head(emb.reshape(18, 8)).reshape(3, 6, 32)
+    assert (joint - logits).abs().max() > 1e-3
+
+
 def test_weight_decay_groups_of_the_dino_student():
     model = DINOModel(build_speaker_model(TINY_ARCH), DINOHead(8, n_prototypes=32, hidden=16, mid=16, bottleneck=8))
     decay, no_decay = decay_param_groups(model, 5e-5)

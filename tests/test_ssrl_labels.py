@@ -159,26 +159,57 @@ def test_queue_length_one():
     assert st.removed.tolist() == [True, False, True] and stats.num_live == 1
 
 
-def test_removed_class_is_never_voted_back():
-    # class 0 is removed while an old entry still sits in item 1's queue
-    st = LabelState(np.array([1, 2, 3]), n_classes=4, queue_len=5)
+def _removed_class_in_old_entries(removed_permanent: bool) -> LabelState:
+    # class 0 is removed while old entries still sit in the queues of items 1 and 2
+    st = LabelState(np.array([1, 2, 3]), n_classes=4, queue_len=5, removed_permanent=removed_permanent)
     st.removed[0] = True
-    st.queues[1] = [2, 0, 2, 0, 3]  # counts 2:2, 0:2 -> would be 2 anyway
-    st.queues[2] = [0, 3, 0, 1, 1]  # 0:2, 1:2 -> 0 without the mask; 1 with it
+    st.queues[1] = [2, 0, 2, 0, 3]  # counts 2:2, 0:2 -> 2 (oldest) either way
+    st.queues[2] = [0, 3, 0, 1, 1]  # 0:2, 1:2 -> 0 when removed entries count; 1 when they are ignored
+    return st
+
+
+def test_removed_class_voted_back_is_live_again():
+    """Default (the reference): votes count entries of removed classes; the removed set is recomputed."""
+    st = _removed_class_in_old_entries(removed_permanent=False)
+    idx = np.array([2])
+    assert st.vote_after_append(idx, np.array([3])).tolist() == [3]       # [3, 0, 1, 1, 3]: 3 and 1 twice, 3 oldest
+    stats = st.replace()
+    assert st.labels.tolist() == [1, 2, 0]
+    assert st.removed.tolist() == [False, False, False, True]             # 0 held again; 3 held by nobody
+    assert stats.num_live == 3 and stats.num_newly_removed == 1
+    # the next replacement: class 3 comes back through item 2's queue, class 0 leaves again
+    st.queues[2] = [3, 3, 1, 3, 0]
+    st.replace()
+    assert st.labels.tolist() == [1, 2, 3] and st.removed.tolist() == [True, False, False, False]
+    with pytest.raises(ValueError, match="removed class"):                # the teacher never names a removed class
+        st.append(np.array([0]), np.array([0]))
+
+
+def test_removed_permanent_never_votes_a_removed_class_back():
+    st = _removed_class_in_old_entries(removed_permanent=True)
     st.replace()
     assert st.labels.tolist() == [1, 2, 1]
     assert st.removed.tolist() == [True, False, False, True]
     # removed only grows; appending a removed class is refused
+    st.queues[2] = [3, 3, 1, 3, 0]          # only removed entries but one: votes 1
+    st.replace()
+    assert st.labels.tolist() == [1, 2, 1] and st.removed.tolist() == [True, False, False, True]
     with pytest.raises(ValueError, match="removed class"):
         st.append(np.array([0]), np.array([3]))
 
 
 def test_all_entries_removed_keeps_current_label():
-    st = LabelState(np.array([1, 2]), n_classes=4, queue_len=3)
+    st = LabelState(np.array([1, 2]), n_classes=4, queue_len=3, removed_permanent=True)
     st.queues[0] = [0, 3, 3]
     st.removed[[0, 3]] = True
     st.replace()
     assert st.labels.tolist() == [1, 2]
+    # by default the removed entries count: 3 wins and is live again
+    st = LabelState(np.array([1, 2]), n_classes=4, queue_len=3)
+    st.queues[0] = [0, 3, 3]
+    st.removed[[0, 3]] = True
+    st.replace()
+    assert st.labels.tolist() == [3, 2] and st.removed.tolist() == [True, True, False, False]
 
 
 def test_append_duplicates_keep_last_and_validation():
@@ -194,6 +225,23 @@ def test_append_duplicates_keep_last_and_validation():
         st.append(np.array([0, 1]), np.array([0]))
     with pytest.raises(ValueError, match="item 1"):
         LabelState(np.array([0, 5]), n_classes=3)
+
+
+def test_nlm_target_may_be_a_removed_class_with_infinite_loss():
+    """Default mode: the vote of a replacement epoch can bring a removed class back; the teacher masked
+    it, so the NLM teacher loss against it is +inf, which clean_probability absorbs."""
+    st = LabelState(np.array([1, 2]), n_classes=3, queue_len=3)
+    st.removed[0] = True
+    st.queues[:] = [[0, 0, 0], [2, 2, 2]]
+    target = st.nlm_targets(np.array([0, 1]), np.array([1, 2]), replace_this_epoch=True)
+    assert target.tolist() == [0, 2]                                    # [0, 0, 1] votes the removed class 0
+    logits = mask_removed(torch.tensor([[1.0, 3.0, 0.0], [0.0, 0.0, 4.0]]), torch.from_numpy(st.removed))
+    loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(target), reduction="none")
+    assert torch.isinf(loss[0]) and torch.isfinite(loss[1])
+    st_perm = LabelState(np.array([1, 2]), n_classes=3, queue_len=3, removed_permanent=True)
+    st_perm.removed[0] = True
+    st_perm.queues[:] = [[0, 0, 0], [2, 2, 2]]
+    assert st_perm.nlm_targets(np.array([0, 1]), np.array([1, 2]), replace_this_epoch=True).tolist() == [1, 2]
 
 
 def test_nlm_targets():
@@ -420,9 +468,23 @@ def test_clean_probability_degenerate():
     assert clean_probability(np.zeros(0)).shape == (0,)
     assert (clean_probability(np.full(100, 1e-15)) == 1).all()  # all below e^-20: hi < lo
     with pytest.raises(ValueError, match="position 1"):
-        clean_probability(np.array([0.1, np.inf, 0.3]))
-    with pytest.raises(ValueError, match="not finite and >= 0"):
+        clean_probability(np.array([0.1, np.nan, 0.3]))
+    with pytest.raises(ValueError, match="NaN or negative"):
         clean_probability(np.array([0.1, -1.0]))
+    assert (clean_probability(np.full(20, np.inf)) == 1).all()           # nothing finite
+
+
+def test_clean_probability_infinite_losses():
+    """An infinite teacher loss (target in a class the teacher scored -inf) counts as the largest
+    finite loss for the percentiles and is clipped to the upper end like it: the same p_clean as
+    when it is replaced by the largest finite loss, the noisiest of all."""
+    rng = np.random.default_rng(3)
+    bulk = np.concatenate([rng.lognormal(np.log(0.05), 0.5, 3000), rng.lognormal(np.log(3.0), 0.5, 1000)])
+    losses = np.concatenate([bulk, np.full(5, np.inf)])
+    p = clean_probability(losses)
+    assert np.isfinite(p).all()
+    np.testing.assert_array_equal(p, clean_probability(np.concatenate([bulk, np.full(5, bulk.max())])))
+    assert (p[-5:] == p.min()).all() and p[-5:].max() < 0.01
 
 
 def test_weighted_ce():

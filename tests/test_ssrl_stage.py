@@ -27,10 +27,11 @@ from torch.nn import functional as F
 from conftest import REPO
 from ssrl.manifest import read_utt2spk, read_wav_scp
 from ssrl.models import build_speaker_model, load_speaker_model, read_model_file, save_model_file
-from ssrl.ssrl import FILL, LabelState
+from ssrl.ssrl import FILL, LabelState, relabel_logits
 from ssrl.train import RuntimeConfig, Trainer, ema_update, run, schedules
 from ssrl.train.distributed import DistEnv
 from ssrl.train.ssrl_stage import LABEL_LOG_COLUMNS, SSRLConfig, SSRLStage, renumber_labels
+from ssrl.train.validation import ValidationSet, validation_eer
 
 SCRIPT = REPO / "workflow" / "scripts" / "train_ssrl.py"
 ARCH = {"frontend": {"type": "mel", "n_mels": 20}, "encoder": {"channels": 16, "emb_dim": 8}}
@@ -114,7 +115,7 @@ class Recorder(SSRLStage):
 
     def student_logits(self, student, wave, labels):
         logits, plain = super().student_logits(student, wave, labels)
-        self._rec = {"removed": self.removed.clone(), "student": logits.detach().clone(), "plain": plain.clone()}
+        self._rec.update(removed=self.removed.clone(), student=logits.detach().clone(), plain=plain.clone())
         return logits, plain
 
     def teacher_relabel(self, wave, labels):
@@ -126,6 +127,7 @@ class Recorder(SSRLStage):
         self.calls += 1
         if self.calls == self.crash_at_call:
             raise KeyboardInterrupt("simulated kill")
+        self._rec: dict = {}
         loss, metrics = super().train_step(student, batch, epoch)
         self._rec.update(epoch=epoch, loss=loss.item(), index=batch["index"].clone(), label=batch["label"].clone(),
                          p_clean=batch["p_clean"].clone())
@@ -194,6 +196,25 @@ def test_config_errors_name_the_key():
         SSRLStage({"ssrl": {}}, "ssrl", "t", "i")
 
 
+def test_adam_weight_decay_on_all_parameters(inputs):
+    """Adam's own weight decay on every trainable parameter, biases and 1-D ones included (only DINO
+    exempts them): one step from a zero gradient moves each parameter by lr * sign(decay * p)."""
+    stage = built(make_stage(inputs, ssrl={"weight_decay": 0.1}, validate=False))
+    opt = stage.configure_optimizer(stage.student)
+    trainable = [p for p in stage.student.parameters() if p.requires_grad]
+    assert [g["name"] for g in opt.param_groups] == ["model"] and opt.param_groups[0]["weight_decay"] == 0.1
+    assert {id(p) for p in opt.param_groups[0]["params"]} == {id(p) for p in trainable}
+    assert any(p.ndim == 1 for p in trainable)
+    before = [p.detach().clone() for p in trainable]
+    for p in trainable:
+        p.grad = torch.zeros_like(p)
+    opt.param_groups[0]["lr"] = 1e-3
+    opt.step()
+    for p, b in zip(trainable, before):     # Adam: grad 0.1 p -> first step -lr * sign(p) (|0.1 p| >> eps)
+        big = b.abs() > 1e-3
+        torch.testing.assert_close(p.detach()[big], (b - 1e-3 * b.sign())[big], rtol=0, atol=1e-6)
+
+
 def test_renumber_labels_maps_back_to_kmeans_ids():
     labels, classes = renumber_labels(np.array([9, 2, 2, 11, 0, 9]))
     assert classes.tolist() == [0, 2, 9, 11] and labels.tolist() == [2, 1, 1, 3, 0, 2]
@@ -209,6 +230,8 @@ def test_build_renumbers_labels_and_takes_center_rows(inputs):
     # Queue of L = 5: two copies of the k-means label, oldest slots empty; p_clean 1, nothing removed.
     assert (stage.label_state.queues[:, :3] == FILL).all() and (stage.label_state.queues[:, 3] == inputs["classes"]).all()
     assert stage.label_state.removed.sum() == 0 and (stage.label_state.p_clean == 1).all()
+    assert not stage.label_state.removed_permanent
+    assert built(make_stage(inputs, ssrl={"removed_permanent": True}, validate=False)).label_state.removed_permanent
 
 
 def test_student_loss_uses_p_clean_weights(inputs):
@@ -216,7 +239,7 @@ def test_student_loss_uses_p_clean_weights(inputs):
     torch.manual_seed(1)
     batch = {"student": torch.randn(3, 8000), "label": torch.tensor([0, 4, 7]), "index": torch.tensor([0, 1, 2]),
              "p_clean": torch.tensor([1.0, 0.0, 0.25])}
-    stage.student.eval()                                 # BatchNorm statistics independent of the batch order
+    stage.student.train()                  # as train_step runs it (BatchNorm: this batch's statistics)
     with torch.no_grad():
         _, logits = stage.student(batch["student"], batch["label"])
     ce = F.cross_entropy(logits, batch["label"], reduction="none")
@@ -226,6 +249,37 @@ def test_student_loss_uses_p_clean_weights(inputs):
     loss, _ = stage.train_step(stage.student, batch, epoch=0)
     assert loss.item() == pytest.approx(ce.mean().item(), rel=1e-5)
     assert 0.0 <= float(metrics["acc"]) <= 1.0
+
+
+def test_relabelling_logits_and_teacher_losses_are_fp32_under_bf16_autocast(inputs):
+    """Under bf16 autocast the teacher network runs in bf16, but the relabelling logits (head
+    cosines, margin, mask) and the NLM teacher losses are computed in fp32 from its embeddings
+    (the GMM then fits float64 numpy): exactly the fp32 computation on the autocast embeddings,
+    and close to the all-fp32 result."""
+    stage = built(make_stage(inputs, validate=False))
+    stage.on_epoch_start(1)                                          # a relabelling epoch (teacher crops)
+    batch = torch.utils.data.default_collate([stage.train_set[i] for i in range(8)])
+    embs = []
+    stage.teacher.model.register_forward_hook(lambda module, args, out: embs.append(out))
+    with torch.no_grad():
+        fp32 = stage.teacher_relabel(batch["teacher"], batch["label"])
+        stage._relabel_step(batch, epoch=1)
+        loss32 = stage._relabelled[:, 2].clone()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = stage.teacher_relabel(batch["teacher"], batch["label"])
+            stage._relabel_step(batch, epoch=1)
+        loss_bf16 = stage._relabelled[:, 2].clone()
+    assert embs[-1].dtype == torch.bfloat16                          # the network itself did run in bf16
+    assert bf16.logits.dtype == torch.float32
+    head = stage.teacher.head
+    want = relabel_logits(head.cosine(embs[-1].float()), batch["label"], stage.removed, head.scale, head.margin,
+                          stage.cfg.margin_quirk)
+    torch.testing.assert_close(bf16.logits, want, rtol=0, atol=1e-5)
+    torch.testing.assert_close(bf16.logits, fp32.logits, rtol=0, atol=0.5)     # bf16 embeddings, scale 32
+    target = bf16.labels
+    torch.testing.assert_close(loss_bf16.float(), F.cross_entropy(want, target, reduction="none"), rtol=1e-5,
+                               atol=1e-5)
+    torch.testing.assert_close(loss_bf16, loss32, rtol=0.1, atol=0.05)
 
 
 # --------------------------------------------------------------------------- one recorded run
@@ -241,7 +295,11 @@ def test_phases_relabelling_and_replacement(reference, inputs):
     # The teacher relabels (and gets a teacher crop) only in relabelling epochs.
     assert [("new" in s) for s in stage.steps] == [s["epoch"] >= 1 for s in stage.steps]
     live = [int(r["live_classes"]) for r in log]
-    assert live[:3] == [8, 8, 8] and all(a >= b for a, b in zip(live, live[1:])) and live[-1] < 8
+    assert live[:3] == [8, 8, 8] and live[-1] < 8
+    # Each replacement recomputes the removed set: exactly the classes no utterance holds.
+    for st, n_live in zip(stage.epoch_states[3:], live[3:]):
+        held = np.bincount(st["labels"], minlength=8).astype(bool)
+        assert (st["removed"] == ~held).all() and n_live == held.sum()
     assert all(int(r["changed"]) == 0 for r in log[:3]) and sum(int(r["changed"]) for r in log) > 0
     # Each relabelling epoch appends its argmaxes (gathered over the epoch) to the queues.
     for st in stage.epoch_states[1:]:
@@ -399,11 +457,16 @@ def test_two_gloo_processes_match_one_process(inputs, tmp_path):
 def test_continuing_a_model_file(reference, inputs, tmp_path):
     stage, out = reference
     saved = read_model_file(out / "model.pt")
-    # init student_teacher (WavLM step 2): student + teacher + head, fresh queues from its labels.
-    st = built(make_stage(inputs, ssrl={"init": "student_teacher"}, init_model=out / "model.pt", validate=False))
-    for k, v in saved["student"]["model"].items():
-        assert torch.equal(st.student.model.state_dict()[k], v)
-    assert torch.equal(st.teacher.head.weight, saved["teacher"]["head"]["weight"])
+    # init student (WavLM step 2): the init model's student incl. head becomes the student AND the
+    # teacher (not the init model's teacher), fresh queues from its labels.
+    st = built(make_stage(inputs, ssrl={"init": "student"}, init_model=out / "model.pt", validate=False))
+    assert not torch.equal(saved["student"]["head"]["weight"], saved["teacher"]["head"]["weight"])
+    for part in (st.student, st.teacher):
+        for sub, module in (("model", part.model), ("head", part.head)):
+            got = module.state_dict()
+            assert got.keys() == saved["student"][sub].keys()
+            assert all(torch.equal(got[k], v) for k, v in saved["student"][sub].items()), sub
+    assert st.teacher is not st.student and not any(p.requires_grad for p in st.teacher.parameters())
     labels = saved["extra"]["label_state"]["labels"].numpy()
     assert (st.label_state.labels == labels).all() and (st.label_state.queues[:, -1] == labels).all()
     assert not st.label_state.removed.any() and (st.label_state.p_clean == 1).all()
@@ -425,6 +488,29 @@ def test_continuing_a_model_file(reference, inputs, tmp_path):
         built(make_stage(inputs, ssrl={"init": "full"}, init_model=other, validate=False))
 
 
+def test_no_teacher_trains_validates_and_exports_the_student(inputs, tmp_path):
+    """teacher: false (WavLM step 1): a supervised student, no EMA teacher; the validation EER is
+    the student's and the model file's eval_state is the student's model."""
+    fixed = {"teacher": False, "label_update": False, "nlm": False, "fixed_epochs": 2, "update_epochs": 0,
+             "val_every": 2}
+    stage = make_stage(inputs, ssrl=fixed, out=tmp_path)
+    fit(stage, tmp_path)
+    assert stage.teacher is None and stage.ema_schedule(3) is None
+    obj = read_model_file(tmp_path / "model.pt")
+    assert obj["teacher"] is None
+    student = stage.student.model.state_dict()
+    assert obj["eval_state"].keys() == student.keys()
+    assert all(torch.equal(obj["eval_state"][k], v) and torch.equal(obj["student"]["model"][k], v)
+               for k, v in student.items())
+    val = ValidationSet.from_files(inputs["data"] / "test" / "wav.scp", inputs["data"] / "trials" / "demo.txt")
+    eer = validation_eer(load_speaker_model(tmp_path / "model.pt"), val, DistEnv())
+    assert float(_tsv(tmp_path / "label_log.tsv")[-1]["teacher_eer"]) == pytest.approx(eer, rel=1e-5)
+    with pytest.raises(ValueError, match="teacher: false leaves nobody to relabel"):
+        SSRLConfig.from_dict({"teacher": False})
+    with pytest.raises(ValueError, match="teacher_shares_wavlm is set"):
+        SSRLConfig.from_dict({**fixed, "teacher_shares_wavlm": True})
+
+
 def test_wavlm_frozen_and_shared_with_the_teacher(inputs, tmp_path):
     """WavLM steps: freeze_wavlm trains the back-end only; teacher_shares_wavlm (quirk Q3) gives the
     teacher the student's WavLM, which the EMA leaves alone, while the rest is an EMA copy."""
@@ -441,7 +527,8 @@ def test_wavlm_frozen_and_shared_with_the_teacher(inputs, tmp_path):
     frozen = {k: v.clone() for k, v in wavlm.state_dict().items()}
     weights = st.student.model.frontend.layer_weights.weights.detach().clone()
     opt = st.configure_optimizer(st.student)
-    opt.param_groups[0]["lr"] = opt.param_groups[1]["lr"] = 0.01
+    for group in opt.param_groups:
+        group["lr"] = 0.01
     batch = torch.utils.data.default_collate([st.train_set[i] for i in range(4)])
     loss, _ = st.train_step(st.student, batch, epoch=0)
     loss.backward()

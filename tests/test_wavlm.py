@@ -15,8 +15,9 @@ import pytest
 import torch
 import torchaudio
 
-from ssrl.models.wavlm import (LARGE_CONFIG, LayerWeighting, WavLM, WavLMCheckpointError, WavLMFrontend,
-                               load_wavlm, read_safetensors)
+from ssrl.models import build_speaker_model
+from ssrl.models.wavlm import (LARGE_CONFIG, NO_REGULARISATION, LayerWeighting, WavLM, WavLMCheckpointError,
+                               WavLMFrontend, load_wavlm, read_safetensors)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -89,10 +90,15 @@ OFFICIAL_CFG = {
     "extractor_mode": "layer_norm", "encoder_layers": 2, "encoder_embed_dim": 1024,
     "encoder_ffn_embed_dim": 4096, "encoder_attention_heads": 16, "activation_fn": "gelu",
     "layer_norm_first": True, "conv_feature_layers": "[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2",
-    "conv_bias": False, "feature_grad_mult": 1.0, "normalize": True, "dropout": 0.1, "attention_dropout": 0.1,
-    "conv_pos": 128, "conv_pos_groups": 16, "relative_position_embedding": True, "num_buckets": 320,
+    "conv_bias": False, "normalize": True, "conv_pos": 128, "conv_pos_groups": 16, "relative_position_embedding": True, "num_buckets": 320,
     "max_distance": 800, "gru_rel_pos": True,
+    # fine-tuning regularisation (distinct known values, to see each reach its own module)
+    "dropout_input": 0.05, "attention_dropout": 0.15, "activation_dropout": 0.25, "dropout": 0.35,
+    "encoder_layerdrop": 0.45, "feature_grad_mult": 0.55,
 }
+OFFICIAL_REGULARISATION = {"encoder_projection_dropout": 0.05, "encoder_attention_dropout": 0.15,
+                           "encoder_ff_interm_dropout": 0.25, "encoder_dropout": 0.35, "encoder_layer_drop": 0.45,
+                           "feature_grad_mult": 0.55}
 
 
 def to_huggingface(state: dict) -> dict:
@@ -125,7 +131,12 @@ HF_CONFIG = {
     "num_conv_pos_embeddings": 128, "num_conv_pos_embedding_groups": 16, "num_hidden_layers": 2,
     "num_attention_heads": 16, "num_buckets": 320, "max_bucket_distance": 800, "intermediate_size": 4096,
     "do_stable_layer_norm": True,
+    "feat_proj_dropout": 0.01, "attention_dropout": 0.02, "activation_dropout": 0.03, "hidden_dropout": 0.04,
+    "layerdrop": 0.06,
 }
+HF_REGULARISATION = {"encoder_projection_dropout": 0.01, "encoder_attention_dropout": 0.02,
+                     "encoder_ff_interm_dropout": 0.03, "encoder_dropout": 0.04, "encoder_layer_drop": 0.06,
+                     "feature_grad_mult": 1.0}
 
 
 def write_safetensors(path, tensors: dict) -> None:
@@ -154,6 +165,8 @@ def large2(tmp_path_factory):
     torch.save({"cfg": OFFICIAL_CFG, "model": to_official(state)}, d / "WavLM-Large.pt")
     torch.save(state, d / "torchaudio.pt")
     torch.save({"state_dict": state}, d / "torchaudio_wrapped.pt")
+    torch.save({"config": dict(LARGE_CONFIG, encoder_num_layers=2, encoder_dropout=0.2, encoder_layer_drop=0.3),
+                "state_dict": state}, d / "torchaudio_config.pt")
     for name in ("hf_bin", "hf_safetensors"):
         (d / name).mkdir()
         (d / name / "config.json").write_text(json.dumps(HF_CONFIG))
@@ -366,3 +379,112 @@ def test_frontend_freeze_and_gradient_checkpointing():
     frontend(wave)[0].pow(2).sum().backward()
     for p, g in zip(used, plain):
         torch.testing.assert_close(p.grad, g, atol=1e-5, rtol=1e-4)
+
+
+# --------------------------------------------------------------- fine-tuning regularisation
+
+# torchaudio.models.wavlm_large's own defaults (a bare torchaudio state dict has no config).
+TORCHAUDIO_LARGE = {"encoder_projection_dropout": 0.1, "encoder_attention_dropout": 0.1,
+                    "encoder_ff_interm_dropout": 0.0, "encoder_dropout": 0.1, "encoder_layer_drop": 0.1,
+                    "feature_grad_mult": 1.0}
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("WavLM-Large.pt", OFFICIAL_REGULARISATION), ("hf_bin", HF_REGULARISATION),
+    ("hf_safetensors", HF_REGULARISATION), ("torchaudio.pt", TORCHAUDIO_LARGE),
+    ("torchaudio_wrapped.pt", TORCHAUDIO_LARGE),
+    ("torchaudio_config.pt", dict(TORCHAUDIO_LARGE, encoder_dropout=0.2, encoder_layer_drop=0.3))])
+def test_regularisation_is_read_from_each_checkpoint_format(large2, name, expected):
+    """Dropouts, layer drop and feature_grad_mult come from the checkpoint's config, reach torchaudio's
+    dropout modules, and are recorded in the arch, so that a model file rebuilds with the same values."""
+    model = load_wavlm(large2["dir"] / name, num_layers=1)
+    assert model.regularisation == pytest.approx(expected)
+    drop = {n: m.p for n, m in model.named_modules() if isinstance(m, torch.nn.Dropout)}
+    layer = "encoder.transformer.layers.0."
+    assert drop["encoder.feature_projection.dropout"] == pytest.approx(expected["encoder_projection_dropout"])
+    assert drop[layer + "feed_forward.intermediate_dropout"] == pytest.approx(expected["encoder_ff_interm_dropout"])
+    for key in ("encoder.transformer.dropout", layer + "dropout", layer + "feed_forward.output_dropout"):
+        assert drop[key] == pytest.approx(expected["encoder_dropout"])
+    assert model.encoder.transformer.layers[0].attention.dropout == pytest.approx(expected["encoder_attention_dropout"])
+    assert model.encoder.transformer.layer_drop == 0.0            # layer drop is our own loop's
+    arch = {"frontend": {"type": "wavlm", "checkpoint": str(large2["dir"] / name), "num_layers": 1},
+            "encoder": {"channels": 8, "emb_dim": 4}}
+    recorded = build_speaker_model(arch).arch
+    assert recorded["frontend"]["regularisation"] == pytest.approx(expected)
+    rebuilt = build_speaker_model(recorded).frontend.wavlm       # from the recorded config, no checkpoint read
+    assert rebuilt.regularisation == pytest.approx(expected)
+
+
+def test_missing_regularisation_keys_fail_clearly(tmp_path):
+    torch.manual_seed(0)
+    state = load_wavlm(None, 2, tiny=True).state_dict()
+    cfg = {k: v for k, v in TINY_OFFICIAL_CFG.items() if k != "encoder_layerdrop"}
+    torch.save({"cfg": cfg, "model": to_official(state, 64)}, tmp_path / "cfg.pt")
+    with pytest.raises(WavLMCheckpointError, match="cfg lacks encoder_layerdrop"):
+        load_wavlm(tmp_path / "cfg.pt", 2)
+
+
+def test_random_wavlm_has_no_regularisation_and_old_dropout_arch_reads():
+    assert load_wavlm(None, 2, tiny=True).regularisation == NO_REGULARISATION
+    arch = build_speaker_model({"frontend": {"type": "wavlm", "num_layers": 2, "tiny": True},
+                                "encoder": {"channels": 8, "emb_dim": 4}}).arch
+    old = dict(arch["frontend"], dropout=0.2)
+    del old["regularisation"]                        # a model file written before the regularisation dict
+    wavlm = build_speaker_model({**arch, "frontend": old}).frontend.wavlm
+    assert wavlm.regularisation == dict(NO_REGULARISATION, encoder_projection_dropout=0.2,
+                                        encoder_attention_dropout=0.2, encoder_ff_interm_dropout=0.2,
+                                        encoder_dropout=0.2)
+
+
+def test_layer_drop_passes_the_input_through_in_training_only():
+    torch.manual_seed(0)
+    full = load_wavlm(None, 4, tiny=True)
+    wave = torch.randn(2, 8000)
+    with torch.no_grad():
+        reference, _ = full.eval()(wave)
+        always = WavLM(full.config, regularisation={"encoder_layer_drop": 1.0})
+        always.load_state_dict(full.state_dict())
+        evaluated, _ = always.eval()(wave)                # eval mode never drops
+        torch.testing.assert_close(evaluated, reference)
+        dropped, _ = always.train()(wave)                 # every layer dropped: L copies of the layers' input
+        assert dropped.shape == reference.shape
+        for layer in range(1, 4):
+            assert torch.equal(dropped[layer], dropped[0])
+        assert not torch.allclose(dropped[0], reference[0])
+        half = WavLM(full.config, regularisation={"encoder_layer_drop": 0.5})
+        half.load_state_dict(full.state_dict())
+        torch.manual_seed(4)
+        draws = (torch.rand(4) < 0.5).tolist()            # the loop draws one number per layer, in order
+        torch.manual_seed(4)
+        partial, _ = half.train()(wave)
+    assert any(draws) and not all(draws)
+    for layer, skip in enumerate(draws):
+        if skip:
+            assert torch.equal(partial[layer], partial[layer - 1] if layer else dropped[0])
+        else:
+            assert not torch.equal(partial[layer], partial[layer - 1] if layer else dropped[0])
+
+
+@pytest.mark.parametrize("mult", [0.0, 0.25])
+def test_feature_grad_mult_scales_the_cnn_gradient(mult):
+    torch.manual_seed(0)
+    plain = load_wavlm(None, 2, tiny=True).train()
+    scaled = WavLM(plain.config, regularisation={"feature_grad_mult": mult}).train()
+    scaled.load_state_dict(plain.state_dict())
+    wave = torch.randn(2, 8000)
+    grads = []
+    for model in (plain, scaled):
+        out, _ = model(wave)
+        torch.testing.assert_close(out, plain(wave)[0])   # the forward is unchanged
+        out.pow(2).sum().backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    cnn = [n for n in grads[0] if n.startswith("feature_extractor.")]
+    assert cnn
+    for n in cnn:
+        if mult == 0.0:
+            assert n not in grads[1]                       # no gradient into the CNN
+        else:
+            torch.testing.assert_close(grads[1][n], mult * grads[0][n], rtol=1e-4, atol=1e-7)
+    for n in grads[0]:
+        if not n.startswith("feature_extractor."):
+            torch.testing.assert_close(grads[1][n], grads[0][n])

@@ -23,7 +23,7 @@ from conftest import run_snakemake, write_config
 from ssrl.manifest import read_utt2spk, read_wav_scp
 from ssrl.models import read_model_file
 from ssrl.models.wavlm import load_wavlm
-from ssrl.train import RuntimeConfig, ema_update
+from ssrl.train import RuntimeConfig, Trainer, ema_update
 from ssrl.train.distributed import DistEnv
 from ssrl.train.ssrl_stage import SSRLStage
 
@@ -83,7 +83,8 @@ def test_steps_chain_and_are_scored(wavlm_run):
     # Extraction keeps the first extract.max_seconds_wavlm seconds of WavLM systems' audio.
     assert "first 100 s of each file" in (run / "logs" / "extract" / "wavlm_ft" / "test.log").read_text()
     step1, step2, ft = (models[s]["hparams"]["ssrl"] for s in STEPS)
-    assert (step1["init"], step2["init"], ft["init"]) == ("scratch", "student_teacher", "full")
+    assert (step1["init"], step2["init"], ft["init"]) == ("scratch", "student", "full")
+    assert not step1["teacher"] and step2.get("teacher", True) and ft.get("teacher", True)
     assert step1["schedule"] == "warmup_cosine" and not step1["label_update"] and not step1["nlm"]
     assert step1["augment_prob"] == 0.66 and step1["head_init"] == "random"
     assert step2["freeze_wavlm"] and not ft["freeze_wavlm"] and ft["gradient_checkpointing"]
@@ -91,12 +92,13 @@ def test_steps_chain_and_are_scored(wavlm_run):
     # Step 1 trained on the DINO k-means labels (classes = the distinct ids), step 2 on step 1's.
     assert models["wavlm_step1"]["extra"]["classes"].tolist() == sorted(set(wavlm_run["labels"]))
     assert torch.equal(models["wavlm_step2"]["extra"]["classes"], models["wavlm_step1"]["extra"]["classes"])
-    # Step 2 relabels and replaces in every epoch; 2-ft continues its label state (classes only fall).
+    # Step 2 relabels and replaces in every epoch; 2-ft continues its label state: removed = not held.
     log2, log_ft = (tsv_rows(run / s / "label_log.tsv") for s in ("wavlm_step2", "wavlm_ft"))
     assert [(r["relabelled"], r["replaced"]) for r in log2 + log_ft] == [("1", "1")] * 3
-    assert int(log_ft[0]["live_classes"]) <= int(log2[-1]["live_classes"])
-    removed2, removed_ft = (models[s]["extra"]["label_state"]["removed"].numpy() for s in ("wavlm_step2", "wavlm_ft"))
-    assert not (removed2 & ~removed_ft).any()
+    for s, log in (("wavlm_step2", log2), ("wavlm_ft", log_ft)):
+        state = models[s]["extra"]["label_state"]
+        held = np.bincount(state["labels"].numpy(), minlength=state["removed"].numel()).astype(bool)
+        assert (state["removed"].numpy() == ~held).all() and int(log[-1]["live_classes"]) == held.sum()
     # Every WavLM system records the architecture; its front-end is a WavLM.
     for s in STEPS:
         assert models[s]["arch"]["frontend"]["type"] == "wavlm" and models[s]["arch"]["encoder"]["in_dim"] == 64
@@ -107,7 +109,9 @@ def test_wavlm_frozen_in_steps_1_and_2_and_trained_in_ft(wavlm_run):
     pretrained = torch.load(wavlm_run["checkpoint"], weights_only=True)
     pretrained = {k: v for k, v in pretrained.items() if k in wavlm_state(models["wavlm_step1"]["eval_state"])}
     for s in ("wavlm_step1", "wavlm_step2"):
-        for part in (models[s]["student"]["model"], models[s]["teacher"]["model"], models[s]["eval_state"]):
+        parts = [models[s]["student"]["model"], models[s]["eval_state"]]
+        parts += [models[s]["teacher"]["model"]] if models[s]["teacher"] else []
+        for part in parts:
             assert same(wavlm_state(part), pretrained), s
     tuned = wavlm_state(models["wavlm_ft"]["student"]["model"])
     changed = [k for k in tuned if not torch.equal(tuned[k], pretrained[k])]
@@ -150,10 +154,10 @@ def test_q3_switch_shares_or_ema_copies_the_wavlm(wavlm_run, shares):
     assert all(p.requires_grad for p in s_wavlm.used_parameters())
     opt = st.configure_optimizer(st.student)
     groups = {g["name"]: g for g in opt.param_groups}
-    assert sorted(groups) == ["decay", "no_decay", "wavlm_decay", "wavlm_no_decay"]
-    assert groups["wavlm_decay"]["lr_scale"] == 0.5 and "lr_scale" not in groups["decay"]
-    assert {id(p) for g in ("wavlm_decay", "wavlm_no_decay") for p in groups[g]["params"]} == \
-        {id(p) for p in s_wavlm.used_parameters()}
+    assert sorted(groups) == ["model", "wavlm"]
+    assert groups["wavlm"]["lr_scale"] == 0.5 and "lr_scale" not in groups["model"]
+    assert {id(p) for p in groups["wavlm"]["params"]} == {id(p) for p in s_wavlm.used_parameters()}
+    assert groups["wavlm"]["weight_decay"] == groups["model"]["weight_decay"] == st.cfg.weight_decay
     before = {k: v.clone() for k, v in t_wavlm.state_dict().items()}
     for g in opt.param_groups:
         g["lr"] = 1e-2
@@ -169,6 +173,71 @@ def test_q3_switch_shares_or_ema_copies_the_wavlm(wavlm_run, shares):
     else:           # an EMA copy: 0.75 * old teacher + 0.25 * new student
         torch.testing.assert_close(t_wavlm.state_dict()[key], 0.75 * before[key] + 0.25 * student_after[key])
         assert not torch.equal(t_wavlm.state_dict()[key], student_after[key])
+
+
+def test_step1_has_no_teacher_and_exports_its_student(wavlm_run):
+    step1 = wavlm_run["models"]["wavlm_step1"]
+    assert step1["teacher"] is None
+    student = step1["student"]["model"]
+    assert student.keys() == step1["eval_state"].keys()
+    assert all(torch.equal(step1["eval_state"][k], v) for k, v in student.items())
+
+
+def test_step2_starts_student_and_teacher_from_step1_student(wavlm_run):
+    run, step2 = wavlm_run["run"], wavlm_run["models"]["wavlm_step2"]
+    stage = SSRLStage(step2["hparams"], "wavlm_step2", run / "data" / "train" / "wav.scp",
+                      run / "wavlm_step1" / "model.pt")
+    torch.manual_seed(0)
+    stage.env, stage.runtime = DistEnv(), RuntimeConfig(device="cpu", workers=0)
+    stage.build()
+    saved = wavlm_run["models"]["wavlm_step1"]["student"]
+    for part in (stage.student, stage.teacher):
+        for sub, module in (("model", part.model), ("head", part.head)):
+            got = module.state_dict()
+            assert got.keys() == saved[sub].keys()
+            assert all(torch.equal(got[k], v) for k, v in saved[sub].items()), sub
+
+
+class ModeRecorder(SSRLStage):
+    """Step 2-ft that records, at every forward of the (shared) student WavLM, who called it and
+    whether the WavLM was in train mode."""
+
+    def build(self):
+        super().build()
+        self.calls: list[tuple[str, bool]] = []
+        self._caller = None
+        for name, part in (("student", self.student.model), ("teacher", self.teacher.model)):
+            part.register_forward_pre_hook(lambda module, args, name=name: setattr(self, "_caller", name))
+        wavlm = self.student.model.frontend.wavlm
+        wavlm.register_forward_pre_hook(lambda module, args: self.calls.append((self._caller, module.training)))
+
+
+def test_ft_wavlm_modes_per_forward_and_constant_ema(wavlm_run, tmp_path, monkeypatch):
+    """Step 2-ft through the trainer: the shared (quirk Q3) WavLM runs in train mode in every
+    student forward and in eval mode in every teacher forward; the EMA decay is 0.9999 at every step;
+    the student's WavLM carries the checkpoint's regularisation (a torchaudio state dict:
+    torchaudio's wavlm_large defaults)."""
+    run, ft = wavlm_run["run"], wavlm_run["models"]["wavlm_ft"]
+    assert ft["arch"]["frontend"]["regularisation"]["encoder_layer_drop"] == pytest.approx(0.1)
+    data = run / "data"
+    stage = ModeRecorder(ft["hparams"], "wavlm_ft", data / "train" / "wav.scp", run / "wavlm_step2" / "model.pt",
+                         augment_lists={k: data / "augment" / f"{k}.lst" for k in ("noise", "music", "babble", "rir")})
+    decays = []
+
+    def recording_ema_update(teacher, student, decay):
+        decays.append(decay)
+        ema_update(teacher, student, decay)
+
+    monkeypatch.setattr("ssrl.train.loop.ema_update", recording_ema_update)
+    runtime = RuntimeConfig(device="cpu", workers=0, log_every=1, progress_every_s=1000.0, bf16=False)
+    Trainer(stage, runtime, tmp_path / "ckpt").fit(tmp_path / "model.pt", tmp_path / "train_log.tsv")
+    assert stage.teacher.model.frontend.wavlm is stage.student.model.frontend.wavlm
+    steps = stage.epochs * (len(stage.train_set) // stage.batch_size)
+    assert decays == [0.9999] * steps and steps >= 3
+    student = [training for caller, training in stage.calls if caller == "student"]
+    teacher = [training for caller, training in stage.calls if caller == "teacher"]
+    assert len(student) == len(teacher) == steps            # relabelling in every 2-ft step
+    assert all(student) and not any(teacher)
 
 
 def test_nothing_left_to_run(wavlm_run):

@@ -93,9 +93,11 @@ class DINOModel(nn.Module):
 
     ``forward(*groups)``: each group ``(batch, n_i, samples_i)`` holds crops of one
     length (e.g. the global crops, then the local crops); each group goes through
-    the speaker model as one batch of ``batch * n_i`` crops (BatchNorm statistics
-    per group), the head sees all views at once. Returns ``(embeddings
-    (batch, V, emb_dim), logits (batch, V, K))`` with ``V = sum n_i`` in group order.
+    the speaker model AND the head as one batch of ``batch * n_i`` crops, a forward
+    pass of its own, so every BatchNorm (encoder and head) normalises each group with
+    its own statistics, as the reference runs the global and the local views. Returns
+    ``(embeddings (batch, V, emb_dim), logits (batch, V, K))`` with ``V = sum n_i`` in
+    group order.
     """
 
     def __init__(self, model: SpeakerModel, head: DINOHead):
@@ -107,15 +109,15 @@ class DINOModel(nn.Module):
         if not groups:
             raise ValueError("DINOModel: no crops given")
         b = groups[0].shape[0]
-        embs = []
+        embs, logits = [], []
         for g in groups:
             if g.dim() != 3 or g.shape[0] != b:
                 raise ValueError(f"DINOModel: each group must be (batch={b}, views, samples), got {tuple(g.shape)}")
             if g.shape[1]:
-                embs.append(self.model(g.reshape(b * g.shape[1], g.shape[2])).reshape(b, g.shape[1], -1))
-        emb = torch.cat(embs, dim=1)                                       # (batch, V, emb_dim)
-        logits = self.head(emb.reshape(-1, emb.shape[2]))
-        return emb, logits.reshape(b, emb.shape[1], -1)
+                emb = self.model(g.reshape(b * g.shape[1], g.shape[2]))      # (batch * n_i, emb_dim)
+                embs.append(emb.reshape(b, g.shape[1], -1))
+                logits.append(self.head(emb).reshape(b, g.shape[1], -1))
+        return torch.cat(embs, dim=1), torch.cat(logits, dim=1)
 
 
 @torch.no_grad()

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 
 from . import SAMPLE_RATE, __version__
 from .data import EvalDataset, collate_padded, length_bucketed_batches, normalise_waveform
-from .features import MelFrontend
+from .features import MelFrontend, reflect_pad_ends
 from .fileio import atomic_path, read_embeddings, read_json
 from .manifest import Trials
 from .metrics import score_trials
@@ -282,9 +282,10 @@ class ConvMelFrontend(nn.Module):
 
     Used only for ONNX export, where ``torch.stft`` (complex) does not export.
     ``(batch, samples)`` -> ``(batch, n_mels, frames)`` power mel, equal to the
-    source front-end up to float rounding: frame ``t`` is the ``n_fft``-point
-    DFT of samples ``[t * hop, t * hop + n_fft)`` times the zero-padded (centred)
-    window, power = re² + im², then the same mel filterbank.
+    source front-end up to float rounding: the same reflect padding of each end,
+    then frame ``t`` is the ``n_fft``-point DFT of padded samples ``[t * hop,
+    t * hop + n_fft)`` times the zero-padded (centred) window, power = re² + im²,
+    then the same mel filterbank.
     """
 
     def __init__(self, frontend: MelFrontend):
@@ -304,8 +305,10 @@ class ConvMelFrontend(nn.Module):
         self.register_buffer("mel_fb", mel_scale.fb.detach().float().cpu().T.contiguous())   # (n_mels, F)
         self.hop_length = spec.hop_length
         self.n_fft = n_fft
+        self.pad = frontend.pad
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        wave = reflect_pad_ends(wave, self.pad)
         spec = F.conv1d(wave.unsqueeze(1), self.basis, stride=self.hop_length)      # (B, 2F, T)
         real, imag = spec.chunk(2, dim=1)
         return torch.matmul(self.mel_fb, real * real + imag * imag)                 # (B, n_mels, T)

@@ -151,18 +151,27 @@ class LabelState:
     * ``labels`` ``(n_utts,)`` int64: the current labels, what the student trains on
       and the margin (Q2) is applied to. They change only in :meth:`replace` (Q6).
     * ``removed`` ``(n_classes,)`` bool: classes masked to -inf for student and
-      teacher. Initially none; grows in :meth:`replace`, never shrinks.
+      teacher: initially none, then the classes no utterance holds after the last
+      :meth:`replace`.
     * ``p_clean`` ``(n_utts,)`` float32: NLM weights, initially 1.
 
     Queue semantics: :meth:`append` adds one entry to the queue of each utterance it
     names and drops the oldest entry beyond L; utterances not named (not seen in the
     epoch) keep their queue unchanged, so their vote, and hence their label, does not
-    change at the next replacement. Votes ignore entries of removed classes (an old
-    queue entry cannot bring a removed class back), and an utterance whose queue has
-    no live entry keeps its current label.
+    change at the next replacement. An utterance whose queue has no (counted) entry
+    keeps its current label.
+
+    Removed classes (docs/method.md §7), by default as the reference: votes count every
+    queue entry, also those naming removed classes, and each replacement recomputes the
+    removed set, so a class that an utterance's vote brings back is live again (its NLM
+    teacher loss in that epoch is infinite: the teacher masked the class;
+    :func:`clean_probability` clips it). ``removed_permanent=True``: votes ignore
+    entries of removed classes and the removed set only grows (a removed class never
+    comes back).
     """
 
-    def __init__(self, initial_labels: np.ndarray, n_classes: int | None = None, queue_len: int = 5):
+    def __init__(self, initial_labels: np.ndarray, n_classes: int | None = None, queue_len: int = 5,
+                 removed_permanent: bool = False):
         labels = np.asarray(initial_labels)
         if labels.ndim != 1 or labels.size == 0 or not np.issubdtype(labels.dtype, np.integer):
             raise ValueError(f"LabelState: initial labels must be a non-empty 1-D integer array, "
@@ -183,6 +192,7 @@ class LabelState:
         self.removed = np.zeros(n_classes, dtype=bool)
         self.p_clean = np.ones(labels.size, dtype=np.float32)
         self.num_replacements = 0
+        self.removed_permanent = bool(removed_permanent)
 
     @property
     def n_utts(self) -> int:
@@ -231,15 +241,16 @@ class LabelState:
         idx = self._check_indices(indices, "vote_after_append")
         new = self._check_new_labels(new_labels, idx.size, "vote_after_append")
         queues = np.concatenate([self.queues[idx, 1:], new[:, None]], axis=1)
-        return self._vote_live(queues, self.labels[idx])
+        return self._vote(queues, self.labels[idx])
 
     def nlm_targets(self, indices: np.ndarray, new_labels: np.ndarray, replace_this_epoch: bool) -> np.ndarray:
         """Targets of the per-utterance teacher loss for noisy-label modelling (SPEC 7).
 
         In an epoch that ends with a replacement (:func:`is_replace_epoch`): the label
         the queue votes once this epoch's argmax is appended, i.e. the label the
-        utterance will hold after this epoch's replacement. In the relabelling epochs
-        before the first replacement epoch: the argmax ``new_labels`` itself.
+        utterance will hold after this epoch's replacement (by default possibly a class
+        removed now, which the teacher scored -inf: an infinite loss). In the relabelling
+        epochs before the first replacement epoch: the argmax ``new_labels`` itself.
         """
         if replace_this_epoch:
             return self.vote_after_append(indices, new_labels)
@@ -247,13 +258,14 @@ class LabelState:
         return self._check_new_labels(new_labels, idx.size, "nlm_targets").copy()
 
     def replace(self) -> ReplaceStats:
-        """End-of-epoch label replacement: labels <- queue votes; unheld classes become removed."""
-        new_labels = self._vote_live(self.queues, self.labels)
+        """End-of-epoch label replacement: labels <- queue votes; the removed classes become those
+        no utterance holds (``removed_permanent``: added to the removed ones)."""
+        new_labels = self._vote(self.queues, self.labels)
         num_changed = int(np.count_nonzero(new_labels != self.labels))
         self.labels = new_labels
         held = np.bincount(new_labels, minlength=self.n_classes).astype(bool)
         newly = int(np.count_nonzero(~held & ~self.removed))
-        self.removed |= ~held
+        self.removed = (self.removed | ~held) if self.removed_permanent else ~held
         self.num_replacements += 1
         return ReplaceStats(num_live=self.num_live, num_newly_removed=newly, num_changed=num_changed)
 
@@ -316,23 +328,25 @@ class LabelState:
         self.num_replacements = int(state["num_replacements"])
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, Any]) -> "LabelState":
+    def from_state_dict(cls, state: dict[str, Any], removed_permanent: bool = False) -> "LabelState":
         """A state rebuilt from :meth:`state_dict` output alone (sizes taken from it)."""
         queues = np.asarray(state["queues"])
         if queues.ndim != 2:
             raise ValueError(f"LabelState.from_state_dict: state['queues'] must be 2-D, got shape {queues.shape}")
         out = cls(np.zeros(queues.shape[0], dtype=np.int64), n_classes=np.asarray(state["removed"]).size,
-                  queue_len=queues.shape[1])
+                  queue_len=queues.shape[1], removed_permanent=removed_permanent)
         out.load_state_dict(state)
         return out
 
     # -- helpers
 
-    def _vote_live(self, queues: np.ndarray, current: np.ndarray) -> np.ndarray:
-        """Vote ``queues`` (n, L) ignoring removed classes; rows without a live entry keep ``current``."""
-        valid = queues != FILL
-        live = valid & ~self.removed[np.where(valid, queues, 0)]
-        voted = vote(np.where(live, queues, FILL))
+    def _vote(self, queues: np.ndarray, current: np.ndarray) -> np.ndarray:
+        """Vote ``queues`` (n, L) (``removed_permanent``: ignoring removed classes); rows without a
+        counted entry keep ``current``."""
+        if self.removed_permanent:
+            valid = queues != FILL
+            queues = np.where(valid & ~self.removed[np.where(valid, queues, 0)], queues, FILL)
+        voted = vote(queues)
         return np.where(voted == FILL, current, voted)
 
     def _check_indices(self, indices: np.ndarray, where: str) -> np.ndarray:
@@ -517,24 +531,30 @@ def clean_probability(teacher_losses: np.ndarray, max_iter: int = 500, tol: floa
     ``tol``, ``random_state=seed``) is fitted to the x within [lo, hi]; x is clipped
     to [lo, hi] and p_clean is the posterior of the component with the smaller mean.
 
+    Infinite losses (a teacher target in a class it scored -inf, docs/method.md §7)
+    count as the largest finite x for the percentiles, which therefore stay finite,
+    and are clipped to hi like every x above it: they get the noisiest p_clean.
+
     Degenerate input gives p_clean = 1 for every item (nothing can be called noisy):
     fewer than ``min_points`` losses, or fewer than ``min_points`` of them or fewer
     than 2 distinct values within [lo, hi] (e.g. all losses equal, or all below
-    e^-20 so that hi < lo). Losses must be finite and >= 0.
+    e^-20 so that hi < lo, or none finite). Losses must be >= 0 (+inf allowed).
     """
     from sklearn.mixture import GaussianMixture
 
     losses = np.asarray(teacher_losses, dtype=np.float64)
     if losses.ndim != 1:
         raise ValueError(f"clean_probability: teacher losses must be 1-D, got shape {losses.shape}")
-    bad = np.flatnonzero(~np.isfinite(losses) | (losses < 0))
+    bad = np.flatnonzero(np.isnan(losses) | (losses < 0))
     if bad.size:
-        raise ValueError(f"clean_probability: loss {losses[bad[0]]} at position {bad[0]} is not finite and >= 0 "
+        raise ValueError(f"clean_probability: loss {losses[bad[0]]} at position {bad[0]} is NaN or negative "
                          f"({bad.size} such losses)")
     ones = np.ones(losses.size, dtype=np.float32)
-    if losses.size < min_points:
+    finite = np.isfinite(losses)
+    if losses.size < min_points or not finite.any():
         return ones
     x = np.log(losses + 1e-12)
+    x = np.where(finite, x, x[finite].max())
     lo = max(float(np.percentile(x, 0.1)), -20.0)
     hi = float(np.percentile(x, 99.9))
     fit_x = x[(x >= lo) & (x <= hi)]

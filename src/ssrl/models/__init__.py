@@ -31,7 +31,7 @@ from ..fileio import save_torch
 from ..progress import Progress
 from .ecapa import ECAPATDNN
 from .heads import AAMSoftmax, DINOHead, SoftmaxHead, build_head
-from .wavlm import LayerWeighting, WavLM, WavLMCheckpointError, WavLMFrontend, load_wavlm
+from .wavlm import REGULARISATION_KEYS, LayerWeighting, WavLM, WavLMCheckpointError, WavLMFrontend, load_wavlm
 
 __all__ = [
     "ECAPATDNN", "DINOHead", "AAMSoftmax", "SoftmaxHead", "build_head", "LayerWeighting", "WavLM",
@@ -75,7 +75,7 @@ class SpeakerModel(nn.Module):
         if lengths is not None:
             lengths = lengths.to(device=wave.device, dtype=torch.long)
         if isinstance(self.frontend, MelFrontend):
-            features = self.frontend(wave)                                # (B, n_mels, T)
+            features = self.frontend(wave, lengths)                       # (B, n_mels, T)
             frame_lengths = None if lengths is None else self.frontend.num_frames(lengths)
         else:
             features, frame_lengths = self.frontend(wave, lengths)        # (B, D, T)
@@ -94,26 +94,32 @@ def _resolve(cls: type, kwargs: dict, what: str) -> dict:
 
 def _build_wavlm_frontend(spec: dict) -> tuple[WavLMFrontend, dict]:
     spec = dict(spec)
-    allowed = {"checkpoint", "num_layers", "tiny", "normalize_input", "dropout", "config", "checkpoint_normalize"}
+    allowed = {"checkpoint", "num_layers", "tiny", "normalize_input", "regularisation", "dropout", "config",
+               "checkpoint_normalize"}
     unknown = sorted(set(spec) - allowed)
     if unknown or "num_layers" not in spec:
         raise ValueError(f"arch frontend (wavlm): unknown keys {unknown}" if unknown
                          else "arch frontend (wavlm): num_layers is required")
     num_layers = int(spec["num_layers"])
     normalize_input = bool(spec.get("normalize_input", False))
-    dropout = float(spec.get("dropout", 0.0))
+    regularisation = spec.get("regularisation")
+    if "dropout" in spec:                  # model files written before the regularisation dict
+        if regularisation is not None:
+            raise ValueError("arch frontend (wavlm): give regularisation or the older dropout, not both")
+        regularisation = {key: float(spec["dropout"]) for key in REGULARISATION_KEYS if key.endswith("_dropout")}
     if spec.get("config") is not None:     # a recorded architecture: weights come from a state dict
         wavlm = WavLM(spec["config"], normalize_input=normalize_input,
-                      checkpoint_normalize=spec.get("checkpoint_normalize"), dropout=dropout)
+                      checkpoint_normalize=spec.get("checkpoint_normalize"), regularisation=regularisation)
         if wavlm.num_layers != num_layers:
             raise ValueError(f"arch frontend (wavlm): num_layers {num_layers} but config has {wavlm.num_layers}")
     else:
         wavlm = load_wavlm(spec.get("checkpoint"), num_layers, tiny=bool(spec.get("tiny", False)),
-                           normalize_input=normalize_input, dropout=dropout)
+                           normalize_input=normalize_input, regularisation=regularisation)
     resolved = {
         "type": "wavlm", "checkpoint": None if spec.get("checkpoint") is None else str(spec["checkpoint"]),
         "num_layers": num_layers, "tiny": bool(spec.get("tiny", False)), "normalize_input": normalize_input,
-        "dropout": dropout, "config": wavlm.config, "checkpoint_normalize": wavlm.checkpoint_normalize,
+        "regularisation": dict(wavlm.regularisation), "config": wavlm.config,
+        "checkpoint_normalize": wavlm.checkpoint_normalize,
     }
     return WavLMFrontend(wavlm), resolved
 
@@ -125,7 +131,11 @@ def build_speaker_model(arch: dict) -> SpeakerModel:
       * ``"mel"`` (default): :class:`MelFrontend` keyword arguments;
         encoder defaults ``log_input=True, detach_norm=True``.
       * ``"wavlm"``: ``num_layers`` (L), ``checkpoint`` (path or None), ``tiny``,
-        ``normalize_input`` (quirk Q7, default False), ``dropout`` (0.0) and
+        ``normalize_input`` (quirk Q7, default False), ``regularisation`` (the
+        fine-tuning dropouts, layer drop and feature_grad_mult of
+        :data:`~ssrl.models.wavlm.REGULARISATION_KEYS`, active in train mode only;
+        default: the checkpoint's own, none for random weights; a model file's
+        older single ``dropout`` is read as every dropout) and
         optionally ``config`` (a recorded WavLM architecture: when present the
         network is built from it with random weights, to be filled from a state
         dict, and ``checkpoint`` is only provenance); encoder defaults

@@ -20,6 +20,10 @@
   feature extractor of Large-style models is per frame).
 * :class:`LayerWeighting` and :class:`WavLMFrontend` (WavLM + softmax layer
   weights) produce the ``(batch, dim, frames)`` features of the ECAPA back-end.
+* Regularisation of a fine-tuned WavLM (docs/method.md §9, step 2-ft): the
+  checkpoint's own dropouts, layer drop and ``feature_grad_mult``, read from its
+  config in each format (:data:`REGULARISATION_KEYS`, torchaudio's names) and
+  active only in train mode; a random WavLM has none.
 
 Waveform layer normalisation (the checkpoint's ``cfg.normalize``) is applied only
 when ``normalize_input`` is on (default off: quirk Q7); the checkpoint's own flag is
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import inspect
 import json
 import operator
 import re
@@ -70,6 +75,24 @@ TINY_CONFIG = {
 }
 WAVEFORM_NORM_EPS = 1e-5   # as torch.nn.functional.layer_norm
 
+# What a fine-tuned WavLM regularises with, in torchaudio's ``wavlm_model`` names (the dropout after
+# the feature projection, in attention, between the two feed-forward layers, on every layer output;
+# layer drop), plus ``feature_grad_mult``: the factor on the gradient that reaches the CNN feature
+# extractor (0: none). Only train mode applies them.
+REGULARISATION_KEYS = ("encoder_projection_dropout", "encoder_attention_dropout", "encoder_ff_interm_dropout",
+                       "encoder_dropout", "encoder_layer_drop", "feature_grad_mult")
+NO_REGULARISATION = {**{key: 0.0 for key in REGULARISATION_KEYS}, "feature_grad_mult": 1.0}
+# Official cfg key -> our key (fairseq-style names, as Microsoft's WavLM.py configures its model).
+OFFICIAL_REGULARISATION = {"dropout_input": "encoder_projection_dropout",
+                           "attention_dropout": "encoder_attention_dropout",
+                           "activation_dropout": "encoder_ff_interm_dropout", "dropout": "encoder_dropout",
+                           "encoder_layerdrop": "encoder_layer_drop", "feature_grad_mult": "feature_grad_mult"}
+# Hugging Face config.json key -> our key (transformers has no feature_grad_mult: 1).
+HF_REGULARISATION = {"feat_proj_dropout": "encoder_projection_dropout",
+                     "attention_dropout": "encoder_attention_dropout",
+                     "activation_dropout": "encoder_ff_interm_dropout", "hidden_dropout": "encoder_dropout",
+                     "layerdrop": "encoder_layer_drop"}
+
 
 class WavLMCheckpointError(ValueError):
     """A WavLM checkpoint that cannot be imported; the message starts with its path."""
@@ -94,6 +117,33 @@ def _check_config(config: dict) -> dict:
     return config
 
 
+def check_regularisation(values: dict, where: str = "WavLM regularisation") -> dict:
+    """A complete regularisation dict: keys of :data:`REGULARISATION_KEYS` (missing ones from
+    :data:`NO_REGULARISATION`), dropouts and layer drop in [0, 1], ``feature_grad_mult`` >= 0."""
+    unknown = sorted(set(values) - set(REGULARISATION_KEYS))
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; expected some of {list(REGULARISATION_KEYS)}")
+    out = {key: float(values.get(key, default)) for key, default in NO_REGULARISATION.items()}
+    bad = [k for k in REGULARISATION_KEYS[:-1] if not 0.0 <= out[k] <= 1.0]
+    if bad or out["feature_grad_mult"] < 0:
+        raise ValueError(f"{where}: dropouts and layer drop must be in [0, 1] and feature_grad_mult >= 0, "
+                         f"got {out}")
+    return out
+
+
+class _GradScale(torch.autograd.Function):
+    """Identity forward; the backward multiplies the gradient by ``scale``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:  # type: ignore[override]
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        return grad * ctx.scale, None
+
+
 def _normalise_waveform(wave: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
     """Per-utterance zero-mean unit-variance waveform (layer norm over valid samples). (B, S) -> (B, S)."""
     if lengths is None:
@@ -111,23 +161,27 @@ class WavLM(nn.Module):
 
     ``forward(wave (B, S), lengths (B,) samples or None)`` -> ``(hidden (L, B, T, D),
     frame lengths (B,) or None)``. ``config`` holds torchaudio ``wavlm_model``
-    arguments (:data:`CONFIG_KEYS`); ``encoder_num_layers`` is L. ``dropout``
-    applies to every dropout of the model (0 by default: deterministic features).
-    With ``gradient_checkpointing`` set, transformer layers recompute their
-    activations in the backward pass (fine-tuning with less memory).
+    arguments (:data:`CONFIG_KEYS`); ``encoder_num_layers`` is L.
+    ``regularisation`` (:data:`REGULARISATION_KEYS`; None: none) acts in train
+    mode only: the dropouts are torchaudio's modules; layer drop skips each
+    transformer layer with that probability (a skipped layer passes its input on
+    unchanged, and that input is its hidden state, so L hidden states remain);
+    ``feature_grad_mult`` scales the gradient into the CNN feature extractor (0: the
+    extractor runs without gradient). With ``gradient_checkpointing`` set,
+    transformer layers recompute their activations in the backward pass
+    (fine-tuning with less memory).
     """
 
     def __init__(self, config: dict, normalize_input: bool = False, checkpoint_normalize: bool | None = None,
-                 dropout: float = 0.0):
+                 regularisation: dict | None = None):
         super().__init__()
         self.config = _check_config(config)
         self.normalize_input = bool(normalize_input)
         self.checkpoint_normalize = checkpoint_normalize
-        self.dropout = float(dropout)
+        self.regularisation = check_regularisation(regularisation or {})
         self.gradient_checkpointing = False
-        base = torchaudio.models.wavlm_model(
-            **self.config, encoder_projection_dropout=dropout, encoder_attention_dropout=dropout,
-            encoder_ff_interm_dropout=dropout, encoder_dropout=dropout, encoder_layer_drop=0.0, aux_num_out=None)
+        dropouts = {k: v for k, v in self.regularisation.items() if k.endswith("_dropout")}
+        base = torchaudio.models.wavlm_model(**self.config, **dropouts, encoder_layer_drop=0.0, aux_num_out=None)
         self.feature_extractor = base.feature_extractor
         self.encoder = base.encoder
         if self.config["encoder_layer_norm_first"]:
@@ -172,7 +226,11 @@ class WavLM(nn.Module):
         if self.num_frames(shortest) < 1:
             raise ValueError(f"waveform of {shortest} samples is shorter than one WavLM frame")
 
-        x, frame_lengths = self.feature_extractor(wave, lengths)   # (B, T, C_conv)
+        grad_mult = self.regularisation["feature_grad_mult"]
+        with torch.no_grad() if grad_mult == 0.0 else contextlib.nullcontext():
+            x, frame_lengths = self.feature_extractor(wave, lengths)   # (B, T, C_conv)
+        if grad_mult not in (0.0, 1.0) and x.requires_grad:
+            x = _GradScale.apply(x, grad_mult)
         x = self.encoder.feature_projection(x)                     # (B, T, D)
         key_mask = None                                            # (B, T) additive: -inf on padded frames
         if frame_lengths is not None:
@@ -189,7 +247,11 @@ class WavLM(nn.Module):
         x = transformer.dropout(x)
         hidden = []
         position_bias = None
+        layer_drop = self.regularisation["encoder_layer_drop"] if self.training else 0.0
         for layer in transformer.layers:
+            if layer_drop > 0.0 and torch.rand(()).item() < layer_drop:
+                hidden.append(x)                   # dropped: the input passes through unchanged
+                continue
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 x, position_bias = activation_checkpoint(layer, x, None, position_bias, key_mask,
                                                          use_reentrant=False)
@@ -264,12 +326,14 @@ class WavLMFrontend(nn.Module):
 
 @dataclass
 class WavLMCheckpoint:
-    """A checkpoint read into torchaudio terms: full-depth config, state dict, its normalize flag."""
+    """A checkpoint read into torchaudio terms: full-depth config, state dict, its normalize flag,
+    its fine-tuning regularisation (:data:`REGULARISATION_KEYS`)."""
 
     config: dict
     state: dict[str, torch.Tensor]
     normalize: bool | None
     format: str
+    regularisation: dict
 
 
 # (source key regex, torchaudio key template). A template ending in ":q", ":k" or
@@ -451,6 +515,30 @@ def _config_from_hf(cfg: dict, source: str) -> dict:
     }
 
 
+def _regularisation_from(cfg: dict, names: dict[str, str], source: str, what: str,
+                          defaults: dict | None = None) -> dict:
+    """Our regularisation dict from a checkpoint config whose keys ``names`` maps onto ours; keys
+    absent from ``names`` take ``defaults`` (else :data:`NO_REGULARISATION`)."""
+    if defaults is None:
+        _require(cfg, list(names), source, what)
+    values = dict(NO_REGULARISATION if defaults is None else defaults)
+    values.update({ours: cfg[theirs] for theirs, ours in names.items() if theirs in cfg})
+    try:
+        return check_regularisation(values, f"{source}: {what}")
+    except (TypeError, ValueError) as err:
+        raise WavLMCheckpointError(str(err)) from None
+
+
+def torchaudio_default_regularisation(config: dict) -> dict:
+    """The dropouts and layer drop of torchaudio's own factory for this architecture
+    (``wavlm_large`` for a layer-norm extractor, else ``wavlm_base``), read from its signature;
+    ``feature_grad_mult`` 1 (torchaudio has none)."""
+    factory = torchaudio.models.wavlm_large if config["extractor_mode"] == "layer_norm" \
+        else torchaudio.models.wavlm_base
+    params = inspect.signature(factory).parameters
+    return {**NO_REGULARISATION, **{k: float(params[k].default) for k in REGULARISATION_KEYS if k in params}}
+
+
 def _config_from_torchaudio_state(state: dict, source: str) -> dict:
     """Infer the architecture of a bare torchaudio WavLM state dict from tensor shapes.
 
@@ -577,7 +665,8 @@ def _read_hf_directory(path: Path) -> WavLMCheckpoint:
     if preprocessor.exists():
         normalize = _read_json(preprocessor).get("do_normalize")
     return WavLMCheckpoint(_config_from_hf(cfg, str(config_file)), _rename(state, HF_RULES, HF_IGNORED, str(path)),
-                           normalize, "huggingface")
+                           normalize, "huggingface",
+                           _regularisation_from(cfg, HF_REGULARISATION, str(config_file), "config.json"))
 
 
 def read_wavlm_checkpoint(path: str | Path) -> WavLMCheckpoint:
@@ -594,7 +683,8 @@ def read_wavlm_checkpoint(path: str | Path) -> WavLMCheckpoint:
             raise WavLMCheckpointError(f"{path}: 'cfg' must be a dict and 'model' a state dict")
         return WavLMCheckpoint(_config_from_official(cfg, str(path)),
                                _rename(obj["model"], OFFICIAL_RULES, OFFICIAL_IGNORED, str(path)),
-                               cfg.get("normalize"), "official")
+                               cfg.get("normalize"), "official",
+                               _regularisation_from(cfg, OFFICIAL_REGULARISATION, str(path), "cfg"))
     config = None
     if isinstance(obj, dict) and not _tensor_dict(obj):            # a wrapper around the state dict
         config = obj.get("config")
@@ -603,24 +693,32 @@ def read_wavlm_checkpoint(path: str | Path) -> WavLMCheckpoint:
         raise WavLMCheckpointError(f"{path}: not a WavLM checkpoint (expected the official {{'cfg', 'model'}} "
                                    f"dict, a torchaudio state dict, or a Hugging Face directory)")
     state = _rename(obj, TORCHAUDIO_RULES, set(), str(path))
+    given = {}           # regularisation keys in a wrapper's config (torchaudio names)
     if config is None:
         config = _config_from_torchaudio_state(state, str(path))
     else:
+        if not isinstance(config, dict):
+            raise WavLMCheckpointError(f"{path}: 'config' must be a dict of torchaudio wavlm_model arguments")
+        given = {k: v for k, v in config.items() if k in REGULARISATION_KEYS}
         try:
-            config = _check_config(config)
+            config = _check_config({k: v for k, v in config.items() if k not in REGULARISATION_KEYS})
         except ValueError as err:
             raise WavLMCheckpointError(f"{path}: {err}") from None
-    return WavLMCheckpoint(config, state, None, "torchaudio")
+    names = {key: key for key in REGULARISATION_KEYS}
+    regularisation = _regularisation_from(given, names, str(path), "config",
+                                          defaults=torchaudio_default_regularisation(config))
+    return WavLMCheckpoint(config, state, None, "torchaudio", regularisation)
 
 
 def load_wavlm(path_or_none: str | Path | None, num_layers: int, tiny: bool = False,
-               normalize_input: bool = False, dropout: float = 0.0) -> WavLM:
+               normalize_input: bool = False, regularisation: dict | None = None) -> WavLM:
     """Build a :class:`WavLM` with the first ``num_layers`` transformer layers.
 
     ``path_or_none``: a checkpoint in any supported format, or None for random
     weights with WavLM Large's shape (``tiny=False``, at most 24 layers) or the
     tiny configuration (``tiny=True``, any depth). ``normalize_input``: apply the
-    waveform layer norm (off by default, quirk Q7).
+    waveform layer norm (off by default, quirk Q7). ``regularisation``: None takes
+    the checkpoint's own (none for random weights); a dict overrides the keys it names.
     """
     if num_layers < 1:
         raise ValueError(f"num_layers must be >= 1, got {num_layers}")
@@ -629,7 +727,7 @@ def load_wavlm(path_or_none: str | Path | None, num_layers: int, tiny: bool = Fa
         if not tiny and num_layers > config["encoder_num_layers"]:
             raise ValueError(f"WavLM Large has {config['encoder_num_layers']} layers, asked for {num_layers}")
         config["encoder_num_layers"] = num_layers
-        return WavLM(config, normalize_input=normalize_input, dropout=dropout)
+        return WavLM(config, normalize_input=normalize_input, regularisation=regularisation)
     if tiny:
         raise ValueError("tiny=True builds a random tiny WavLM; it cannot be combined with a checkpoint")
     ckpt = read_wavlm_checkpoint(path_or_none)
@@ -637,7 +735,8 @@ def load_wavlm(path_or_none: str | Path | None, num_layers: int, tiny: bool = Fa
     if num_layers > available:
         raise WavLMCheckpointError(f"{path_or_none}: has {available} transformer layers, asked for {num_layers}")
     config = dict(ckpt.config, encoder_num_layers=num_layers)
-    model = WavLM(config, normalize_input=normalize_input, checkpoint_normalize=ckpt.normalize, dropout=dropout)
+    model = WavLM(config, normalize_input=normalize_input, checkpoint_normalize=ckpt.normalize,
+                  regularisation={**ckpt.regularisation, **(regularisation or {})})
     state = {k: v for k, v in ckpt.state.items()
              if not ((m := re.match(r"encoder\.transformer\.layers\.(\d+)\.", k)) and int(m.group(1)) >= num_layers)}
     expected = model.state_dict()

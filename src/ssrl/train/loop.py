@@ -13,7 +13,7 @@ file. One optimiser step of the trainer, for global step ``g`` in epoch ``e``::
     batch = next(loader)                       # rank's slice of global batch g (EpochSampler)
     batch = stage.batch_to_device(batch)       # default: every tensor to env.device
     lr of every param group = lr_schedule[g] * group.get("lr_scale", 1.0)
-    teacher.eval()
+    student.train(); teacher.eval()
     with autocast:  loss, metrics = stage.train_step(ddp_student, batch, e)
     (loss, metrics) averaged over ranks        # stop if the loss (or a metric named *loss*) is NaN/inf
     loss.backward()                            # DDP averages gradients over ranks
@@ -606,13 +606,15 @@ class Trainer:
                 loader = DataLoader(st.train_set, batch_sampler=sampler, num_workers=rt.workers,
                                     collate_fn=st.collate, pin_memory=env.device.type == "cuda",
                                     worker_init_fn=_ignore_signals_in_worker)
-                st.student.train()
                 t_window, window_steps = time.monotonic(), 0
                 batches_done = start_batch
                 for batch in loader:
                     batch = st.batch_to_device(batch)
                     for group in self.optimizer.param_groups:
                         group["lr"] = float(lr[step]) * group.get("lr_scale", 1.0)
+                    # The modes of a step; a stage whose student and teacher share modules (WavLM
+                    # step 2-ft, quirk Q3) also sets the mode right before each forward.
+                    st.student.train()
                     if st.teacher is not None:
                         st.teacher.eval()
                     self.optimizer.zero_grad(set_to_none=True)

@@ -11,8 +11,9 @@ from torch import nn
 def decay_param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
     """Two param groups over ``module``'s trainable parameters: weights (2-D and up)
     with ``weight_decay``, and biases and other 1-D parameters (BatchNorm scales,
-    ...) without (SPEC 4, 7). Parameters with ``requires_grad=False`` are left out.
-    Each group has a ``name`` ("decay" / "no_decay")."""
+    ...) without (DINO, docs/method.md §4; the other stages decay all parameters).
+    Parameters with ``requires_grad=False`` are left out. Each group has a ``name``
+    ("decay" / "no_decay")."""
     decay, no_decay = [], []
     for name, p in module.named_parameters():
         if not p.requires_grad:

@@ -3,20 +3,30 @@
 
 Student = :class:`~ssrl.models.SpeakerModel` (built from the init model file's ``arch``, so a
 log-mel or a WavLM front-end works alike) + a classification head (AAM-softmax or softmax) on
-the pseudo labels; the teacher is its EMA copy. Each training item gives an augmented student
+the pseudo labels; the teacher is its EMA copy (``teacher: false``: no teacher, a plain
+supervised student that is validated and exported itself, WavLM step 1). Each training item gives an augmented student
 crop, an independent clean teacher crop, the current label, p_clean and the item index
 (:class:`~ssrl.data.LabelledCropDataset`). One step::
 
-    student loss = CE(student logits with removed classes at -inf, current label), per item;
-                   sum(p_clean * CE) / sum(p_clean) with noisy-label modelling (NLM), else the mean
-    relabelling epochs (e >= E_fix - (L // 2 + 1)): teacher on the clean crop (no grad)
+    relabelling epochs (e >= E_fix - (L // 2 + 1)): teacher on the clean crop (no grad, eval mode)
                    -> relabel logits (removed at -inf; Q2 margin on the current label)
                    -> new label = argmax (optionally after Sinkhorn), NLM teacher loss;
                    (index, new label, teacher loss) gathered over all ranks for the epoch
+    student loss = CE(student logits with removed classes at -inf, current label), per item;
+                   sum(p_clean * CE) / sum(p_clean) with noisy-label modelling (NLM), else the mean
+
+Every forward sets its module's mode first: the teacher's eval, the student's train (a frozen
+WavLM stays in eval mode). With quirk Q3 the two share the WavLM module, which therefore runs in
+train mode for the student and in eval mode for the teacher; the teacher goes first, so that a
+gradient-checkpointed student WavLM recomputes its activations in the backward pass in train mode.
+Under bf16 autocast the relabelling logits and the NLM teacher losses are computed in fp32.
 
 End of a relabelling epoch: the epoch's argmaxes enter the label queues, p_clean is refitted
 (NLM), and from epoch E_fix - 1 on the labels are replaced by the queue votes, classes held by
-no utterance become removed (-inf for student and teacher from the next epoch on).
+no utterance become removed (-inf for student and teacher from the next epoch on); by default
+the removed set is recomputed at every replacement (a class voted back is live again) and
+votes count entries of removed classes, ``removed_permanent`` keeps removed classes removed
+(:class:`ssrl.ssrl.LabelState`).
 
 The same stage, by its hyper-parameters (:class:`SSRLConfig`), runs
 
@@ -26,11 +36,12 @@ The same stage, by its hyper-parameters (:class:`SSRLConfig`), runs
   ``fixed_epochs = E_round``, ``update_epochs = 0`` (the label-fixed LR segment stretched to
   E_round epochs); the EMA teacher is kept and evaluated exactly as in SSRL, so an SSRL run and
   the rounds differ only in the online label update;
-* the WavLM steps (SPEC 9): ``init`` (``scratch``: a new model built from ``hparams["arch"]``,
-  e.g. a WavLM checkpoint + a random back-end, and a random head (step 1); ``encoder``: the init
-  model's ``eval_state`` + a new head; ``student_teacher``: its student and teacher incl. heads,
-  labels from its label state (step 2); ``full``: that plus its whole label state: queues,
-  removed classes, p_clean (step 2-ft)), ``head_init`` (k-means centers or random),
+* the WavLM steps (SPEC 9): ``teacher`` (false in step 1), ``init`` (``scratch``: a new model
+  built from ``hparams["arch"]``, e.g. a WavLM checkpoint + a random back-end, and a random head
+  (step 1); ``encoder``: the init model's ``eval_state`` + a new head; ``student``: its student
+  incl. head, as the student and as the teacher (a copy), labels from its label state (step 2);
+  ``full``: its student and teacher incl. heads and its whole label state: queues, removed
+  classes, p_clean (step 2-ft)), ``head_init`` (k-means centers or random),
   ``schedule`` (``ssrl``: the two cosine segments, with ``fixed_epochs = 0`` a single cosine from
   ``lr * lr_update_start`` to ``lr * lr_final``; ``warmup_cosine``: linear 0 -> lr over
   ``warmup_epochs``, then cosine to ``lr * lr_final``), ``augment_prob``, ``freeze_wavlm``
@@ -77,10 +88,9 @@ from . import distributed as D
 from . import schedules
 from .ema import make_teacher
 from .loop import Stage, config_from_dict, file_digest
-from .optim import decay_param_groups
 from .validation import ValidationSet, validation_eer
 
-INIT_SOURCES = ("scratch", "encoder", "student_teacher", "full")
+INIT_SOURCES = ("scratch", "encoder", "student", "full")
 HEAD_TYPES = ("aam", "softmax")
 HEAD_INITS = ("centers", "random")
 SCHEDULES = ("ssrl", "warmup_cosine")
@@ -99,15 +109,17 @@ class SSRLConfig:
     """The stage's hyper-parameters (paper values as defaults; SPEC 7, 8, 9, 12).
 
     Schedule: ``fixed_epochs`` (E_fix, label-fixed), ``update_epochs`` (E_upd, label-update);
-    ``batch_size`` (global, all ranks); Adam ``lr`` (nominal) and ``weight_decay`` (weights
-    only, as in every stage); ``schedule`` ``ssrl`` (cosine ``lr * lr_fixed_start -> lr *
+    ``batch_size`` (global, all ranks); Adam ``lr`` (nominal) and ``weight_decay`` (Adam's, on
+    all parameters, biases and 1-D ones included); ``schedule`` ``ssrl`` (cosine ``lr * lr_fixed_start -> lr *
     lr_final`` over E_fix epochs, then restart at ``lr * lr_update_start`` down to ``lr *
     lr_final`` over E_upd epochs) or ``warmup_cosine`` (linear 0 -> lr over ``warmup_epochs``,
-    then cosine to ``lr * lr_final``); teacher EMA decay ``ema_start -> ema_end`` linearly
-    over all steps.
+    then cosine to ``lr * lr_final``); ``teacher`` (an EMA teacher, decay ``ema_start ->
+    ema_end`` linearly over all steps; false: none, the student is validated and exported).
 
     Labels: ``label_update`` (online relabelling, queues and replacement; off for iterative
-    rounds and WavLM step 1), ``queue_len`` (L), ``nlm`` (noisy-label modelling: weighted
+    rounds and WavLM step 1), ``removed_permanent`` (false: the removed set is recomputed at
+    every replacement and votes count removed classes, as the reference; true: removed for
+    good, votes ignore them), ``queue_len`` (L), ``nlm`` (noisy-label modelling: weighted
     student loss and the GMM refit; off = plain mean CE), ``margin_quirk`` (Q2),
     ``sinkhorn_iters`` / ``sinkhorn_epsilon`` (0 = plain argmax), ``gmm_max_iter`` /
     ``gmm_tol``.
@@ -120,7 +132,7 @@ class SSRLConfig:
 
     Data: ``student_crop_s`` / ``teacher_crop_s`` (seconds), ``augment_prob`` (probability
     that a student crop is augmented), ``none_is_noise`` (Q1: a drawn "none" becomes additive
-    noise, so student crops are never clean), ``seed``; validation EER of the teacher every
+    noise, so student crops are never clean), ``seed``; validation EER of the teacher (of the student without one) every
     ``val_every`` epochs and after the last (0: only after the last), ``val_max_batch_seconds``.
     """
 
@@ -136,7 +148,9 @@ class SSRLConfig:
     warmup_epochs: int = 0
     ema_start: float = 0.999
     ema_end: float = 0.9999
+    teacher: bool = True
     label_update: bool = True
+    removed_permanent: bool = False
     queue_len: int = 5
     nlm: bool = True
     margin_quirk: bool = True
@@ -204,10 +218,16 @@ class SSRLConfig:
             if self.nlm:
                 raise ValueError(f"{where}.nlm needs label_update (p_clean is fitted on the relabelling "
                                  f"teacher's losses); set nlm: false for fixed labels")
+        if not self.teacher:
+            if self.label_update:
+                raise ValueError(f"{where}.teacher: false leaves nobody to relabel; it needs label_update: false")
+            if self.teacher_shares_wavlm or self.init == "full":
+                raise ValueError(f"{where}.teacher: false, but " + ("teacher_shares_wavlm is set" if
+                                 self.teacher_shares_wavlm else "init 'full' continues a teacher"))
         if self.init == "scratch" and self.head_init != "random":
             raise ValueError(f"{where}.head_init: init 'scratch' trains a new back-end, so k-means centers "
                              f"of another embedding space cannot initialise its head; use head_init: random")
-        if self.init in ("student_teacher", "full") and self.head_init != "centers":
+        if self.init in ("student", "full") and self.head_init != "centers":
             raise ValueError(f"{where}.head_init: the head comes from the init model with init "
                              f"{self.init!r}; head_init applies to init 'encoder' only")
 
@@ -410,7 +430,7 @@ class SSRLStage(Stage):
         if int(extra["n_utts"]) != n_utts or extra["train_list_sha256"] != list_sha:
             raise ValueError(f"{path}: trained on another training list ({int(extra['n_utts'])} utterances) "
                              f"than {self.train_scp} ({n_utts}); the label state cannot be continued")
-        saved = LabelState.from_state_dict(extra["label_state"])
+        saved = LabelState.from_state_dict(extra["label_state"], removed_permanent=cfg.removed_permanent)
         if saved.n_classes != n_classes:
             raise ModelFileError(f"{path}: label state has {saved.n_classes} classes, its head {n_classes}")
         if cfg.init == "full":
@@ -419,7 +439,7 @@ class SSRLStage(Stage):
                                  f"{cfg.queue_len}")
             state = saved
         else:
-            state = LabelState(saved.labels, n_classes, cfg.queue_len)
+            state = LabelState(saved.labels, n_classes, cfg.queue_len, removed_permanent=cfg.removed_permanent)
         return state, np.asarray(extra["classes"], dtype=np.int64)
 
     def build(self) -> None:
@@ -443,7 +463,8 @@ class SSRLStage(Stage):
             head, self.head_spec = self._new_head(model.emb_dim, int(classes.size))
             if cfg.head_init == "centers":
                 self._init_head_from_centers(head, self._centers(classes, model.emb_dim))
-            self.label_state = LabelState(labels, int(classes.size), cfg.queue_len)
+            self.label_state = LabelState(labels, int(classes.size), cfg.queue_len,
+                                          removed_permanent=cfg.removed_permanent)
         else:
             student = self._init_part(init, "student")
             self.head_spec = dict(init["head"])
@@ -455,8 +476,9 @@ class SSRLStage(Stage):
         self.classes, self.n_utts, self.list_sha = classes, len(utts), list_sha
         self._setup_wavlm(model)
         self.student = ClassifierModel(model, head)
-        self.teacher = make_teacher(self.student)
-        if cfg.init in ("student_teacher", "full"):
+        # init 'student': the teacher starts as a copy of the init model's student (incl. head).
+        self.teacher = make_teacher(self.student) if cfg.teacher else None
+        if cfg.init == "full":
             teacher = self._init_part(init, "teacher")
             self._load_state(self.teacher.model, teacher["model"], "teacher model")
             self._load_state(self.teacher.head, teacher["head"], "teacher head")
@@ -504,6 +526,11 @@ class SSRLStage(Stage):
             return
         model.frontend.freeze_wavlm(cfg.freeze_wavlm)
         model.frontend.set_gradient_checkpointing(cfg.gradient_checkpointing)
+        # A trained WavLM with layer drop (or no gradient into its CNN) leaves parameters without a
+        # gradient in some steps, which DDP must be told about.
+        reg = model.frontend.wavlm.regularisation
+        self.find_unused_parameters = not cfg.freeze_wavlm and (reg["encoder_layer_drop"] > 0
+                                                                or reg["feature_grad_mult"] == 0)
 
     def _read_truth(self, utts: list[str]) -> np.ndarray | None:
         if self.utt2spk is None:
@@ -517,16 +544,19 @@ class SSRLStage(Stage):
 
     # ---- optimiser and schedules ---------------------------------------------------------
     def configure_optimizer(self, student: nn.Module) -> torch.optim.Optimizer:
-        """Adam over the trainable parameters: weights with weight decay, biases and 1-D parameters
-        without; a trained WavLM gets its own two groups (``wavlm_decay`` / ``wavlm_no_decay``) with
-        ``lr_scale = wavlm_lr_scale``. Frozen parameters are left out."""
-        groups = decay_param_groups(student, self.cfg.weight_decay)
+        """Adam over the trainable parameters with Adam's own weight decay on all of them (biases and
+        1-D parameters too, as the reference; only DINO exempts them): group ``model``, and a trained
+        WavLM as group ``wavlm`` with ``lr_scale = wavlm_lr_scale``. Frozen parameters are left out."""
+        params = [p for p in student.parameters() if p.requires_grad]
         frontend = student.model.frontend
+        wavlm = set()
         if isinstance(frontend, WavLMFrontend) and not frontend.wavlm_frozen:
             wavlm = {id(p) for p in frontend.wavlm.parameters()}
-            groups = [*({**g, "params": [p for p in g["params"] if id(p) not in wavlm]} for g in groups),
-                      *({**g, "name": f"wavlm_{g['name']}", "lr_scale": self.cfg.wavlm_lr_scale,
-                         "params": [p for p in g["params"] if id(p) in wavlm]} for g in groups)]
+        groups = [{"name": "model", "params": [p for p in params if id(p) not in wavlm],
+                   "weight_decay": self.cfg.weight_decay}]
+        if wavlm:
+            groups.append({"name": "wavlm", "params": [p for p in params if id(p) in wavlm],
+                           "weight_decay": self.cfg.weight_decay, "lr_scale": self.cfg.wavlm_lr_scale})
         return torch.optim.Adam(groups, lr=0.0)
 
     def lr_schedule(self, steps_per_epoch: int) -> np.ndarray:
@@ -537,7 +567,9 @@ class SSRLStage(Stage):
         return schedules.ssrl_lr(cfg.lr, cfg.fixed_epochs * steps_per_epoch, cfg.update_epochs * steps_per_epoch,
                                  cfg.lr_fixed_start, cfg.lr_update_start, cfg.lr_final)
 
-    def ema_schedule(self, steps_per_epoch: int) -> np.ndarray:
+    def ema_schedule(self, steps_per_epoch: int) -> np.ndarray | None:
+        if not self.cfg.teacher:
+            return None
         return schedules.ema_decay(self.cfg.ema_start, self.cfg.ema_end, self.epochs * steps_per_epoch)
 
     # ---- phases --------------------------------------------------------------------------
@@ -561,7 +593,9 @@ class SSRLStage(Stage):
     def student_logits(self, student: nn.Module, wave: torch.Tensor,
                        labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Student logits (B, C) with removed classes at -inf: ``(training logits (AAM margin on the
-        label), plain logits (no margin; for the accuracy))``; the plain ones carry no gradient."""
+        label), plain logits (no margin; for the accuracy))``; the plain ones carry no gradient.
+        The student runs in train mode (set here, before its forward)."""
+        student.train()
         emb, logits = student(wave, labels)
         head = self.student.head
         with torch.no_grad():
@@ -571,18 +605,24 @@ class SSRLStage(Stage):
     @torch.no_grad()
     def teacher_relabel(self, wave: torch.Tensor, labels: torch.Tensor):
         """Teacher relabelling on clean crops (B, samples): :class:`ssrl.ssrl.Relabelled` (new labels (B,),
-        relabel logits (B, C) with removed classes at -inf)."""
+        relabel logits (B, C) float32 with removed classes at -inf). The teacher runs in eval mode (set
+        here, before its forward); the head and the logits are computed in fp32 even under autocast."""
         cfg, head = self.cfg, self.teacher.head
+        self.teacher.eval()
         emb = self.teacher.model(wave)
-        if isinstance(head, AAMSoftmax):
-            scores, scale, margin, quirk = head.cosine(emb), head.scale, head.margin, cfg.margin_quirk
-        else:                                    # softmax head: logits as they are, no margin
-            scores, scale, margin, quirk = head(emb).float(), 1.0, 0.0, False
+        with torch.autocast(device_type=emb.device.type, enabled=False):
+            emb = emb.float()
+            if isinstance(head, AAMSoftmax):
+                scores, scale, margin, quirk = head.cosine(emb), head.scale, head.margin, cfg.margin_quirk
+            else:                                # softmax head: logits as they are, no margin
+                scores, scale, margin, quirk = head(emb).float(), 1.0, 0.0, False
         all_reduce = distributed_all_reduce() if self.env.distributed and cfg.sinkhorn_iters else None
         return relabel(scores, labels, self.removed, scale=scale, margin=margin, margin_quirk=quirk,
                        sinkhorn_iters=cfg.sinkhorn_iters, epsilon=cfg.sinkhorn_epsilon, all_reduce=all_reduce)
 
     def train_step(self, student: nn.Module, batch: Any, epoch: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        if self.relabels(epoch):                 # the teacher first: see the module docstring
+            self._relabel_step(batch, epoch)
         labels = batch["label"]
         logits, plain = self.student_logits(student, batch["student"], labels)
         ce = F.cross_entropy(logits, labels, reduction="none")
@@ -593,8 +633,6 @@ class SSRLStage(Stage):
         loss = weighted_ce(ce, p_clean, nlm=self.cfg.nlm, p_sum=p_sum)
         acc = (plain.argmax(dim=1) == labels).float().mean()
         self._step_stats = torch.stack([loss.detach().float(), acc])
-        if self.relabels(epoch):
-            self._relabel_step(batch, epoch)
         return loss, {"acc": acc}
 
     def _relabel_step(self, batch: Any, epoch: int) -> None:
@@ -603,7 +641,9 @@ class SSRLStage(Stage):
         new, t_logits = self.teacher_relabel(batch["teacher"], labels)
         if self.cfg.nlm:
             target = self.label_state.nlm_targets(index.cpu().numpy(), new.cpu().numpy(), self.replaces(epoch))
-            t_loss = F.cross_entropy(t_logits, torch.from_numpy(target).to(t_logits.device), reduction="none")
+            with torch.autocast(device_type=t_logits.device.type, enabled=False):
+                t_loss = F.cross_entropy(t_logits.float(), torch.from_numpy(target).to(t_logits.device),
+                                         reduction="none")
         else:
             t_loss = torch.zeros_like(new, dtype=torch.float64)
         self._relabelled = torch.stack([index.double(), new.double(), t_loss.double()], dim=1)
@@ -656,7 +696,8 @@ class SSRLStage(Stage):
     def validate(self, epoch: int) -> dict[str, float]:
         if self.val is None:
             return {}
-        eer = validation_eer(self.teacher.model, self.val, self.env, max_batch_seconds=self.cfg.val_max_batch_seconds)
+        model = (self.student if self.teacher is None else self.teacher).model
+        eer = validation_eer(model, self.val, self.env, max_batch_seconds=self.cfg.val_max_batch_seconds)
         self.label_rows[-1]["teacher_eer"] = eer
         self._write_live_log()
         return {"val_eer": eer}
@@ -680,11 +721,14 @@ class SSRLStage(Stage):
         self._write_live_log()
 
     def write_model_file(self, path: Path) -> None:
+        """eval_state: the teacher's model, or the student's when there is no teacher."""
         student, teacher = self.student, self.teacher
+        exported = student if teacher is None else teacher
         save_model_file(
-            path, system=self.name, arch=teacher.model.arch, eval_state=teacher.model.state_dict(),
+            path, system=self.name, arch=exported.model.arch, eval_state=exported.model.state_dict(),
             student={"model": student.model.state_dict(), "head": student.head.state_dict()},
-            teacher={"model": teacher.model.state_dict(), "head": teacher.head.state_dict()},
+            teacher=None if teacher is None else {"model": teacher.model.state_dict(),
+                                                  "head": teacher.head.state_dict()},
             head=self.head_spec, hparams=self.hparams,
             extra={"classes": self.classes, "n_utts": self.n_utts, "train_list_sha256": self.list_sha,
                    "label_state": self.label_state.state_dict()},
