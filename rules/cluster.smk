@@ -17,10 +17,12 @@ rule kmeans:
         quality=sys_path("{system}", "kmeans_k{k}", "quality.json"),
         plot=sys_path("{system}", "kmeans_k{k}", "sizes.png"),
     params:
-        hparams=as_json({key: config["kmeans"][key] for key in ("max_iter", "seed", "n_init")}),
+        hparams=as_json({key: config["kmeans"][key] for key in ("max_iter", "seed", "n_init", "device")}),
     wildcard_constraints:
         k=r"[1-9][0-9]*",
     threads: 16
+    resources:
+        gpu=0,          # the SLURM profile gives it one (kmeans.device auto then runs Lloyd on it)
     log:
         log_path("kmeans/{system}_k{k}"),
     benchmark:

@@ -1,16 +1,20 @@
-"""ssrl.cluster: k-means (SPEC 6) and pseudo-label quality; the kmeans script and rule."""
+"""ssrl.cluster: k-means (docs/method.md §6) and pseudo-label quality; the kmeans script and rule."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from conftest import REPO, run_snakemake, write_config
-from ssrl.cluster import cluster_means, cluster_quality, kmeans, normalise_rows
+from ssrl.cluster import (_lloyd_cpu, _lloyd_torch, cluster_means, cluster_quality, initial_centers, kmeans,
+                          normalise_rows, resolve_device)
 from ssrl.fileio import read_json, write_embeddings
 from ssrl.manifest import read_labels, write_utt2spk
 
@@ -96,6 +100,86 @@ def test_kmeans_matches_reference_lloyd():
     assert res.inertia == pytest.approx(((xn - res.centers[res.labels]) ** 2).sum(), rel=1e-5)
 
 
+def overlapping(n, dim, n_blobs, spread, seed):
+    """Points around ``n_blobs`` random centres with noise of std ``spread`` (overlapping for spread ~1)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_blobs, dim))
+    return (centres[rng.integers(0, n_blobs, n)] + spread * rng.normal(size=(n, dim))).astype(np.float32)
+
+
+@pytest.mark.parametrize("n, dim, k, spread", [(2000, 16, 30, 1.0), (3000, 8, 120, 0.5), (1500, 32, 200, 2.0)])
+def test_pruned_lloyd_gives_plain_lloyd_labels_every_iteration(n, dim, k, spread):
+    """The pruned CPU Lloyd skips most distances yet yields, after every iteration, the labels of plain
+    float64 Lloyd from the same initial centres (random continuous data: no exact ties)."""
+    x = overlapping(n, dim, 40, spread, seed=n + k)
+    xn = normalise_rows(x)
+    full = kmeans(x, k, seed=3, max_iter=200, progress=False, device="cpu")
+    assert full.converged and full.n_iter >= 5
+    assert full.work < 0.7                                   # the bounds did prune
+    for t in range(1, full.n_iter + 1):
+        res = kmeans(x, k, seed=3, max_iter=t, progress=False, device="cpu")
+        labels, _ = reference_lloyd(xn.astype(np.float64), k, 3, t)
+        np.testing.assert_array_equal(res.labels, labels, err_msg=f"iteration {t}")
+
+
+def test_torch_lloyd_equals_cpu_lloyd():
+    """The torch path (CUDA in the pipeline; here on the CPU, in small chunks) gives the pruned CPU path's
+    labels, iteration count and centers from the same initial centres."""
+    xn = normalise_rows(overlapping(1500, 16, 20, 1.0, seed=5))
+    c0 = initial_centers(xn, 40, seed=1, init=0)
+    calls = []
+    cpu = _lloyd_cpu(xn, c0, 100, lambda changed, s: calls.append(changed))
+    tor = _lloyd_torch(xn, c0, 100, "cpu", lambda changed, s: None, chunk_rows=256)
+    np.testing.assert_array_equal(tor[0], cpu[0])
+    assert tor[2] == cpu[2] == len(calls) and tor[3] and cpu[3] and calls[-1] == 0
+    np.testing.assert_allclose(tor[1], cpu[1], atol=1e-6)
+    assert tor[4] == 1.0 and 0 < cpu[4] < 1.0
+    # an empty cluster keeps its center on both paths: duplicated initial centres, one never wins
+    xs = np.repeat(np.eye(3, dtype=np.float32), 5, axis=0)
+    c_dup = xs[[0, 0, 5, 10]]
+    a, b = _lloyd_cpu(xs, c_dup, 10, lambda *_: None), _lloyd_torch(xs, c_dup, 10, "cpu", lambda *_: None)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], c_dup)
+    np.testing.assert_array_equal(b[1], c_dup)
+
+
+def test_resolve_device(monkeypatch):
+    assert resolve_device("cpu") == "cpu"
+    with pytest.raises(ValueError, match="auto, cpu, cuda or cuda:N"):
+        resolve_device("gpu")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert resolve_device("auto") == "cpu"
+    with pytest.raises(ValueError, match="torch sees no CUDA device"):
+        resolve_device("cuda:0")
+
+
+def test_kmeans_and_score_scripts_start_without_torch(tmp_path):
+    """The CPU path of the kmeans and scoring jobs never imports torch (python -X importtime)."""
+    utts, x = make_train_set(tmp_path)
+    (tmp_path / "trials.txt").write_text(f"1 {utts[0]} {utts[1]}\n0 {utts[0]} {utts[-1]}\n")
+    scripts = REPO / "workflow" / "scripts"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    runs = {
+        "kmeans": [str(scripts / "kmeans.py"), "--emb", str(tmp_path / "train.npz"), "--k", "3",
+                   "--hparams", json.dumps({"max_iter": 5, "seed": 0, "n_init": 1, "device": "auto"}),
+                   "--labels", str(tmp_path / "l.txt"), "--centers", str(tmp_path / "c.npy"),
+                   "--quality", str(tmp_path / "q.json"), "--plot", str(tmp_path / "p.png")],
+        "score": [str(scripts / "score.py"), "--emb", str(tmp_path / "train.npz"), "--trials",
+                  str(tmp_path / "trials.txt"), "--hparams", json.dumps({"asnorm": False, "asnorm_top_n": 5,
+                                                                          "allow_missing": False, "det_points": 10}),
+                  "--scores", str(tmp_path / "s.tsv"), "--det", str(tmp_path / "d.tsv"),
+                  "--metrics", str(tmp_path / "m.json")],
+    }
+    for name, args in runs.items():
+        proc = subprocess.run([sys.executable, "-X", "importtime", *args], env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        imported = {line.split("|")[-1].strip().split(".")[0] for line in proc.stderr.splitlines()
+                    if line.startswith("import time:")}
+        assert "numpy" in imported and "torch" not in imported, name
+    assert read_json(tmp_path / "q.json")["device"] == "cpu"
+    assert "eer_ref" in read_json(tmp_path / "m.json")
+
+
 def test_kmeans_recovers_separated_blobs_and_is_deterministic():
     x, truth = blobs(3, 40, 16, 0.05, seed=1)
     # random init puts all three seeds in different blobs with probability 2/9 per init;
@@ -161,7 +245,7 @@ def test_kmeans_script_outputs(tmp_path):
     out = tmp_path / "out"
     load_script("kmeans").main([
         "--emb", str(tmp_path / "train.npz"), "--k", "5", "--utt2spk", str(tmp_path / "utt2spk"),
-        "--hparams", json.dumps({"max_iter": 50, "seed": 0, "n_init": 4}),
+        "--hparams", json.dumps({"max_iter": 50, "seed": 0, "n_init": 4, "device": "cpu"}),
         "--labels", str(out / "labels.txt"), "--centers", str(out / "centers.npy"),
         "--quality", str(out / "quality.json"), "--plot", str(out / "sizes.png")])
     labels = read_labels(out / "labels.txt")
@@ -182,7 +266,7 @@ def test_kmeans_script_names_bad_utterance(tmp_path):
     x[7, 2] = np.nan
     write_embeddings(tmp_path / "train.npz", utts, x)
     args = ["--emb", str(tmp_path / "train.npz"), "--k", "3",
-            "--hparams", json.dumps({"max_iter": 5, "seed": 0, "n_init": 1}),
+            "--hparams", json.dumps({"max_iter": 5, "seed": 0, "n_init": 1, "device": "auto"}),
             "--labels", str(tmp_path / "l.txt"), "--centers", str(tmp_path / "c.npy"),
             "--quality", str(tmp_path / "q.json"), "--plot", str(tmp_path / "p.png")]
     with pytest.raises(SystemExit, match=rf"train\.npz: 1 embedding\(s\) contain NaN/inf, first '{utts[7]}'"):

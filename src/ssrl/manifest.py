@@ -154,8 +154,33 @@ def read_list(path: PathLike) -> list[str]:
     return out
 
 
+def _fields_per_line(data: bytes) -> np.ndarray:
+    """Number of ASCII-whitespace-separated fields on each ``\\n``-terminated line of ``data`` (vectorised)."""
+    b = np.frombuffer(data, dtype=np.uint8)
+    space = np.isin(b, np.frombuffer(b" \t\n\r\x0b\x0c", dtype=np.uint8))
+    starts = ~space & np.concatenate(([True], space[:-1]))
+    line = np.cumsum(b == ord("\n"))
+    return np.bincount(line[starts], minlength=int(line[-1]) + 1 if len(b) else 1)
+
+
 def read_trials(path: PathLike) -> Trials:
-    """``1|0 enroll test`` lines -> :class:`Trials`. Repeated pairs are kept as written."""
+    """``1|0 enroll test`` lines -> :class:`Trials`. Repeated pairs are kept as written.
+
+    Well-formed files (every non-blank line three fields, flags 0 or 1) are
+    parsed in one split; anything else goes through the line-by-line reader,
+    whose ManifestError names the offending line.
+    """
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+        tokens = data.decode("utf-8").split()
+    except (OSError, UnicodeDecodeError):
+        tokens = None                                      # the line reader raises the error
+    if tokens:
+        fields = _fields_per_line(data)           # agrees with str.split() unless non-ASCII whitespace
+        flags = np.array(tokens[0::3])
+        if np.isin(fields, (0, 3)).all() and fields.sum() == len(tokens) and np.isin(flags, ("0", "1")).all():
+            return Trials((flags == "1").astype(np.int8), np.array(tokens[1::3]), np.array(tokens[2::3]))
     labels: list[int] = []
     enroll: list[str] = []
     test: list[str] = []

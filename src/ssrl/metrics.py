@@ -2,8 +2,9 @@
 
 * :func:`score_trials`: cosine scores of a trial list, optionally with adaptive
   s-norm (AS-norm) against a cohort.
-* :func:`compute_eer`, :func:`compute_eer_threshold`, :func:`compute_min_dcf`,
-  :func:`det_curve`: error rates from scores and target labels.
+* :func:`compute_eer`, :func:`compute_eer_threshold`, :func:`compute_eer_ref`,
+  :func:`compute_min_dcf`, :func:`det_curve`: error rates from scores and
+  target labels.
 
 Conventions shared by the metric functions: ``labels`` are 1 for target and 0
 for non-target trials; a trial is accepted when ``score >= threshold``. The
@@ -16,12 +17,12 @@ trials. Error rates and the EER are fractions (0.023, not 2.3 %).
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
-import torch
 from scipy.special import ndtri
 
 from .manifest import Trials, check_trials_cover, read_trials
@@ -104,6 +105,19 @@ def compute_eer(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np
     both classes present (ValueError otherwise).
     """
     return compute_eer_threshold(scores, labels)[0]
+
+
+def compute_eer_ref(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray) -> float:
+    """The reference implementation's EER definition: at the operating point of :func:`error_rates` where
+    ``|frr - far|`` is smallest (the lowest threshold on a tie), the mean ``(frr + far) / 2``.
+
+    Not interpolated, so it can differ from :func:`compute_eer` by up to half
+    the step of frr or far there; given next to it so that numbers can be
+    compared with the reference's printed ones.
+    """
+    _, frr, far = error_rates(scores, labels)
+    j = int(np.argmin(np.abs(frr - far)))
+    return float((frr[j] + far[j]) / 2)
 
 
 def compute_min_dcf(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray,
@@ -194,7 +208,7 @@ def _normalised_rows(embeddings: np.ndarray, utts: Sequence[str] | None, what: s
     if not finite.all():
         i = int(np.flatnonzero(~finite)[0])
         raise ValueError(f"{what}: {int((~finite).sum())} embedding(s) contain NaN/inf, first {name(i)}")
-    norms = np.linalg.norm(x, axis=1)
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
     if (norms == 0).any():
         i = int(np.flatnonzero(norms == 0)[0])
         raise ValueError(f"{what}: embedding of {name(i)} is all zeros (cosine undefined)")
@@ -215,22 +229,20 @@ def cohort_statistics(x: np.ndarray, cohort: np.ndarray, top_n: int, chunk_bytes
         raise ValueError(f"AS-norm needs top_n >= 2 and at least 2 cohort embeddings, got top_n={top_n}, "
                          f"{m} cohort embedding(s)")
     k = min(top_n, m)
-    c = torch.from_numpy(np.ascontiguousarray(cohort, dtype=np.float32))
-    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     rows = max(1, chunk_bytes // (4 * m))
     mean = np.empty(len(x), dtype=np.float64)
     std = np.empty(len(x), dtype=np.float64)
-    with torch.inference_mode():
-        for start in range(0, len(x), rows):
-            top = torch.topk(xt[start:start + rows] @ c.T, k, dim=1, sorted=False).values.double()
-            mean[start:start + rows] = top.mean(dim=1).numpy()
-            std[start:start + rows] = top.std(dim=1, correction=1).numpy()
+    for start in range(0, len(x), rows):
+        scores = x[start:start + rows] @ cohort.T
+        top = np.partition(scores, m - k, axis=1)[:, m - k:].astype(np.float64)
+        mean[start:start + rows] = top.mean(axis=1)
+        std[start:start + rows] = top.std(axis=1, ddof=1)
     return mean, std
 
 
 def score_trials(utts: Sequence[str], embeddings: np.ndarray, trials: str | os.PathLike | Trials,
                  cohort: np.ndarray | None = None, top_n: int = 300, allow_missing: bool = False,
-                 chunk: int = 4096) -> TrialScores:
+                 chunk: int = 256) -> TrialScores:
     """Score a trial list by cosine similarity, optionally AS-normalised (SPEC 10).
 
     ``utts`` (N,) ids of the rows of ``embeddings`` (N, dim); ``trials`` a trials
@@ -263,8 +275,10 @@ def score_trials(utts: Sequence[str], embeddings: np.ndarray, trials: str | os.P
     x = _normalised_rows(embeddings, utts, "embeddings")
 
     # Embedding row of each trial side (-1: no embedding).
-    e_rows = np.fromiter((index.get(u, -1) for u in enroll.tolist()), dtype=np.int64, count=len(enroll))
-    t_rows = np.fromiter((index.get(u, -1) for u in test.tolist()), dtype=np.int64, count=len(test))
+    def rows_of(ids: np.ndarray) -> np.ndarray:
+        return np.fromiter(map(index.get, ids.tolist(), itertools.repeat(-1)), dtype=np.int64, count=len(ids))
+
+    e_rows, t_rows = rows_of(enroll), rows_of(test)
     missing = (e_rows < 0) | (t_rows < 0)
     n_dropped = int(missing.sum())
     if n_dropped:
@@ -278,7 +292,9 @@ def score_trials(utts: Sequence[str], embeddings: np.ndarray, trials: str | os.P
     scores = np.empty(len(labels), dtype=np.float64)
     for start in range(0, len(labels), chunk):
         sl = slice(start, start + chunk)
-        scores[sl] = np.einsum("ij,ij->i", x[e_rows[sl]], x[t_rows[sl]])
+        prod = x[e_rows[sl]]
+        prod *= x[t_rows[sl]]
+        scores[sl] = prod.sum(axis=1)
 
     norm = "none"
     if cohort is not None:

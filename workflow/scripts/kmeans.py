@@ -1,4 +1,4 @@
-"""k-means pseudo labels from train-set embeddings (SPEC 6).
+"""k-means pseudo labels from train-set embeddings (docs/method.md §6).
 
 Writes
   --labels   'utt label' per line (label in [0, k); labels of clusters that ended empty are unused)
@@ -9,11 +9,12 @@ Writes
              quality against the true speakers (nmi, accuracy, purity, n_speakers)
   --plot     PNG histogram of cluster sizes (and of true speaker sizes with --utt2spk)
 
-Hyper-parameters (--hparams JSON): max_iter, seed, n_init.
+Hyper-parameters (--hparams JSON): max_iter, seed, n_init, device ("auto": CUDA when the machine has a
+GPU, else the CPU; "cpu"; "cuda"; "cuda:N"). torch is imported only on a CUDA device.
 
 Example:
   python workflow/scripts/kmeans.py --emb results/demo/dino/emb/train.npz --k 62 \\
-      --utt2spk results/demo/data/train/utt2spk --hparams '{"max_iter": 100, "seed": 0, "n_init": 1}' \\
+      --utt2spk results/demo/data/train/utt2spk --hparams '{"max_iter": 100, "seed": 0, "n_init": 1, "device": "auto"}' \\
       --labels l.txt --centers c.npy --quality q.json --plot sizes.png
 """
 
@@ -23,26 +24,22 @@ import argparse
 import json
 from collections import Counter
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from ssrl.cluster import cluster_quality, kmeans
+from ssrl.fileio import atomic_path, read_embeddings, write_json
+from ssrl.manifest import ManifestError, read_utt2spk, write_labels
 
-from ssrl.cluster import cluster_quality, kmeans  # noqa: E402
-from ssrl.fileio import atomic_path, read_embeddings, write_json  # noqa: E402
-from ssrl.manifest import ManifestError, read_utt2spk, write_labels  # noqa: E402
-
-HPARAMS = ("max_iter", "seed", "n_init")
+HPARAMS = {"max_iter": int, "seed": int, "n_init": int, "device": str}
 
 
 def parse_hparams(text: str) -> dict:
     hp = json.loads(text)
     if set(hp) != set(HPARAMS):
         raise SystemExit(f"--hparams: expected keys {list(HPARAMS)}, got {sorted(hp)}")
-    for key in HPARAMS:
-        if not isinstance(hp[key], int) or isinstance(hp[key], bool):
-            raise SystemExit(f"--hparams: {key} must be an integer, got {hp[key]!r}")
+    for key, kind in HPARAMS.items():
+        if not isinstance(hp[key], kind) or isinstance(hp[key], bool):
+            raise SystemExit(f"--hparams: {key} must be {kind.__name__}, got {hp[key]!r}")
     return hp
 
 
@@ -62,10 +59,15 @@ def size_stats(sizes: np.ndarray) -> dict:
 
 
 def plot_sizes(path: str, sizes: np.ndarray, speaker_sizes: np.ndarray | None, title: str) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg      # not pyplot: faster start-up
+    from matplotlib.figure import Figure
+
     used = sizes[sizes > 0]
     top = int(max(used.max(), speaker_sizes.max() if speaker_sizes is not None else 0))
     bins = np.linspace(0.5, top + 0.5, min(top, 60) + 1)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     ax.hist(used, bins=bins, alpha=0.7, label=f"k-means clusters ({len(used)} non-empty)")
     if speaker_sizes is not None:
         ax.hist(speaker_sizes, bins=bins, alpha=0.5, label=f"true speakers ({len(speaker_sizes)})")
@@ -76,7 +78,6 @@ def plot_sizes(path: str, sizes: np.ndarray, speaker_sizes: np.ndarray | None, t
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -110,12 +111,16 @@ def main(argv: list[str] | None = None) -> None:
     if not 1 <= args.k <= len(utts):
         raise SystemExit(f"--k {args.k}: must be between 1 and the number of embeddings ({len(utts)}) in {args.emb}")
 
-    res = kmeans(emb, args.k, seed=hp["seed"], max_iter=hp["max_iter"], n_init=hp["n_init"])
+    try:
+        res = kmeans(emb, args.k, seed=hp["seed"], max_iter=hp["max_iter"], n_init=hp["n_init"],
+                     device=hp["device"])
+    except ValueError as exc:
+        raise SystemExit(f"kmeans: {args.emb}: {exc}") from None
     sizes = np.bincount(res.labels, minlength=args.k)
     quality = {
         "k": args.k, "n_utts": len(utts), "dim": int(emb.shape[1]),
         "n_iter": res.n_iter, "converged": res.converged, "inertia": res.inertia,
-        "seconds": round(res.seconds, 3), "device": res.device, **hp,
+        "seconds": round(res.seconds, 3), **hp, "device": res.device, "distances_computed": round(res.work, 4),
     }
     speaker_sizes = None
     if truth is not None:
@@ -129,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     plot_sizes(args.plot, sizes, speaker_sizes, f"k-means k={args.k}: cluster sizes")
     write_json(args.quality, quality)
     summary = (f"k-means k={args.k}: {quality['n_clusters']} non-empty clusters, {res.n_iter} iterations "
-               f"({'converged' if res.converged else 'max_iter reached'}), {res.seconds:.1f} s")
+               f"({'converged' if res.converged else 'max_iter reached'}), {res.seconds:.1f} s on {res.device}")
     if truth is not None:
         summary += f"; NMI {quality['nmi']:.4f}  accuracy {quality['accuracy']:.4f}  purity {quality['purity']:.4f}"
     print(summary, flush=True)

@@ -3,7 +3,9 @@
 Writes
   --scores   TSV with a header: enroll, test, label (1 target / 0 non-target), score
   --det      TSV with a header: far, frr (DET curve points, increasing threshold)
-  --metrics  JSON: eer and eer_threshold (accept when score >= threshold), min_dcf_0.01,
+  --metrics  JSON: eer and eer_threshold (accept when score >= threshold; EER interpolated where FRR and
+             FAR cross), eer_ref (the reference's definition: (FRR + FAR) / 2 at the threshold minimising
+             |FRR - FAR|), min_dcf_0.01,
              min_dcf_0.05, n_trials, n_target, n_nontarget, n_dropped, score_norm, asnorm_top_n
 
 Hyper-parameters (--hparams JSON): asnorm (bool), asnorm_top_n (int), allow_missing (bool),
@@ -23,7 +25,7 @@ import sys
 from pathlib import Path
 
 from ssrl.fileio import atomic_open, read_embeddings, write_json
-from ssrl.metrics import compute_eer_threshold, compute_min_dcf, det_curve, score_trials
+from ssrl.metrics import compute_eer_ref, compute_eer_threshold, compute_min_dcf, det_curve, score_trials
 
 HPARAMS = {"asnorm": bool, "asnorm_top_n": int, "allow_missing": bool, "det_points": int}
 
@@ -80,6 +82,7 @@ def main(argv: list[str] | None = None) -> None:
         "trials": Path(args.trials).stem,
         "eer": eer,
         "eer_threshold": threshold,
+        "eer_ref": compute_eer_ref(res.scores, res.labels),
         "min_dcf_0.01": compute_min_dcf(res.scores, res.labels, 0.01),
         "min_dcf_0.05": compute_min_dcf(res.scores, res.labels, 0.05),
         "n_trials": int(len(res.labels)),
