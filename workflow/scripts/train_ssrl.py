@@ -23,8 +23,8 @@ WavLM checkpoint + an ECAPA back-end).
 
 Example (SSRL from the DINO model and its k-means labels):
   python workflow/scripts/train_ssrl.py --system ssrl --train-scp results/demo/data/train/wav.scp \\
-      --init-model results/demo/dino/model.pt --labels results/demo/dino/kmeans_k62/labels.txt \\
-      --centers results/demo/dino/kmeans_k62/centers.npy --augment-dir results/demo/data/augment \\
+      --init-model results/demo/dino/model.pt --labels results/demo/dino/kmeans_k32/labels.txt \\
+      --centers results/demo/dino/kmeans_k32/centers.npy --augment-dir results/demo/data/augment \\
       --val-scp results/demo/data/test/wav.scp --val-trials results/demo/data/trials/demo.txt \\
       --utt2spk results/demo/data/train/utt2spk --ckpt-dir results/demo/ssrl/ckpt \\
       --model-out results/demo/ssrl/model.pt --log-out results/demo/ssrl/train_log.tsv \\
