@@ -14,10 +14,11 @@
 # every file for these systems (the model file's arch says WavLM), and scoring is as for every system.
 #
 # Hyper-parameters: every step starts from the ssrl section (+ quirk Q1) overridden by wavlm.<step>;
-# step 1 leaves out the ssrl keys that act only in label updates or on a teacher. The keys that make a step what it is
-# (init, schedule, label_update, frozen WavLM, ...) are set below, not in the config. With the WavLM
-# frozen (steps 1 and 2) the teacher runs the student's WavLM (an EMA copy of frozen weights would be
-# the same weights): one copy in memory, checkpoints and model files. In step 2-ft
+# step 1 leaves out the ssrl keys that act only in label updates or on a teacher. The keys that make a
+# step what it is (init, schedule, label_update, teacher, frozen WavLM, ...) are set by wavlm_hparams
+# (rules/common.smk), not in the config. With the WavLM frozen (step 2) the teacher runs the student's
+# WavLM (an EMA copy of frozen weights would be the same weights): one copy in memory, checkpoints and
+# model files. In step 2-ft
 # wavlm.teacher_shares_wavlm is quirk Q3 (default on: the reference's teacher uses the student's
 # WavLM; off: an EMA copy).
 #
