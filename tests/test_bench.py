@@ -9,7 +9,9 @@ import importlib.util
 import io
 import json
 import math
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -123,3 +125,21 @@ def test_extract_durations_are_clipped_lognormal():
     assert d.min() >= 4.0 and d.max() <= 20.0
     assert np.median(d) == pytest.approx(7.5, rel=0.02)
     assert 7.8 < d.mean() < 8.5                        # VoxCeleb1 test: mean about 8 s
+
+
+def test_gpu_check_cpu_fallback(tmp_path):
+    """bench/gpu_check.sh --cpu: the tiny end-to-end configuration as a dry run with bf16 and the GPU
+    resources, k-means and batched / single extraction on the CPU at toy sizes, and the summary."""
+    out = tmp_path / "gpu_check"
+    env = {**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(["bash", str(REPO / "bench" / "gpu_check.sh"), "--cpu", "--out", str(out)], env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["mode"] == "cpu" and summary["gpus"] == 0
+    assert summary["tiny_end_to_end"]["jobs"] > 10               # the whole tiny DAG was planned
+    km = summary["kmeans"]
+    assert (km["n"], km["k"], km["device"]) == (3000, 30, "cpu") and km["s_per_iter"] > 0
+    assert summary["extract"]["agree"] and summary["extract"]["batched_utts_per_s"] > 0
+    for line in ("1. tiny end-to-end", "2. k-means", "3. extraction"):
+        assert line in proc.stdout

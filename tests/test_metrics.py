@@ -14,8 +14,8 @@ from sklearn.metrics import roc_curve
 from conftest import REPO, run_snakemake, write_config
 from ssrl.fileio import read_json, write_embeddings
 from ssrl.manifest import ManifestError, Trials, write_trials
-from ssrl.metrics import (compute_eer, compute_eer_threshold, compute_min_dcf, det_curve, error_rates,
-                          score_trials)
+from ssrl.metrics import (compute_eer, compute_eer_ref, compute_eer_threshold, compute_min_dcf, det_curve,
+                          error_rates, score_trials)
 
 # Hand example: targets 0.9 0.6 0.4, non-targets 0.5 0.3 0.2 0.1.
 # Thresholds 0.4 -> (frr 0, far 1/4), 0.5 -> (1/3, 1/4): gap goes -1/4 -> +1/12, the crossing is
@@ -34,6 +34,19 @@ def test_eer_hand_examples():
     assert compute_eer_threshold(HAND_SCORES, HAND_LABELS) == pytest.approx((0.25, 0.475))
     # crossing exactly on an operating point: targets 0.8 0.7 0.3, non-targets 0.6 0.4 0.2 -> 1/3 at 0.6
     assert compute_eer_threshold([0.8, 0.7, 0.3, 0.6, 0.4, 0.2], [1, 1, 1, 0, 0, 0]) == pytest.approx((1 / 3, 0.6))
+
+
+def test_eer_ref_hand_examples():
+    """The reference's EER: (frr + far) / 2 at the operating point minimising |frr - far|, not interpolated."""
+    # HAND: points (frr, far) at 0.4 (0, 1/4), 0.5 (1/3, 1/4), 0.6 (1/3, 0): |gap| smallest (1/12) at 0.5
+    assert compute_eer_ref(HAND_SCORES, HAND_LABELS) == pytest.approx((1 / 3 + 1 / 4) / 2)      # 7/24; EER 1/4
+    # non-targets 0.1 0.2 0.35, targets 0.3 0.4: at 0.3 (0, 1/3), at 0.35 (1/2, 1/3) -> (1/2 + 1/3) / 2
+    scores, labels = [0.1, 0.2, 0.3, 0.35, 0.4], [0, 0, 1, 0, 1]
+    assert compute_eer_ref(scores, labels) == pytest.approx(5 / 12)
+    assert compute_eer(scores, labels) == pytest.approx(1 / 3)
+    # a crossing on an operating point: both definitions agree
+    assert compute_eer_ref([0.8, 0.7, 0.3, 0.6, 0.4, 0.2], [1, 1, 1, 0, 0, 0]) == pytest.approx(1 / 3)
+    assert compute_eer_ref([0.3] * 6, [1, 0, 1, 0, 0, 1]) == pytest.approx(0.5)
 
 
 def test_eer_ties_are_one_threshold():
@@ -286,6 +299,7 @@ def test_score_script_outputs(tmp_path):
     assert (m["n_trials"], m["n_target"], m["n_dropped"]) == (len(trials), int(trials.labels.sum()), 0)
     assert m["n_nontarget"] == len(trials) - m["n_target"]
     assert m["eer"] == pytest.approx(compute_eer(scores, labels), abs=1e-4)       # TSV keeps 6 decimals
+    assert m["eer_ref"] == pytest.approx(compute_eer_ref(scores, labels), abs=1e-4)
     assert m["min_dcf_0.05"] == pytest.approx(compute_min_dcf(scores, labels, 0.05), abs=1e-3)
     assert 0 <= m["min_dcf_0.01"] <= 1 and 0 < m["eer"] < 0.5
     # the threshold reproduces the EER operating point
