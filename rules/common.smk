@@ -220,9 +220,9 @@ def wavlm_arch():
     num_layers layers, quirk Q7) + the ECAPA back-end of wavlm.encoder (1024-d input, no log, norm not
     detached)."""
     wavlm = config["wavlm"]
-    checkpoint = wavlm_checkpoint()
-    frontend = {"checkpoint": checkpoint, "num_layers": wavlm["num_layers"],
-                "tiny": wavlm["tiny"] and checkpoint is None, "normalize_input": wavlm["normalize_input"]}
+    path = wavlm_checkpoint()
+    frontend = {"checkpoint": path, "num_layers": wavlm["num_layers"], "tiny": wavlm["tiny"] and path is None,
+                "normalize_input": wavlm["normalize_input"]}
     return {"frontend": {"type": "wavlm", **frontend}, "encoder": dict(wavlm["encoder"])}
 
 
