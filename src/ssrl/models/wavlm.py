@@ -827,7 +827,7 @@ def official_checkpoint(model: WavLM, mask_embedding: torch.Tensor | None = None
     readable by :func:`read_wavlm_checkpoint` / :func:`load_wavlm`.
 
     ``cfg`` holds the architecture of ``model`` (fairseq/WavLMConfig names), its
-    ``normalize`` flag (``model.normalize_input``) and dropouts (``model.dropout``), updated
+    ``normalize`` flag (``model.normalize_input``) and regularisation (``model.regularisation``), updated
     with the keyword arguments, which may set training-time keys (``mask_prob``,
     ``mask_length``, ``dropout``, ``encoder_layerdrop``, ``feature_grad_mult``, ...) but not
     architecture keys.
@@ -846,7 +846,6 @@ def official_checkpoint(model: WavLM, mask_embedding: torch.Tensor | None = None
     clash = sorted(set(cfg) & set(arch))
     if clash:
         raise ValueError(f"WavLM export: {clash} are architecture keys, taken from the model")
-    training = {"normalize": model.normalize_input, "dropout": model.dropout, "attention_dropout": model.dropout,
-                "activation_dropout": model.dropout, "dropout_input": 0.0, "dropout_features": 0.0,
-                "encoder_layerdrop": 0.0, "feature_grad_mult": 1.0}
+    training = {"normalize": model.normalize_input, "dropout_features": 0.0,
+                **{official: model.regularisation[ours] for official, ours in OFFICIAL_REGULARISATION.items()}}
     return {"cfg": {**arch, **training, **cfg}, "model": official_state_dict(model, mask_embedding)}

@@ -9,9 +9,9 @@ iteration, at toy size, on the training audio alone (no speaker labels):
    ``n_mels``-band log mel spectrogram, plus deltas and delta-deltas) computed on exactly
    the WavLM frames (window = the CNN's receptive field, 400 samples = 25 ms; hop = its
    stride, 320 samples = 20 ms; no centre padding), standardised per dimension over the
-   training frames, clustered by k-means (squared Euclidean distance,
-   :func:`ssrl.cluster.kmeans` without row normalisation) into ``n_units`` units; every
-   frame's target is its nearest centre.
+   training frames and L2-normalised, clustered by the project's k-means
+   (:func:`ssrl.cluster.kmeans`, which clusters L2-normalised rows) into ``n_units`` units;
+   every frame's target is its nearest centre.
 2. **Masking** (:func:`span_mask`): per crop of ``T`` frames, ``int(mask_prob * T /
    mask_length + u)`` (u uniform in [0, 1), at least one) distinct start frames, each
    masking ``mask_length`` frames (spans may overlap), as fairseq's static masks. The
@@ -125,7 +125,8 @@ class UnitTargets:
     ``features(wave (S,)) -> (T, 3 n_mfcc)``: MFCCs + deltas + delta-deltas of the frames
     ``[t * hop, t * hop + window)``, ``T = (S - window) // hop + 1``. :meth:`fit` learns the
     standardisation and the k-means centres from a list of such matrices; ``units(wave)
-    -> (T,)`` int64 nearest centres (squared Euclidean distance, standardised features).
+    -> (T,)`` int64 nearest centres of the standardised, L2-normalised features (as k-means
+    assigned them).
     """
 
     def __init__(self, window: int, hop: int, n_mfcc: int = 13, n_mels: int = 40):
@@ -164,7 +165,7 @@ class UnitTargets:
             raise ValueError(f"UnitTargets: {len(x)} frames cannot make {n_units} units")
         mean = x.mean(0, dtype=np.float64)
         std = np.maximum(x.std(0, dtype=np.float64), STD_FLOOR)
-        result = kmeans((x - mean) / std, n_units, seed=seed, max_iter=max_iter, normalise=False, progress=False)
+        result = kmeans((x - mean) / std, n_units, seed=seed, max_iter=max_iter, progress=False)
         self.set_state({"mean": torch.from_numpy(mean).float(), "std": torch.from_numpy(std).float(),
                         "centers": torch.from_numpy(result.centers)})
         used = np.bincount(result.labels, minlength=n_units) > 0
@@ -175,7 +176,7 @@ class UnitTargets:
         """(S,) waveform -> (T,) int64 unit of each frame (after :meth:`fit` or :meth:`set_state`)."""
         if self.centers is None:
             raise RuntimeError("UnitTargets: fit() or set_state() first")
-        x = (self.features(wave) - self.mean) / self.std                # (T, dim)
+        x = F.normalize((self.features(wave) - self.mean) / self.std, dim=1)   # (T, dim) unit rows
         return torch.cdist(x, self.centers).argmin(dim=1)
 
     def state(self) -> dict[str, torch.Tensor]:
