@@ -205,11 +205,24 @@ def wavlm_checkpoint_problem(path, num_layers):
     return None
 
 
-def wavlm_arch():
-    """build_speaker_model architecture of step 1: WavLM (checkpoint or random init, first num_layers
-    layers, quirk Q7) + the ECAPA back-end of wavlm.encoder (1024-d input, no log, norm not detached)."""
+def wavlm_checkpoint():
+    """The WavLM checkpoint of the WavLM systems: config wavlm.checkpoint, or, when it is null with
+    wavlm.tiny true and a wavlm.pretrain section, the tiny WavLM that rule wavlm_pretrain pre-trains
+    on the training audio (official format); None: a randomly initialised WavLM."""
     wavlm = config["wavlm"]
-    frontend = {key: wavlm[key] for key in ("checkpoint", "num_layers", "tiny", "normalize_input")}
+    if wavlm["checkpoint"] is None and wavlm["tiny"] and wavlm.get("pretrain"):
+        return run_path("wavlm_pretrain", "wavlm_tiny.pt")
+    return wavlm["checkpoint"]
+
+
+def wavlm_arch():
+    """build_speaker_model architecture of step 1: WavLM (wavlm_checkpoint() or random init, first
+    num_layers layers, quirk Q7) + the ECAPA back-end of wavlm.encoder (1024-d input, no log, norm not
+    detached)."""
+    wavlm = config["wavlm"]
+    path = wavlm_checkpoint()
+    frontend = {"checkpoint": path, "num_layers": wavlm["num_layers"], "tiny": wavlm["tiny"] and path is None,
+                "normalize_input": wavlm["normalize_input"]}
     return {"frontend": {"type": "wavlm", **frontend}, "encoder": dict(wavlm["encoder"])}
 
 

@@ -16,8 +16,8 @@ REPORT_PLOTS = ["det", "labels", "training", "scores"]  # = ssrl.tables.PLOT_NAM
 
 
 # The systems of the result tables, in table order: name, table (main | ablations | wavlm), kind, and
-# round (iterative), overrides (ablation) or checkpoint (WavLM; None: random init). Config keys of
-# other stages read here, and only here: iterative.rounds, wavlm.enabled, wavlm.checkpoint; the
+# round (iterative), overrides (ablation) or checkpoint (WavLM, wavlm_checkpoint(); None: random init).
+# Config keys of other stages read here, and only here: iterative.rounds, wavlm.enabled; the
 # ablations come from ABLATIONS (rules/ssrl.smk: name -> overrides of the ssrl section).
 _ROUNDS = int((config.get("iterative") or {}).get("rounds", 0))
 _WAVLM = config.get("wavlm") or {}
@@ -27,7 +27,7 @@ REPORT_SYSTEMS = [
     {"name": "ssrl", "table": "main", "kind": "ssrl"},
     *[{"name": name, "table": "ablations", "kind": "ablation", "overrides": overrides}
       for name, overrides in ABLATIONS.items()],  # rules/ssrl.smk (nulls dropped)
-    *[{"name": name, "table": "wavlm", "kind": name, "checkpoint": _WAVLM.get("checkpoint")}
+    *[{"name": name, "table": "wavlm", "kind": name, "checkpoint": wavlm_checkpoint()}
       for name in (("wavlm_step1", "wavlm_step2", "wavlm_ft") if _WAVLM.get("enabled") else ())],
 ]
 

@@ -22,6 +22,12 @@
 # wavlm.teacher_shares_wavlm is quirk Q3 (default on: the reference's teacher uses the student's
 # WavLM; off: an EMA copy).
 #
+# Demo front-end (wavlm.checkpoint null, wavlm.tiny true, a wavlm.pretrain section): wavlm_pretrain
+# pre-trains the tiny WavLM on the training audio without labels (ssrl.train.wavlm_pretrain: k-means
+# units of MFCC frames, masked prediction) and writes wavlm_pretrain/wavlm_tiny.pt in the official
+# WavLM-Large.pt format; step 1 imports it as its checkpoint (wavlm_checkpoint in rules/common.smk).
+# wavlm_pretrain/ckpt/ (a params value) holds the resumable checkpoints.
+#
 # Start-up check (wavlm.enabled with wavlm.checkpoint set): before any job is planned, the checkpoint
 # must exist and look like a WavLM checkpoint (wavlm_checkpoint_problem in rules/common.smk). Only in the
 # main Snakemake process (also for -n and --lint): a job re-reads this file, and step 1 checks every key
@@ -59,13 +65,39 @@ _WAVLM_COMMON_INPUT = {
 }
 
 
+if WAVLM["enabled"] and wavlm_checkpoint() == run_path("wavlm_pretrain", "wavlm_tiny.pt"):
+
+    rule wavlm_pretrain:
+        input:
+            wav_scp=f"{DATA_DIR}/train/wav.scp",
+        output:
+            model=run_path("wavlm_pretrain", "wavlm_tiny.pt"),
+            log=run_path("wavlm_pretrain", "train_log.tsv"),
+        params:
+            hparams=as_json({"pretrain": WAVLM["pretrain"], "num_layers": WAVLM["num_layers"],
+                             "train": config["train"]}),
+            ckpt=run_path("wavlm_pretrain", "ckpt"),
+        threads: 32
+        resources:
+            gpu=0,
+        log:
+            log_path("wavlm_train/wavlm_pretrain"),
+        benchmark:
+            bench_path("wavlm_train/wavlm_pretrain")
+        conda:
+            ENV
+        shell:
+            train_command("pretrain_wavlm.py") + " --train-scp {input.wav_scp:q} --ckpt-dir {params.ckpt:q}"
+            " --model-out {output.model:q} --log-out {output.log:q} --hparams {params.hparams:q} > {log:q} 2>&1"
+
+
 if WAVLM["enabled"]:
 
     rule wavlm_step1:
         input:
             **_WAVLM_COMMON_INPUT,
             labels=kmeans_path("dino", "labels.txt"),
-            checkpoint=[WAVLM["checkpoint"]] if WAVLM["checkpoint"] is not None else [],
+            checkpoint=[wavlm_checkpoint()] if wavlm_checkpoint() is not None else [],
         output:
             model=sys_path("wavlm_step1", "model.pt"),
             log=sys_path("wavlm_step1", "train_log.tsv"),

@@ -17,7 +17,7 @@ import torchaudio
 
 from ssrl.models import build_speaker_model
 from ssrl.models.wavlm import (LARGE_CONFIG, NO_REGULARISATION, LayerWeighting, WavLM, WavLMCheckpointError,
-                               WavLMFrontend, load_wavlm, read_safetensors)
+                               WavLMFrontend, load_wavlm, official_checkpoint, read_safetensors)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -205,6 +205,30 @@ def test_hidden_states_match_torchaudio_extract_features():
         hidden, _ = model(wave)
         reference, _ = torchaudio_reference(model).extract_features(wave)
     torch.testing.assert_close(hidden, torch.stack(reference), atol=1e-5, rtol=1e-5)
+
+
+def test_official_export_round_trip(large2, tmp_path):
+    """official_checkpoint writes the key layout of WavLM-Large.pt (to_official above, written by hand)
+    and the official cfg; importing it gives the same model: config, weights and hidden states."""
+    model = large2["model"]
+    mask = torch.randn(1024)
+    exported = official_checkpoint(model, mask, mask_prob=0.65)
+    reference = to_official(model.state_dict())
+    assert exported["model"].keys() == reference.keys()
+    assert all(torch.equal(exported["model"][k], reference[k]) for k in reference if k != "mask_emb")
+    assert torch.equal(exported["model"]["mask_emb"], mask)
+    assert {k: exported["cfg"][k] for k in OFFICIAL_CFG if k not in ("normalize", "dropout", "attention_dropout",
+                                                                      "conv_feature_layers")} == \
+        {k: v for k, v in OFFICIAL_CFG.items() if k not in ("normalize", "dropout", "attention_dropout",
+                                                             "conv_feature_layers")}
+    assert exported["cfg"]["normalize"] is False and exported["cfg"]["mask_prob"] == 0.65
+    torch.save(exported, tmp_path / "exported.pt")
+    again = load_wavlm(tmp_path / "exported.pt", 2).eval()
+    assert again.config == model.config and again.checkpoint_normalize is False
+    with torch.no_grad():
+        assert torch.equal(again(large2["wave"])[0], large2["hidden"])
+    with pytest.raises(ValueError, match="architecture keys"):
+        official_checkpoint(model, encoder_layers=3)
 
 
 TINY_OFFICIAL_CFG = dict(OFFICIAL_CFG, encoder_embed_dim=64, encoder_ffn_embed_dim=128, encoder_attention_heads=4,

@@ -214,8 +214,11 @@ class WavLM(nn.Module):
                 num_samples = (num_samples - kernel) // stride + 1
         return num_samples
 
-    def forward(self, wave: torch.Tensor, lengths: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, wave: torch.Tensor, lengths: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                mask_embedding: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``mask`` (B, T) bool with ``mask_embedding`` (D,): the projected CNN features of the
+        frames where ``mask`` is True are replaced by ``mask_embedding`` before the transformer
+        (masked-prediction pre-training, :mod:`ssrl.train.wavlm_pretrain`)."""
         if wave.dim() != 2:
             raise ValueError(f"WavLM expects (batch, samples), got shape {tuple(wave.shape)}")
         if lengths is not None:
@@ -232,6 +235,11 @@ class WavLM(nn.Module):
         if grad_mult not in (0.0, 1.0) and x.requires_grad:
             x = _GradScale.apply(x, grad_mult)
         x = self.encoder.feature_projection(x)                     # (B, T, D)
+        if mask is not None:
+            if mask.shape != x.shape[:2] or mask_embedding is None:
+                raise ValueError(f"WavLM: mask must be (batch, frames) = {tuple(x.shape[:2])} with a "
+                                 f"mask_embedding, got {tuple(mask.shape)}")
+            x = torch.where(mask.unsqueeze(2), mask_embedding.to(x.dtype), x)
         key_mask = None                                            # (B, T) additive: -inf on padded frames
         if frame_lengths is not None:
             padding = torch.arange(x.shape[1], device=x.device)[None, :] >= frame_lengths[:, None]
@@ -755,3 +763,89 @@ def load_wavlm(path_or_none: str | Path | None, num_layers: int, tiny: bool = Fa
         raise WavLMCheckpointError(f"{path_or_none} ({ckpt.format} format): " + "; ".join(problems))
     model.load_state_dict(state)
     return model
+
+
+# ----------------------------------------------------------------- checkpoint export
+
+
+# (torchaudio key regex, official key template): the inverse of OFFICIAL_RULES. A template
+# ending in ":qkv" splits the fused attention input projection into q, k and v.
+_OFFICIAL_LAYER = r"encoder.layers.\1"
+OFFICIAL_EXPORT_RULES = [
+    (r"feature_extractor\.conv_layers\.(\d+)\.conv\.(weight|bias)", r"feature_extractor.conv_layers.\1.0.\2"),
+    (r"encoder\.feature_projection\.layer_norm\.(weight|bias)", r"layer_norm.\1"),
+    (r"encoder\.feature_projection\.projection\.(weight|bias)", r"post_extract_proj.\1"),
+    (r"encoder\.transformer\.pos_conv_embed\.conv\.bias", "encoder.pos_conv.0.bias"),
+    (r"encoder\.transformer\.pos_conv_embed\.conv\.parametrizations\.weight\.original0", "encoder.pos_conv.0.weight_g"),
+    (r"encoder\.transformer\.pos_conv_embed\.conv\.parametrizations\.weight\.original1", "encoder.pos_conv.0.weight_v"),
+    (r"encoder\.transformer\.layer_norm\.(weight|bias)", r"encoder.layer_norm.\1"),
+    (r"encoder\.transformer\.layers\.(\d+)\.attention\.attention\.in_proj_(weight|bias)",
+     _OFFICIAL_LAYER + r".self_attn.{}_proj.\2:qkv"),
+    (r"encoder\.transformer\.layers\.(\d+)\.attention\.attention\.out_proj\.(weight|bias)",
+     _OFFICIAL_LAYER + r".self_attn.out_proj.\2"),
+    (r"encoder\.transformer\.layers\.(\d+)\.attention\.gru_rel_pos_linear\.(weight|bias)",
+     _OFFICIAL_LAYER + r".self_attn.grep_linear.\2"),
+    (r"encoder\.transformer\.layers\.(\d+)\.attention\.gru_rel_pos_const", _OFFICIAL_LAYER + r".self_attn.grep_a"),
+    (r"encoder\.transformer\.layers\.(\d+)\.attention\.rel_attn_embed\.weight",
+     _OFFICIAL_LAYER + r".self_attn.relative_attention_bias.weight"),
+    (r"encoder\.transformer\.layers\.(\d+)\.layer_norm\.(weight|bias)", _OFFICIAL_LAYER + r".self_attn_layer_norm.\2"),
+    (r"encoder\.transformer\.layers\.(\d+)\.feed_forward\.intermediate_dense\.(weight|bias)",
+     _OFFICIAL_LAYER + r".fc1.\2"),
+    (r"encoder\.transformer\.layers\.(\d+)\.feed_forward\.output_dense\.(weight|bias)", _OFFICIAL_LAYER + r".fc2.\2"),
+    (r"encoder\.transformer\.layers\.(\d+)\.final_layer_norm\.(weight|bias)",
+     _OFFICIAL_LAYER + r".final_layer_norm.\2"),
+]
+
+
+def official_state_dict(model: WavLM, mask_embedding: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """``model``'s weights under the key names of Microsoft's WavLM.py (the ``model`` entry of
+    ``WavLM-Large.pt``); ``mask_embedding`` (D,) becomes ``mask_emb`` (zeros when None).
+    Tensors are detached CPU copies."""
+    conv_norm = (r"feature_extractor.conv_layers.\1.2.1.\2" if model.config["extractor_mode"] == "layer_norm"
+                 else r"feature_extractor.conv_layers.\1.2.\2")   # group_norm: only conv layer 0 has one
+    rules = [(re.compile(p), t) for p, t in
+             [(r"feature_extractor\.conv_layers\.(\d+)\.layer_norm\.(weight|bias)", conv_norm),
+              *OFFICIAL_EXPORT_RULES]]
+    out = {"mask_emb": (torch.zeros(model.dim) if mask_embedding is None
+                        else mask_embedding.detach().to("cpu", torch.float32).clone())}
+    for key, value in model.state_dict().items():
+        value = value.detach().cpu().clone()
+        match, template = next(((m, t) for p, t in rules if (m := p.fullmatch(key))), (None, None))
+        if match is None:
+            raise ValueError(f"WavLM export: no official name for parameter {key}")
+        target = match.expand(template)
+        if target.endswith(":qkv"):
+            for name, piece in zip("qkv", value.chunk(3, dim=0)):
+                out[target[:-4].format(name)] = piece.clone()
+        else:
+            out[target] = value
+    return out
+
+
+def official_checkpoint(model: WavLM, mask_embedding: torch.Tensor | None = None, **cfg) -> dict:
+    """``{"cfg": ..., "model": ...}`` in the layout of Microsoft's official ``WavLM-Large.pt``,
+    readable by :func:`read_wavlm_checkpoint` / :func:`load_wavlm`.
+
+    ``cfg`` holds the architecture of ``model`` (fairseq/WavLMConfig names), its
+    ``normalize`` flag (``model.normalize_input``) and regularisation (``model.regularisation``), updated
+    with the keyword arguments, which may set training-time keys (``mask_prob``,
+    ``mask_length``, ``dropout``, ``encoder_layerdrop``, ``feature_grad_mult``, ...) but not
+    architecture keys.
+    """
+    c = model.config
+    arch = {
+        "extractor_mode": "layer_norm" if c["extractor_mode"] == "layer_norm" else "default",
+        "conv_feature_layers": repr([tuple(layer) for layer in c["extractor_conv_layer_config"]]),
+        "conv_bias": c["extractor_conv_bias"], "encoder_embed_dim": c["encoder_embed_dim"],
+        "encoder_layers": c["encoder_num_layers"], "encoder_attention_heads": c["encoder_num_heads"],
+        "encoder_ffn_embed_dim": c["encoder_ff_interm_features"], "layer_norm_first": c["encoder_layer_norm_first"],
+        "conv_pos": c["encoder_pos_conv_kernel"], "conv_pos_groups": c["encoder_pos_conv_groups"],
+        "relative_position_embedding": True, "num_buckets": c["encoder_num_buckets"],
+        "max_distance": c["encoder_max_distance"], "gru_rel_pos": True, "activation_fn": "gelu",
+    }
+    clash = sorted(set(cfg) & set(arch))
+    if clash:
+        raise ValueError(f"WavLM export: {clash} are architecture keys, taken from the model")
+    training = {"normalize": model.normalize_input, "dropout_features": 0.0,
+                **{official: model.regularisation[ours] for official, ours in OFFICIAL_REGULARISATION.items()}}
+    return {"cfg": {**arch, **training, **cfg}, "model": official_state_dict(model, mask_embedding)}
