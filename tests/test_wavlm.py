@@ -16,6 +16,7 @@ import torch
 import torchaudio
 
 from ssrl.models import build_speaker_model
+from ssrl.models.wavlm import OFFICIAL_REGULARISATION as OFFICIAL_NAMES
 from ssrl.models.wavlm import (LARGE_CONFIG, NO_REGULARISATION, LayerWeighting, WavLM, WavLMCheckpointError,
                                WavLMFrontend, load_wavlm, official_checkpoint, read_safetensors)
 
@@ -217,10 +218,12 @@ def test_official_export_round_trip(large2, tmp_path):
     assert exported["model"].keys() == reference.keys()
     assert all(torch.equal(exported["model"][k], reference[k]) for k in reference if k != "mask_emb")
     assert torch.equal(exported["model"]["mask_emb"], mask)
-    assert {k: exported["cfg"][k] for k in OFFICIAL_CFG if k not in ("normalize", "dropout", "attention_dropout",
-                                                                      "conv_feature_layers")} == \
-        {k: v for k, v in OFFICIAL_CFG.items() if k not in ("normalize", "dropout", "attention_dropout",
-                                                             "conv_feature_layers")}
+    # the regularisation is the model's own (here none), under the official names
+    own = {"normalize", "conv_feature_layers", *OFFICIAL_NAMES}
+    assert {k: exported["cfg"][k] for k in OFFICIAL_CFG if k not in own} == \
+        {k: v for k, v in OFFICIAL_CFG.items() if k not in own}
+    assert {k: exported["cfg"][k] for k in OFFICIAL_NAMES} == \
+        {official: model.regularisation[ours] for official, ours in OFFICIAL_NAMES.items()}
     assert exported["cfg"]["normalize"] is False and exported["cfg"]["mask_prob"] == 0.65
     torch.save(exported, tmp_path / "exported.pt")
     again = load_wavlm(tmp_path / "exported.pt", 2).eval()
