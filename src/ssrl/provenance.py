@@ -285,7 +285,10 @@ def start_record(run_dir: str | os.PathLike, *, stamp: Mapping[str, Any], config
     ``invocations``. Returns the record."""
     run_dir = Path(run_dir)
     path = run_dir / PROVENANCE_FILE
-    previous = read_provenance(run_dir) if path.exists() else None
+    try:
+        previous = read_provenance(run_dir) if path.exists() else None
+    except ValueError:                          # a damaged record is replaced, not a reason to stop the run
+        previous = None
     history = list(previous.get("invocations", [])) if previous else []
     if previous:
         history.append({key: previous.get(key) for key in ("started", "finished", "status", "commit", "dirty",

@@ -737,7 +737,7 @@ def provenance_lines(run: RunData, built: str) -> list[str]:
     started = f"run started {p['started']}, " if p.get("started") else ""
     lines.append(f"- date: {started}tables built {built}")
     if p.get("reproduce"):
-        at = f", at commit {p['commit'][:12]}" if p.get("commit") else ""
+        at = f", at commit {_short(p['commit'], p.get('dirty'), p.get('diff_sha256'))}" if p.get("commit") else ""
         lines.append(f"- reproduce: `{p['reproduce']}` (in {p.get('workdir', 'the working directory')}{at})")
     lines += ["", *(f"> **{w}**" for w in provenance_warnings(run))]
     return lines
