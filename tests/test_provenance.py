@@ -97,7 +97,35 @@ def test_start_and_finish_records_keep_earlier_invocations(tmp_path):
         P.start_record(tmp_path, stamp=stamp, config=config2, **kwargs)
 
 
+def test_gpus_from_nvidia_smi(tmp_path, monkeypatch):
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\nprintf 'NVIDIA H200, 550.54.15, 143771 MiB\\nNVIDIA H200, 550.54.15, 143771 MiB\\n'\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    gpus = P.gpus()
+    assert gpus == [{"name": "NVIDIA H200", "driver": "550.54.15", "memory": "143771 MiB"}] * 2
+    hw = {**P.hardware(), "gpus": gpus}
+    assert P.hardware_line(hw).endswith("; GPUs: 2 x NVIDIA H200 (driver 550.54.15)")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert P.gpus() == []
+
+
 # --------------------------------------------------------------------------- the trainer's record
+
+
+def test_add_attempt_sums_seconds_and_keeps_peaks():
+    import torch
+
+    from ssrl.train.cost import add_attempt
+
+    usages = [{"wall_s": 10.0, "cpu_s": 5.0, "peak_rss_bytes": 1, "peak_gpu_bytes": 7},
+              {"wall_s": 12.0, "cpu_s": 6.0, "peak_rss_bytes": 3, "peak_gpu_bytes": 4}]      # two ranks
+    before = {"wall_s": 100.0, "cpu_s": 50.0, "gpu_s": 200.0, "peak_rss_bytes": 2, "peak_gpu_bytes": 9, "attempts": 1}
+    assert add_attempt(before, usages, torch.device("cuda")) == {
+        "wall_s": 112.0, "cpu_s": 61.0, "gpu_s": 224.0, "peak_rss_bytes": 3, "peak_gpu_bytes": 9, "attempts": 2}
+    assert add_attempt(None, usages, torch.device("cpu")) == {
+        "wall_s": 12.0, "cpu_s": 11.0, "gpu_s": 0.0, "peak_rss_bytes": 3, "peak_gpu_bytes": 7, "attempts": 1}
+
 
 
 def test_train_record_adds_the_attempts_of_a_resumed_job(tmp_path, monkeypatch):
