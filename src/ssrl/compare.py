@@ -36,9 +36,10 @@ def _commit(p: dict[str, Any]) -> str:
     return p["commit"][:12] + (f" + uncommitted changes (diff {p['diff_sha256'][:12]})" if p.get("dirty") else "")
 
 
-def _side_by_side(rows: list[tuple[str, str, str]], header: tuple[str, str, str]) -> list[str]:
-    frame = pd.DataFrame(rows, columns=list(header))
-    return frame.to_string(index=False, justify="left").splitlines()
+def _columns(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> list[str]:
+    """Text lines of a left-aligned table (two spaces between columns)."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    return ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
 
 
 def _results(run: Path, table: str) -> pd.DataFrame | None:
@@ -53,7 +54,7 @@ def _results(run: Path, table: str) -> pd.DataFrame | None:
 def _fmt(value: Any) -> str:
     if value is None or (isinstance(value, float) and pd.isna(value)):
         return ""
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
 def compare_runs(run_a: str | os.PathLike, run_b: str | os.PathLike) -> str:
@@ -62,7 +63,7 @@ def compare_runs(run_a: str | os.PathLike, run_b: str | os.PathLike) -> str:
     a_dir, b_dir = resolve_run(run_a), resolve_run(run_b)
     a, b = read_provenance(a_dir), read_provenance(b_dir)
     lines = [f"A: {a_dir}", f"B: {b_dir}", ""]
-    lines += _side_by_side(
+    lines += _columns(
         [("run", str(a.get("run")), str(b.get("run"))),
          ("commit", _commit(a), _commit(b)),
          ("config hash", str(a.get("config_hash")), str(b.get("config_hash"))),
@@ -74,12 +75,12 @@ def compare_runs(run_a: str | os.PathLike, run_b: str | os.PathLike) -> str:
     diff = config_diff(a.get("config") or {}, b.get("config") or {})
     lines += ["", f"Config differences (A -> B): {len(diff) or 'none'}"]
     if diff:
-        lines += ["  " + line for line in _side_by_side(
+        lines += ["  " + line for line in _columns(
             [(k, format_value(x), format_value(y)) for k, x, y in diff], ("key", "A", "B"))]
     soft = config_diff(flatten(a.get("software") or {}), flatten(b.get("software") or {}))
     lines += ["", f"Software differences: {len(soft) or 'none'}"]
     if soft:
-        lines += ["  " + line for line in _side_by_side(
+        lines += ["  " + line for line in _columns(
             [(k, format_value(x), format_value(y)) for k, x, y in soft], ("package", "A", "B"))]
     for table in RESULT_TABLES:
         ra, rb = _results(a_dir, table), _results(b_dir, table)
@@ -101,6 +102,5 @@ def compare_runs(run_a: str | os.PathLike, run_b: str | os.PathLike) -> str:
         if not rows:
             lines.append("  (no rows)")
             continue
-        frame = pd.DataFrame(rows, columns=["system", "column", "A", "B", "B - A"])
-        lines += ["  " + line for line in frame.to_string(index=False, justify="left").splitlines()]
+        lines += ["  " + line for line in _columns(rows, ("system", "column", "A", "B", "B - A"))]
     return "\n".join(lines) + "\n"
