@@ -18,6 +18,7 @@ validate(config, "config/schema.yaml")
 
 
 include: "rules/common.smk"
+include: "rules/provenance.smk"
 include: "rules/data.smk"
 include: "rules/dino.smk"
 include: "rules/ssrl.smk"
@@ -38,3 +39,17 @@ rule all:
     input:
         all_targets(),
     default_target: True
+
+
+# results/<run>/provenance.json (rules/provenance.smk): written when an invocation starts running jobs,
+# completed with its end time and status.
+onstart:
+    provenance_start()
+
+
+onsuccess:
+    provenance_finish("succeeded")
+
+
+onerror:
+    provenance_finish("failed")

@@ -1,6 +1,8 @@
 # Stage 1, DINO (SPEC 4): the log-mel ECAPA-TDNN pre-trained by self-distillation.
 #   dino/model.pt        model file (eval_state = EMA teacher's SpeakerModel; student, teacher, head, centre)
 #   dino/train_log.tsv   `step` rows every train.log_every steps, `epoch` rows (means, validation EER, time)
+#   dino/train_record.json  cost (steps, global batch, processes, device, wall/CPU/GPU-seconds, peak memory)
+#                        and the job stamp (commit, config hash): ssrl.train.cost
 # dino/ckpt/ holds the resumable checkpoints and the live log: a params value, not an output, so a
 # killed or preempted job (exit 143 after SIGTERM) resumes where it stopped when it is rerun.
 # Validation: EER of the teacher on the first trial list (TRIAL_LISTS) every dino.val_every epochs.
@@ -16,6 +18,7 @@ rule dino_train:
     output:
         model=sys_path("dino", "model.pt"),
         log=sys_path("dino", "train_log.tsv"),
+        record=sys_path("dino", "train_record.json"),
     params:
         hparams=as_json({
             **{key: config[key] for key in ("dino", "model", "train")},
@@ -35,4 +38,4 @@ rule dino_train:
     shell:
         train_command("train_dino.py") + " --train-scp {input.wav_scp:q} --augment-dir {params.augment_dir:q}"
         " --val-scp {input.val_scp:q} --val-trials {input.val_trials:q} --ckpt-dir {params.ckpt:q}"
-        " --model-out {output.model:q} --log-out {output.log:q} --hparams {params.hparams:q} > {log:q} 2>&1"
+        " --model-out {output.model:q} --log-out {output.log:q} --record-out {output.record:q} --hparams {params.hparams:q} > {log:q} 2>&1"

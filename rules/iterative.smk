@@ -7,7 +7,8 @@
 # common.smk) on the SSRL label-fixed LR segment; the EMA teacher is kept and evaluated as
 # in SSRL. Every round is scored (<system>/metrics/) and its labels' quality recorded
 # (iter_r<r>/kmeans_k<k>/quality.json) by the extract / kmeans / score rules.
-#   iter_r<r>/model.pt, train_log.tsv, label_log.tsv (fixed-label rows), ckpt/ (params, resumable)
+#   iter_r<r>/model.pt, train_log.tsv, label_log.tsv (fixed-label rows), train_record.json (cost,
+#   provenance), ckpt/ (params, resumable)
 # Uses AUGMENT_LISTS of rules/ssrl.smk (included before this file).
 
 
@@ -25,6 +26,7 @@ rule iterative_train:
         model=sys_path("iter_r{r}", "model.pt"),
         log=sys_path("iter_r{r}", "train_log.tsv"),
         label_log=sys_path("iter_r{r}", "label_log.tsv"),
+        record=sys_path("iter_r{r}", "train_record.json"),
     params:
         hparams=as_json(iterative_hparams()),
         ckpt=lambda wildcards: sys_path(f"iter_r{wildcards.r}", "ckpt"),
@@ -45,5 +47,5 @@ rule iterative_train:
         " --init-model {input.init:q} --labels {input.labels:q} --centers {input.centers:q}"
         " --augment-dir {params.augment_dir:q} --val-scp {input.val_scp:q} --val-trials {input.val_trials:q}"
         " --utt2spk {input.utt2spk:q} --ckpt-dir {params.ckpt:q} --model-out {output.model:q}"
-        " --log-out {output.log:q} --label-log-out {output.label_log:q} --hparams {params.hparams:q}"
+        " --log-out {output.log:q} --label-log-out {output.label_log:q} --record-out {output.record:q} --hparams {params.hparams:q}"
         " > {log:q} 2>&1"

@@ -1,5 +1,8 @@
 # Result tables, plots and the HTML report, built only from files the pipeline wrote.
-#   tables/{main,ablations,wavlm,pseudo_labels,published}.{md,csv}, tables/summary.{md,html}
+#   tables/{main,ablations,wavlm,pseudo_labels,training,published}.{md,csv}, tables/summary.{md,html}
+# summary.md / .html open with a provenance block read from results/<run>/provenance.json (written by the
+# Snakefile's onstart handler before any job runs; not an input, so a new commit reruns nothing) and the
+# systems' train_record.json files (inputs: the training-cost columns and the commit / config checks).
 #   plots/{det,labels,training,scores}.png
 # After a run:  snakemake --report results/<run>/report.html  (tables and plots, captions in report/)
 #
@@ -11,7 +14,7 @@
 report: "../report/workflow.rst"
 
 
-REPORT_TABLES = ["main", "ablations", "wavlm", "pseudo_labels", "published"]  # = ssrl.tables.TABLE_NAMES
+REPORT_TABLES = ["main", "ablations", "wavlm", "pseudo_labels", "training", "published"]  # = ssrl.tables.TABLE_NAMES
 REPORT_PLOTS = ["det", "labels", "training", "scores"]  # = ssrl.tables.PLOT_NAMES
 
 
@@ -32,12 +35,14 @@ REPORT_SYSTEMS = [
 ]
 
 # Each system's files (the run spec of ssrl.tables): metrics, det, scores per trial list; train_log;
-# k-means quality (DINO, iterative rounds); label_log (systems trained with online pseudo labels).
+# train_record (cost, provenance); k-means quality (DINO, iterative rounds); label_log (systems trained
+# with online pseudo labels).
 _REPORT_FILES = {}
 for _s in REPORT_SYSTEMS:
     _REPORT_FILES[_s["name"]] = {
         **{key: {t: score_path(_s["name"], t, key) for t in TRIAL_LISTS} for key in ("metrics", "det", "scores")},
         "train_log": sys_path(_s["name"], "train_log.tsv"),
+        "train_record": sys_path(_s["name"], "train_record.json"),
     }
     if _s["kind"] in ("dino", "iterative"):
         _REPORT_FILES[_s["name"]]["quality"] = kmeans_path(_s["name"], "quality.json")
@@ -47,10 +52,11 @@ for _s in REPORT_SYSTEMS:
 # Run specs of the two rules, each naming only the files that rule declares as inputs.
 _TABLES_SPEC, _PLOTS_SPEC = (
     {"run": config["run"], "k": config["kmeans"]["k"], "trial_lists": list(TRIAL_LISTS),
-     "compare": dict(config["tables"]["compare"]),
+     "compare": dict(config["tables"]["compare"]), "provenance": run_path(_provenance.PROVENANCE_FILE),
      "systems": [{**s, "files": {k: v for k, v in _REPORT_FILES[s["name"]].items() if k in kinds}}
                  for s in REPORT_SYSTEMS]}
-    for kinds in (("metrics", "quality", "label_log"), ("metrics", "det", "scores", "train_log", "quality", "label_log"))
+    for kinds in (("metrics", "quality", "label_log", "train_record"),
+                  ("metrics", "det", "scores", "train_log", "quality", "label_log"))
 )
 _TABLES_INPUTS, _PLOTS_INPUTS = (
     [path for s in spec["systems"] for value in s["files"].values()

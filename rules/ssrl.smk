@@ -4,6 +4,7 @@
 #   <system>/train_log.tsv   `step` rows every train.log_every steps, `epoch` rows (means, live classes, EER)
 #   <system>/label_log.tsv   per epoch: phase, relabelled/replaced, live classes, label NMI/accuracy/purity,
 #                            p_clean > 0.5 as a clean-label detector (TP/FP/TN/FN), loss, acc, teacher EER
+#   <system>/train_record.json  cost and provenance of the training job (ssrl.train.cost)
 # <system> is `ssrl` or an ablation name (config ablations: name -> overrides of the ssrl section).
 # Inputs: the DINO model (encoder = its EMA teacher) and its k-means labels + centers; the training
 # utt2spk is read for the label log only. <system>/ckpt/ (a params value, not an output) holds the
@@ -34,6 +35,7 @@ rule ssrl_train:
         model=sys_path("{system}", "model.pt"),
         log=sys_path("{system}", "train_log.tsv"),
         label_log=sys_path("{system}", "label_log.tsv"),
+        record=sys_path("{system}", "train_record.json"),
     params:
         hparams=lambda wildcards: as_json(ssrl_stage_hparams(**ABLATIONS.get(wildcards.system, {}))),
         ckpt=lambda wildcards: sys_path(wildcards.system, "ckpt"),
@@ -54,7 +56,7 @@ rule ssrl_train:
         " --init-model {input.init:q} --labels {input.labels:q} --centers {input.centers:q}"
         " --augment-dir {params.augment_dir:q} --val-scp {input.val_scp:q} --val-trials {input.val_trials:q}"
         " --utt2spk {input.utt2spk:q} --ckpt-dir {params.ckpt:q} --model-out {output.model:q}"
-        " --log-out {output.log:q} --label-log-out {output.label_log:q} --hparams {params.hparams:q}"
+        " --log-out {output.log:q} --label-log-out {output.label_log:q} --record-out {output.record:q} --hparams {params.hparams:q}"
         " > {log:q} 2>&1"
 
 

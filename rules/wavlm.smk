@@ -9,9 +9,10 @@
 #                continued with WavLM trained too: E_fix = 0, one cosine lr * lr_update_start -> lr * lr_final;
 #                the student's WavLM in train mode (the checkpoint's dropouts, layer drop, feature_grad_mult),
 #                the teacher's forward in eval mode; EMA decay constant (wavlm.ft ema_start = ema_end)
-# Each writes <system>/model.pt, train_log.tsv, label_log.tsv; <system>/ckpt/ (a params value) holds the
-# resumable checkpoints. Extraction (rules/embed.smk) keeps the first extract.max_seconds_wavlm seconds of
-# every file for these systems (the model file's arch says WavLM), and scoring is as for every system.
+# Each writes <system>/model.pt, train_log.tsv, label_log.tsv, train_record.json (cost, provenance);
+# <system>/ckpt/ (a params value) holds the resumable checkpoints. Extraction (rules/embed.smk) keeps the
+# first extract.max_seconds_wavlm seconds of every file for these systems (the model file's arch says
+# WavLM), and scoring is as for every system.
 #
 # Hyper-parameters: every step starts from the ssrl section (+ quirk Q1) overridden by wavlm.<step>;
 # step 1 leaves out the ssrl keys that act only in label updates or on a teacher. The keys that make a
@@ -52,8 +53,8 @@ _WAVLM_SHELL = (
     train_command("train_ssrl.py") + " --system {params.system} --train-scp {input.wav_scp:q} {params.init}"
     " --augment-dir {params.augment_dir:q} --val-scp {input.val_scp:q} --val-trials {input.val_trials:q}"
     " --utt2spk {input.utt2spk:q} --ckpt-dir {params.ckpt:q} --model-out {output.model:q}"
-    " --log-out {output.log:q} --label-log-out {output.label_log:q} --hparams {params.hparams:q}"
-    " > {log:q} 2>&1"
+    " --log-out {output.log:q} --label-log-out {output.label_log:q} --record-out {output.record:q}"
+    " --hparams {params.hparams:q} > {log:q} 2>&1"
 )
 # Inputs of every step: training list (+ truth for the label log only), augmentation, validation.
 _WAVLM_COMMON_INPUT = {
@@ -102,6 +103,7 @@ if WAVLM["enabled"]:
             model=sys_path("wavlm_step1", "model.pt"),
             log=sys_path("wavlm_step1", "train_log.tsv"),
             label_log=sys_path("wavlm_step1", "label_log.tsv"),
+            record=sys_path("wavlm_step1", "train_record.json"),
         params:
             system="wavlm_step1",
             hparams=as_json(wavlm_hparams("step1")),
@@ -128,6 +130,7 @@ if WAVLM["enabled"]:
             model=sys_path("wavlm_step2", "model.pt"),
             log=sys_path("wavlm_step2", "train_log.tsv"),
             label_log=sys_path("wavlm_step2", "label_log.tsv"),
+            record=sys_path("wavlm_step2", "train_record.json"),
         params:
             system="wavlm_step2",
             hparams=as_json(wavlm_hparams("step2")),
@@ -154,6 +157,7 @@ if WAVLM["enabled"]:
             model=sys_path("wavlm_ft", "model.pt"),
             log=sys_path("wavlm_ft", "train_log.tsv"),
             label_log=sys_path("wavlm_ft", "label_log.tsv"),
+            record=sys_path("wavlm_ft", "train_record.json"),
         params:
             system="wavlm_ft",
             hparams=as_json(wavlm_hparams("ft")),

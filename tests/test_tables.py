@@ -15,8 +15,10 @@ import yaml
 
 from conftest import REPO, TINY_CONFIG, deep_update, run_snakemake, write_config
 from ssrl.fileio import write_json
-from ssrl.tables import (PLOT_NAMES, TABLE_NAMES, TablesError, build_tables, format_overrides, load_run,
-                         make_plots, read_label_log, read_metrics, read_published, to_markdown, write_tables)
+from ssrl.provenance import STAMP_ENV
+from ssrl.tables import (COST_COLUMNS, PLOT_NAMES, TABLE_NAMES, TablesError, build_tables, format_overrides,
+                         load_run, make_plots, provenance_lines, provenance_warnings, read_label_log, read_metrics,
+                         read_published, read_train_record, to_markdown, write_tables)
 
 PUBLISHED = REPO / "config" / "published.yaml"
 LABEL_LOG_HEADER = ["epoch", "phase", "relabelled", "replaced", "live_classes", "changed", "nmi", "accuracy",
@@ -64,6 +66,23 @@ def label_log_rows(nmi0: float, truth: bool = True) -> list[dict]:
 
 
 LABEL_LOGS = {"ssrl": 0.7201, "ssrl_no_nlm": 0.7052, "wavlm_step2": 0.6501, "wavlm_ft": 0.6602}
+# train_record.json: optimiser steps, global batch, CPU-seconds per system (distinct, recognisable)
+TRAIN = {"dino": (100, 16, 301.5), "iter_r1": (40, 32, 120.25), "iter_r2": (40, 32, 130.5), "ssrl": (80, 32, 250.75),
+         "ssrl_no_nlm": (80, 32, 240.125), "wavlm_step1": (30, 8, 90.5), "wavlm_step2": (20, 8, 60.25),
+         "wavlm_ft": (10, 8, 45.0)}
+STAMP = {"commit": "0123456789abcdef0123456789abcdef01234567", "dirty": False, "diff_sha256": None,
+         "config_hash": "aaaaaaaaaaaaaaaa"}
+
+
+def train_record(name: str, gpu: bool = False, **stamp) -> dict:
+    """A train_record.json as ssrl.train.cost writes it."""
+    steps, batch, cpu = TRAIN.get(name, (50, 32, 200.0))
+    return {"stage": name, "optimiser_steps": steps, "global_batch": batch, "examples_seen": steps * batch,
+            "epochs": 2, "steps_per_epoch": steps // 2, "processes": 2 if gpu else 1, "device": "cuda" if gpu else "cpu",
+            "device_name": "NVIDIA H100" if gpu else "Some CPU", "threads_per_process": 1, "wall_s": cpu / 2,
+            "cpu_s": cpu, "gpu_s": cpu / 4 if gpu else None, "peak_rss_bytes": 3 * 2**29,
+            "peak_gpu_bytes": 2**30 if gpu else None, "attempts": 1, "finished": "2026-12-02T14:00:00Z",
+            **{**STAMP, **stamp}}
 
 
 def table_and_kind(name: str) -> tuple[str, str]:
@@ -84,14 +103,17 @@ def write_tsv(path: Path, rows: list[dict], columns: list[str]) -> None:
 
 
 def fabricate(root: Path, systems=tuple(METRICS), trial_lists=("demo",), k: int = 8, checkpoint=None,
-              compare=None, label_truth: bool = True, overrides=None) -> dict:
+              compare=None, label_truth: bool = True, overrides=None, stamps=None, gpu: bool = False) -> dict:
     """Write the pipeline's files for ``systems`` under ``root`` (the results/<run>/ layout) and
-    return the run spec that names them."""
+    return the run spec that names them; ``stamps``: system -> stamp keys of its train_record.json
+    (default :data:`STAMP`); ``gpu``: the records say CUDA."""
     rng = np.random.default_rng(0)
     spec_systems = []
     for name in systems:
         table, kind = table_and_kind(name)
-        files = {"metrics": {}, "det": {}, "scores": {}, "train_log": str(root / name / "train_log.tsv")}
+        files = {"metrics": {}, "det": {}, "scores": {}, "train_log": str(root / name / "train_log.tsv"),
+                 "train_record": str(root / name / "train_record.json")}
+        write_json(files["train_record"], train_record(name, gpu, **(stamps or {}).get(name, {})))
         eer, dcf1, dcf5 = METRICS.get(name, (0.0471, 0.3901, 0.2502))
         for t in trial_lists:
             n_t, n_n = 40, 60
@@ -183,9 +205,10 @@ def test_markdown_formats_numbers_consistently(demo_spec):
     assert "EER in %" in md and "P_target 0.01 and 0.05" in md and "demo: 100 trials (40 target, 60 non-target)" in md
     dino = next(line for line in md.splitlines() if line.startswith("| dino |"))
     cells = [c.strip() for c in dino.strip("|").split("|")]
-    # system, what, EER % (2 decimals), minDCF 0.01 / 0.05 (4 decimals), clusters, NMI (4 decimals), published x4
-    assert cells[2:7] == ["5.23", "0.4100", "0.2875", "8", "0.7123"]
-    assert cells[7:] == ["", "", "", ""]
+    # system, what, EER % (2 decimals), minDCF 0.01 / 0.05 (4 decimals), clusters, NMI (4 decimals),
+    # train steps x batch, train CPU-s (1 decimal; no GPU column on CPU), published x4
+    assert cells[2:9] == ["5.23", "0.4100", "0.2875", "8", "0.7123", "1600", "301.5"]
+    assert cells[9:] == ["", "", "", ""]
     iter2 = next(line for line in md.splitlines() if line.startswith("| iter_r2 |"))
     assert [c.strip() for c in iter2.strip("|").split("|")][6] == ""       # blank NMI, not 'nan'
     assert "nan" not in md.lower().replace("nmi", "")
@@ -239,6 +262,13 @@ def test_no_number_is_invented(tmp_path):
             collect(json.loads(Path(s["files"]["quality"]).read_text()))
         if "label_log" in s["files"]:
             allowed.update(pd.read_csv(s["files"]["label_log"], sep="\t").select_dtypes("number").stack().tolist())
+        record = json.loads(Path(s["files"]["train_record"]).read_text())
+        collect(record)
+        allowed.add(record["peak_rss_bytes"] / 2**20)
+    # the training cost of a chain is a sum (tables.COST_RULE): iterative rounds 1..r, WavLM steps 1..s
+    for chain in (("iter_r1", "iter_r2"), ("wavlm_step1", "wavlm_step2"), ("wavlm_step1", "wavlm_step2", "wavlm_ft")):
+        allowed.add(float(sum(TRAIN[n][0] * TRAIN[n][1] for n in chain)))
+        allowed.add(sum(TRAIN[n][2] for n in chain))
     collect(yaml.safe_load(PUBLISHED.read_text()))
     out = tmp_path / "tables"
     write_tables(build_tables(load_run(spec), read_published(PUBLISHED)), out, "vox")
@@ -334,6 +364,85 @@ def test_published_file_matches_spec_section_13():
     assert set(v for v in config["tables"]["compare"].values() if v) <= set(refs)
 
 
+def test_training_cost_sums_the_chain_after_dino(demo_spec):
+    """tables.COST_RULE: iter_rN = rounds 1..N; SSRL and ablations their own stage; WavLM steps 1..s;
+    DINO only in its own row; no GPU column on CPU."""
+    tables = tables_of(demo_spec)
+    crops, cpu = COST_COLUMNS["examples"], COST_COLUMNS["cpu"]
+    expected = {"dino": ["dino"], "iter_r1": ["iter_r1"], "iter_r2": ["iter_r1", "iter_r2"], "ssrl": ["ssrl"],
+                "ssrl_no_nlm": ["ssrl_no_nlm"], "wavlm_step1": ["wavlm_step1"],
+                "wavlm_step2": ["wavlm_step1", "wavlm_step2"], "wavlm_ft": ["wavlm_step1", "wavlm_step2", "wavlm_ft"]}
+    for table in ("main", "ablations", "wavlm"):
+        t = tables[table]
+        assert COST_COLUMNS["gpu"] not in t.frame.columns
+        assert any("summed: iter_rN = rounds 1..N" in n and "DINO's cost is in its own row only" in n
+                   and "(1600 utterances, 302 CPU-s in this run)" in n for n in t.notes), table
+        for name in t.frame["system"]:
+            chain = expected[name]
+            assert row(t, name)[crops] == sum(TRAIN[n][0] * TRAIN[n][1] for n in chain), (table, name)
+            assert row(t, name)[cpu] == pytest.approx(sum(TRAIN[n][2] for n in chain), abs=1e-12), (table, name)
+    training = tables["training"]
+    assert list(training.frame["system"]) == list(METRICS)               # one row per job, its own cost
+    r = row(training, "iter_r2")
+    assert (r["optimiser steps"], r["global batch"], r["steps × batch"], r["CPU-s"]) == (40, 32, 1280, 130.5)
+    assert r["peak RSS MiB"] == 1536 and r["commit"] == "0123456789ab" and r["config hash"] == "aaaaaaaaaaaaaaaa"
+
+
+def test_gpu_seconds_column_when_a_job_ran_on_cuda(tmp_path):
+    main = tables_of(fabricate(tmp_path / "g", systems=("dino", "iter_r1", "iter_r2", "ssrl"), gpu=True))["main"]
+    assert row(main, "iter_r2")[COST_COLUMNS["gpu"]] == pytest.approx((120.25 + 130.5) / 4, abs=1e-12)
+    assert row(main, "ssrl")[COST_COLUMNS["gpu"]] == pytest.approx(250.75 / 4, abs=1e-12)
+
+
+def test_a_missing_training_record_leaves_the_chain_blank(tmp_path):
+    spec = fabricate(tmp_path / "r", systems=("dino", "iter_r1", "iter_r2", "ssrl"))
+    del spec["systems"][1]["files"]["train_record"]                      # iter_r1
+    main = tables_of(spec)["main"]
+    assert blank(row(main, "iter_r1")[COST_COLUMNS["cpu"]]) and blank(row(main, "iter_r2")[COST_COLUMNS["cpu"]])
+    assert row(main, "ssrl")[COST_COLUMNS["cpu"]] == 250.75
+
+
+def _config_store(root: Path, configs: dict) -> None:
+    for chash, cfg in configs.items():
+        write_json(root / "provenance" / f"config-{chash}.json", cfg)
+
+
+def test_tables_over_two_config_hashes_carry_a_warning(tmp_path, monkeypatch):
+    monkeypatch.delenv(STAMP_ENV, raising=False)
+    root = tmp_path / "r"
+    spec = fabricate(root, stamps={"ssrl": {"config_hash": "bbbbbbbbbbbbbbbb"}, "ssrl_no_nlm": {"config_hash": "bbbbbbbbbbbbbbbb"}})
+    _config_store(root, {"aaaaaaaaaaaaaaaa": {"run": "r", "ssrl": {"lr": 0.1, "queue_len": 3}},
+                         "bbbbbbbbbbbbbbbb": {"run": "r", "ssrl": {"lr": 0.2, "queue_len": 3}}})
+    spec["provenance"] = str(root / "provenance.json")                   # absent: the config store is still read
+    run = load_run(spec)
+    tables = build_tables(run, read_published(PUBLISHED))
+    warning = provenance_warnings(run)
+    assert len(warning) == 1 and warning[0].startswith("WARNING")
+    assert "ssrl, ssrl_no_nlm: commit 0123456789ab, config bbbbbbbbbbbbbbbb" in warning[0]
+    assert "config aaaaaaaaaaaaaaaa" in warning[0] and "ssrl.lr: 0.1 -> 0.2" in warning[0]
+    assert "queue_len" not in warning[0]
+    for t in tables:
+        assert (t.notes[:1] == warning) == (t.name != "published"), t.name
+    write_tables(tables, tmp_path / "t", "r", provenance_lines(run, "2026-12-02T15:00:00Z"))
+    summary = (tmp_path / "t" / "summary.md").read_text()
+    head = summary.split("## ")[0]
+    assert "- commit: mixed, see the warning" in head and "- config hash: mixed, see the warning" in head
+    assert "> **WARNING" in head and "ssrl.lr: 0.1 -> 0.2" in head
+    assert "WARNING" in (tmp_path / "t" / "main.md").read_text()
+    assert "<p class='warn'><b>WARNING" in (tmp_path / "t" / "summary.html").read_text()
+
+
+def test_tables_built_under_another_commit_warn(tmp_path, monkeypatch):
+    """The job building the tables (its stamp from the environment) counts as one of the files' sources."""
+    spec = fabricate(tmp_path / "r", systems=("dino", "ssrl"))
+    monkeypatch.setenv(STAMP_ENV, json.dumps({**STAMP}))
+    assert provenance_warnings(load_run(spec)) == []
+    monkeypatch.setenv(STAMP_ENV, json.dumps({**STAMP, "commit": "fedcba9876543210fedcba9876543210fedcba98"}))
+    warning = provenance_warnings(load_run(spec))
+    assert len(warning) == 1 and "dino, ssrl: commit 0123456789ab" in warning[0]
+    assert "these tables (and any scoring rerun with them): commit fedcba987654" in warning[0]
+
+
 def test_format_overrides():
     assert format_overrides({"ssrl": {"queue_len": 1, "nlm": False}, "x": None}) == \
         "ssrl.queue_len=1, ssrl.nlm=false, x=null"
@@ -372,6 +481,17 @@ def test_bad_inputs_name_the_file_and_key(tmp_path):
     with pytest.raises(TablesError, match=r"references\.x.*together"):
         read_published(bad)
 
+    record = Path(spec["systems"][1]["files"]["train_record"])
+    r = json.loads(record.read_text())
+    r["cpu_s"] = "12 s"
+    record.write_text(json.dumps(r))
+    with pytest.raises(TablesError, match=re.escape(str(record)) + r": cpu_s: expected a finite number"):
+        read_train_record(record)
+    del r["config_hash"]
+    record.write_text(json.dumps(r))
+    with pytest.raises(TablesError, match=re.escape(str(record)) + r": missing key\(s\) \['config_hash'\]"):
+        read_train_record(record)
+
     spec["systems"][0]["files"]["metrics"] = {"other": str(metrics)}
     with pytest.raises(TablesError, match=r"spec\.systems\[0\]\.files\.metrics"):
         load_run(spec)
@@ -398,6 +518,9 @@ def test_scripts(demo_spec, tmp_path, capsys):
     assert "# Results of run test" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "tables").iterdir()) == sorted(
         [f"{n}.{e}" for n in TABLE_NAMES for e in ("md", "csv")] + ["summary.md", "summary.html"])
+    summary = (tmp_path / "tables" / "summary.md").read_text()
+    assert "**Provenance**" in summary and "- commit: 0123456789ab\n" in summary
+    assert "- config hash: aaaaaaaaaaaaaaaa\n" in summary and "WARNING" not in summary
     demo_spec["compare"] = {"dino": "missing"}
     with pytest.raises(SystemExit, match="make_tables: config tables.compare.dino"):
         load_script("make_tables").main(["--spec", json.dumps(demo_spec), "--published", str(PUBLISHED),

@@ -4,6 +4,7 @@
   ssrl embed  --model M [-o out.npz] --scp wav.scp
   ssrl verify --model M A.wav B.wav               score one pair, decide at the EER threshold
   ssrl export --model M --onnx out.onnx           ECAPA system -> ONNX, checked with onnxruntime
+  ssrl compare RUN_A RUN_B                        two runs: config differences, results side by side
 
 Exit status: 0 on success (verify: whether the decision is accept or reject;
 read it from the output), 1 on an error (bad or missing input, no threshold,
@@ -98,6 +99,20 @@ def _finite_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
     return value
 
+COMPARE_HELP = """\
+Compare two runs of the workflow: how they were made and what came out.
+
+RUN_A and RUN_B are run folders (results/<run>, holding provenance.json) or run
+names (looked up as results/<name>). Printed: both runs' commit, config hash, dates,
+profile and hardware (from provenance.json); every config key whose value differs
+(dotted keys, A -> B, after all --configfile merges); differing software versions;
+then, for the main, ablations and WavLM tables (tables/<table>.csv), each system's
+EER, minDCF, label quality and training cost in A and B, with B - A.
+
+example:
+  ssrl compare results/demo /scratch/other_checkout/results/demo
+"""
+
 
 def _add_model_options(p: argparse.ArgumentParser, device: bool = True) -> None:
     p.add_argument("--model", "-m", required=True, metavar="MODEL.pt",
@@ -113,7 +128,7 @@ def _add_model_options(p: argparse.ArgumentParser, device: bool = True) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``ssrl`` argument parser (subcommands embed, verify, export)."""
+    """The ``ssrl`` argument parser (subcommands embed, verify, export, compare)."""
     ap = argparse.ArgumentParser(prog="ssrl", description=__doc__, epilog=EPILOG,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--version", action="version", version=f"ssrl {__version__}")
@@ -156,6 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=_positive_int, default=None, metavar="N",
                    help="ONNX opset version, 11 to 20 (default: 17)")
     p.set_defaults(handler=_cmd_export, parser=p)
+
+    p = sub.add_parser("compare", help="two runs: config differences and results side by side",
+                       description=COMPARE_HELP, formatter_class=raw)
+    p.add_argument("run_a", metavar="RUN_A", help="run folder (results/<run>) or run name")
+    p.add_argument("run_b", metavar="RUN_B", help="run folder (results/<run>) or run name")
+    p.set_defaults(handler=_cmd_compare, parser=p)
     return ap
 
 
@@ -239,6 +260,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
     shapes = ", ".join(f"({b}, {n})" for b, n in report.shapes)
     print(f"ssrl export: wrote {report.path} (opset {report.opset}); onnxruntime vs PyTorch: max abs "
           f"difference {report.max_abs_diff:.3g} on inputs {shapes}")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare_runs
+
+    print(compare_runs(args.run_a, args.run_b), end="")
     return 0
 
 

@@ -2,28 +2,36 @@
 
 Inputs (under ``results/<run>/``, see docs/internals.md): per system
 ``metrics/<list>.json`` (EER as a fraction, minDCF at P_target 0.01 / 0.05, trial
-counts), ``scores/<list>.tsv`` and ``.det.tsv``, ``train_log.tsv``; k-means
-``quality.json`` of DINO and the iterative rounds; ``label_log.tsv`` of the SSRL
-systems; and a YAML file of published reference numbers (``config/published.yaml``).
+counts), ``scores/<list>.tsv`` and ``.det.tsv``, ``train_log.tsv``, ``train_record.json``
+(cost and provenance of the training job, ssrl.train.cost); k-means ``quality.json`` of
+DINO and the iterative rounds; ``label_log.tsv`` of the SSRL systems; a YAML file of
+published reference numbers (``config/published.yaml``); and the run's ``provenance.json``
+with its config store ``provenance/`` (ssrl.provenance; read when present, never an input
+of a rule).
 
 A *run spec* (a JSON-able dict, built by rules/report.smk) says which systems exist
 and where their files are::
 
     {"run": "demo", "k": 62, "trial_lists": ["demo"],
      "compare": {"dino": "sslsv_dino_ecapa_c1024", ...},      # system -> published id (or null)
+     "provenance": "results/demo/provenance.json",            # optional
      "systems": [{"name": "dino", "table": "main", "kind": "dino",
                   "files": {"metrics": {"demo": path}, "det": {...}, "scores": {...},
-                            "train_log": path, "quality": path, "label_log": path}}, ...]}
+                            "train_log": path, "train_record": path, "quality": path,
+                            "label_log": path}}, ...]}
 
 ``table`` is ``main`` | ``ablations`` | ``wavlm``; ``kind`` one of :data:`KINDS`;
 ``iterative`` systems carry ``round``, ``ablation`` systems ``overrides`` (the config
 overrides of SSRL), WavLM systems ``checkpoint`` (null: randomly initialised front-end).
 
 Tables (:func:`build_tables`): ``main``, ``ablations``, ``wavlm``, ``pseudo_labels``,
-``published``; each a :class:`Table` (a DataFrame with full-precision numbers, blank
-(NaN/None) where unknown) written as Markdown and CSV (:func:`write_tables`), plus
-``summary.md`` / ``summary.html`` holding them all. Numbers are copied from the inputs
-(EER converted to %), never computed from anything else. Plots (:func:`make_plots`):
+``training``, ``published``; each a :class:`Table` (a DataFrame with full-precision numbers,
+blank (NaN/None) where unknown) written as Markdown and CSV (:func:`write_tables`), plus
+``summary.md`` / ``summary.html`` holding them all after a provenance block
+(:func:`provenance_lines`; a warning when the files come from different commits or configs,
+:func:`provenance_warnings`). Numbers are copied from the inputs (EER converted to %, bytes
+to MiB), never computed from anything else, except the training cost of a chain of jobs,
+summed as :data:`COST_RULE` says. Plots (:func:`make_plots`):
 ``det.png``, ``labels.png``, ``training.png``, ``scores.png``; matplotlib's Agg
 renderer through :class:`matplotlib.figure.Figure` (no pyplot, no global backend).
 """
@@ -34,6 +42,7 @@ import html
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -47,8 +56,10 @@ from scipy.special import ndtri
 
 from .fileio import atomic_open, atomic_path, read_json
 from .progress import Progress
+from .provenance import (STAMP_KEYS, config_diff, format_value, hardware_line, job_stamp, now_iso, read_provenance,
+                         stored_config)
 
-TABLE_NAMES = ("main", "ablations", "wavlm", "pseudo_labels", "published")
+TABLE_NAMES = ("main", "ablations", "wavlm", "pseudo_labels", "training", "published")
 """File stems of the tables written by :func:`write_tables` (besides ``summary.md`` / ``.html``)."""
 
 PLOT_NAMES = ("det", "labels", "training", "scores")
@@ -60,6 +71,9 @@ METRIC_KEYS = ("eer", "min_dcf_0.01", "min_dcf_0.05", "n_trials", "n_target", "n
 LABEL_LOG_COLUMNS = ("epoch", "phase", "live_classes", "nmi", "accuracy", "purity")
 TRAIN_LOG_COLUMNS = ("kind", "epoch", "step", "lr", "loss")
 REFERENCE_KEYS = ("system", "trials", "eer_percent", "min_dcf", "p_target", "source")
+TRAIN_RECORD_NUMBERS = ("optimiser_steps", "global_batch", "examples_seen", "processes", "wall_s", "cpu_s",
+                        "peak_rss_bytes", "attempts")
+TRAIN_RECORD_KEYS = (*TRAIN_RECORD_NUMBERS, "device", "gpu_s", "peak_gpu_bytes", *STAMP_KEYS)
 TRIAL_LIST_NAMES = {"vox1_o": "VoxCeleb1-O, cleaned", "vox1_e": "VoxCeleb1-E, cleaned",
                     "vox1_h": "VoxCeleb1-H, cleaned"}
 
@@ -69,6 +83,8 @@ _FORMATS: dict[str, Callable[[Any], str]] = {
     "dcf": lambda v: f"{v:.4f}",
     "frac": lambda v: f"{v:.4f}",
     "g": lambda v: f"{v:g}",
+    "int": lambda v: f"{int(v)}",
+    "one": lambda v: f"{v:.1f}",
     # published EER %: as reported, but at least 2 decimals (1.8 -> 1.80, 2.627 stays)
     "pub_eer": lambda v: f"{v:.{max(2, len(repr(float(v)).partition('.')[2]))}f}",
 }
@@ -123,6 +139,22 @@ def read_quality(path: str | os.PathLike) -> dict[str, Any]:
         if key in q:
             _number(q[key], f"{path}: {key}")
     return q
+
+
+def read_train_record(path: str | os.PathLike) -> dict[str, Any]:
+    """A ``<system>/train_record.json`` of the trainer (ssrl.train.cost): :data:`TRAIN_RECORD_KEYS`,
+    numbers checked (``gpu_s`` / ``peak_gpu_bytes`` null on CPU; stamp keys null when unknown)."""
+    r = _read_json(path)
+    if not isinstance(r, dict):
+        raise TablesError(f"{path}: expected a JSON object, got {type(r).__name__}")
+    missing = [k for k in TRAIN_RECORD_KEYS if k not in r]
+    if missing:
+        raise TablesError(f"{path}: missing key(s) {missing}")
+    for key in TRAIN_RECORD_NUMBERS:
+        _number(r[key], f"{path}: {key}")
+    for key in ("gpu_s", "peak_gpu_bytes"):
+        _number(r[key], f"{path}: {key}", allow_none=True)
+    return r
 
 
 def _read_tsv(path: str | os.PathLike, required: Sequence[str]) -> pd.DataFrame:
@@ -253,7 +285,8 @@ def read_published(path: str | os.PathLike) -> dict[str, Reference]:
 @dataclass
 class SystemData:
     """One trained system's results: ``metrics`` (trial list -> metrics dict), the k-means
-    ``quality`` of its embeddings (DINO, iterative rounds) and its ``label_log`` (SSRL systems)."""
+    ``quality`` of its embeddings (DINO, iterative rounds), its ``label_log`` (SSRL systems) and
+    the ``record`` of its training job (train_record.json: cost and provenance)."""
 
     name: str
     table: str
@@ -262,6 +295,7 @@ class SystemData:
     files: dict[str, Any]
     quality: dict[str, Any] | None = None
     label_log: pd.DataFrame | None = None
+    record: dict[str, Any] | None = None
     round: int | None = None
     overrides: dict[str, Any] | None = None
     checkpoint: str | None = None
@@ -281,6 +315,10 @@ class SystemData:
                 "wavlm_step2": "SSRL from step 1, WavLM frozen",
                 "wavlm_ft": "step 2 continued, WavLM fine-tuned"}[self.kind]
 
+    def stamp(self) -> tuple[Any, ...] | None:
+        """(commit, dirty, diff hash, config hash) its training job recorded; None without a record."""
+        return None if self.record is None else tuple(self.record.get(k) for k in STAMP_KEYS)
+
     def labels(self) -> dict[str, float | None] | None:
         """Quality of the pseudo labels this system yields: k-means on its embeddings (DINO,
         iterative rounds) or its final online labels (SSRL systems); None when it yields none.
@@ -296,14 +334,19 @@ class SystemData:
 
 @dataclass
 class RunData:
-    """Everything the tables need: run name, K, trial lists, systems in table order, and the
-    ``compare`` mapping (system -> published reference id or None)."""
+    """Everything the tables need: run name, K, trial lists, systems in table order, the
+    ``compare`` mapping (system -> published reference id or None), the run's ``provenance``
+    record (provenance.json; None when absent) and its folder ``run_dir`` (for the config store),
+    and the ``stamp`` of the job building the tables (ssrl.provenance.job_stamp)."""
 
     run: str
     k: int
     trial_lists: list[str]
     systems: list[SystemData]
     compare: dict[str, str | None] = field(default_factory=dict)
+    provenance: dict[str, Any] | None = None
+    run_dir: Path | None = None
+    stamp: dict[str, Any] = field(default_factory=lambda: dict.fromkeys(STAMP_KEYS))
 
     def system(self, name: str) -> SystemData | None:
         return next((s for s in self.systems if s.name == name), None)
@@ -352,6 +395,8 @@ def validate_spec(spec: Mapping[str, Any]) -> None:
             raise TablesError(f"spec.{key}: expected {kind.__name__}, got {spec.get(key)!r}")
     if not spec["trial_lists"]:
         raise TablesError("spec.trial_lists: empty")
+    if spec.get("provenance") is not None and not isinstance(spec["provenance"], str):
+        raise TablesError(f"spec.provenance: expected the path of provenance.json, got {spec['provenance']!r}")
     names = set()
     for i, s in enumerate(spec["systems"]):
         where = f"spec.systems[{i}]"
@@ -376,7 +421,9 @@ def validate_spec(spec: Mapping[str, Any]) -> None:
 
 
 def load_run(spec: Mapping[str, Any]) -> RunData:
-    """Read the metrics, k-means quality and label logs named by a run spec (module docstring)."""
+    """Read the metrics, k-means quality, label logs and training records named by a run spec
+    (module docstring), the run's provenance.json (spec ``provenance``, when it exists) and the
+    stamp of this job (environment)."""
     validate_spec(spec)
     systems = []
     for s in spec["systems"]:
@@ -388,10 +435,18 @@ def load_run(spec: Mapping[str, Any]) -> RunData:
             metrics={t: read_metrics(files["metrics"][t]) for t in spec["trial_lists"]},
             quality=read_quality(files["quality"]) if files.get("quality") else None,
             label_log=read_label_log(files["label_log"]) if files.get("label_log") else None,
+            record=read_train_record(files["train_record"]) if files.get("train_record") else None,
             round=s.get("round"), overrides=s.get("overrides"), checkpoint=s.get("checkpoint"),
         ))
+    run_dir = Path(spec["provenance"]).parent if spec.get("provenance") else None
+    record = None
+    if run_dir is not None and Path(spec["provenance"]).exists():
+        try:
+            record = read_provenance(run_dir)
+        except ValueError as exc:
+            raise TablesError(str(exc)) from None
     return RunData(run=spec["run"], k=spec["k"], trial_lists=list(spec["trial_lists"]), systems=systems,
-                   compare=dict(spec["compare"]))
+                   compare=dict(spec["compare"]), provenance=record, run_dir=run_dir, stamp=job_stamp())
 
 
 # ---------------------------------------------------------------------------------------
@@ -522,6 +577,172 @@ def _published_notes(run: RunData, references: Mapping[str, Reference], unmatche
     return notes
 
 
+COST_COLUMNS = {"examples": "train steps × batch", "cpu": "train CPU-s", "gpu": "train GPU-s"}
+_COST_FORMATS = {COST_COLUMNS["examples"]: "int", COST_COLUMNS["cpu"]: "one", COST_COLUMNS["gpu"]: "one"}
+COST_RULE = ("Training cost (train steps × batch: optimiser steps × global batch, the utterances drawn for "
+             "training, one batch item each (DINO cuts several crops of each); "
+             "train CPU-s: CPU-seconds of the training processes from their start, imports and DataLoader workers "
+             "included; train GPU-s: processes × wall seconds on CUDA, blank on CPU): the training jobs of the "
+             "system's chain after DINO, summed: iter_rN = rounds 1..N, SSRL and each ablation = its own stage, "
+             "wavlm_step2 = steps 1-2, wavlm_ft = steps 1, 2 and 2-ft. DINO's cost is in its own row only: every "
+             "other system starts from the same DINO model{dino}. Not counted: embedding extraction and k-means "
+             "(also those between iterative rounds), scoring. Source: <system>/train_record.json, written by the "
+             "trainer (table 'training' lists each job).")
+
+
+def cost_chain(run: RunData, system: SystemData) -> list[SystemData]:
+    """The systems whose training jobs make up ``system``'s training cost (:data:`COST_RULE`): the
+    iterative rounds 1..r for round r, WavLM steps 1..this step, else the system itself."""
+    if system.kind == "iterative":
+        return sorted((s for s in run.systems if s.kind == "iterative" and s.round <= system.round),
+                      key=lambda s: s.round)
+    if system.kind in ("wavlm_step2", "wavlm_ft"):
+        steps = ("wavlm_step1", "wavlm_step2", "wavlm_ft")
+        upto = steps[:steps.index(system.kind) + 1]
+        return [s for s in run.systems if s.kind in upto]
+    return [system]
+
+
+def _has_gpu(run: RunData) -> bool:
+    return any(s.record is not None and s.record["gpu_s"] is not None for s in run.systems)
+
+
+def _cost_columns(run: RunData) -> list[str]:
+    """The cost columns of the system tables: GPU-seconds only when some job ran on CUDA."""
+    return [COST_COLUMNS["examples"], COST_COLUMNS["cpu"], *([COST_COLUMNS["gpu"]] if _has_gpu(run) else [])]
+
+
+def _cost_cells(run: RunData, system: SystemData) -> dict[str, Any]:
+    """Summed cost of ``system``'s chain (:func:`cost_chain`); blank when a job of it has no record."""
+    chain = cost_chain(run, system)
+    records = [s.record for s in chain]
+    if any(r is None for r in records):
+        return dict.fromkeys(_cost_columns(run))
+    gpu = [r["gpu_s"] for r in records if r["gpu_s"] is not None]
+    cells = {COST_COLUMNS["examples"]: sum(int(r["examples_seen"]) for r in records),
+             COST_COLUMNS["cpu"]: sum(float(r["cpu_s"]) for r in records)}
+    if _has_gpu(run):
+        cells[COST_COLUMNS["gpu"]] = sum(gpu) if gpu else None
+    return cells
+
+
+def _cost_note(run: RunData) -> str:
+    dino = run.system("dino")
+    text = ""
+    if dino is not None and dino.record is not None:
+        text = (f" ({int(dino.record['examples_seen'])} utterances, {float(dino.record['cpu_s']):.0f} CPU-s "
+                f"in this run)")
+    return COST_RULE.format(dino=text)
+
+
+def _short(commit: str | None, dirty: bool | None, diff: str | None) -> str:
+    """``1c209feb30a2`` or ``1c209feb30a2 + uncommitted changes (diff 84f26926c70d)``; ``unknown``."""
+    if commit is None:
+        return "unknown"
+    return commit[:12] + (f" + uncommitted changes (diff {diff[:12]})" if dirty and diff else "")
+
+
+def training_table(run: RunData) -> Table:
+    """Each training job as its train_record.json gives it: cost, device, and the commit and config
+    hash it ran under."""
+    rows = []
+    for s in run.systems:
+        r = s.record
+        if r is None:
+            continue
+        rows.append({"system": s.name, "optimiser steps": r["optimiser_steps"], "global batch": r["global_batch"],
+                     "steps × batch": r["examples_seen"], "processes": r["processes"],
+                     "device": f"{r['device']}: {r.get('device_name', '')}".rstrip(": "),
+                     "wall s": r["wall_s"], "CPU-s": r["cpu_s"], "GPU-s": r["gpu_s"],
+                     "peak RSS MiB": r["peak_rss_bytes"] / 2**20,
+                     "peak GPU MiB": None if r["peak_gpu_bytes"] is None else r["peak_gpu_bytes"] / 2**20,
+                     "attempts": r["attempts"], "commit": _short(r["commit"], r["dirty"], r["diff_sha256"]),
+                     "config hash": r["config_hash"] or "unknown"})
+    columns = ["system", "optimiser steps", "global batch", "steps × batch", "processes", "device", "wall s", "CPU-s",
+               "GPU-s", "peak RSS MiB", "peak GPU MiB", "attempts", "commit", "config hash"]
+    frame = _system_frame(rows, columns, ["optimiser steps", "global batch", "steps × batch", "processes", "attempts"])
+    notes = ["One row per training job, its own cost only (the system tables sum the jobs of a chain). wall s / "
+             "CPU-s / GPU-s count from each training process's start (imports included) to its model file; a job "
+             "stopped and resumed adds its earlier attempts up to their last checkpoint (attempts). peak RSS: the "
+             "largest training process without its DataLoader workers; peak GPU: torch's peak allocation on one "
+             "GPU. Source: <system>/train_record.json; Snakemake's own measurements of each job (sampled) are in "
+             "results/<run>/benchmarks/."]
+    if not rows:
+        notes.insert(0, "No training records (train_record.json) were found.")
+    return Table("training", "Training jobs: cost and provenance",
+                 "Per training job: optimiser steps, global batch (over all processes), processes, device, seconds, "
+                 "peak memory, and the commit and config hash it ran under (results/<run>/provenance/).",
+                 frame, {"wall s": "one", "CPU-s": "one", "GPU-s": "one", "peak RSS MiB": "one",
+                         "peak GPU MiB": "one"}, notes)
+
+
+# ---------------------------------------------------------------------------------------
+# provenance of the tables
+
+
+def _stamp_text(stamp: Sequence[Any]) -> str:
+    commit, dirty, diff, chash = stamp
+    return f"commit {_short(commit, dirty, diff)}, config {chash or 'unknown'}"
+
+
+def provenance_warnings(run: RunData) -> list[str]:
+    """Warnings when the tables' files come from more than one (commit, uncommitted diff, config
+    hash): the training records of the systems and the job building the tables (when known),
+    grouped, with the config keys that differ (from the run's config store)."""
+    groups: dict[tuple[Any, ...], list[str]] = {}
+    for s in run.systems:
+        if s.record is not None:
+            groups.setdefault(s.stamp(), []).append(s.name)
+    tables_stamp = tuple(run.stamp.get(k) for k in STAMP_KEYS)
+    if tables_stamp[0] is not None or tables_stamp[3] is not None:
+        groups.setdefault(tables_stamp, []).append("these tables (and any scoring rerun with them)")
+    if len(groups) <= 1:
+        return []
+    parts = [f"{', '.join(names)}: {_stamp_text(stamp)}" for stamp, names in groups.items()]
+    text = ("WARNING: these tables combine files made by different code or configurations (they are not one "
+            "experiment): " + "; ".join(parts) + ".")
+    hashes = list(dict.fromkeys(stamp[3] for stamp in groups if stamp[3] is not None))
+    if len(hashes) > 1 and run.run_dir is not None:
+        base = stored_config(run.run_dir, hashes[0])
+        for other in hashes[1:]:
+            cfg = stored_config(run.run_dir, other)
+            if base is None or cfg is None:
+                text += f" Config {hashes[0]} vs {other}: not both in {run.run_dir}/provenance/."
+                continue
+            diff = config_diff(base, cfg)
+            shown = "; ".join(f"{k}: {format_value(a)} -> {format_value(b)}" for k, a, b in diff[:12])
+            more = f" (and {len(diff) - 12} more)" if len(diff) > 12 else ""
+            text += f" Config {hashes[0]} -> {other}: {shown}{more}."
+    return [text]
+
+
+def provenance_lines(run: RunData, built: str) -> list[str]:
+    """The provenance block opening summary.md / summary.html (Markdown lines): commit, config hash,
+    hardware, dates, the reproduce command, and :func:`provenance_warnings`."""
+    stamps = {s.stamp() for s in run.systems if s.record is not None}
+    p = run.provenance or {}
+    if len(stamps) == 1:
+        commit, dirty, diff, chash = next(iter(stamps))
+    else:                                       # no training records: the run's record (or unknown)
+        commit, dirty, diff, chash = (p.get(k) for k in STAMP_KEYS)
+    where = f"results/{run.run}/provenance.json" if p else "no provenance.json (tables built outside the workflow)"
+    mixed = "mixed, see the warning"
+    lines = [f"**Provenance** ({where}; per training job: <system>/train_record.json, table 'training'; two runs: "
+             f"`ssrl compare RUN_A RUN_B`)", "",
+             f"- commit: {mixed if len(stamps) > 1 else _short(commit, dirty, diff)}",
+             f"- config hash: {mixed if len(stamps) > 1 else chash or 'unknown'}"]
+    if p.get("hardware"):
+        lines.append(f"- hardware: {hardware_line(p['hardware'])} (the machine running Snakemake; "
+                     f"training devices in table 'training')")
+    started = f"run started {p['started']}, " if p.get("started") else ""
+    lines.append(f"- date: {started}tables built {built}")
+    if p.get("reproduce"):
+        at = f", at commit {_short(p['commit'], p.get('dirty'), p.get('diff_sha256'))}" if p.get("commit") else ""
+        lines.append(f"- reproduce: `{p['reproduce']}` (in {p.get('workdir', 'the working directory')}{at})")
+    lines += ["", *(f"> **{w}**" for w in provenance_warnings(run))]
+    return lines
+
+
 def main_table(run: RunData, references: Mapping[str, Reference]) -> Table:
     """DINO, iterative rounds 1..R and SSRL: EER %, minDCF per trial list, the quality of the
     pseudo labels each system yields, and the published reference configured for it."""
@@ -531,16 +752,18 @@ def main_table(run: RunData, references: Mapping[str, Reference]) -> Table:
                   "labels the system yields (k-means on its embeddings for DINO and the iterative rounds; "
                   "the final online labels for SSRL); blank without true labels.")
     rows = [{"system": s.name, "what it is": s.description(run.k), **_metric_cells(s, run.trial_lists),
-             **_label_cells(s), **_published_cells(s, run, references, unmatched)} for s in systems]
+             **_label_cells(s), **_cost_cells(run, s), **_published_cells(s, run, references, unmatched)}
+            for s in systems]
     columns = ["system", "what it is", *[c for t in run.trial_lists for c in metric_columns(t)],
-               *LABEL_COLUMNS.values(), *PUBLISHED_COLUMNS]
-    notes = [label_note, *_published_notes(run, references, unmatched),
+               *LABEL_COLUMNS.values(), *_cost_columns(run), *PUBLISHED_COLUMNS]
+    notes = [label_note, _cost_note(run), *_published_notes(run, references, unmatched),
              "SSRL's own published numbers are not available to this project and are left blank."]
     if not systems:
         notes.insert(0, "No systems.")
     return Table("main", "Main results: DINO, iterative clustering rounds, SSRL", _how_to_read(run, systems),
-                 _system_frame(rows, columns, [LABEL_COLUMNS["live"]]),
-                 {**_metric_formats(run.trial_lists), LABEL_COLUMNS["nmi"]: "frac", **_PUBLISHED_FORMATS}, notes)
+                 _system_frame(rows, columns, [LABEL_COLUMNS["live"], COST_COLUMNS["examples"]]),
+                 {**_metric_formats(run.trial_lists), LABEL_COLUMNS["nmi"]: "frac", **_COST_FORMATS,
+                  **_PUBLISHED_FORMATS}, notes)
 
 
 def ablations_table(run: RunData) -> Table:
@@ -552,16 +775,16 @@ def ablations_table(run: RunData) -> Table:
         systems = ([ssrl] if ssrl is not None else []) + ablations
     rows = [{"system": s.name,
              "what it is": "SSRL as configured (the reference row)" if s.kind == "ssrl" else s.description(run.k),
-             **_metric_cells(s, run.trial_lists), **_label_cells(s)} for s in systems]
+             **_metric_cells(s, run.trial_lists), **_label_cells(s), **_cost_cells(run, s)} for s in systems]
     columns = ["system", "what it is", *[c for t in run.trial_lists for c in metric_columns(t)],
-               *LABEL_COLUMNS.values()]
+               *LABEL_COLUMNS.values(), *_cost_columns(run)]
     notes = ["label clusters / NMI: the final online pseudo labels (non-empty classes, NMI against the true "
-             "speakers; blank without true labels)."]
+             "speakers; blank without true labels).", _cost_note(run)]
     if not ablations:
         notes.insert(0, "No ablation systems are configured (config `ablations`): the table has no rows.")
     return Table("ablations", "Ablations of SSRL", _how_to_read(run, systems),
-                 _system_frame(rows, columns, [LABEL_COLUMNS["live"]]),
-                 {**_metric_formats(run.trial_lists), LABEL_COLUMNS["nmi"]: "frac"}, notes)
+                 _system_frame(rows, columns, [LABEL_COLUMNS["live"], COST_COLUMNS["examples"]]),
+                 {**_metric_formats(run.trial_lists), LABEL_COLUMNS["nmi"]: "frac", **_COST_FORMATS}, notes)
 
 
 def wavlm_table(run: RunData, references: Mapping[str, Reference]) -> Table:
@@ -572,10 +795,10 @@ def wavlm_table(run: RunData, references: Mapping[str, Reference]) -> Table:
     for s in systems:
         front = "random-init front-end" if s.checkpoint is None else f"checkpoint {Path(s.checkpoint).name}"
         rows.append({"system": s.name, "what it is": s.description(run.k), "front-end": front,
-                     **_metric_cells(s, run.trial_lists), **_label_cells(s),
+                     **_metric_cells(s, run.trial_lists), **_label_cells(s), **_cost_cells(run, s),
                      **_published_cells(s, run, references, unmatched)})
     columns = ["system", "what it is", "front-end", *[c for t in run.trial_lists for c in metric_columns(t)],
-               *LABEL_COLUMNS.values(), *PUBLISHED_COLUMNS]
+               *LABEL_COLUMNS.values(), *_cost_columns(run), *PUBLISHED_COLUMNS]
     notes = []
     if not systems:
         notes.append("The WavLM systems are off (config `wavlm.enabled`): the table has no rows.")
@@ -586,10 +809,12 @@ def wavlm_table(run: RunData, references: Mapping[str, Reference]) -> Table:
                          "mechanics, not WavLM's accuracy.")
         notes.append("label clusters / NMI: the final online pseudo labels of step 2 and step 2-ft (step 1 trains "
                      "on the fixed DINO k-means labels).")
+        notes.append(_cost_note(run))
         notes += _published_notes(run, references, unmatched)
     return Table("wavlm", "WavLM systems", _how_to_read(run, systems),
-                 _system_frame(rows, columns, [LABEL_COLUMNS["live"]]),
-                 {**_metric_formats(run.trial_lists), LABEL_COLUMNS["nmi"]: "frac", **_PUBLISHED_FORMATS}, notes)
+                 _system_frame(rows, columns, [LABEL_COLUMNS["live"], COST_COLUMNS["examples"]]),
+                 {**_metric_formats(run.trial_lists), LABEL_COLUMNS["nmi"]: "frac", **_COST_FORMATS,
+                  **_PUBLISHED_FORMATS}, notes)
 
 
 def pseudo_labels_table(run: RunData) -> Table:
@@ -651,10 +876,16 @@ def published_table(references: Mapping[str, Reference], compare: Mapping[str, s
 
 
 def build_tables(run: RunData, references: Mapping[str, Reference]) -> list[Table]:
-    """All tables of :data:`TABLE_NAMES`, in that order."""
+    """All tables of :data:`TABLE_NAMES`, in that order; the tables of systems open their notes
+    with :func:`provenance_warnings` when there are any."""
     check_compare(run.compare, references)
-    return [main_table(run, references), ablations_table(run), wavlm_table(run, references),
-            pseudo_labels_table(run), published_table(references, run.compare)]
+    tables = [main_table(run, references), ablations_table(run), wavlm_table(run, references),
+              pseudo_labels_table(run), training_table(run), published_table(references, run.compare)]
+    warnings = provenance_warnings(run)
+    for table in tables:
+        if table.name != "published":
+            table.notes[:0] = warnings
+    return tables
 
 
 def to_markdown(table: Table, level: int = 1) -> str:
@@ -677,13 +908,14 @@ def to_markdown(table: Table, level: int = 1) -> str:
     return "\n".join(lines) + "\n"
 
 
-def to_html(tables: Sequence[Table], title: str) -> str:
-    """One self-contained HTML page holding every table (for the Snakemake report)."""
+def to_html(tables: Sequence[Table], title: str, block: Sequence[str] = ()) -> str:
+    """One self-contained HTML page: the provenance ``block`` (:func:`provenance_lines`), then every
+    table (for the Snakemake report)."""
     parts = [f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              "<style>body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse;margin:.5em 0}"
              "td,th{border:1px solid #bbb;padding:.2em .5em;font-size:.9em}td.n{text-align:right}"
-             "th{background:#eee}p.how{color:#333}li{font-size:.9em}</style></head><body>",
-             f"<h1>{html.escape(title)}</h1>"]
+             "th{background:#eee}p.how{color:#333}li{font-size:.9em}p.warn{color:#a00}</style></head><body>",
+             f"<h1>{html.escape(title)}</h1>", _block_html(block)]
     for table in tables:
         parts.append(f"<h2>{html.escape(table.title)}</h2><p class='how'>{html.escape(table.how_to_read)}</p>")
         if len(table.frame):
@@ -704,14 +936,41 @@ def to_html(tables: Sequence[Table], title: str) -> str:
     return "\n".join(parts)
 
 
-def summary_markdown(tables: Sequence[Table], run: str) -> str:
-    """``summary.md``: every table under one heading."""
-    return f"# Results of run {run}\n\n" + "\n".join(to_markdown(t, level=2) for t in tables)
+def summary_markdown(tables: Sequence[Table], run: str, block: Sequence[str] = ()) -> str:
+    """``summary.md``: the provenance ``block`` (:func:`provenance_lines`), then every table, under
+    one heading."""
+    head = "".join(f"{line}\n" for line in block)
+    return f"# Results of run {run}\n\n" + (head + "\n" if head else "") + "\n".join(
+        to_markdown(t, level=2) for t in tables)
 
 
-def write_tables(tables: Sequence[Table], out_dir: str | os.PathLike, run: str) -> list[Path]:
+def _block_html(block: Sequence[str]) -> str:
+    """The provenance block's Markdown lines as HTML: ``- `` items, ``> **...**`` warnings,
+    ``**...**`` bold and backtick code."""
+    def inline(text: str) -> str:
+        out = html.escape(text)
+        out = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", out)
+        return re.sub(r"`(.+?)`", r"<code>\1</code>", out)
+
+    parts, items = [], []
+    for line in [*block, ""]:
+        if line.startswith("- "):
+            items.append(f"<li>{inline(line[2:])}</li>")
+            continue
+        if items:
+            parts.append("<ul>" + "".join(items) + "</ul>")
+            items = []
+        if line.startswith("> "):
+            parts.append(f"<p class='warn'>{inline(line[2:])}</p>")
+        elif line:
+            parts.append(f"<p>{inline(line)}</p>")
+    return "\n".join(parts)
+
+
+def write_tables(tables: Sequence[Table], out_dir: str | os.PathLike, run: str,
+                 block: Sequence[str] = ()) -> list[Path]:
     """Write ``<name>.md`` and ``<name>.csv`` per table and ``summary.md`` / ``summary.html``
-    (atomically) under ``out_dir``; returns the paths written."""
+    opening with the provenance ``block`` (atomically) under ``out_dir``; returns the paths written."""
     out_dir = Path(out_dir)
     written = []
     for table in tables:
@@ -721,9 +980,9 @@ def write_tables(tables: Sequence[Table], out_dir: str | os.PathLike, run: str) 
             table.frame.to_csv(tmp, index=False, na_rep="")
         written += [out_dir / f"{table.name}.md", out_dir / f"{table.name}.csv"]
     with atomic_open(out_dir / "summary.md") as fh:
-        fh.write(summary_markdown(tables, run))
+        fh.write(summary_markdown(tables, run, block))
     with atomic_open(out_dir / "summary.html") as fh:
-        fh.write(to_html(tables, f"Results of run {run}"))
+        fh.write(to_html(tables, f"Results of run {run}", block))
     return written + [out_dir / "summary.md", out_dir / "summary.html"]
 
 

@@ -1,9 +1,11 @@
 """Result tables from the files the pipeline wrote (metrics, k-means quality, label logs).
 
-Writes under --out-dir, for each table of main, ablations, wavlm, pseudo_labels, published:
+Writes under --out-dir, for each table of main, ablations, wavlm, pseudo_labels, training, published:
   <table>.md   title, how-to-read line, Markdown table (EER %, 2 decimals; minDCF 4), notes
   <table>.csv  the same table at full precision (blank cells where a number is unknown)
-and summary.md (all tables; what `make demo` shows) and summary.html (for the Snakemake report).
+and summary.md (a provenance block, then all tables; what `make demo` shows) and summary.html (the
+same, for the Snakemake report). The provenance block names this job's commit and config hash (from
+the environment Snakemake sets, ssrl.provenance) and warns when the inputs were made by others.
 
 --spec is the run spec (JSON text, or the path of a JSON file) described in ssrl.tables: the run
 name, K, the trial lists, config tables.compare and, per system, its table, kind and files.
@@ -19,8 +21,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ssrl.tables import (TablesError, build_tables, load_run, read_published, read_spec, summary_markdown,
-                         write_tables)
+from ssrl.provenance import now_iso
+from ssrl.tables import (TablesError, build_tables, load_run, provenance_lines, read_published, read_spec,
+                         summary_markdown, write_tables)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,8 +37,9 @@ def main(argv: list[str] | None = None) -> None:
         tables = build_tables(run, read_published(args.published))
     except (TablesError, OSError) as exc:
         raise SystemExit(f"make_tables: {exc}") from None
-    paths = write_tables(tables, args.out_dir, run.run)
-    print(summary_markdown(tables, run.run), flush=True)
+    block = provenance_lines(run, now_iso())
+    paths = write_tables(tables, args.out_dir, run.run, block)
+    print(summary_markdown(tables, run.run, block), flush=True)
     print(f"make_tables: wrote {len(paths)} files under {args.out_dir}", file=sys.stderr)
 
 

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         hp = json.loads(args.hparams)
         runtime = RuntimeConfig.from_dict(hp.get("train"))
         stage = DINOStage(hp, args.train_scp, lists, args.val_scp, args.val_trials)
-        return run(stage, runtime, args.ckpt_dir, args.model_out, args.log_out)
+        return run(stage, runtime, args.ckpt_dir, args.model_out, args.log_out, args.record_out)
     except (ValueError, json.JSONDecodeError) as exc:   # ManifestError, AudioError, config errors name the input
         print(f"train_dino: {exc}", file=sys.stderr)
         return 1

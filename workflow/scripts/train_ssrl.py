@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                           centers=args.centers, augment_lists=lists, val_scp=args.val_scp,
                           val_trials=args.val_trials, utt2spk=args.utt2spk, label_log=args.label_log_out,
                           live_dir=args.ckpt_dir)
-        return run(stage, runtime, args.ckpt_dir, args.model_out, args.log_out)
+        return run(stage, runtime, args.ckpt_dir, args.model_out, args.log_out, args.record_out)
     except (ValueError, json.JSONDecodeError) as exc:   # ManifestError, ModelFileError, config errors name the input
         print(f"train_ssrl: {exc}", file=sys.stderr)
         return 1

@@ -90,10 +90,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
 from ..data import EpochSampler
-from ..fileio import atomic_path
+from ..fileio import atomic_path, write_json
 from ..progress import Progress
 from . import distributed as D
 from .checkpoint import CheckpointManager, rng_state, set_rng_state
+from .cost import add_attempt, process_usage, train_record
 from .ema import ema_update
 
 log = logging.getLogger("ssrl.train")
@@ -473,6 +474,7 @@ class Trainer:
               epoch_seconds: float) -> Path | None:
         """Collective: every rank calls it; rank 0 writes. Returns the path on rank 0."""
         rngs = D.all_gather_objects(rng_state())
+        cost = add_attempt(self.cost_before, D.all_gather_objects(process_usage(self.env.device)), self.env.device)
         path = None
         if self.env.is_main:
             st = self.stage
@@ -493,6 +495,7 @@ class Trainer:
                 "window": window.sums,
                 "epoch_acc": epoch_acc.sums,
                 "epoch_seconds": epoch_seconds,
+                "cost": cost,
             }
             path = self.ckpt.save(state, step)
         D.barrier()
@@ -516,6 +519,7 @@ class Trainer:
                              f"{self.steps_per_epoch} (did the training list change?); delete "
                              f"{self.ckpt.directory} to start over")
         st = self.stage
+        self.cost_before = state.get("cost")
         st.student.load_state_dict(state["student"])
         if st.teacher is not None:
             st.teacher.load_state_dict(state["teacher"])
@@ -533,13 +537,16 @@ class Trainer:
         return state
 
     # ---- the loop --------------------------------------------------------------------------
-    def fit(self, model_out: str | os.PathLike, log_out: str | os.PathLike) -> None:
-        """Train (resuming if possible), then write ``model_out`` and ``log_out`` (rank 0).
+    def fit(self, model_out: str | os.PathLike, log_out: str | os.PathLike,
+            record_out: str | os.PathLike | None = None) -> None:
+        """Train (resuming if possible), then write ``model_out`` and ``log_out`` (rank 0), and
+        ``record_out`` if given (``train_record.json``: cost and provenance, :mod:`.cost`).
 
         Raises :class:`TrainingInterrupted` after a SIGTERM/SIGINT checkpoint and
         :class:`NonFiniteLossError` on a NaN/inf loss (outputs not written).
         """
         env, rt, st = self.env, self.runtime, self.stage
+        self.cost_before: dict[str, Any] | None = None      # earlier attempts (set by _resume)
         self._configure_backends()
         st.env, st.runtime = env, rt
         self._seed(st.seed)
@@ -667,10 +674,15 @@ class Trainer:
             for s, h in handlers.items():
                 signal.signal(s, h)
 
+        cost = add_attempt(self.cost_before, D.all_gather_objects(process_usage(env.device)), env.device)
         if env.is_main:
             st.write_model_file(Path(model_out))
             with atomic_path(log_out) as tmp:
                 shutil.copyfile(self.tsv.path, tmp)
+            if record_out is not None:
+                write_json(record_out, train_record(st.name, steps=step, global_batch=st.batch_size, epochs=st.epochs,
+                                                    steps_per_epoch=self.steps_per_epoch, processes=env.world_size,
+                                                    device=env.device, cost=cost))
             log.info("%s: wrote %s and %s", st.name, model_out, log_out)
         D.barrier()
 
@@ -714,7 +726,7 @@ class Trainer:
 
 
 def run(stage: Stage, runtime: RuntimeConfig, ckpt_dir: str | os.PathLike, model_out: str | os.PathLike,
-        log_out: str | os.PathLike) -> int:
+        log_out: str | os.PathLike, record_out: str | os.PathLike | None = None) -> int:
     """Entry point for training scripts: set up (distributed) logging and devices, train,
     and return the process exit code (0 done, 1 non-finite loss, 128 + signal when
     stopped by SIGTERM/SIGINT after saving a checkpoint)."""
@@ -724,7 +736,7 @@ def run(stage: Stage, runtime: RuntimeConfig, ckpt_dir: str | os.PathLike, model
         logging.basicConfig(level=logging.INFO if env.is_main else logging.WARNING,
                             format=f"%(asctime)s {prefix}%(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
-        Trainer(stage, runtime, ckpt_dir, env).fit(model_out, log_out)
+        Trainer(stage, runtime, ckpt_dir, env).fit(model_out, log_out, record_out)
         return 0
     except TrainingInterrupted as exc:
         log.warning("%s: %s", stage.name, exc)

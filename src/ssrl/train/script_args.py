@@ -11,7 +11,7 @@ from ..augment import AUGMENT_SOURCES
 
 def add_training_arguments(ap: argparse.ArgumentParser, no_augment_help: str) -> None:
     """Add --augment-dir / --no-augment, --val-scp, --val-trials, --ckpt-dir, --model-out,
-    --log-out and --hparams to ``ap``."""
+    --log-out, --record-out and --hparams to ``ap``."""
     ap.add_argument("--augment-dir", type=Path, default=None,
                     help="folder with " + ", ".join(f"{k}.lst" for k in AUGMENT_SOURCES))
     ap.add_argument("--no-augment", action="store_true", help=no_augment_help)
@@ -20,6 +20,8 @@ def add_training_arguments(ap: argparse.ArgumentParser, no_augment_help: str) ->
     ap.add_argument("--ckpt-dir", required=True, help="checkpoint folder (kept between runs for resuming)")
     ap.add_argument("--model-out", required=True, help="model file to write (<system>/model.pt)")
     ap.add_argument("--log-out", required=True, help="training log to write (<system>/train_log.tsv)")
+    ap.add_argument("--record-out", default=None,
+                    help="cost and provenance record to write (<system>/train_record.json, ssrl.train.cost)")
     ap.add_argument("--hparams", required=True, help="JSON, see above")
 
 
