@@ -38,3 +38,8 @@ rule all:
     input:
         all_targets(),
     default_target: True
+
+
+# Before anything is submitted to SLURM: the profile's placeholders and each rule's request against the
+# cluster's partitions (rules/common.smk).
+slurm_preflight()

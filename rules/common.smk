@@ -245,3 +245,60 @@ def all_targets():
     targets += REPORT_TARGETS  # rules/report.smk: result tables and plots (and all they need)
     targets += SSRL_TARGETS  # rules/ssrl.smk: k-means quality of the SSRL systems' embeddings
     return targets
+
+
+# ---------------------------------------------------------------------------------------
+# SLURM preflight (ssrl.preflight): under a profile that gives the rules SLURM resources
+# (slurm_account / slurm_partition, e.g. profiles/slurm), before anything is submitted and
+# only in the main Snakemake process: placeholders left in the profile and requests that no
+# node of the rule's partition can satisfy (sinfo) stop a run and are listed by a dry run;
+# at the start of a real run, a cluster whose sacct fails (no accounting) must let the
+# executor follow jobs with squeue. Called at the end of the Snakefile (every rule defined).
+def rule_slurm_resources(rule):
+    """{key: value} of ``rule``'s resources as Snakemake resolved them (default-resources,
+    the rule's resources, set-resources), evaluated for attempt 1; a value that needs a job's
+    wildcards or input is left out."""
+    import asyncio
+
+    values = {}
+    for key, res in rule.resources.items():
+        try:
+            values[key] = res.evaluate(wildcards={}, input=[], attempt=1, threads=1, rulename=rule.name,
+                                       async_run=asyncio.run).value
+        except Exception:  # noqa: BLE001 - resource callables may need a job's wildcards or input
+            continue
+    return values
+
+
+def slurm_preflight():
+    """Stop (or, in a dry run, warn) before submission when the SLURM profile cannot work: see above."""
+    from ssrl import preflight
+
+    if not workflow.is_main_process:
+        return
+    # Rules that never reach SLURM (localrules, rules without a command such as `all`) are left out.
+    remote = [rule for rule in workflow.rules if not (rule.name in workflow._localrules or rule.norun)]
+    resources = {rule.name: rule_slurm_resources(rule) for rule in remote}
+    if not any("slurm_partition" in res or "slurm_account" in res for res in resources.values()):
+        return
+    requests = [preflight.Request.from_resources(name, res) for name, res in resources.items()]
+    nodes, _, _, note = preflight.query(status=False)
+    problems = preflight.unrunnable(requests, nodes) if nodes is not None else []
+    message = preflight.report(preflight.placeholder_findings(resources), problems, None)
+    if nodes is None:
+        print(f"SLURM preflight: partitions not checked ({note})", file=sys.stderr)
+    if message and workflow.output_settings.dryrun:
+        print(f"SLURM preflight: a real run would stop here:\n{message}", file=sys.stderr)
+    elif message:
+        raise ValueError(f"SLURM preflight: nothing was submitted.\n{message}")
+
+
+onstart:
+    # The job-status check needs the executor's settings, which are known only once the run starts.
+    if workflow.executor_settings is not None and hasattr(workflow.executor_settings, "status_command"):
+        from ssrl import preflight
+
+        _, sacct_error, min_job_age, _ = preflight.query(nodes=False)
+        problem = preflight.status_problem(workflow.executor_settings.status_command, sacct_error, min_job_age)
+        if problem:
+            raise ValueError(f"SLURM preflight: nothing was submitted: {problem}")
