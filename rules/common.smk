@@ -35,11 +35,28 @@ def sys_path(system, *parts):
     return run_path(system, *parts)
 
 
+# Every attempt of a job appends to its log (`>> {log}` in the rules) under a header line, so that a
+# retried job's log keeps what the earlier attempts wrote (e.g. "stopped by SIGTERM; checkpoint ...").
+# Snakemake deletes a job's log before each attempt, so the history lives in a hidden file beside it
+# (logs/.<name>.log.attempts) that the log is hard-linked to (copied where links are not supported);
+# the history starts over when the previous attempt succeeded (a new run of the job, not a retry).
+# The TERM/INT traps make a signalled shell exit 143/130 (its EXIT trap would otherwise see status 0).
+LOG_ATTEMPT = (
+    'hist="$(dirname {log:q})/.$(basename {log:q}).attempts"; touch "$hist"; '
+    'case "$(tail -n 1 "$hist")" in "=== attempt ended: exit 0"*) : > "$hist";; esac; '
+    'ln -f "$hist" {log:q} 2>/dev/null || cp "$hist" {log:q}; '
+    'echo "=== attempt $(( $(grep -c "^=== attempt [0-9]" "$hist" || true) + 1 )):'
+    ' $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname)${{SLURM_JOB_ID:+, SLURM job $SLURM_JOB_ID}} ===" >> {log:q}; '
+    "trap 'echo \"=== attempt ended: exit $?\" >> \"$hist\"' EXIT; trap 'exit 143' TERM; trap 'exit 130' INT; "
+)
+
+
 def script_cmd(name, args, omp="{threads}"):
     """Shell command running workflow/scripts/<name> with ``args`` (a shell template using
-    {input}, {output}, ...) on ``omp`` OpenMP threads (a template: default the rule's threads).
+    {input}, {output}, ...) on ``omp`` OpenMP threads (a template: default the rule's threads),
+    after LOG_ATTEMPT (``args`` ends with ``>> {log:q} 2>&1``).
     The script is named by absolute path: the working directory may be anywhere (-d in tests)."""
-    return f"OMP_NUM_THREADS={omp} python {script_path(name)} {args}"
+    return f"{LOG_ATTEMPT}OMP_NUM_THREADS={omp} python {script_path(name)} {args}"
 
 
 def kmeans_path(system, name, k=None):
@@ -97,9 +114,9 @@ def train_command(script):
     """Shell template starting training script ``script`` (workflow/scripts/) with the rule's {threads}
     and {resources.gpu}: gpu >= 2 runs torchrun --standalone with one worker per GPU, otherwise one
     python process (on CUDA if present); OMP_NUM_THREADS per worker from compute_threads with
-    train.workers DataLoader processes per worker."""
+    train.workers DataLoader processes per worker. Starts with LOG_ATTEMPT (the rule appends to {log})."""
     return (
-        "gpus={resources.gpu}; procs=$(( gpus > 1 ? gpus : 1 )); "
+        f"{LOG_ATTEMPT}gpus={{resources.gpu}}; procs=$(( gpus > 1 ? gpus : 1 )); "
         'if [ "$gpus" -ge 2 ]; then run="torchrun --standalone --nproc_per_node=$gpus"; else run=python; fi; '
         f"OMP_NUM_THREADS={compute_threads(int(config['train']['workers']), '$procs')} $run {script_path(script)}"
     )

@@ -33,7 +33,7 @@ if config["corpus"]["kind"] == "demo":
             script_cmd(
                 "make_demo.py",
                 "--hparams {params.hparams:q} --corpus-dir {params.corpus_dir:q} --data-dir {params.data_dir:q}"
-                " --workers {threads} > {log:q} 2>&1",
+                " --workers {threads} >> {log:q} 2>&1",
             )
 
 
@@ -89,7 +89,7 @@ if config["corpus"]["kind"] in ("voxceleb", "generic"):
             script_cmd(
                 "prepare_corpus.py",
                 "scan --hparams {params.hparams:q} --shards {output.shards:q}"
-                " --summary {output.summary:q} > {log:q} 2>&1",
+                " --summary {output.summary:q} >> {log:q} 2>&1",
             )
 
     rule prepare_convert:
@@ -111,7 +111,7 @@ if config["corpus"]["kind"] in ("voxceleb", "generic"):
             script_cmd(
                 "prepare_corpus.py",
                 "convert --hparams {params.hparams:q} --shard {input:q}"
-                " --records {output.records:q} --summary {output.summary:q} > {log:q} 2>&1",
+                " --records {output.records:q} --summary {output.summary:q} >> {log:q} 2>&1",
             )
 
     rule prepare_augment:
@@ -130,7 +130,7 @@ if config["corpus"]["kind"] in ("voxceleb", "generic"):
             script_cmd(
                 "prepare_corpus.py",
                 "augment --hparams {params.hparams:q} --noise {output.noise:q}"
-                " --music {output.music:q} --babble {output.babble:q} --rir {output.rir:q} > {log:q} 2>&1",
+                " --music {output.music:q} --babble {output.babble:q} --rir {output.rir:q} >> {log:q} 2>&1",
             )
 
 
@@ -155,7 +155,7 @@ if config["corpus"]["kind"] == "voxceleb":
                 "prepare_corpus.py",
                 "merge --hparams {params.hparams:q} --records {input.records:q}"
                 " --summaries {input.summaries:q} --wav-scp {output.wav_scp:q} --utt2spk {output.utt2spk:q}"
-                " --summary {output.summary:q} > {log:q} 2>&1",
+                " --summary {output.summary:q} >> {log:q} 2>&1",
             )
 
     rule prepare_voxceleb1:
@@ -175,7 +175,7 @@ if config["corpus"]["kind"] == "voxceleb":
             script_cmd(
                 "prepare_corpus.py",
                 "voxceleb1 --hparams {params.hparams:q} --wav-scp {output.wav_scp:q}"
-                " --utt2spk {output.utt2spk:q} --trials {output.trials:q} > {log:q} 2>&1",
+                " --utt2spk {output.utt2spk:q} --trials {output.trials:q} >> {log:q} 2>&1",
             )
 
 
@@ -204,5 +204,5 @@ if config["corpus"]["kind"] == "generic":
                 "prepare_corpus.py",
                 "merge --hparams {params.hparams:q} --records {input.records:q}"
                 " --summaries {input.summaries:q} --out-dir {params.out_dir:q} --summary {output.summary:q}"
-                " > {log:q} 2>&1",
+                " >> {log:q} 2>&1",
             )

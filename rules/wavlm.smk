@@ -46,7 +46,7 @@ _WAVLM_SHELL = (
     " --augment-dir {params.augment_dir:q} --val-scp {input.val_scp:q} --val-trials {input.val_trials:q}"
     " --utt2spk {input.utt2spk:q} --ckpt-dir {params.ckpt:q} --model-out {output.model:q}"
     " --log-out {output.log:q} --label-log-out {output.label_log:q} --hparams {params.hparams:q}"
-    " > {log:q} 2>&1"
+    " >> {log:q} 2>&1"
 )
 # Inputs of every step: training list (+ truth for the label log only), augmentation, validation.
 _WAVLM_COMMON_INPUT = {
