@@ -367,6 +367,32 @@ def test_generic_scan_and_conversion(tmp_path):
         scan_generic(root, tmp_path / "flac")
 
 
+def test_silent_near_silent_and_truncated_files(tmp_path):
+    """A silent file is a failure (excluded, with the cause); a near-silent one and one shorter than its
+    header says are kept with a warning, the truncated one with the length it really has."""
+    root = make_generic(tmp_path / "corpus")
+    write_wav(root / "bob" / "silent.wav", np.zeros(1600, dtype=np.float32))
+    write_wav(root / "carol" / "quiet.wav", tone(1600, amp=1e-4))              # -83 dBFS RMS
+    truncated = root / "dave" / "cut.wav"
+    write_wav(truncated, tone(48000))                                         # 3 s
+    truncated.write_bytes(truncated.read_bytes()[:5000])                      # 44-byte header + 2,478 samples
+    files = scan_generic(root, tmp_path / "flac")
+    summary = convert_shard(one_shard(tmp_path, files), tmp_path / "u.tsv", tmp_path / "s.json", max_failures=1)
+    assert summary["failures"] == [{"utt": "bob-silent", "path": str(root / "bob" / "silent.wav"),
+                                    "reason": "silent: every sample is zero"}]
+    level = 20 * np.log10(np.sqrt(np.mean(sf.read(str(root / "carol" / "quiet.wav"))[0] ** 2)))
+    assert summary["warnings"] == [
+        {"utt": "carol-quiet", "path": str(root / "carol" / "quiet.wav"),
+         "warning": f"near-silent: RMS level {level:.1f} dBFS (below -60 dBFS)"},
+        {"utt": "dave-cut", "path": str(truncated),
+         "warning": "shorter than its header says: 0.15 s of audio, the header states 3.00 s (truncated?)"}]
+    assert summary["warned"] == 2 and summary["usable"] == 15
+    seconds = {line.split("\t")[0]: float(line.split("\t")[3]) for line in (tmp_path / "u.tsv").read_text().splitlines()}
+    assert seconds["dave-cut"] == pytest.approx(2478 / SR, abs=1e-4) and "bob-silent" not in seconds
+    with pytest.raises(PrepareError, match=r"(?s)more than max_failures=0.*silent.wav: silent: every sample is zero"):
+        convert_shard(one_shard(tmp_path, files), tmp_path / "x.tsv", tmp_path / "x.json", max_failures=0)
+
+
 def test_sample_trials_exhaustive_and_distinct():
     utt2spk = {f"{s}{i}": s for s, n in (("a", 3), ("b", 2), ("c", 1)) for i in range(n)}
     # All pairs: 3 + 1 target, 6*5/2 - 4 = 11 non-target.

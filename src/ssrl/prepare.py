@@ -47,7 +47,7 @@ import numpy as np
 import soundfile as sf
 
 from . import SAMPLE_RATE
-from .audio import AudioError, audio_duration, load_audio, write_audio
+from .audio import AudioError, audio_duration, audio_problems, load_audio, write_audio
 from .fileio import atomic_open, read_json, write_json
 from .manifest import Trials, check_trials_cover, write_list, write_trials, write_utt2spk, write_wav_scp
 from .progress import Progress
@@ -363,27 +363,41 @@ def converted_length(src: PathLike, dst: PathLike, tolerance_s: float = LENGTH_T
     return int(info.frames)
 
 
-def convert_file(src: PathLike, dst: PathLike) -> tuple[int, int]:
+def convert_file(src: PathLike, dst: PathLike) -> tuple[int, int, list[str]]:
     """Decode ``src`` (16 kHz mono, ``ssrl.audio.load_audio``) and write 16-bit FLAC ``dst``
-    atomically. Returns ``(samples, clipped samples)``; AAC can overshoot full scale
-    slightly, such samples are clipped to [-1, 1]. Raises AudioError for bad input."""
+    atomically. Returns ``(samples, clipped samples, problems)``; AAC can overshoot full scale
+    slightly, such samples are clipped to [-1, 1]. Raises AudioError for bad input, also for
+    silent audio (problems: near-silent, shorter than the container says)."""
     x = load_audio(src)
+    problems = _usable_problems(src, x)
     clipped = int(np.count_nonzero(np.abs(x) > 1.0))
     if clipped:
         x = np.clip(x, -1.0, 1.0)
     write_audio(dst, x)
-    return int(x.shape[0]), clipped
+    return int(x.shape[0]), clipped, problems
 
 
-def _direct_info(path: str) -> tuple[float, int]:
-    """``(seconds, sample rate)`` of a WAV/FLAC used directly; AudioError when unusable."""
+def _direct_info(path: str) -> tuple[float, int, list[str]]:
+    """``(seconds of audio, sample rate, problems)`` of a WAV/FLAC used directly, decoded whole
+    (:func:`ssrl.audio.audio_problems`: a file shorter than its header says is used for what it
+    holds); AudioError when unusable, also when silent."""
     try:
         info = sf.info(path)
     except (sf.SoundFileError, RuntimeError, OSError) as err:
         raise AudioError(f"{path}: cannot read audio header ({err})") from err
     if info.frames <= 0:
         raise AudioError(f"{path}: empty audio (zero samples)")
-    return info.frames / info.samplerate, int(info.samplerate)
+    x = load_audio(path)
+    return x.shape[0] / SAMPLE_RATE, int(info.samplerate), _usable_problems(path, x)
+
+
+def _usable_problems(path: PathLike, x: np.ndarray) -> list[str]:
+    """The audio_problems of a file about to be used; a silent one is refused (AudioError): it
+    would only teach the model silence."""
+    problems = audio_problems(path, x)
+    if any(p.startswith("silent") for p in problems):
+        raise AudioError(f"{path}: {problems[0]}")
+    return problems
 
 
 def _failure(f: SourceFile, err: Exception) -> dict:
@@ -402,7 +416,9 @@ def convert_shard(list_path: PathLike, records_path: PathLike, summary_path: Pat
     """Step 2: convert (m4a) or check (WAV/FLAC) the files of one shard list.
 
     Writes ``records_path`` (``utt<TAB>speaker<TAB>path<TAB>seconds`` for every
-    usable file) and a JSON summary (counts, hours, failures with reasons).
+    usable file) and a JSON summary (counts, hours, failures with reasons, warnings:
+    near-silent files and files shorter than their header says, kept).
+    WAV/FLAC files are decoded whole for these checks; a silent file is a failure.
     An already complete FLAC (:func:`converted_length`) is not rewritten.
     A file that cannot be decoded is recorded as a failure and left out; when
     more than ``max_failures`` fail, PrepareError is raised at once (the
@@ -413,12 +429,14 @@ def convert_shard(list_path: PathLike, records_path: PathLike, summary_path: Pat
     progress = Progress(len(files), f"shard {name}", unit="file", every_s=30)
     records: list[Record] = []
     failures: list[dict] = []
+    warnings: list[dict] = []
     counts = {"converted": 0, "skipped": 0, "direct": 0, "clipped_files": 0}
     rates: dict[str, int] = {}
     for f in files:
         try:
+            problems: list[str] = []
             if f.dst is None:
-                seconds, rate = _direct_info(f.src)
+                seconds, rate, problems = _direct_info(f.src)
                 rates[str(rate)] = rates.get(str(rate), 0) + 1
                 records.append(Record(f.utt, f.speaker, f.src, seconds))
                 counts["direct"] += 1
@@ -426,10 +444,11 @@ def convert_shard(list_path: PathLike, records_path: PathLike, summary_path: Pat
                 records.append(Record(f.utt, f.speaker, f.dst, samples / SAMPLE_RATE))
                 counts["skipped"] += 1
             else:
-                samples, clipped = convert_file(f.src, f.dst)
+                samples, clipped, problems = convert_file(f.src, f.dst)
                 records.append(Record(f.utt, f.speaker, f.dst, samples / SAMPLE_RATE))
                 counts["converted"] += 1
                 counts["clipped_files"] += int(clipped > 0)
+            warnings += [{"utt": f.utt, "path": f.src, "warning": p} for p in problems]
         except AudioError as err:
             failures.append(_failure(f, err))
             if len(failures) > max_failures:
@@ -442,7 +461,7 @@ def convert_shard(list_path: PathLike, records_path: PathLike, summary_path: Pat
             fh.write(f"{r.utt}\t{r.speaker}\t{r.path}\t{r.seconds:.4f}\n")
     summary = {"shard": name, "files": len(files), "usable": len(records), **counts,
                "direct_sample_rates": rates, "seconds": round(seconds, 3), "hours": round(seconds / 3600, 4),
-               "failed": len(failures), "failures": failures}
+               "failed": len(failures), "failures": failures, "warned": len(warnings), "warnings": warnings}
     write_json(summary_path, summary)
     return summary
 
@@ -488,6 +507,7 @@ def merge_shards(records_paths: Sequence[PathLike], summary_paths: Sequence[Path
         "clipped_files": sum(s["clipped_files"] for s in shards),
         "speakers": len({r.speaker for r in records}), "hours": round(seconds / 3600, 4),
         "failed": len(failures), "excluded_from_wav_scp": len(failures), "failures": failures,
+        "warned": sum(s.get("warned", 0) for s in shards), "warnings": [w for s in shards for w in s.get("warnings", [])],
         "shards": len(shards),
     }
     return records, summary

@@ -35,6 +35,17 @@ def _convert(args: argparse.Namespace, hp: dict) -> None:
     print(f"shard {s['shard']}: {s['usable']}/{s['files']} usable ({s['converted']} converted, {s['skipped']} "
           f"already converted, {s['direct']} used directly), {s['failed']} failed, {s['hours']:.2f} h",
           file=sys.stderr)
+    _print_problems(s)
+
+
+def _print_problems(summary: dict, shown: int = 20) -> None:
+    """The failed and the suspicious files (silent, near-silent, shorter than their header says)."""
+    for key, field in (("failures", "reason"), ("warnings", "warning")):
+        items = summary.get(key, [])
+        for item in items[:shown]:
+            print(f"  {key[:-1]}: {item['path']}: {item[field]}", file=sys.stderr)
+        if len(items) > shown:
+            print(f"  ... and {len(items) - shown} more {key}", file=sys.stderr)
 
 
 def _merge(args: argparse.Namespace, hp: dict) -> None:
@@ -45,7 +56,8 @@ def _merge(args: argparse.Namespace, hp: dict) -> None:
         s = prepare_generic_sets(args.records, args.summaries, hp["max_failures"], args.out_dir, args.summary,
                                  trial_lists=hp.get("trials"), split=hp.get("split"))
     print(f"merge: {s['usable']}/{s['files']} files usable, {s['hours']:.2f} h, {s['failed']} failed "
-          f"(excluded from wav.scp; listed in {args.summary})", file=sys.stderr)
+          f"(excluded from wav.scp), {s['warned']} warnings (kept; both listed in {args.summary})", file=sys.stderr)
+    _print_problems(s)
 
 
 def _voxceleb1(args: argparse.Namespace, hp: dict) -> None:
