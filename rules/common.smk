@@ -25,6 +25,13 @@ DATA_DIR = f"{RUN_DIR}/data"
 ENV = "../envs/ssrl.yaml"
 
 
+# The training scripts' augmentation argument: the folder of data/augment/*.lst, or --no-augment for a
+# generic corpus with `augment: none` (its lists are then empty; they stay inputs, so switching
+# augmentation on or off reruns the training stages).
+AUGMENT_ARG = ("--no-augment" if (config["corpus"].get(config["corpus"]["kind"]) or {}).get("augment") == "none"
+               else "--augment-dir {params.augment_dir:q}")
+
+
 def run_path(*parts):
     """A path under results/<run>/."""
     return "/".join([RUN_DIR, *map(str, parts)])
