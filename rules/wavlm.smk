@@ -43,7 +43,7 @@ if WAVLM["enabled"] and workflow.is_main_process:
 # The shell command of the three steps; {params.init} holds the step's init arguments.
 _WAVLM_SHELL = (
     train_command("train_ssrl.py") + " --system {params.system} --train-scp {input.wav_scp:q} {params.init}"
-    " " + AUGMENT_ARG + " --val-scp {input.val_scp:q} --val-trials {input.val_trials:q}"
+    f" {AUGMENT_ARG} --val-scp {{input.val_scp:q}} --val-trials {{input.val_trials:q}}"
     " --utt2spk {input.utt2spk:q} --ckpt-dir {params.ckpt:q} --model-out {output.model:q}"
     " --log-out {output.log:q} --label-log-out {output.label_log:q} --hparams {params.hparams:q}"
     " >> {log:q} 2>&1"
