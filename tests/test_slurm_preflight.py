@@ -134,7 +134,8 @@ def _run(tmp_path: Path, profile: Path, env: dict, *args: str) -> subprocess.Com
 
 
 GPU_EDITS = {rule: {"slurm_partition": "gpu"} for rule in
-             ("dino_train", "ssrl_train", "iterative_train", "wavlm_step1", "wavlm_step2", "wavlm_ft", "extract")}
+             ("dino_train", "ssrl_train", "iterative_train", "wavlm_step1", "wavlm_step2", "wavlm_ft", "extract",
+              "kmeans", "extract_train_test")}
 
 
 @pytest.mark.slow
@@ -142,15 +143,15 @@ def test_workflow_stops_before_submission(tmp_path):
     """Through Snakemake: a placeholder left and a rule asking more CPUs than any node has stop a real
     run (nothing submitted, no sbatch needed) and are listed by a dry run, naming rule and key."""
     env = _fake_slurm(tmp_path, SINFO)
-    # The README's edits, except the account, and kmeans asking 64 CPUs (the nodes have 16 and 32).
+    # The README's edits, except the account, and scoring asking 64 CPUs (the CPU nodes have 16).
     profile = _profile(tmp_path, {"default-resources": {"slurm_partition": "cpu"},
-                                  "set-resources": {**GPU_EDITS, "kmeans": {"cpus_per_task": 64}}})
+                                  "set-resources": {**GPU_EDITS, "score": {"cpus_per_task": 64}}})
     real = _run(tmp_path, profile, env, "--cores", "2")
     assert real.returncode != 0
     out = real.stdout
     assert "SLURM preflight: nothing was submitted." in out, out[-3000:]
     assert "slurm_account = CHANGE_ME_account (every rule)" in out
-    assert "kmeans (partition cpu, 64 CPUs" in out and "cpus_per_task = 64 but its nodes have at most 16 CPUs" in out
+    assert "score (partition cpu, 64 CPUs" in out and "cpus_per_task = 64 but its nodes have at most 16 CPUs" in out
     # Training rules ask 4 GPUs for 48 h on a 1-day GPU partition: named too.
     assert "dino_train (partition gpu" in out and "runtime = 2880 min" in out
     assert not (tmp_path / "work" / "results").exists()

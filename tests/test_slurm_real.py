@@ -38,14 +38,14 @@ def slurm(tmp_path_factory: pytest.TempPathFactory):
         if proc.returncode == 2:
             pytest.skip(proc.stdout.strip().splitlines()[-1])
         if proc.returncode != 0:
-            subprocess.run(["bash", str(SCRIPTS / "stop_slurm.sh"), str(cluster)], timeout=300)
+            subprocess.run(["bash", str(SCRIPTS / "stop_slurm.sh"), str(cluster)], timeout=900)
             pytest.fail(f"start_slurm.sh failed:\n{proc.stdout[-3000:]}")
     try:
         yield {**os.environ, "PYTHONUNBUFFERED": "1"}
     finally:
         if not reuse:
             stop = subprocess.run(["bash", str(SCRIPTS / "stop_slurm.sh"), str(cluster)], stdin=subprocess.DEVNULL,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
             assert stop.returncode == 0, stop.stdout
 
 
