@@ -41,6 +41,11 @@ rule all:
     default_target: True
 
 
+# Before anything is submitted to SLURM: the profile's placeholders and each rule's request against the
+# cluster's partitions (rules/common.smk).
+slurm_preflight()
+
+
 # results/<run>/provenance.json (rules/provenance.smk): written when an invocation starts running jobs,
 # completed with its end time and status.
 onstart:

@@ -34,5 +34,5 @@ rule kmeans:
             "kmeans.py",
             "--emb {input.emb:q} --k {wildcards.k} --utt2spk {input.utt2spk:q} --hparams {params.hparams:q}"
             " --labels {output.labels:q} --centers {output.centers:q} --quality {output.quality:q}"
-            " --plot {output.plot:q} > {log:q} 2>&1",
+            " --plot {output.plot:q} >> {log:q} 2>&1",
         )

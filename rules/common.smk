@@ -25,6 +25,13 @@ DATA_DIR = f"{RUN_DIR}/data"
 ENV = "../envs/ssrl.yaml"
 
 
+# The training scripts' augmentation argument: the folder of data/augment/*.lst, or --no-augment for a
+# generic corpus with `augment: none` (its lists are then empty; they stay inputs, so switching
+# augmentation on or off reruns the training stages).
+AUGMENT_ARG = ("--no-augment" if (config["corpus"].get(config["corpus"]["kind"]) or {}).get("augment") == "none"
+               else "--augment-dir {params.augment_dir:q}")
+
+
 def run_path(*parts):
     """A path under results/<run>/."""
     return "/".join([RUN_DIR, *map(str, parts)])
@@ -35,11 +42,28 @@ def sys_path(system, *parts):
     return run_path(system, *parts)
 
 
+# Every attempt of a job appends to its log (`>> {log}` in the rules) under a header line, so that a
+# retried job's log keeps what the earlier attempts wrote (e.g. "stopped by SIGTERM; checkpoint ...").
+# Snakemake deletes a job's log before each attempt, so the history lives in a hidden file beside it
+# (logs/.<name>.log.attempts) that the log is hard-linked to (copied where links are not supported);
+# the history starts over when the previous attempt succeeded (a new run of the job, not a retry).
+# The TERM/INT traps make a signalled shell exit 143/130 (its EXIT trap would otherwise see status 0).
+LOG_ATTEMPT = (
+    'hist="$(dirname {log:q})/.$(basename {log:q}).attempts"; touch "$hist"; '
+    'case "$(tail -n 1 "$hist")" in "=== attempt ended: exit 0"*) : > "$hist";; esac; '
+    'ln -f "$hist" {log:q} 2>/dev/null || cp "$hist" {log:q}; '
+    'echo "=== attempt $(( $(grep -c "^=== attempt [0-9]" "$hist" || true) + 1 )):'
+    ' $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname)${{SLURM_JOB_ID:+, SLURM job $SLURM_JOB_ID}} ===" >> {log:q}; '
+    "trap 'echo \"=== attempt ended: exit $?\" >> \"$hist\"' EXIT; trap 'exit 143' TERM; trap 'exit 130' INT; "
+)
+
+
 def script_cmd(name, args, omp="{threads}"):
     """Shell command running workflow/scripts/<name> with ``args`` (a shell template using
-    {input}, {output}, ...) on ``omp`` OpenMP threads (a template: default the rule's threads).
+    {input}, {output}, ...) on ``omp`` OpenMP threads (a template: default the rule's threads),
+    after LOG_ATTEMPT (``args`` ends with ``>> {log:q} 2>&1``).
     The script is named by absolute path: the working directory may be anywhere (-d in tests)."""
-    return f"OMP_NUM_THREADS={omp} python {script_path(name)} {args}"
+    return f"{LOG_ATTEMPT}OMP_NUM_THREADS={omp} python {script_path(name)} {args}"
 
 
 def kmeans_path(system, name, k=None):
@@ -97,9 +121,9 @@ def train_command(script):
     """Shell template starting training script ``script`` (workflow/scripts/) with the rule's {threads}
     and {resources.gpu}: gpu >= 2 runs torchrun --standalone with one worker per GPU, otherwise one
     python process (on CUDA if present); OMP_NUM_THREADS per worker from compute_threads with
-    train.workers DataLoader processes per worker."""
+    train.workers DataLoader processes per worker. Starts with LOG_ATTEMPT (the rule appends to {log})."""
     return (
-        "gpus={resources.gpu}; procs=$(( gpus > 1 ? gpus : 1 )); "
+        f"{LOG_ATTEMPT}gpus={{resources.gpu}}; procs=$(( gpus > 1 ? gpus : 1 )); "
         'if [ "$gpus" -ge 2 ]; then run="torchrun --standalone --nproc_per_node=$gpus"; else run=python; fi; '
         f"OMP_NUM_THREADS={compute_threads(int(config['train']['workers']), '$procs')} $run {script_path(script)}"
     )
@@ -258,3 +282,60 @@ def all_targets():
     targets += REPORT_TARGETS  # rules/report.smk: result tables and plots (and all they need)
     targets += SSRL_TARGETS  # rules/ssrl.smk: k-means quality of the SSRL systems' embeddings
     return targets
+
+
+# ---------------------------------------------------------------------------------------
+# SLURM preflight (ssrl.preflight): under a profile that gives the rules SLURM resources
+# (slurm_account / slurm_partition, e.g. profiles/slurm), before anything is submitted and
+# only in the main Snakemake process: placeholders left in the profile and requests that no
+# node of the rule's partition can satisfy (sinfo) stop a run and are listed by a dry run;
+# at the start of a real run, a cluster whose sacct fails (no accounting) must let the
+# executor follow jobs with squeue. Called at the end of the Snakefile (every rule defined).
+def rule_slurm_resources(rule):
+    """{key: value} of ``rule``'s resources as Snakemake resolved them (default-resources,
+    the rule's resources, set-resources), evaluated for attempt 1; a value that needs a job's
+    wildcards or input is left out."""
+    import asyncio
+
+    values = {}
+    for key, res in rule.resources.items():
+        try:
+            values[key] = res.evaluate(wildcards={}, input=[], attempt=1, threads=1, rulename=rule.name,
+                                       async_run=asyncio.run).value
+        except Exception:  # noqa: BLE001 - resource callables may need a job's wildcards or input
+            continue
+    return values
+
+
+def slurm_preflight():
+    """Stop (or, in a dry run, warn) before submission when the SLURM profile cannot work: see above."""
+    from ssrl import preflight
+
+    if not workflow.is_main_process:
+        return
+    # Rules that never reach SLURM (localrules, rules without a command such as `all`) are left out.
+    remote = [rule for rule in workflow.rules if not (rule.name in workflow._localrules or rule.norun)]
+    resources = {rule.name: rule_slurm_resources(rule) for rule in remote}
+    if not any("slurm_partition" in res or "slurm_account" in res for res in resources.values()):
+        return
+    requests = [preflight.Request.from_resources(name, res) for name, res in resources.items()]
+    nodes, _, _, note = preflight.query(status=False)
+    problems = preflight.unrunnable(requests, nodes) if nodes is not None else []
+    message = preflight.report(preflight.placeholder_findings(resources), problems, None)
+    if nodes is None:
+        print(f"SLURM preflight: partitions not checked ({note})", file=sys.stderr)
+    if message and workflow.output_settings.dryrun:
+        print(f"SLURM preflight: a real run would stop here:\n{message}", file=sys.stderr)
+    elif message:
+        raise ValueError(f"SLURM preflight: nothing was submitted.\n{message}")
+
+
+onstart:
+    # The job-status check needs the executor's settings, which are known only once the run starts.
+    if workflow.executor_settings is not None and hasattr(workflow.executor_settings, "status_command"):
+        from ssrl import preflight
+
+        _, sacct_error, min_job_age, _ = preflight.query(nodes=False)
+        problem = preflight.status_problem(workflow.executor_settings.status_command, sacct_error, min_job_age)
+        if problem:
+            raise ValueError(f"SLURM preflight: nothing was submitted: {problem}")

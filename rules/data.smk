@@ -33,7 +33,7 @@ if config["corpus"]["kind"] == "demo":
             script_cmd(
                 "make_demo.py",
                 "--hparams {params.hparams:q} --corpus-dir {params.corpus_dir:q} --data-dir {params.data_dir:q}"
-                " --workers {threads} > {log:q} 2>&1",
+                " --workers {threads} >> {log:q} 2>&1",
             )
 
 
@@ -44,8 +44,10 @@ if config["corpus"]["kind"] == "demo":
 #                    WAV/FLAC checked; unreadable files are listed, up to max_failures
 #   prepare_train    (voxceleb) shards -> data/train; prepare_sets (generic) -> data/train,
 #                    data/test and data/trials; both write prepare/summary.json
-#   prepare_voxceleb1, prepare_augment: test set + trials from VoxCeleb1 lists, MUSAN/RIR lists
-# The shard count is fixed by the config, so `snakemake -n` shows every job without a checkpoint.
+#   prepare_voxceleb1, prepare_augment: test set + trials from VoxCeleb1 lists, augmentation lists
+#                    (MUSAN/RIR folders, folders or list files per source, or empty lists: augment none)
+# The shard count is fixed when the DAG is built (the config's, or one per speaker folder up to 64),
+# so `snakemake -n` shows every job without a checkpoint.
 if config["corpus"]["kind"] in ("voxceleb", "generic"):
     _PREP_KIND = config["corpus"]["kind"]
     _PREP = config["corpus"][_PREP_KIND]
@@ -55,8 +57,19 @@ if config["corpus"]["kind"] in ("voxceleb", "generic"):
         raise ValueError("set these corpus paths to your local copies (they are still placeholders):\n"
                          + "\n".join(f"  {key}: {value}" for key, value in _PREP_UNSET))
     _PREP_CONV = _PREP["conversion"]
-    _PREP_WIDTH = max(3, len(str(_PREP_CONV["n_shards"] - 1)))
-    PREPARE_SHARDS = [f"{i:0{_PREP_WIDTH}d}" for i in range(_PREP_CONV["n_shards"])]
+    # The corpus folder(s) whose <speaker> folders are scanned; n_shards unset: one shard per speaker
+    # folder (round robin never leaves one empty), at most 64. Listing the folders is cheap.
+    _PREP_ROOTS = ([os.path.join(_PREP["vox2_root"], "dev", "aac")] if _PREP_KIND == "voxceleb"
+                   else [_PREP["root"]] if isinstance(_PREP["root"], str) else list(_PREP["root"]))
+    _PREP_N_SHARDS = _PREP_CONV["n_shards"] or max(1, min(64, sum(
+        len([e for e in os.scandir(r) if e.is_dir() and not e.name.startswith(".")]) if os.path.isdir(r) else 0
+        for r in _PREP_ROOTS)))
+    _PREP_WIDTH = max(3, len(str(_PREP_N_SHARDS - 1)))
+    PREPARE_SHARDS = [f"{i:0{_PREP_WIDTH}d}" for i in range(_PREP_N_SHARDS)]
+    # Augmentation sources: MUSAN/RIRS_NOISES folders, per-list folders or list files, or none.
+    _PREP_AUGMENT = _PREP.get("augment") or {}
+    _PREP_AUGMENT_SOURCES = (None if _PREP_AUGMENT == "none"
+                             else {"musan": _PREP.get("musan"), "rirs": _PREP.get("rirs"), **_PREP_AUGMENT})
     # Trial list name -> local file (null entries skipped); downstream rules score each name.
     _PREP_LISTS = {name: path for name, path in (_PREP.get("trials") or {}).items() if path}
     if "split" not in _PREP and not _PREP_LISTS:
@@ -76,7 +89,7 @@ if config["corpus"]["kind"] in ("voxceleb", "generic"):
         params:
             hparams=as_json({
                 "kind": "voxceleb2" if _PREP_KIND == "voxceleb" else "generic",
-                "root": _PREP["vox2_root"] if _PREP_KIND == "voxceleb" else _PREP["root"],
+                "root": _PREP["vox2_root"] if _PREP_KIND == "voxceleb" else _PREP_ROOTS,
                 "flac_dir": _PREP_CONV.get("flac_dir"),
                 "size_ratio": _PREP_CONV["size_ratio"],
                 "disk_margin_gb": _PREP_CONV["disk_margin_gb"],
@@ -89,7 +102,7 @@ if config["corpus"]["kind"] in ("voxceleb", "generic"):
             script_cmd(
                 "prepare_corpus.py",
                 "scan --hparams {params.hparams:q} --shards {output.shards:q}"
-                " --summary {output.summary:q} > {log:q} 2>&1",
+                " --summary {output.summary:q} >> {log:q} 2>&1",
             )
 
     rule prepare_convert:
@@ -111,7 +124,7 @@ if config["corpus"]["kind"] in ("voxceleb", "generic"):
             script_cmd(
                 "prepare_corpus.py",
                 "convert --hparams {params.hparams:q} --shard {input:q}"
-                " --records {output.records:q} --summary {output.summary:q} > {log:q} 2>&1",
+                " --records {output.records:q} --summary {output.summary:q} >> {log:q} 2>&1",
             )
 
     rule prepare_augment:
@@ -121,7 +134,7 @@ if config["corpus"]["kind"] in ("voxceleb", "generic"):
             babble=f"{DATA_DIR}/augment/babble.lst",
             rir=f"{DATA_DIR}/augment/rir.lst",
         params:
-            hparams=as_json({"musan": _PREP["musan"], "rirs": _PREP["rirs"]}),
+            hparams=as_json({"sources": _PREP_AUGMENT_SOURCES}),
         log:
             log_path("prepare_augment"),
         conda:
@@ -130,7 +143,7 @@ if config["corpus"]["kind"] in ("voxceleb", "generic"):
             script_cmd(
                 "prepare_corpus.py",
                 "augment --hparams {params.hparams:q} --noise {output.noise:q}"
-                " --music {output.music:q} --babble {output.babble:q} --rir {output.rir:q} > {log:q} 2>&1",
+                " --music {output.music:q} --babble {output.babble:q} --rir {output.rir:q} >> {log:q} 2>&1",
             )
 
 
@@ -155,7 +168,7 @@ if config["corpus"]["kind"] == "voxceleb":
                 "prepare_corpus.py",
                 "merge --hparams {params.hparams:q} --records {input.records:q}"
                 " --summaries {input.summaries:q} --wav-scp {output.wav_scp:q} --utt2spk {output.utt2spk:q}"
-                " --summary {output.summary:q} > {log:q} 2>&1",
+                " --summary {output.summary:q} >> {log:q} 2>&1",
             )
 
     rule prepare_voxceleb1:
@@ -175,7 +188,7 @@ if config["corpus"]["kind"] == "voxceleb":
             script_cmd(
                 "prepare_corpus.py",
                 "voxceleb1 --hparams {params.hparams:q} --wav-scp {output.wav_scp:q}"
-                " --utt2spk {output.utt2spk:q} --trials {output.trials:q} > {log:q} 2>&1",
+                " --utt2spk {output.utt2spk:q} --trials {output.trials:q} >> {log:q} 2>&1",
             )
 
 
@@ -192,7 +205,8 @@ if config["corpus"]["kind"] == "generic":
             trials=[f"{DATA_DIR}/trials/{name}.txt" for name in TRIAL_LISTS],
             summary=run_path("prepare", "summary.json"),
         params:
-            hparams=as_json({"kind": "generic", "max_failures": _PREP_CONV["max_failures"],
+            hparams=as_json({"kind": "generic", "max_failures": _PREP_CONV["max_failures"], "roots": _PREP_ROOTS,
+                             "holdout": _PREP["holdout"], "train": _PREP.get("train"), "test": _PREP.get("test"),
                              **({"split": _PREP["split"]} if "split" in _PREP else {"trials": _PREP_LISTS})}),
             out_dir=lambda wildcards, output: os.path.dirname(os.path.dirname(output.train[0])),
         log:
@@ -204,5 +218,5 @@ if config["corpus"]["kind"] == "generic":
                 "prepare_corpus.py",
                 "merge --hparams {params.hparams:q} --records {input.records:q}"
                 " --summaries {input.summaries:q} --out-dir {params.out_dir:q} --summary {output.summary:q}"
-                " > {log:q} 2>&1",
+                " >> {log:q} 2>&1",
             )

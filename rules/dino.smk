@@ -36,6 +36,6 @@ rule dino_train:
     conda:
         ENV
     shell:
-        train_command("train_dino.py") + " --train-scp {input.wav_scp:q} --augment-dir {params.augment_dir:q}"
+        train_command("train_dino.py") + f" --train-scp {{input.wav_scp:q}} {AUGMENT_ARG}"
         " --val-scp {input.val_scp:q} --val-trials {input.val_trials:q} --ckpt-dir {params.ckpt:q}"
-        " --model-out {output.model:q} --log-out {output.log:q} --record-out {output.record:q} --hparams {params.hparams:q} > {log:q} 2>&1"
+        " --model-out {output.model:q} --log-out {output.log:q} --record-out {output.record:q} --hparams {params.hparams:q} >> {log:q} 2>&1"

@@ -24,7 +24,7 @@ def extract_command(pairs):
     sets = " ".join(f"--wav-scp {scp} --output {out}" for scp, out in pairs)
     return script_cmd(
         "extract.py",
-        f"--model {{input.model:q}} {sets} --hparams {{params.hparams:q}} > {{log:q}} 2>&1",
+        f"--model {{input.model:q}} {sets} --hparams {{params.hparams:q}} >> {{log:q}} 2>&1",
         # compute threads: what the DataLoader processes (extract.workers) leave of the rule's threads
         omp=compute_threads(int(config["extract"]["workers"])),
     )

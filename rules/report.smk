@@ -92,7 +92,7 @@ rule tables:
     shell:
         script_cmd(
             "make_tables.py",
-            "--spec {params.spec:q} --published {input.published:q} --out-dir {params.out_dir:q} > {log:q} 2>&1",
+            "--spec {params.spec:q} --published {input.published:q} --out-dir {params.out_dir:q} >> {log:q} 2>&1",
         )
 
 
@@ -116,4 +116,4 @@ rule plots:
     conda:
         ENV
     shell:
-        script_cmd("make_plots.py", "--spec {params.spec:q} --out-dir {params.out_dir:q} > {log:q} 2>&1")
+        script_cmd("make_plots.py", "--spec {params.spec:q} --out-dir {params.out_dir:q} >> {log:q} 2>&1")

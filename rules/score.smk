@@ -29,5 +29,5 @@ rule score:
         script_cmd(
             "score.py",
             "--emb {input.emb:q} --trials {input.trials:q} {params.cohort} --hparams {params.hparams:q}"
-            " --scores {output.scores:q} --det {output.det:q} --metrics {output.metrics:q} > {log:q} 2>&1",
+            " --scores {output.scores:q} --det {output.det:q} --metrics {output.metrics:q} >> {log:q} 2>&1",
         )

@@ -54,10 +54,10 @@ rule ssrl_train:
     shell:
         train_command("train_ssrl.py") + " --system {wildcards.system} --train-scp {input.wav_scp:q}"
         " --init-model {input.init:q} --labels {input.labels:q} --centers {input.centers:q}"
-        " --augment-dir {params.augment_dir:q} --val-scp {input.val_scp:q} --val-trials {input.val_trials:q}"
+        f" {AUGMENT_ARG} --val-scp {{input.val_scp:q}} --val-trials {{input.val_trials:q}}"
         " --utt2spk {input.utt2spk:q} --ckpt-dir {params.ckpt:q} --model-out {output.model:q}"
         " --log-out {output.log:q} --label-log-out {output.label_log:q} --record-out {output.record:q} --hparams {params.hparams:q}"
-        " > {log:q} 2>&1"
+        " >> {log:q} 2>&1"
 
 
 # k-means of the SSRL systems' train-set embeddings (label quality after SSRL), requested by rule all:

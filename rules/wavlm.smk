@@ -51,10 +51,10 @@ if WAVLM["enabled"] and workflow.is_main_process:
 # The shell command of the three steps; {params.init} holds the step's init arguments.
 _WAVLM_SHELL = (
     train_command("train_ssrl.py") + " --system {params.system} --train-scp {input.wav_scp:q} {params.init}"
-    " --augment-dir {params.augment_dir:q} --val-scp {input.val_scp:q} --val-trials {input.val_trials:q}"
+    f" {AUGMENT_ARG} --val-scp {{input.val_scp:q}} --val-trials {{input.val_trials:q}}"
     " --utt2spk {input.utt2spk:q} --ckpt-dir {params.ckpt:q} --model-out {output.model:q}"
     " --log-out {output.log:q} --label-log-out {output.label_log:q} --record-out {output.record:q}"
-    " --hparams {params.hparams:q} > {log:q} 2>&1"
+    " --hparams {params.hparams:q} >> {log:q} 2>&1"
 )
 # Inputs of every step: training list (+ truth for the label log only), augmentation, validation.
 _WAVLM_COMMON_INPUT = {
@@ -89,7 +89,7 @@ if WAVLM["enabled"] and wavlm_checkpoint() == run_path("wavlm_pretrain", "wavlm_
             ENV
         shell:
             train_command("pretrain_wavlm.py") + " --train-scp {input.wav_scp:q} --ckpt-dir {params.ckpt:q}"
-            " --model-out {output.model:q} --log-out {output.log:q} --hparams {params.hparams:q} > {log:q} 2>&1"
+            " --model-out {output.model:q} --log-out {output.log:q} --hparams {params.hparams:q} >> {log:q} 2>&1"
 
 
 if WAVLM["enabled"]:

@@ -277,6 +277,15 @@ def test_job_with_missing_audio_fails_before_training_and_leaves_nothing(workdir
     assert f"{RUN / 'data' / 'train' / 'wav.scp'}: 1 of {len(lines)} audio files do not exist" in log, log
     assert f"'{utt}' -> {workdir / 'gone' / 'x.flac'}" in log and "Traceback" not in log
     assert not (workdir / RUN / "dino").exists()       # no output, not even a checkpoint folder
+    # A second attempt appends to the log (Snakemake deletes it first; rules/common.smk LOG_ATTEMPT):
+    # both attempts' headers and messages, each attempt's exit status.
+    run_snakemake(workdir, "--cores", "2", str(RUN / "dino" / "model.pt"), configfile=cfg, check=False)
+    log = (workdir / RUN / "logs" / "dino_train.log").read_text()
+    headers = [line for line in log.splitlines() if line.startswith("=== attempt")]
+    assert [h.split(":")[0] for h in headers] == ["=== attempt 1", "=== attempt ended", "=== attempt 2",
+                                                  "=== attempt ended"], log
+    assert headers[1] == headers[3] == "=== attempt ended: exit 1"
+    assert log.count("audio files do not exist") == 2
 
 
 @pytest.mark.slow

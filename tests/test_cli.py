@@ -246,6 +246,34 @@ def test_verify_uses_asnorm_when_the_threshold_was_measured_on_it(system, tmp_pa
     assert out["decision"] == ("accept" if out["score"] >= 0.0 else "reject")
 
 
+def test_verify_refuses_silence_and_warns_beside_its_decision(system, tmp_path, capsys):
+    """A silent file is refused with the cause; a near-silent one and a WAV truncated below what its
+    header states are scored, each with a warning line (and in --json)."""
+    model, a = str(system["model_path"]), str(system["files"][0])
+    silent = tmp_path / "silent.wav"
+    write_audio(silent, np.zeros(16000, dtype=np.float32))
+    assert main(["verify", "-m", model, a, str(silent)]) == 1
+    assert f"{silent}: silent: every sample is zero; there is no voice to compare" in capsys.readouterr().err
+
+    quiet = tmp_path / "quiet.wav"                 # noise at -80 dBFS RMS
+    write_audio(quiet, (1e-4 * np.random.default_rng(1).standard_normal(16000)).astype(np.float32))
+    truncated = tmp_path / "truncated.wav"         # 3 s in the header, 5,000 bytes of file
+    write_audio(truncated, (0.3 * np.sin(np.arange(48000) / 5.0)).astype(np.float32))
+    truncated.write_bytes(truncated.read_bytes()[:5000])
+    assert main(["verify", "-m", model, str(quiet), str(truncated)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].startswith("decision ")
+    level = 20 * np.log10(np.sqrt(np.mean(load_audio(quiet).astype(np.float64) ** 2)))     # about -80
+    assert lines[3] == f"warning    {quiet}: near-silent: RMS level {level:.1f} dBFS (below -60 dBFS)"
+    # 5,000 bytes: a 44-byte header and 2,478 16-bit samples
+    assert lines[4] == (f"warning    {truncated}: shorter than its header says: 0.15 s of audio, the header "
+                        f"states 3.00 s (truncated?)")
+    assert main(["verify", "-m", model, a, str(truncated), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["warnings"] == [lines[4].removeprefix("warning    ")]
+    assert main(["verify", "-m", model, a, a, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["warnings"] == []
+
+
 def test_verify_as_a_subprocess(system):
     a, b = system["files"][0], system["files"][2]
     pythonpath = os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))

@@ -315,23 +315,38 @@ def test_trial_list_format_errors(tmp_path):
 def test_augment_lists(tmp_path):
     musan, rirs = make_augment(tmp_path)
     outs = {k: tmp_path / "data/augment" / f"{k}.lst" for k in ("noise", "music", "babble", "rir")}
-    assert write_augment_lists(musan, rirs, outs) == {"noise": 2, "music": 1, "babble": 3, "rir": 2}
+    assert write_augment_lists({"musan": musan, "rirs": rirs}, outs) == {"noise": 2, "music": 1, "babble": 3, "rir": 2}
     assert read_list(outs["babble"]) == [str(musan / f"speech/src{i}/speech-{i:04d}.wav") for i in range(3)]
     assert read_list(outs["rir"]) == [str(rirs / "simulated_rirs" / r / "Room001/Room001-00001.wav")
                                       for r in ("largeroom", "smallroom")]
+    # Any format the audio reader takes; a list file (paths relative to it) or a folder per source.
+    sf.write(str(musan / "music" / "extra.flac"), tone(800), SR)
+    (tmp_path / "rirs.lst").write_text("RIRS_NOISES/simulated_rirs/smallroom/Room001/Room001-00001.wav\n")
+    sources = {"musan": musan, "rir": tmp_path / "rirs.lst", "babble": musan / "noise"}
+    assert write_augment_lists(sources, outs) == {"noise": 2, "music": 2, "babble": 2, "rir": 1}
+    assert read_list(outs["music"])[0] == str(musan / "music" / "extra.flac")
+    assert read_list(outs["rir"]) == [str(rirs / "simulated_rirs/smallroom/Room001/Room001-00001.wav")]
+    # Off: every list empty.
+    assert write_augment_lists(None, outs) == {"noise": 0, "music": 0, "babble": 0, "rir": 0}
+    assert outs["noise"].read_text() == ""
 
 
 def test_augment_missing_or_empty_folder(tmp_path):
     musan, rirs = make_augment(tmp_path)
     with pytest.raises(PrepareError, match=f"{tmp_path / 'x' / 'simulated_rirs'}: RIRS_NOISES folder "
                                            "'simulated_rirs' not found"):
-        augment_sources(musan, tmp_path / "x")
+        augment_sources({"musan": musan, "rirs": tmp_path / "x"})
     with pytest.raises(PrepareError, match=f"{tmp_path / 'y' / 'noise'}: MUSAN folder 'noise' not found"):
-        augment_sources(tmp_path / "y", rirs)
+        augment_sources({"musan": tmp_path / "y", "rirs": rirs})
+    with pytest.raises(PrepareError, match="rir.lst: give the RIRS_NOISES folder \\(rirs\\) or a folder or list"):
+        augment_sources({"musan": musan})
+    (tmp_path / "bad.lst").write_text("nowhere.wav\n")
+    with pytest.raises(PrepareError, match="bad.lst: 1 of 1 listed files do not exist"):
+        augment_sources({"musan": musan, "rirs": rirs, "noise": tmp_path / "bad.lst"})
     for f in (musan / "music").rglob("*.wav"):
         f.unlink()
-    with pytest.raises(PrepareError, match=f"{musan / 'music'}: no .wav files found \\(needed for music.lst\\)"):
-        augment_sources(musan, rirs)
+    with pytest.raises(PrepareError, match=f"{musan / 'music'}: no audio files found \\(needed for music.lst"):
+        augment_sources({"musan": musan, "rirs": rirs})
 
 
 # --------------------------------------------------------------------------- generic corpus and trials
@@ -365,6 +380,32 @@ def test_generic_scan_and_conversion(tmp_path):
     sf.write(str(root / "bob" / "c.wav"), tone(100), SR)
     with pytest.raises(PrepareError, match=r"c.wav: utterance id 'bob-c' is also the id of .*bob/c.flac"):
         scan_generic(root, tmp_path / "flac")
+
+
+def test_silent_near_silent_and_truncated_files(tmp_path):
+    """A silent file is a failure (excluded, with the cause); a near-silent one and one shorter than its
+    header says are kept with a warning, the truncated one with the length it really has."""
+    root = make_generic(tmp_path / "corpus")
+    write_wav(root / "bob" / "silent.wav", np.zeros(1600, dtype=np.float32))
+    write_wav(root / "carol" / "quiet.wav", tone(1600, amp=1e-4))              # -83 dBFS RMS
+    truncated = root / "dave" / "cut.wav"
+    write_wav(truncated, tone(48000))                                         # 3 s
+    truncated.write_bytes(truncated.read_bytes()[:5000])                      # 44-byte header + 2,478 samples
+    files = scan_generic(root, tmp_path / "flac")
+    summary = convert_shard(one_shard(tmp_path, files), tmp_path / "u.tsv", tmp_path / "s.json", max_failures=1)
+    assert summary["failures"] == [{"utt": "bob-silent", "path": str(root / "bob" / "silent.wav"),
+                                    "reason": "silent: every sample is zero"}]
+    level = 20 * np.log10(np.sqrt(np.mean(sf.read(str(root / "carol" / "quiet.wav"))[0] ** 2)))
+    assert summary["warnings"] == [
+        {"utt": "carol-quiet", "path": str(root / "carol" / "quiet.wav"),
+         "warning": f"near-silent: RMS level {level:.1f} dBFS (below -60 dBFS)"},
+        {"utt": "dave-cut", "path": str(truncated),
+         "warning": "shorter than its header says: 0.15 s of audio, the header states 3.00 s (truncated?)"}]
+    assert summary["warned"] == 2 and summary["usable"] == 15
+    seconds = {line.split("\t")[0]: float(line.split("\t")[3]) for line in (tmp_path / "u.tsv").read_text().splitlines()}
+    assert seconds["dave-cut"] == pytest.approx(2478 / SR, abs=1e-4) and "bob-silent" not in seconds
+    with pytest.raises(PrepareError, match=r"(?s)more than max_failures=0.*silent.wav: silent: every sample is zero"):
+        convert_shard(one_shard(tmp_path, files), tmp_path / "x.tsv", tmp_path / "x.json", max_failures=0)
 
 
 def test_sample_trials_exhaustive_and_distinct():
@@ -481,3 +522,69 @@ def test_script_refuses_without_disk_space(vox2, tmp_path):
     assert str(exit_.value).startswith(f"error: {tmp_path / 'flac'}: not enough free disk space")
     assert "safety margin of 1000000000000000000 bytes" in str(exit_.value)
     assert not (tmp_path / "0.tsv").exists()
+
+
+# --------------------------------------------------------------------------- generic corpora through Snakemake
+
+
+def _demo_tree(tiny_corpus: Path) -> Path:
+    """The tiny demo corpus's audio: corpus/{train,test}/<speaker>/*.flac, musan/ and RIRS_NOISES/ (FLAC)."""
+    return tiny_corpus / "corpus"
+
+
+def _generic_config(workdir: Path, generic: dict) -> Path:
+    return write_config(workdir / "generic.yaml", {"corpus": {"kind": "generic", "generic": generic}})
+
+
+GENERIC_DATA = [f"results/tiny/data/{p}" for p in ("train/wav.scp", "test/wav.scp", "augment/noise.lst",
+                                                   "augment/rir.lst")]
+
+
+@pytest.mark.slow
+def test_snakemake_generic_closed_set_with_flac_augmentation(tiny_corpus, tmp_path, workdir):
+    """One folder per speaker, a trial list over two utterances of each speaker and holdout: utterances:
+    training keeps the speakers' other utterances; the demo's FLAC MUSAN/RIR folders are accepted; the
+    shard count follows the speaker folders (6)."""
+    corpus = _demo_tree(tiny_corpus)
+    speakers = sorted(p.name for p in (corpus / "train").iterdir())
+    lines = [f"1 {s}/{s}-00001.flac {s}/{s}-00002.flac" for s in speakers]
+    lines += [f"0 {a}/{a}-00001.flac {b}/{b}-00002.flac" for a, b in zip(speakers, speakers[1:])]
+    trials = write_trial_list(tmp_path / "closed.txt", lines)
+    cfg = _generic_config(workdir, {"root": str(corpus / "train"), "trials": {"closed": str(trials)},
+                                    "holdout": "utterances", "musan": str(corpus / "musan"),
+                                    "rirs": str(corpus / "RIRS_NOISES")})
+    dry = run_snakemake(workdir, "-n", *GENERIC_DATA, configfile=cfg)
+    assert any(line.split() == ["prepare_convert", str(len(speakers))] for line in dry.stdout.splitlines()), dry.stdout
+    run_snakemake(workdir, "--cores", "2", *GENERIC_DATA, configfile=cfg)
+    data = workdir / "results/tiny/data"
+    train, test = read_utt2spk(data / "train/utt2spk"), read_utt2spk(data / "test/utt2spk")
+    assert sorted(test) == sorted(f"{s}-{s}-0000{i}" for s in speakers for i in (1, 2))
+    assert sorted(train) == sorted(f"{s}-{s}-0000{i}" for s in speakers for i in (3, 4))   # same speakers
+    assert set(train.values()) == set(speakers)
+    noise = read_list(data / "augment/noise.lst")
+    assert noise and all(p.endswith(".flac") for p in noise)
+    assert read_list(data / "augment/rir.lst")[0].startswith(str(corpus / "RIRS_NOISES" / "simulated_rirs"))
+    assert read_json(workdir / "results/tiny/prepare/summary.json")["holdout"] == "utterances"
+
+
+@pytest.mark.slow
+def test_snakemake_generic_explicit_sets_no_augmentation_all_targets(tiny_corpus, tmp_path, workdir):
+    """Two roots with an explicit test folder and a training list; split mode with every target pair;
+    augment: none writes empty lists and the training jobs run with --no-augment."""
+    corpus = _demo_tree(tiny_corpus)
+    train_list = tmp_path / "train.lst"
+    train_list.write_text("".join(f"{p.name}\n" for p in sorted((corpus / "train").iterdir())[:4]))   # 4 speakers
+    cfg = _generic_config(workdir, {"root": [str(corpus / "train"), str(corpus / "test")],
+                                    "train": str(train_list), "test": str(corpus / "test"), "augment": "none",
+                                    "split": {"name": "all", "target_trials": "all", "nontarget_trials": 20}})
+    run_snakemake(workdir, "--cores", "2", *GENERIC_DATA, configfile=cfg)
+    data = workdir / "results/tiny/data"
+    test = read_utt2spk(data / "test/utt2spk")
+    assert set(test.values()) == {p.name for p in (corpus / "test").iterdir()}
+    assert len(set(read_utt2spk(data / "train/utt2spk").values())) == 4
+    trials = read_trials(data / "trials/all.txt")
+    n_spk = len(set(test.values()))
+    assert trials.labels.sum() == n_spk * 4 * 3 // 2 and len(trials) == trials.labels.sum() + 20   # 4 utts each
+    assert all((data / f"augment/{n}.lst").read_text() == "" for n in ("noise", "music", "babble", "rir"))
+    dry = run_snakemake(workdir, "-n", "-p", "results/tiny/dino/model.pt", configfile=cfg)
+    assert "--no-augment" in dry.stdout and "--augment-dir" not in dry.stdout

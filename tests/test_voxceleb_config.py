@@ -322,7 +322,9 @@ def test_profile_plans_every_stage(vox, full_plan):
 def _launch(shell: str) -> tuple[int, str]:
     """(OMP_NUM_THREADS, launcher) of a job's shell command, evaluated by bash as the job would: a
     training command (rules/common.smk train_command: shell variables from threads and gpu) or a
-    script_cmd line ``OMP_NUM_THREADS=<n or $(( shell arithmetic ))> python ...``."""
+    script_cmd line ``OMP_NUM_THREADS=<n or $(( shell arithmetic ))> python ...``, after the log
+    set-up (rules/common.smk LOG_ATTEMPT)."""
+    shell = shell[min(i for i in (shell.find("gpus="), shell.find("OMP_NUM_THREADS="), len(shell)) if i >= 0):]
     if shell.startswith("gpus="):
         setup, sep, _ = shell.partition(" $run ")
         setup, sep_omp, omp = setup.rpartition("; OMP_NUM_THREADS=")

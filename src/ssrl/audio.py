@@ -15,7 +15,9 @@ numpy array of shape ``(samples,)``.
   :func:`pre_emphasis`.
 
 Unreadable, empty, missing or non-finite audio raises :class:`AudioError`
-whose message starts with the file path.
+whose message starts with the file path. :func:`audio_problems` names what is
+suspicious in audio that users hand in (silent or near-silent, shorter than
+its header says), for the CLI and corpus preparation.
 """
 
 from __future__ import annotations
@@ -165,6 +167,83 @@ def audio_duration(path: str | os.PathLike) -> float:
         raise AudioError(f"{path}: cannot read audio header ({err})") from err
     frames, sr = _read_pyav(path)
     return frames.shape[0] / sr
+
+
+SILENCE_DBFS = -60.0
+"""Audio whose RMS level is below this (dB relative to full scale) counts as near-silent: speech
+recorded at a usual level sits around -35 to -15 dBFS, a quiet room's noise floor near -70 dBFS."""
+
+SHORT_TOLERANCE_S = 0.1
+"""A file counts as shorter than its header says when it decodes to more than this many seconds
+less than the header states (AAC decodes in whole frames of 64 ms at 16 kHz)."""
+
+
+def wav_declared_frames(path: str | os.PathLike) -> int | None:
+    """Frames that a RIFF/WAVE file's header declares (``data`` chunk bytes / block align), or None
+    for another format or a header without sizes (streamed WAV: 0 or 0xFFFFFFFF). Read here because
+    libsndfile quietly shortens the count of a truncated file to what is there."""
+    import struct
+
+    block_align = None
+    with open(path, "rb") as fh:
+        head = fh.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        while True:
+            chunk = fh.read(8)
+            if len(chunk) < 8:
+                return None
+            cid, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            if cid == b"fmt ":
+                fmt = fh.read(size + (size & 1))
+                block_align = struct.unpack("<H", fmt[12:14])[0] if len(fmt) >= 14 else None
+            elif cid == b"data":
+                if not block_align or size in (0, 0xFFFFFFFF):
+                    return None
+                return size // block_align
+            else:
+                fh.seek(size + (size & 1), os.SEEK_CUR)
+
+
+def declared_seconds(path: str | os.PathLike) -> float:
+    """The length that ``path``'s header states, in seconds: a WAV's ``data`` chunk size
+    (:func:`wav_declared_frames`), else :func:`audio_duration`."""
+    path = _check_file(path)
+    if not _uses_pyav(path):
+        frames = wav_declared_frames(path)
+        if frames is not None:
+            with _soundfile(path) as fh:
+                return frames / fh.samplerate
+    return audio_duration(path)
+
+
+def level_dbfs(x: np.ndarray) -> float:
+    """RMS level of ``(samples,)`` audio in dB relative to full scale (-inf when all zero)."""
+    rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if x.size else 0.0
+    return 20.0 * math.log10(rms) if rms > 0 else -math.inf
+
+
+def audio_problems(path: str | os.PathLike, x: np.ndarray | None = None) -> list[str]:
+    """What is suspicious about audio handed in by a user, as messages without the path, e.g.
+    ``silent: every sample is zero``, ``near-silent: RMS level -72.0 dBFS (below -60 dBFS)``,
+    ``shorter than its header says: 0.15 s of audio, the header states 3.00 s (truncated?)``.
+
+    ``x`` is the file's audio as :func:`load_audio` returns it (read here when None). Raises
+    :class:`AudioError` when the file cannot be read at all.
+    """
+    if x is None:
+        x = load_audio(path)
+    problems = []
+    level = level_dbfs(x)
+    if level == -math.inf:
+        problems.append("silent: every sample is zero")
+    elif level < SILENCE_DBFS:
+        problems.append(f"near-silent: RMS level {level:.1f} dBFS (below {SILENCE_DBFS:.0f} dBFS)")
+    stated, decoded = declared_seconds(path), x.shape[0] / SAMPLE_RATE
+    if decoded < stated - SHORT_TOLERANCE_S:
+        problems.append(f"shorter than its header says: {decoded:.2f} s of audio, the header states "
+                        f"{stated:.2f} s (truncated?)")
+    return problems
 
 
 def _crop_offset(length: int, num_samples: int, rng: np.random.Generator) -> int:

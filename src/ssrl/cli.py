@@ -54,6 +54,11 @@ Accept when score >= threshold. The exit status is 0 for both accept and reject
 (read the decision from the output; --json for machine-readable output) and
 non-zero on errors, e.g. when no metrics file exists and no --threshold is given.
 
+Input checks: a silent file (every sample zero) is refused; a near-silent one
+(RMS below -60 dBFS) or one shorter than its header says (a truncated
+download) is scored, with a warning line beside the decision (--json: key
+"warnings").
+
 example:
   ssrl verify --model results/demo/ssrl/model.pt a.wav b.wav --json
 """
@@ -230,12 +235,13 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     else:
         threshold = find_threshold(args.model, args.trials)
     cohort = load_cohort(args.model, threshold)
+    warnings = _verify_input_warnings(args.enroll, args.test)
     device = resolve_device(args.device)
     model = _load(args, device)
     result = verify_pair(model, args.enroll, args.test, threshold, device=device, cohort=cohort,
                          max_seconds=_max_seconds(args, model))
     if args.json:
-        print(json.dumps(result.as_dict()))
+        print(json.dumps({**result.as_dict(), "warnings": warnings}))
         return 0
     t = threshold
     kind = "AS-norm cosine" if t.score_norm == "asnorm" else "cosine"
@@ -247,7 +253,24 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     print(f"score      {result.score:.6f} ({kind})")
     print(f"threshold  {t.value:.6f} ({origin})")
     print(f"decision   {'accept (same speaker)' if result.accept else 'reject (different speakers)'}")
+    for warning in warnings:
+        print(f"warning    {warning}")
     return 0
+
+
+def _verify_input_warnings(*paths: str) -> list[str]:
+    """``path: problem`` for each of ``paths`` (ssrl.audio.audio_problems); a silent file is refused
+    (ValueError): it holds no voice, and its score would be meaningless."""
+    from .audio import audio_problems
+
+    warnings = []
+    for path in paths:
+        problems = audio_problems(path)
+        silent = [p for p in problems if p.startswith("silent")]
+        if silent:
+            raise ValueError(f"{path}: {silent[0]}; there is no voice to compare (check the recording)")
+        warnings += [f"{path}: {p}" for p in problems]
+    return warnings
 
 
 def _cmd_export(args: argparse.Namespace) -> int:

@@ -205,13 +205,12 @@ def _check_field(path: PathLike, index: int, what: str, value: object) -> str:
     return value
 
 
-def _write_lines(path: PathLike, lines: Iterable[str], what: str) -> None:
+def _write_lines(path: PathLike, lines: Iterable[str], what: str, allow_empty: bool = False) -> None:
     lines = list(lines)
-    if not lines:
+    if not lines and not allow_empty:
         raise ManifestError(f"{path}: refusing to write an empty {what} file")
     with atomic_open(path, "w", encoding="utf-8") as fh:
-        fh.write("\n".join(lines))
-        fh.write("\n")
+        fh.write("".join(f"{line}\n" for line in lines))
 
 
 def _write_pairs(path: PathLike, mapping: Mapping[str, str], key_what: str, value_what: str) -> None:
@@ -248,11 +247,12 @@ def write_labels(path: PathLike, utts: Sequence[str], labels: Sequence[int] | np
                         for i, (u, lab) in enumerate(zip(utts, labels), start=1)), "label")
 
 
-def write_list(path: PathLike, entries: Iterable[str | os.PathLike]) -> None:
+def write_list(path: PathLike, entries: Iterable[str | os.PathLike], allow_empty: bool = False) -> None:
     """Write one entry (e.g. an audio path) per line, atomically.
 
     An entry is a whole line, so inner spaces are allowed; leading/trailing
-    whitespace, line breaks and empty entries are refused.
+    whitespace, line breaks and empty entries are refused; so is an empty list
+    unless ``allow_empty`` (an empty file: augmentation lists with augmentation off).
     """
     lines = []
     for i, entry in enumerate(entries, start=1):
@@ -261,7 +261,7 @@ def write_list(path: PathLike, entries: Iterable[str | os.PathLike]) -> None:
             raise ManifestError(f"{path}: record {i}: entry {entry!r} is empty, has surrounding whitespace "
                                 f"or a line break")
         lines.append(entry)
-    _write_lines(path, lines, "list")
+    _write_lines(path, lines, "list", allow_empty)
 
 
 def write_trials(path: PathLike, trials: Trials) -> None:

@@ -12,7 +12,8 @@ Writes the "Files between stages" of docs/internals.md (``data/train``,
   WAV/FLAC are used directly; the test set comes from explicit trial lists or
   from held-out speakers with sampled trials.
 * **augmentation sources**: MUSAN ``noise``/``music``/``speech`` and
-  RIRS_NOISES ``simulated_rirs``.
+  RIRS_NOISES ``simulated_rirs`` (any audio format ssrl.audio reads), or a
+  folder or list file per source, or none.
 
 Training-set preparation runs in three steps so that a cluster converts in
 parallel and the shard count is known when the DAG is built:
@@ -47,9 +48,10 @@ import numpy as np
 import soundfile as sf
 
 from . import SAMPLE_RATE
-from .audio import AudioError, audio_duration, load_audio, write_audio
+from .audio import PYAV_SUFFIXES, AudioError, audio_duration, audio_problems, load_audio, write_audio
 from .fileio import atomic_open, read_json, write_json
-from .manifest import Trials, check_trials_cover, write_list, write_trials, write_utt2spk, write_wav_scp
+from .manifest import (Trials, check_trials_cover, read_list, write_list, write_trials, write_utt2spk,
+                       write_wav_scp)
 from .progress import Progress
 
 PathLike = str | os.PathLike
@@ -178,23 +180,31 @@ def scan_voxceleb2(root: PathLike, flac_dir: PathLike) -> list[SourceFile]:
     return sorted(files, key=lambda f: f.utt)
 
 
-def scan_generic(root: PathLike, flac_dir: PathLike | None) -> list[SourceFile]:
-    """List a generic corpus: ``<root>/<speaker>/**/*.{wav,flac,m4a}``, sorted by id.
+def corpus_roots(root: PathLike | Sequence[PathLike]) -> list[Path]:
+    """The absolute corpus folder(s) of ``corpus.generic.root`` (one folder or a list)."""
+    roots = [root] if isinstance(root, (str, os.PathLike)) else list(root)
+    return [Path(os.path.abspath(r)) for r in roots]
+
+
+def scan_generic(root: PathLike | Sequence[PathLike], flac_dir: PathLike | None) -> list[SourceFile]:
+    """List a generic corpus: ``<root>/<speaker>/**/*.{wav,flac,m4a}`` for each root folder
+    (one or several, e.g. LibriSpeech's train-clean-100 and test-clean), sorted by id.
 
     Id: ``<speaker>-<path below the speaker folder, / -> ->`` without extension.
-    ``.m4a`` files get ``dst`` under ``flac_dir`` (same relative path, ``.flac``);
+    ``.m4a`` files get ``dst`` under ``flac_dir`` (same path below the root, ``.flac``);
     WAV/FLAC have ``dst=None``. Hidden files/folders and other extensions are
     ignored. Raises PrepareError for a missing root, no audio, duplicate ids
-    (e.g. ``a.wav`` beside ``a.flac``) or m4a files without ``flac_dir``.
+    (e.g. ``a.wav`` beside ``a.flac``, or one speaker folder in two roots) or m4a
+    files without ``flac_dir``.
     """
-    root = Path(os.path.abspath(_require_dir(root, "corpus root")))
+    roots = [Path(os.path.abspath(_require_dir(r, "corpus root"))) for r in corpus_roots(root)]
     flac = Path(os.path.abspath(flac_dir)) if flac_dir is not None else None
-    speakers = _sorted_subdirs(root)
+    speakers = [(r, spk) for r in roots for spk in _sorted_subdirs(r)]
     progress = Progress(len(speakers), "scan corpus", unit="spk", every_s=30)
     files: list[SourceFile] = []
     first_path: dict[str, str] = {}
     m4a: list[str] = []
-    for spk in speakers:
+    for root, spk in speakers:
         if spk.name != "".join(spk.name.split()):
             raise PrepareError(f"{spk.path}: speaker folder name contains whitespace")
         found = []
@@ -221,10 +231,11 @@ def scan_generic(root: PathLike, flac_dir: PathLike | None) -> list[SourceFile]:
                 _check_path_field(src)
             files.append(SourceFile(utt, spk.name, src, dst, os.stat(src).st_size))
         progress.update(1, files=len(files))
+    where = ", ".join(map(str, roots))
     if not files:
-        raise PrepareError(f"{root}: no .wav/.flac/.m4a files found (expected <speaker>/**/<file>)")
+        raise PrepareError(f"{where}: no .wav/.flac/.m4a files found (expected <speaker>/**/<file>)")
     if m4a and flac is None:
-        raise PrepareError(f"{root}: {len(m4a)} .m4a files need conversion to FLAC but no flac_dir is "
+        raise PrepareError(f"{where}: {len(m4a)} .m4a files need conversion to FLAC but no flac_dir is "
                            f"configured (corpus.generic.conversion.flac_dir); e.g. {_examples(m4a, 3)}")
     return sorted(files, key=lambda f: f.utt)
 
@@ -304,7 +315,7 @@ def check_disk_space(directory: PathLike, needed_bytes: int, margin_bytes: int =
     return free
 
 
-def scan_corpus(kind: str, root: PathLike, flac_dir: PathLike | None, shard_paths: Sequence[PathLike],
+def scan_corpus(kind: str, root: PathLike | Sequence[PathLike], flac_dir: PathLike | None, shard_paths: Sequence[PathLike],
                 summary_path: PathLike, size_ratio: float = DEFAULT_SIZE_RATIO, margin_bytes: int = 0,
                 free_bytes: Callable[[Path], int] | None = None) -> dict:
     """Step 1: scan ``root`` (``kind`` ``voxceleb2`` or ``generic``), check disk space,
@@ -329,7 +340,8 @@ def scan_corpus(kind: str, root: PathLike, flac_dir: PathLike | None, shard_path
     for path, shard in zip(shard_paths, shards):
         write_shard_list(path, shard)
     summary = {
-        "kind": kind, "root": os.path.abspath(root), "flac_dir": os.path.abspath(flac_dir) if flac_dir else None,
+        "kind": kind, "root": [str(r) for r in corpus_roots(root)] if kind == "generic" else os.path.abspath(root),
+        "flac_dir": os.path.abspath(flac_dir) if flac_dir else None,
         "files": len(files), "speakers": len({f.speaker for f in files}),
         "to_convert": sum(f.dst is not None for f in files), "pending_conversion": n_pending,
         "source_bytes": sum(f.size for f in files), "estimated_flac_bytes": needed, "size_ratio": size_ratio,
@@ -363,27 +375,41 @@ def converted_length(src: PathLike, dst: PathLike, tolerance_s: float = LENGTH_T
     return int(info.frames)
 
 
-def convert_file(src: PathLike, dst: PathLike) -> tuple[int, int]:
+def convert_file(src: PathLike, dst: PathLike) -> tuple[int, int, list[str]]:
     """Decode ``src`` (16 kHz mono, ``ssrl.audio.load_audio``) and write 16-bit FLAC ``dst``
-    atomically. Returns ``(samples, clipped samples)``; AAC can overshoot full scale
-    slightly, such samples are clipped to [-1, 1]. Raises AudioError for bad input."""
+    atomically. Returns ``(samples, clipped samples, problems)``; AAC can overshoot full scale
+    slightly, such samples are clipped to [-1, 1]. Raises AudioError for bad input, also for
+    silent audio (problems: near-silent, shorter than the container says)."""
     x = load_audio(src)
+    problems = _usable_problems(src, x)
     clipped = int(np.count_nonzero(np.abs(x) > 1.0))
     if clipped:
         x = np.clip(x, -1.0, 1.0)
     write_audio(dst, x)
-    return int(x.shape[0]), clipped
+    return int(x.shape[0]), clipped, problems
 
 
-def _direct_info(path: str) -> tuple[float, int]:
-    """``(seconds, sample rate)`` of a WAV/FLAC used directly; AudioError when unusable."""
+def _direct_info(path: str) -> tuple[float, int, list[str]]:
+    """``(seconds of audio, sample rate, problems)`` of a WAV/FLAC used directly, decoded whole
+    (:func:`ssrl.audio.audio_problems`: a file shorter than its header says is used for what it
+    holds); AudioError when unusable, also when silent."""
     try:
         info = sf.info(path)
     except (sf.SoundFileError, RuntimeError, OSError) as err:
         raise AudioError(f"{path}: cannot read audio header ({err})") from err
     if info.frames <= 0:
         raise AudioError(f"{path}: empty audio (zero samples)")
-    return info.frames / info.samplerate, int(info.samplerate)
+    x = load_audio(path)
+    return x.shape[0] / SAMPLE_RATE, int(info.samplerate), _usable_problems(path, x)
+
+
+def _usable_problems(path: PathLike, x: np.ndarray) -> list[str]:
+    """The audio_problems of a file about to be used; a silent one is refused (AudioError): it
+    would only teach the model silence."""
+    problems = audio_problems(path, x)
+    if any(p.startswith("silent") for p in problems):
+        raise AudioError(f"{path}: {problems[0]}")
+    return problems
 
 
 def _failure(f: SourceFile, err: Exception) -> dict:
@@ -402,7 +428,9 @@ def convert_shard(list_path: PathLike, records_path: PathLike, summary_path: Pat
     """Step 2: convert (m4a) or check (WAV/FLAC) the files of one shard list.
 
     Writes ``records_path`` (``utt<TAB>speaker<TAB>path<TAB>seconds`` for every
-    usable file) and a JSON summary (counts, hours, failures with reasons).
+    usable file) and a JSON summary (counts, hours, failures with reasons, warnings:
+    near-silent files and files shorter than their header says, kept).
+    WAV/FLAC files are decoded whole for these checks; a silent file is a failure.
     An already complete FLAC (:func:`converted_length`) is not rewritten.
     A file that cannot be decoded is recorded as a failure and left out; when
     more than ``max_failures`` fail, PrepareError is raised at once (the
@@ -413,12 +441,14 @@ def convert_shard(list_path: PathLike, records_path: PathLike, summary_path: Pat
     progress = Progress(len(files), f"shard {name}", unit="file", every_s=30)
     records: list[Record] = []
     failures: list[dict] = []
+    warnings: list[dict] = []
     counts = {"converted": 0, "skipped": 0, "direct": 0, "clipped_files": 0}
     rates: dict[str, int] = {}
     for f in files:
         try:
+            problems: list[str] = []
             if f.dst is None:
-                seconds, rate = _direct_info(f.src)
+                seconds, rate, problems = _direct_info(f.src)
                 rates[str(rate)] = rates.get(str(rate), 0) + 1
                 records.append(Record(f.utt, f.speaker, f.src, seconds))
                 counts["direct"] += 1
@@ -426,10 +456,11 @@ def convert_shard(list_path: PathLike, records_path: PathLike, summary_path: Pat
                 records.append(Record(f.utt, f.speaker, f.dst, samples / SAMPLE_RATE))
                 counts["skipped"] += 1
             else:
-                samples, clipped = convert_file(f.src, f.dst)
+                samples, clipped, problems = convert_file(f.src, f.dst)
                 records.append(Record(f.utt, f.speaker, f.dst, samples / SAMPLE_RATE))
                 counts["converted"] += 1
                 counts["clipped_files"] += int(clipped > 0)
+            warnings += [{"utt": f.utt, "path": f.src, "warning": p} for p in problems]
         except AudioError as err:
             failures.append(_failure(f, err))
             if len(failures) > max_failures:
@@ -442,7 +473,7 @@ def convert_shard(list_path: PathLike, records_path: PathLike, summary_path: Pat
             fh.write(f"{r.utt}\t{r.speaker}\t{r.path}\t{r.seconds:.4f}\n")
     summary = {"shard": name, "files": len(files), "usable": len(records), **counts,
                "direct_sample_rates": rates, "seconds": round(seconds, 3), "hours": round(seconds / 3600, 4),
-               "failed": len(failures), "failures": failures}
+               "failed": len(failures), "failures": failures, "warned": len(warnings), "warnings": warnings}
     write_json(summary_path, summary)
     return summary
 
@@ -488,6 +519,7 @@ def merge_shards(records_paths: Sequence[PathLike], summary_paths: Sequence[Path
         "clipped_files": sum(s["clipped_files"] for s in shards),
         "speakers": len({r.speaker for r in records}), "hours": round(seconds / 3600, 4),
         "failed": len(failures), "excluded_from_wav_scp": len(failures), "failures": failures,
+        "warned": sum(s.get("warned", 0) for s in shards), "warnings": [w for s in shards for w in s.get("warnings", [])],
         "shards": len(shards),
     }
     return records, summary
@@ -630,6 +662,12 @@ def sample_trials(utt2spk: Mapping[str, str], n_target: int, n_nontarget: int, s
     return Trials.from_lists(labels[order], enroll[order], test[order])
 
 
+def target_pair_count(utt2spk: Mapping[str, str]) -> int:
+    """Distinct target pairs (two utterances of one speaker) in a labelled set: sum of n(n-1)/2."""
+    counts = np.unique(np.asarray(list(utt2spk.values())), return_counts=True)[1] if utt2spk else np.zeros(0)
+    return int((counts * (counts - 1) // 2).sum())
+
+
 def split_speakers(speakers: Iterable[str], test_speakers: int | float, seed: int) -> tuple[list[str], list[str]]:
     """``(train, test)`` sorted speaker lists; ``test_speakers`` an integer count or a
     fraction in (0, 1) (rounded, at least 2), drawn with ``seed``. Both sides must be non-empty."""
@@ -646,48 +684,130 @@ def split_speakers(speakers: Iterable[str], test_speakers: int | float, seed: in
     return train, test
 
 
+def _id_prefix(rel: str) -> str:
+    """The id prefix of a folder ``rel`` below a corpus root (``spk/session`` -> ``spk-session``)."""
+    return rel.replace(os.sep, "/").strip("/").replace("/", "-")
+
+
+def select_utterances(spec: PathLike, roots: Sequence[PathLike], utt2spk: Mapping[str, str]) -> set[str]:
+    """The utterances of ``utt2spk`` that set ``spec`` names (``corpus.generic.train`` / ``test``):
+
+    * a **folder** inside a corpus root: the utterances below it (a root itself: all of its
+      speakers, e.g. LibriSpeech's test-clean given as one of the roots);
+    * a **list file**: one entry per line, a path relative to a corpus root naming an audio file
+      (``spk/session/a.wav``) or a folder (``spk``: every utterance of that speaker; CN-Celeb's
+      dev.lst is such a list).
+
+    Raises PrepareError naming ``spec`` (and the first entries that match nothing).
+    """
+    roots = [Path(os.path.abspath(r)) for r in roots]
+    path = Path(os.path.abspath(spec))
+    by_prefix: dict[str, list[str]] = {}
+    for utt in utt2spk:
+        parts = utt.split("-")
+        for i in range(1, len(parts) + 1):
+            by_prefix.setdefault("-".join(parts[:i]), []).append(utt)
+    if path.is_dir():
+        root = next((r for r in roots if path == r or r in path.parents), None)
+        if root is None:
+            raise PrepareError(f"{spec}: a set folder must be one of the corpus roots or inside one "
+                               f"({', '.join(map(str, roots))})")
+        if path == root:
+            speakers = {e.name for e in _sorted_subdirs(root)}
+            chosen = {u for u, spk in utt2spk.items() if spk in speakers}
+        else:
+            chosen = set(by_prefix.get(_id_prefix(os.path.relpath(path, root)), []))
+        if not chosen:
+            raise PrepareError(f"{spec}: no usable utterance of the corpus lies in this folder")
+        return chosen
+    if not path.is_file():
+        raise PrepareError(f"{spec}: set list or folder not found")
+    chosen, unknown = set(), []
+    for entry in read_list(path):
+        suffix = Path(entry).suffix.lower()
+        if suffix in CONVERT_SUFFIXES | DIRECT_SUFFIXES:
+            utt = utt_id_from_relpath(entry)
+            found = [utt] if utt in utt2spk else []
+        else:
+            found = by_prefix.get(_id_prefix(entry), [])
+        if not found:
+            unknown.append(entry)
+        chosen.update(found)
+    if unknown:
+        raise PrepareError(f"{spec}: {len(unknown)} entries name no usable utterance of the corpus (paths "
+                           f"relative to a corpus root; failed files are excluded): {_examples(unknown)}")
+    return chosen
+
+
+HOLDOUT = ("speakers", "utterances")
+"""What a test utterance removes from the training set: its speaker's every utterance (an
+open-set protocol, VoxCeleb's) or only itself (closed set: other utterances of a test speaker
+are trained on)."""
+
+
 def prepare_generic_sets(records_paths: Sequence[PathLike], summary_paths: Sequence[PathLike], max_failures: int,
                          out_dir: PathLike, summary_path: PathLike, trial_lists: Mapping[str, PathLike] | None = None,
-                         split: Mapping | None = None) -> dict:
+                         split: Mapping | None = None, holdout: str = "speakers", train_set: PathLike | None = None,
+                         test_set: PathLike | None = None, roots: Sequence[PathLike] = ()) -> dict:
     """Step 3 for a generic corpus: merged shards -> train and test sets + trial lists.
 
-    Exactly one of
+    Trials come from exactly one of
     * ``trial_lists`` ``{name: path}``: VoxCeleb-style lists whose paths are
-      relative to the corpus root; the test set is every utterance they name,
-      and every speaker appearing in a trial is left out of the training set;
+      relative to a corpus root;
     * ``split`` ``{"name", "test_speakers", "target_trials", "nontarget_trials", "seed"}``:
-      held-out speakers form the test set and ``data/trials/<name>.txt`` is sampled
-      (:func:`sample_trials`).
+      ``data/trials/<name>.txt`` sampled (:func:`sample_trials`; ``target_trials: "all"``
+      takes every target pair) from the test set.
+
+    The test set is ``test_set`` (a folder or list, :func:`select_utterances` over ``roots``)
+    when given, else the utterances the trial lists name, else (split) ``test_speakers``
+    held-out speakers. The training set is ``train_set`` when given, else every utterance,
+    less what ``holdout`` (:data:`HOLDOUT`) removes for the test set: ``speakers`` every
+    utterance of a test speaker, ``utterances`` the test utterances only.
 
     Writes ``<out_dir>/{train,test}/{wav.scp,utt2spk}``, ``<out_dir>/trials/<name>.txt``
-    and the summary JSON. Raises PrepareError for trials naming unknown or failed files.
+    and the summary JSON. Raises PrepareError for trials naming unknown or failed files,
+    trials outside the test set, or an empty training set.
     """
     if (trial_lists is None) == (split is None):
         raise ValueError("give exactly one of trial_lists and split")
+    if holdout not in HOLDOUT:
+        raise ValueError(f"holdout must be one of {HOLDOUT}, got {holdout!r}")
     records, summary = merge_shards(records_paths, summary_paths, max_failures)
     by_utt = {r.utt: r for r in records}
+    utt2spk = {r.utt: r.speaker for r in records}
     out_dir = Path(out_dir)
     trials: dict[str, Trials] = {}
+    test_utts = select_utterances(test_set, roots, utt2spk) if test_set is not None else None
     if trial_lists is not None:
         for name, path in trial_lists.items():
             trials[name], _ = read_path_trials(path)
             check_trials_cover(trials[name], by_utt, path)
-        test_utts = {u for t in trials.values() for u in t.utterances}
-        test_spk = {by_utt[u].speaker for u in test_utts}
-        test = [r for r in records if r.utt in test_utts]
+            if test_utts is not None:
+                check_trials_cover(trials[name], test_utts, f"{path} (against the test set {test_set})")
+        if test_utts is None:
+            test_utts = {u for t in trials.values() for u in t.utterances}
     else:
-        train_spk, test_list = split_speakers((r.speaker for r in records), split["test_speakers"], split["seed"])
-        test_spk = set(test_list)
-        test = [r for r in records if r.speaker in test_spk]
+        if test_utts is None:
+            _, test_list = split_speakers(set(utt2spk.values()), split["test_speakers"], split["seed"])
+            test_utts = {u for u, spk in utt2spk.items() if spk in set(test_list)}
+        test_spk_of = {u: utt2spk[u] for u in test_utts}
+        n_target = split["target_trials"]
+        if n_target == "all":
+            n_target = target_pair_count(test_spk_of)
         try:
-            trials[split["name"]] = sample_trials({r.utt: r.speaker for r in test}, split["target_trials"],
-                                                  split["nontarget_trials"], split["seed"])
+            trials[split["name"]] = sample_trials(test_spk_of, n_target, split["nontarget_trials"], split["seed"])
         except PrepareError as err:
             raise PrepareError(f"{out_dir / 'trials' / split['name']}.txt: {err}; lower target_trials/"
                                f"nontarget_trials or hold out more test_speakers") from None
-    train = [r for r in records if r.speaker not in test_spk]
+    test = [r for r in records if r.utt in test_utts]
+    test_spk = {r.speaker for r in test}
+    candidates = select_utterances(train_set, roots, utt2spk) if train_set is not None else set(utt2spk)
+    removed = test_utts if holdout == "utterances" else {u for u in candidates if utt2spk[u] in test_spk}
+    train = [r for r in records if r.utt in candidates and r.utt not in removed]
     if not train:
-        raise PrepareError(f"{out_dir}: no training utterances left after removing the {len(test_spk)} test speakers")
+        raise PrepareError(f"{out_dir}: no training utterances left after removing the test "
+                           f"{holdout} ({len(test_spk)} speakers, {len(test_utts)} utterances)")
+    summary["holdout"] = holdout
     summary["train"] = _write_set(train, out_dir / "train" / "wav.scp", out_dir / "train" / "utt2spk")
     summary["test"] = _write_set(test, out_dir / "test" / "wav.scp", out_dir / "test" / "utt2spk")
     summary["trials"] = {}
@@ -702,32 +822,63 @@ def prepare_generic_sets(records_paths: Sequence[PathLike], summary_paths: Seque
 # --------------------------------------------------------------------------- augmentation
 
 
-def augment_sources(musan: PathLike, rirs: PathLike) -> dict[str, list[str]]:
-    """``{noise, music, babble, rir}`` -> sorted absolute ``.wav`` paths from
-    ``<musan>/{noise,music,speech}/**`` and ``<rirs>/simulated_rirs/**`` (SPEC 2.1).
+AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".opus", ".mp3"}) | frozenset(PYAV_SUFFIXES)
+"""Augmentation files are any of these (what ssrl.audio reads: libsndfile formats, m4a/aac/mp4 by FFmpeg)."""
 
-    Raises PrepareError naming the folder when one is missing or has no .wav file.
+
+def _augment_files(name: str, source: Path) -> list[str]:
+    """Sorted absolute audio paths of augmentation source ``name`` from a folder (searched
+    recursively for :data:`AUDIO_SUFFIXES`) or a list file (one path per line, relative paths
+    resolved against the list's folder; each must exist)."""
+    if source.is_dir():
+        files = sorted(str(p) for p in source.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()
+                       and not p.name.startswith("."))
+        if not files:
+            raise PrepareError(f"{source}: no audio files found (needed for {name}.lst; looked for "
+                               f"{', '.join(sorted(AUDIO_SUFFIXES))})")
+        return files
+    if not source.is_file():
+        raise PrepareError(f"{source}: folder or list not found (needed for {name}.lst)")
+    files = [str(source.parent / p) if not os.path.isabs(p) else p for p in read_list(source)]
+    missing = [f for f in files if not os.path.isfile(f)]
+    if missing:
+        raise PrepareError(f"{source}: {len(missing)} of {len(files)} listed files do not exist: {_examples(missing)}")
+    if not files:
+        raise PrepareError(f"{source}: empty list (needed for {name}.lst)")
+    return [os.path.abspath(f) for f in files]
+
+
+def augment_sources(sources: Mapping[str, PathLike | None]) -> dict[str, list[str]]:
+    """``{noise, music, babble, rir}`` -> sorted absolute audio paths (SPEC 2.1).
+
+    ``sources`` holds ``musan`` and ``rirs`` (the MUSAN and RIRS_NOISES folders: noise/,
+    music/, speech/ and simulated_rirs/ below them) and/or one entry per list name (a folder or
+    a list file, overriding the MUSAN/RIRS_NOISES default for that name). Raises PrepareError
+    naming the folder or list that is missing or holds no audio.
     """
-    roots = {"musan": Path(os.path.abspath(musan)), "rirs": Path(os.path.abspath(rirs))}
     out = {}
     for name, (root_key, sub) in AUGMENT_FOLDERS.items():
-        folder = roots[root_key] / sub
-        if not folder.is_dir():
-            raise PrepareError(f"{folder}: {'MUSAN' if root_key == 'musan' else 'RIRS_NOISES'} folder "
-                               f"'{sub}' not found (needed for {name}.lst)")
-        files = sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() == ".wav" and p.is_file())
-        if not files:
-            raise PrepareError(f"{folder}: no .wav files found (needed for {name}.lst)")
-        out[name] = files
+        given = sources.get(name)
+        if given is None:
+            root = sources.get(root_key)
+            label = "MUSAN" if root_key == "musan" else "RIRS_NOISES"
+            if root is None:
+                raise PrepareError(f"{name}.lst: give the {label} folder ({root_key}) or a folder or list for {name}")
+            folder = Path(os.path.abspath(root)) / sub
+            if not folder.is_dir():
+                raise PrepareError(f"{folder}: {label} folder '{sub}' not found (needed for {name}.lst)")
+            given = folder
+        out[name] = _augment_files(name, Path(os.path.abspath(given)))
     return out
 
 
-def write_augment_lists(musan: PathLike, rirs: PathLike, outputs: Mapping[str, PathLike]) -> dict[str, int]:
-    """Write ``outputs[name]`` for ``name`` in noise/music/babble/rir; returns file counts.
-    Every folder is checked before anything is written."""
-    sources = augment_sources(musan, rirs)
-    if set(outputs) != set(sources):
-        raise ValueError(f"outputs must be given for exactly {sorted(sources)}, got {sorted(outputs)}")
-    for name, files in sources.items():
-        write_list(outputs[name], files)
-    return {name: len(files) for name, files in sources.items()}
+def write_augment_lists(sources: Mapping[str, PathLike | None] | None, outputs: Mapping[str, PathLike]) -> dict[str, int]:
+    """Write ``outputs[name]`` for ``name`` in noise/music/babble/rir from ``sources``
+    (:func:`augment_sources`; None: augmentation off, every list empty); returns file counts.
+    Every source is checked before anything is written."""
+    lists = augment_sources(sources) if sources is not None else {name: [] for name in AUGMENT_FOLDERS}
+    if set(outputs) != set(lists):
+        raise ValueError(f"outputs must be given for exactly {sorted(lists)}, got {sorted(outputs)}")
+    for name, files in lists.items():
+        write_list(outputs[name], files, allow_empty=sources is None)
+    return {name: len(files) for name, files in lists.items()}

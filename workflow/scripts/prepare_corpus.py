@@ -35,6 +35,17 @@ def _convert(args: argparse.Namespace, hp: dict) -> None:
     print(f"shard {s['shard']}: {s['usable']}/{s['files']} usable ({s['converted']} converted, {s['skipped']} "
           f"already converted, {s['direct']} used directly), {s['failed']} failed, {s['hours']:.2f} h",
           file=sys.stderr)
+    _print_problems(s)
+
+
+def _print_problems(summary: dict, shown: int = 20) -> None:
+    """The failed and the suspicious files (silent, near-silent, shorter than their header says)."""
+    for key, field in (("failures", "reason"), ("warnings", "warning")):
+        items = summary.get(key, [])
+        for item in items[:shown]:
+            print(f"  {key[:-1]}: {item['path']}: {item[field]}", file=sys.stderr)
+        if len(items) > shown:
+            print(f"  ... and {len(items) - shown} more {key}", file=sys.stderr)
 
 
 def _merge(args: argparse.Namespace, hp: dict) -> None:
@@ -43,9 +54,11 @@ def _merge(args: argparse.Namespace, hp: dict) -> None:
                                    hp["max_failures"])
     else:
         s = prepare_generic_sets(args.records, args.summaries, hp["max_failures"], args.out_dir, args.summary,
-                                 trial_lists=hp.get("trials"), split=hp.get("split"))
+                                 trial_lists=hp.get("trials"), split=hp.get("split"), holdout=hp["holdout"],
+                                 train_set=hp.get("train"), test_set=hp.get("test"), roots=hp["roots"])
     print(f"merge: {s['usable']}/{s['files']} files usable, {s['hours']:.2f} h, {s['failed']} failed "
-          f"(excluded from wav.scp; listed in {args.summary})", file=sys.stderr)
+          f"(excluded from wav.scp), {s['warned']} warnings (kept; both listed in {args.summary})", file=sys.stderr)
+    _print_problems(s)
 
 
 def _voxceleb1(args: argparse.Namespace, hp: dict) -> None:
@@ -57,8 +70,8 @@ def _voxceleb1(args: argparse.Namespace, hp: dict) -> None:
 
 
 def _augment(args: argparse.Namespace, hp: dict) -> None:
-    counts = write_augment_lists(hp["musan"], hp["rirs"], {"noise": args.noise, "music": args.music,
-                                                           "babble": args.babble, "rir": args.rir})
+    counts = write_augment_lists(hp["sources"], {"noise": args.noise, "music": args.music, "babble": args.babble,
+                                                 "rir": args.rir})
     print(f"augment: {counts}", file=sys.stderr)
 
 
@@ -82,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("merge", help="join the shards into the data sets")
     p.add_argument("--hparams", required=True,
-                   help='JSON: {"kind", "max_failures"} and for generic one of "trials" {name: path} or "split"')
+                   help='JSON: {"kind", "max_failures"} and for generic "roots", "holdout", "train", "test" and '
+                        'one of "trials" {name: path} or "split"')
     p.add_argument("--records", nargs="+", required=True)
     p.add_argument("--summaries", nargs="+", required=True)
     p.add_argument("--summary", required=True, help="output: preparation summary JSON")
@@ -98,8 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", nargs="+", required=True, help="outputs, in the order of hparams.trials")
     p.set_defaults(func=_voxceleb1)
 
-    p = sub.add_parser("augment", help="MUSAN/RIR file lists")
-    p.add_argument("--hparams", required=True, help='JSON: {"musan", "rirs"}')
+    p = sub.add_parser("augment", help="augmentation file lists")
+    p.add_argument("--hparams", required=True,
+                   help='JSON: {"sources": {"musan", "rirs", and/or a folder or list per name} or null (no augmentation)}')
     for name in ("noise", "music", "babble", "rir"):
         p.add_argument(f"--{name}", required=True, help=f"output {name}.lst")
     p.set_defaults(func=_augment)
