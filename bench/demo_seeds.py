@@ -124,7 +124,7 @@ def mark(met: bool | None) -> str:
 
 STAGES = {"demo_corpus": "corpus synthesis", "dino_train": "DINO", "ssrl_train": "SSRL + ablations",
           "iterative_train": "iterative rounds", "wavlm_pretrain": "WavLM pre-training",
-          "wavlm_step1": "WavLM step 1", "wavlm_step2": "WavLM step 2", "wavlm_ft": "WavLM step 2-ft",
+          "wavlm_train": "WavLM steps 1, 2, 2-ft",
           "extract": "extraction", "kmeans": "k-means", "score": "scoring", "tables": "tables", "plots": "plots"}
 
 
