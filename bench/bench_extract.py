@@ -1,4 +1,4 @@
-"""Embedding extraction throughput: length-bucketed batches vs one utterance at a time (SPEC 5).
+"""Embedding extraction throughput: length-bucketed batches vs one utterance at a time (docs/method.md §5).
 
 Writes ``--n-utts`` synthetic FLAC utterances with VoxCeleb1-test-like durations
 (log-normal, median ``--median-s``, clipped to [``--min-s``, ``--max-s``]: 4-20 s,

@@ -1,4 +1,4 @@
-"""Benchmark of the SSRL label machinery at VoxCeleb2 scale (SPEC 7).
+"""Benchmark of the SSRL label machinery at VoxCeleb2 scale (docs/method.md §7).
 
 Times one relabelling epoch's label work for every training utterance: append
 the teacher's argmax to each queue (a shuffled epoch order), vote all queues,

@@ -2,7 +2,7 @@
 
 Each item is what an SSRL/WavLM training step reads for its student: load a
 FLAC utterance, take a random 2 s crop, augment it (SSRL student policy by
-default: 1/3 reverb, 2/3 additive, SPEC 2.1), peak-normalise, pre-emphasise.
+default: 1/3 reverb, 2/3 additive, docs/method.md §2.1), peak-normalise, pre-emphasise.
 The target is >= 200 crops/s per worker, so that a few workers per GPU keep up.
 
     python bench/bench_loader.py                       # synthetic files in a temp dir

@@ -1,4 +1,4 @@
-"""Optimisation-step throughput of the DINO and SSRL stages (SPEC 4, 7), on the CPU by default.
+"""Optimisation-step throughput of the DINO and SSRL stages (docs/method.md §4, §7), on the CPU by default.
 
 Each case builds the real stage object (:class:`ssrl.train.dino_stage.DINOStage`,
 :class:`ssrl.train.ssrl_stage.SSRLStage`) with its own ``build()`` from synthetic

@@ -1,4 +1,4 @@
-# k-means pseudo labels (SPEC 6) from a system's train-set embeddings, with their quality against
+# k-means pseudo labels (docs/method.md §6) from a system's train-set embeddings, with their quality against
 # the true speakers (data/train/utt2spk; never read by training).
 #   <system>/kmeans_k<k>/labels.txt    utt label
 #   <system>/kmeans_k<k>/centers.npy   (k, dim) float32 cluster means of the normalised embeddings

@@ -1,4 +1,4 @@
-# Stage 1, DINO (SPEC 4): the log-mel ECAPA-TDNN pre-trained by self-distillation.
+# Stage 1, DINO (docs/method.md §4): the log-mel ECAPA-TDNN pre-trained by self-distillation.
 #   dino/model.pt        model file (eval_state = EMA teacher's SpeakerModel; student, teacher, head, centre)
 #   dino/train_log.tsv   `step` rows every train.log_every steps, `epoch` rows (means, validation EER, time)
 #   dino/train_record.json  cost (steps, global batch, processes, device, wall/CPU/GPU-seconds, peak memory)

@@ -1,4 +1,4 @@
-# Iterative clustering baseline (SPEC 8): rounds r = 1..R (config iterative.rounds) of
+# Iterative clustering baseline (docs/method.md §8): rounds r = 1..R (config iterative.rounds) of
 #   fixed labels of round r-1 --train--> iter_r<r>/model.pt --extract--> emb/train.npz --kmeans--> labels
 # Round 1 starts from the DINO model and its k-means labels and centers, round r from iter_r<r-1>'s
 # (encoder = the previous round's EMA teacher; a fresh AAM head initialised from the centers). The

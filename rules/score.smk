@@ -1,4 +1,4 @@
-# Scoring (SPEC 10): cosine scores of a trial list, optionally AS-normalised against the
+# Scoring (docs/method.md §10): cosine scores of a trial list, optionally AS-normalised against the
 # system's train-set embeddings; EER (+ its threshold), minDCF at P_tar 0.01 and 0.05, DET points.
 #   <system>/scores/<list>.tsv       enroll, test, label, score (with a header)
 #   <system>/scores/<list>.det.tsv   far, frr (DET curve, increasing threshold)

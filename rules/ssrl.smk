@@ -1,4 +1,4 @@
-# Stage 2, SSRL (SPEC 7) and its ablations: one rule, one script (train_ssrl.py), one system each.
+# Stage 2, SSRL (docs/method.md §7) and its ablations: one rule, one script (train_ssrl.py), one system each.
 #   <system>/model.pt        model file (eval_state = EMA teacher's SpeakerModel; student, teacher, AAM or
 #                            softmax head; extra: label state, class -> k-means id map)
 #   <system>/train_log.tsv   `step` rows every train.log_every steps, `epoch` rows (means, live classes, EER)

@@ -1,9 +1,9 @@
-# WavLM systems (SPEC 9): three steps of the SSRL stage (train_ssrl.py), chained by their model files.
+# WavLM systems (docs/method.md §9): three steps of the SSRL stage (train_ssrl.py), chained by their model files.
 #   wavlm_step1  WavLM frozen (no_grad, eval mode); ECAPA back-end + layer weights + AAM head from scratch,
 #                supervised on the fixed DINO k-means labels (dino/kmeans_k<K>/labels.txt), plain mean CE,
 #                linear warm-up 0 -> lr then cosine to lr * lr_final, augmentation probability augment_prob;
 #                no teacher: the student is validated and exported
-#   wavlm_step2  SSRL (SPEC 7) whose student and EMA teacher both start as step 1's student (labels =
+#   wavlm_step2  SSRL (docs/method.md §7) whose student and EMA teacher both start as step 1's student (labels =
 #                step 1's), WavLM frozen
 #   wavlm_ft     step 2's full state (student, teacher, label queues, labels, removed classes, p_clean)
 #                continued with WavLM trained too: E_fix = 0, one cosine lr * lr_update_start -> lr * lr_final;

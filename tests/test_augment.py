@@ -1,4 +1,4 @@
-"""ssrl.augment: reverb and additive noise (SPEC 2.1) with known answers, and the policies."""
+"""ssrl.augment: reverb and additive noise (docs/method.md §2.1) with known answers, and the policies."""
 
 from __future__ import annotations
 

@@ -290,7 +290,7 @@ def test_verify_as_a_subprocess(system):
 
 
 def test_conv_mel_frontend_equals_mel_frontend():
-    frontend = MelFrontend()                                  # SPEC 2.2: n_fft 512, win 400, hop 160, 80 mels
+    frontend = MelFrontend()                                  # docs/method.md §2.2: n_fft 512, win 400, hop 160, 80 mels
     conv = ConvMelFrontend(frontend)
     wave = torch.from_numpy(normalise_waveform(np.random.default_rng(0).standard_normal(16000 + 77)
                                                .astype(np.float32)))[None]

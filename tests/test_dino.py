@@ -1,4 +1,4 @@
-"""DINO (SPEC 4): loss and centre known answers, the stage's optimiser rules, an end-to-end script run."""
+"""DINO (docs/method.md §4): loss and centre known answers, the stage's optimiser rules, an end-to-end script run."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def one_thread():
 # --------------------------------------------------------------------------- loss and centre
 
 def _brute_force_loss(s, t, c, ts=0.1, tt=0.04):
-    """SPEC 4 literally: loop over the batch and every (teacher global i, student j != i) pair."""
+    """docs/method.md §4 literally: loop over the batch and every (teacher global i, student j != i) pair."""
     s, t, c = s.double().numpy(), t.double().numpy(), c.double().numpy()
     total, pairs = 0.0, 0
     for i in range(t.shape[1]):

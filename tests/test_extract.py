@@ -1,4 +1,4 @@
-"""Embedding extraction (SPEC 5): workflow/scripts/extract.py and the `extract` rule."""
+"""Embedding extraction (docs/method.md §5): workflow/scripts/extract.py and the `extract` rule."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ECAPA-TDNN, heads, SpeakerModel and the model file (SPEC 3, docs/internals.md)."""
+"""ECAPA-TDNN, heads, SpeakerModel and the model file (docs/method.md §3, docs/internals.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Known-answer tests of the SSRL label machinery (ssrl.ssrl; SPEC 7 and 12)."""
+"""Known-answer tests of the SSRL label machinery (ssrl.ssrl; docs/method.md §7 and §12)."""
 
 from __future__ import annotations
 

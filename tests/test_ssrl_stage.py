@@ -1,4 +1,4 @@
-"""SSRL stage (SPEC 7, 8, 12) on the shared trainer: LR schedule, phases, removed-class masking,
+"""SSRL stage (docs/method.md §7, §8, §12) on the shared trainer: LR schedule, phases, removed-class masking,
 noisy-label weights, kill/resume, 2 gloo processes, model-file continuation, the script.
 
 Every run trains a tiny log-mel ECAPA on the tiny demo corpus (24 training utterances of 6

@@ -2,7 +2,7 @@
 
 On a fabricated VoxCeleb-shaped tree (tests/test_prepare.py's fabricators: real naming, real m4a,
 real-format trial lists) the config, with its /path/to placeholders pointed at that tree, must
-  * hold SPEC 11's paper values and pass the schema;
+  * hold docs/method.md §11's paper values and pass the schema;
   * plan every stage under the SLURM profile (`snakemake --profile slurm -n`), each job with the
     profile's resources, the training jobs launched by torchrun with one worker per GPU;
   * plan only what one target needs (`snakemake -n <file>`).
@@ -202,7 +202,7 @@ def full_plan(vox) -> tuple[str, list[dict]]:
 
 
 def test_paper_values_and_schema():
-    """SPEC 11's paper column (and SPEC 3-8 values it implies) in the merged config, which validates."""
+    """docs/method.md §11's paper column (and docs/method.md §3-§8 values it implies) in the merged config, which validates."""
     from snakemake.utils import validate
 
     cfg = merged_config()

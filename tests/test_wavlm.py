@@ -1,4 +1,4 @@
-"""WavLM front-end: checkpoint import in three formats, hidden states, padding, layer weighting (SPEC 9).
+"""WavLM front-end: checkpoint import in three formats, hidden states, padding, layer weighting (docs/method.md §9).
 
 The import tests use a random model with WavLM Large's widths (1024-d, 16 heads,
 4096 FF, 512-channel extractor, 128-tap positional conv) truncated to 2

@@ -1,4 +1,4 @@
-"""WavLM systems (SPEC 9) as workflow stages: step 1 -> step 2 -> step 2-ft on the tiny corpus.
+"""WavLM systems (docs/method.md §9) as workflow stages: step 1 -> step 2 -> step 2-ft on the tiny corpus.
 
 One Snakemake run (module fixture) trains the three steps from a tiny WavLM checkpoint file
 (torchaudio state dict, 2 layers, 64-d) and DINO-style k-means labels written into the work
@@ -249,7 +249,7 @@ def test_nothing_left_to_run(wavlm_run):
 # --------------------------------------------------------------------------- schedule
 
 def test_step1_lr_is_linear_warmup_then_cosine():
-    """SPEC 9 step 1: linear 0 -> lr over the warm-up epochs, then cosine lr -> lr/100 (value at the end
+    """docs/method.md §9 step 1: linear 0 -> lr over the warm-up epochs, then cosine lr -> lr/100 (value at the end
     of step i of an n-step segment: final + (start - final) (1 + cos(pi i / n)) / 2)."""
     lr, spe, warm, total = 1e-3, 4, 2, 5
     hp = {"ssrl": {"init": "scratch", "head_init": "random", "label_update": False, "nlm": False,

@@ -1,4 +1,4 @@
-"""Audio input/output and the waveform preprocessing of SPEC 2.
+"""Audio input/output and the waveform preprocessing of docs/method.md §2.
 
 Every waveform in the library is a 16 kHz (``ssrl.SAMPLE_RATE``) mono float32
 numpy array of shape ``(samples,)``.
@@ -10,7 +10,7 @@ numpy array of shape ``(samples,)``.
   FIR, Kaiser window: exact rational ratio, e.g. 44.1 kHz -> 16 kHz is
   up 160 / down 441; output length ``ceil(n * up / down)``), numpy only so data
   workers need no torch threads.
-* Preprocessing for every network input (SPEC 2): :func:`random_crop` ->
+* Preprocessing for every network input (docs/method.md §2): :func:`random_crop` ->
   augmentation (``ssrl.augment``) -> :func:`peak_normalise` ->
   :func:`pre_emphasis`.
 
@@ -259,7 +259,7 @@ def _tile(x: np.ndarray, offset: int, num_samples: int) -> np.ndarray:
 
 
 def random_crop(x: np.ndarray, num_samples: int, rng: np.random.Generator) -> np.ndarray:
-    """A ``(num_samples,)`` float32 crop of ``x`` at a random offset (SPEC 2 step 1).
+    """A ``(num_samples,)`` float32 crop of ``x`` at a random offset (docs/method.md §2 step 1).
 
     ``x`` at least ``num_samples`` long: offset uniform in ``[0, len - num_samples]``.
     Shorter: ``x`` is repeated end to end and the crop starts at a uniform
@@ -303,7 +303,7 @@ def read_random_crop(path: str | os.PathLike, num_samples: int, rng: np.random.G
 
 
 def peak_normalise(x: np.ndarray) -> np.ndarray:
-    """``x / max|x|`` as float32 (SPEC 2 step 3); an all-zero signal is returned unchanged."""
+    """``x / max|x|`` as float32 (docs/method.md §2 step 3); an all-zero signal is returned unchanged."""
     x = np.asarray(x, dtype=np.float32)
     peak = float(np.max(np.abs(x))) if x.size else 0.0
     if peak == 0.0:
@@ -312,7 +312,7 @@ def peak_normalise(x: np.ndarray) -> np.ndarray:
 
 
 def pre_emphasis(x: np.ndarray, coef: float = 0.97) -> np.ndarray:
-    """``y[n] = x[n] - coef * x[n-1]``, ``y[0] = x[0]`` (SPEC 2 step 4); float32, same shape."""
+    """``y[n] = x[n] - coef * x[n-1]``, ``y[0] = x[0]`` (docs/method.md §2 step 4); float32, same shape."""
     x = np.asarray(x, dtype=np.float32)
     y = x.copy()
     y[1:] -= np.float32(coef) * x[:-1]

@@ -1,4 +1,4 @@
-"""MUSAN-style additive noise and RIR reverberation (SPEC 2.1).
+"""MUSAN-style additive noise and RIR reverberation (docs/method.md §2.1).
 
 An :class:`Augmenter` holds the four source lists (MUSAN ``noise``, ``music``,
 ``speech`` = babble, simulated RIRs) and turns one ``(samples,)`` float32 crop
@@ -36,7 +36,7 @@ AUGMENTATIONS = ("reverb", "noise", "none")
 """Names an :class:`AugmentPolicy` may choose from."""
 
 ADDITIVE_KINDS = ("noise", "music", "babble_music", "babble")
-"""The four additive mixtures of SPEC 2.1, drawn uniformly."""
+"""The four additive mixtures of docs/method.md §2.1, drawn uniformly."""
 
 DINO_CHOICES = ("reverb", "noise", "reverb", "noise", "none")
 SSRL_STUDENT_CHOICES = ("reverb", "noise", "none")
@@ -115,7 +115,7 @@ def _power(x: np.ndarray) -> float:
 
 
 def prepare_rir(rir: np.ndarray) -> np.ndarray:
-    """RIR ``(taps,)`` -> min-max normalised to [0, 1], cut to start at its peak |value| (SPEC 2.1).
+    """RIR ``(taps,)`` -> min-max normalised to [0, 1], cut to start at its peak |value| (docs/method.md §2.1).
 
     A constant RIR (max == min) is an error: it has no shape to normalise.
     """
@@ -161,7 +161,7 @@ def mix_at_snr(speech: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarr
 
 
 class Augmenter:
-    """Reverb and additive augmentation from file lists (SPEC 2.1).
+    """Reverb and additive augmentation from file lists (docs/method.md §2.1).
 
     ``noise``, ``music``, ``babble``, ``rir``: audio file paths (16 kHz expected;
     others are resampled on read). All four must be non-empty. ``snr_db``:

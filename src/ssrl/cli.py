@@ -29,7 +29,7 @@ Embed whole audio files with a trained system and write an .npz embedding file
 
 Utterance ids are the file stems (a/spk1-001.wav -> spk1-001), or the ids of a
 Kaldi wav.scp given with --scp. Preprocessing and batching are the pipeline's
-extraction (SPEC 5): whole utterance (WavLM systems: first 100 s), peak
+extraction (docs/method.md §5): whole utterance (WavLM systems: first 100 s), peak
 normalisation, pre-emphasis, length-bucketed padded batches; the embeddings are
 those of the model's EMA teacher (model file key eval_state) unless --which says
 otherwise.

@@ -1,4 +1,4 @@
-"""Training and evaluation datasets, batch samplers and collation (SPEC 2, 4, 5, 7).
+"""Training and evaluation datasets, batch samplers and collation (docs/method.md §2, §4, §5, §7).
 
 * :class:`MultiCropDataset` (DINO): global and local augmented crops per utterance.
 * :class:`LabelledCropDataset` (SSRL, iterative rounds, WavLM steps): an
@@ -53,13 +53,13 @@ def seconds_to_samples(seconds: float) -> int:
 
 
 def normalise_waveform(x: np.ndarray) -> np.ndarray:
-    """SPEC 2 steps 3-4: peak normalisation then pre-emphasis; ``(samples,)`` float32."""
+    """docs/method.md §2 steps 3-4: peak normalisation then pre-emphasis; ``(samples,)`` float32."""
     return pre_emphasis(peak_normalise(x))
 
 
 def finish_crop(crop: np.ndarray, rng: np.random.Generator, augmenter: Augmenter | None = None,
                 policy: AugmentPolicy | None = None) -> np.ndarray:
-    """SPEC 2 steps 2-4 on a crop ``(samples,)``: augmentation (when ``augmenter`` and
+    """docs/method.md §2 steps 2-4 on a crop ``(samples,)``: augmentation (when ``augmenter`` and
     ``policy`` are given) -> peak normalisation -> pre-emphasis. Returns float32."""
     if augmenter is not None and policy is not None and policy.augments:
         crop = augmenter(crop, policy, rng)
@@ -68,7 +68,7 @@ def finish_crop(crop: np.ndarray, rng: np.random.Generator, augmenter: Augmenter
 
 def make_crop(wave: np.ndarray, num_samples: int, rng: np.random.Generator,
               augmenter: Augmenter | None = None, policy: AugmentPolicy | None = None) -> np.ndarray:
-    """SPEC 2 steps 1-4 for one network input: random crop of ``wave`` (tiled when
+    """docs/method.md §2 steps 1-4 for one network input: random crop of ``wave`` (tiled when
     short), then :func:`finish_crop`. Returns ``(num_samples,)`` float32."""
     return finish_crop(random_crop(wave, num_samples, rng), rng, augmenter, policy)
 
@@ -104,7 +104,7 @@ class _EpochDataset(Dataset):
 
 
 class MultiCropDataset(_EpochDataset):
-    """DINO views (SPEC 4): ``n_global`` crops of ``global_s`` seconds and ``n_local`` of
+    """DINO views (docs/method.md §4): ``n_global`` crops of ``global_s`` seconds and ``n_local`` of
     ``local_s`` seconds per utterance, each cropped and augmented independently.
 
     Item: ``(global (n_global, Tg), local (n_local, Tl))`` float32 tensors,
@@ -135,7 +135,7 @@ class MultiCropDataset(_EpochDataset):
 
 
 class LabelledCropDataset(_EpochDataset):
-    """Student/teacher crops with the current pseudo label (SPEC 7; also iterative rounds, WavLM).
+    """Student/teacher crops with the current pseudo label (docs/method.md §7; also iterative rounds, WavLM).
 
     Item (a dict that the default collate batches):
 
@@ -199,7 +199,7 @@ class LabelledCropDataset(_EpochDataset):
 
 
 class EvalDataset(Dataset):
-    """Whole utterances for extraction (SPEC 5): peak-normalised, pre-emphasised, not augmented.
+    """Whole utterances for extraction (docs/method.md §5): peak-normalised, pre-emphasised, not augmented.
 
     ``max_seconds`` keeps only the first ``max_seconds`` of each file (WavLM: 100 s).
     Item: ``(index, waveform (samples,) float32 tensor)``; batch with

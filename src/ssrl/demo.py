@@ -1,4 +1,4 @@
-"""The embedded demo corpus: a seeded synthetic multi-speaker corpus (SPEC 11).
+"""The embedded demo corpus: a seeded synthetic multi-speaker corpus (docs/method.md §11).
 
 :func:`generate_corpus` writes, under ``out_dir`` (``results/<run>/corpus``):
 

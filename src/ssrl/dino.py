@@ -1,4 +1,4 @@
-"""DINO self-distillation (SPEC 4): the loss, the teacher centre, the multi-crop model.
+"""DINO self-distillation (docs/method.md §4): the loss, the teacher centre, the multi-crop model.
 
 * :func:`dino_loss`: cross-entropy between the centred, sharpened teacher
   distribution of each global view and the student distribution of every
@@ -23,7 +23,7 @@ from .models import DINOHead, SpeakerModel
 
 def dino_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, center: torch.Tensor,
               student_temp: float = 0.1, teacher_temp: float = 0.04) -> torch.Tensor:
-    """DINO loss (SPEC 4), a scalar.
+    """DINO loss (docs/method.md §4), a scalar.
 
     ``student_logits`` ``(batch, n_views, K)``, the global views first;
     ``teacher_logits`` ``(batch, n_global, K)`` of the global views; ``center``
@@ -56,7 +56,7 @@ def dino_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, center
 
 
 class DINOCenter:
-    """The teacher centre (SPEC 4): a ``(K,)`` vector, initially 0, updated after every
+    """The teacher centre (docs/method.md §4): a ``(K,)`` vector, initially 0, updated after every
     step as ``center <- m * center + (1 - m) * mean(teacher logits of the batch)``,
     the mean taken over every teacher output of the global batch (all ranks, when
     a torch.distributed process group is running)."""

@@ -1,4 +1,4 @@
-"""Log-mel front-end of the ECAPA systems (SPEC 2.2).
+"""Log-mel front-end of the ECAPA systems (docs/method.md §2.2).
 
 The mel power spectrogram is computed here, on the training device; the log,
 the per-utterance instance normalisation and the detach happen inside the

@@ -3,7 +3,7 @@
 The functions behind the ``ssrl`` command line (:mod:`ssrl.cli`); they also
 work from Python.
 
-* :func:`embed_files`: whole-utterance embeddings (SPEC 5) with the pipeline's
+* :func:`embed_files`: whole-utterance embeddings (docs/method.md §5) with the pipeline's
   preprocessing (:class:`ssrl.data.EvalDataset`: peak normalisation +
   pre-emphasis), length-bucketed padded batches and
   :func:`ssrl.models.extract_embeddings`.
@@ -120,7 +120,7 @@ def embed_files(model: SpeakerModel, utts: Sequence[str], paths: Sequence[str | 
                 workers: int = 0, max_seconds: float | None = None, progress: bool = True) -> np.ndarray:
     """Embeddings ``(N, emb_dim)`` float32 of whole audio files, in the order of ``paths``.
 
-    Same path as the pipeline's extraction (SPEC 5): each file is loaded whole
+    Same path as the pipeline's extraction (docs/method.md §5): each file is loaded whole
     (first ``max_seconds`` only, if given), peak-normalised and pre-emphasised
     (:class:`ssrl.data.EvalDataset`), grouped into zero-padded batches of similar
     length holding at most ``max_batch_seconds`` of padded audio and

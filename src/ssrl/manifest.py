@@ -1,4 +1,4 @@
-"""Kaldi-style manifests: read, write and cross-check (SPEC 2).
+"""Kaldi-style manifests: read, write and cross-check (docs/method.md §2).
 
 One record per line, fields separated by whitespace:
 

@@ -1,4 +1,4 @@
-"""Speaker-verification scoring and metrics (SPEC 10).
+"""Speaker-verification scoring and metrics (docs/method.md §10).
 
 * :func:`score_trials`: cosine scores of a trial list, optionally with adaptive
   s-norm (AS-norm) against a cohort.
@@ -243,7 +243,7 @@ def cohort_statistics(x: np.ndarray, cohort: np.ndarray, top_n: int, chunk_bytes
 def score_trials(utts: Sequence[str], embeddings: np.ndarray, trials: str | os.PathLike | Trials,
                  cohort: np.ndarray | None = None, top_n: int = 300, allow_missing: bool = False,
                  chunk: int = 256) -> TrialScores:
-    """Score a trial list by cosine similarity, optionally AS-normalised (SPEC 10).
+    """Score a trial list by cosine similarity, optionally AS-normalised (docs/method.md §10).
 
     ``utts`` (N,) ids of the rows of ``embeddings`` (N, dim); ``trials`` a trials
     file (``1|0 enroll test`` per line) or a :class:`ssrl.manifest.Trials`.

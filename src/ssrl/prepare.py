@@ -29,7 +29,7 @@ parallel and the shard count is known when the DAG is built:
 
 Utterance ids are the path below the corpus (or speaker) folder without the
 extension, ``/`` replaced by ``-``: ``id10270/x6uYqmx31kE/00001.wav`` ->
-``id10270-x6uYqmx31kE-00001`` (SPEC 2).
+``id10270-x6uYqmx31kE-00001`` (docs/method.md §2).
 
 Bad input raises :class:`PrepareError` (a ``ValueError``) whose message starts
 with the offending path.
@@ -81,7 +81,7 @@ MAX_SHOWN = 10
 
 AUGMENT_FOLDERS = {"noise": ("musan", "noise"), "music": ("musan", "music"),
                    "babble": ("musan", "speech"), "rir": ("rirs", "simulated_rirs")}
-"""Augmentation list name -> (source root, sub-folder) (SPEC 2.1)."""
+"""Augmentation list name -> (source root, sub-folder) (docs/method.md §2.1)."""
 
 
 class PrepareError(ValueError):
@@ -849,7 +849,7 @@ def _augment_files(name: str, source: Path) -> list[str]:
 
 
 def augment_sources(sources: Mapping[str, PathLike | None]) -> dict[str, list[str]]:
-    """``{noise, music, babble, rir}`` -> sorted absolute audio paths (SPEC 2.1).
+    """``{noise, music, babble, rir}`` -> sorted absolute audio paths (docs/method.md §2.1).
 
     ``sources`` holds ``musan`` and ``rirs`` (the MUSAN and RIRS_NOISES folders: noise/,
     music/, speech/ and simulated_rirs/ below them) and/or one entry per list name (a folder or

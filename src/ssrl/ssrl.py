@@ -1,4 +1,4 @@
-"""SSRL label machinery (SPEC 7 and 12): pseudo-label queues, relabelling, noisy-label modelling.
+"""SSRL label machinery (docs/method.md §7 and §12): pseudo-label queues, relabelling, noisy-label modelling.
 
 Pure, vectorised building blocks for the SSRL trainer; nothing here trains.
 
@@ -141,7 +141,7 @@ class ReplaceStats:
 
 
 class LabelState:
-    """Pseudo-label state of all training utterances (SPEC 7).
+    """Pseudo-label state of all training utterances (docs/method.md §7).
 
     Arrays (numpy, index = training item index):
 
@@ -244,7 +244,7 @@ class LabelState:
         return self._vote(queues, self.labels[idx])
 
     def nlm_targets(self, indices: np.ndarray, new_labels: np.ndarray, replace_this_epoch: bool) -> np.ndarray:
-        """Targets of the per-utterance teacher loss for noisy-label modelling (SPEC 7).
+        """Targets of the per-utterance teacher loss for noisy-label modelling (docs/method.md §7).
 
         In an epoch that ends with a replacement (:func:`is_replace_epoch`): the label
         the queue votes once this epoch's argmax is appended, i.e. the label the
@@ -410,7 +410,7 @@ def mask_removed(logits: torch.Tensor, removed: torch.Tensor | np.ndarray | None
 def relabel_logits(cosine: torch.Tensor, current_labels: torch.Tensor,
                    removed: torch.Tensor | np.ndarray | None, scale: float, margin: float,
                    margin_quirk: bool = True) -> torch.Tensor:
-    """Teacher relabelling logits (SPEC 7): (batch, n_classes) float32.
+    """Teacher relabelling logits (docs/method.md §7): (batch, n_classes) float32.
 
     ``cosine`` (batch, n_classes): cosines between the L2-normalised teacher
     embeddings and the L2-normalised AAM weight rows (any device/dtype). Logits are
@@ -506,7 +506,7 @@ class Relabelled(NamedTuple):
 def relabel(cosine: torch.Tensor, current_labels: torch.Tensor, removed: torch.Tensor | np.ndarray | None,
             scale: float, margin: float, margin_quirk: bool = True, sinkhorn_iters: int = 0,
             epsilon: float = 0.05, all_reduce: AllReduce | None = None) -> Relabelled:
-    """Online clustering step of SPEC 7: teacher cosines (batch, n_classes) -> new labels + logits.
+    """Online clustering step of docs/method.md §7: teacher cosines (batch, n_classes) -> new labels + logits.
 
     ``sinkhorn_iters = 0`` (the default configuration) takes the argmax of
     :func:`relabel_logits`; otherwise the argmax of :func:`sinkhorn` applied to
@@ -524,7 +524,7 @@ def relabel(cosine: torch.Tensor, current_labels: torch.Tensor, removed: torch.T
 
 def clean_probability(teacher_losses: np.ndarray, max_iter: int = 500, tol: float = 1e-5, seed: int = 0,
                       min_points: int = 10) -> np.ndarray:
-    """p_clean (n,) float32 in [0, 1] from per-utterance teacher losses (n,) (SPEC 7, NLM).
+    """p_clean (n,) float32 in [0, 1] from per-utterance teacher losses (n,) (docs/method.md §7, NLM).
 
     x = log(loss + 1e-12); lo = max(0.1th percentile of x, -20), hi = 99.9th
     percentile; a 2-component 1-D Gaussian mixture (scikit-learn, ``max_iter``,
@@ -575,7 +575,7 @@ def weighted_ce(per_item_ce: torch.Tensor, p_clean: torch.Tensor, nlm: bool = Tr
     is the local batch's weighted mean (under DDP, which averages the gradients over
     ranks, each rank's batch then weighs the same). ``p_sum`` (0-d) replaces the
     normaliser sum(p): pass the global batch's sum(p) divided by the number of ranks
-    to make the DDP average the weighted mean over the global batch (SPEC 7).
+    to make the DDP average the weighted mean over the global batch (docs/method.md §7).
     """
     if not nlm:
         return per_item_ce.mean()
@@ -592,7 +592,7 @@ def majority_label_correct(pseudo_labels: np.ndarray, true_labels: np.ndarray) -
     A pseudo label is correct when the majority true speaker of its cluster (the
     utterances currently holding that label) is the utterance's speaker; several
     clusters may map to one speaker. This many-to-one mapping is the one behind
-    purity (SPEC 6); a one-to-one Hungarian mapping would call every utterance of a
+    purity (docs/method.md §6); a one-to-one Hungarian mapping would call every utterance of a
     pure but surplus cluster noisy whenever clusters outnumber speakers (K = 8000 vs
     5,994 speakers). Ties between speakers go to the smallest speaker id (sorted).
     """
@@ -617,7 +617,7 @@ def majority_label_correct(pseudo_labels: np.ndarray, true_labels: np.ndarray) -
 
 
 def clean_detector_stats(p_clean: np.ndarray, label_correct: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
-    """Quality of ``p_clean > threshold`` as a detector of correct labels (SPEC 7 logs).
+    """Quality of ``p_clean > threshold`` as a detector of correct labels (docs/method.md §7 logs).
 
     Positive = predicted clean; actual positive = ``label_correct`` (e.g. from
     :func:`majority_label_correct`). Returns counts ``tp``, ``fp``, ``tn``, ``fn`` and

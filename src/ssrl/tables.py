@@ -1,4 +1,4 @@
-"""Result tables and plots, built only from the files the pipeline wrote (SPEC 10, 13).
+"""Result tables and plots, built only from the files the pipeline wrote (docs/method.md §10, §13).
 
 Inputs (under ``results/<run>/``, see docs/internals.md): per system
 ``metrics/<list>.json`` (EER as a fraction, minDCF at P_target 0.01 / 0.05, trial
@@ -234,7 +234,7 @@ def read_scores(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass(frozen=True)
 class Reference:
-    """A published result (SPEC 13): EER in %, minDCF at ``p_target`` (both may be None)."""
+    """A published result (docs/method.md §13): EER in %, minDCF at ``p_target`` (both may be None)."""
 
     id: str
     system: str

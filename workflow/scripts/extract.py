@@ -1,4 +1,4 @@
-"""Embeddings of every utterance of one or more wav.scp files with a trained system (SPEC 5).
+"""Embeddings of every utterance of one or more wav.scp files with a trained system (docs/method.md §5).
 
 Whole utterances (WavLM systems: the first ``max_seconds_wavlm`` seconds),
 peak-normalised and pre-emphasised, no augmentation; the model file's

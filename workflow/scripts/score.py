@@ -1,4 +1,4 @@
-"""Score a trial list with one system's embeddings: EER, minDCF and DET points (SPEC 10).
+"""Score a trial list with one system's embeddings: EER, minDCF and DET points (docs/method.md §10).
 
 Writes
   --scores   TSV with a header: enroll, test, label (1 target / 0 non-target), score

@@ -1,4 +1,4 @@
-"""Stage 1: DINO pre-training of the log-mel ECAPA-TDNN (SPEC 4).
+"""Stage 1: DINO pre-training of the log-mel ECAPA-TDNN (docs/method.md §4).
 
 Runs as ``python train_dino.py ...`` on one device or as
 ``torchrun --nproc_per_node N train_dino.py ...`` (DDP: NCCL on GPUs, gloo on
@@ -41,7 +41,7 @@ from ssrl.train.script_args import add_training_arguments, augment_lists
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--train-scp", required=True, help="training wav.scp ('utt path' per line)")
-    add_training_arguments(ap, no_augment_help="clean crops (debugging only; not SPEC 4)")
+    add_training_arguments(ap, no_augment_help="clean crops (debugging only; not docs/method.md §4)")
     args = ap.parse_args(argv)
     lists = augment_lists(ap, args)
 

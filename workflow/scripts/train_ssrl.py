@@ -1,5 +1,5 @@
-"""Stage 2: SSRL (SPEC 7), its ablations, the iterative-clustering rounds (SPEC 8) and the
-WavLM steps (SPEC 9) on pseudo labels, by one stage (ssrl.train.ssrl_stage.SSRLStage).
+"""Stage 2: SSRL (docs/method.md §7), its ablations, the iterative-clustering rounds (docs/method.md §8) and the
+WavLM steps (docs/method.md §9) on pseudo labels, by one stage (ssrl.train.ssrl_stage.SSRLStage).
 
 Runs as ``python train_ssrl.py ...`` on one device or as
 ``torchrun --nproc_per_node N train_ssrl.py ...`` (DDP: NCCL on GPUs, gloo on CPU).

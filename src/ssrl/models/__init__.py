@@ -1,4 +1,4 @@
-"""Networks (SPEC 3, 9), the speaker-model wrapper, the model file and embedding extraction.
+"""Networks (docs/method.md §3, §9), the speaker-model wrapper, the model file and embedding extraction.
 
 * :class:`SpeakerModel` = front-end (log-mel :class:`~ssrl.features.MelFrontend` or
   :class:`~ssrl.models.wavlm.WavLMFrontend`) + :class:`~ssrl.models.ecapa.ECAPATDNN`:
@@ -13,7 +13,7 @@
   :func:`save_model_file`, read by :func:`read_model_file` and
   :func:`load_speaker_model`.
 * :func:`extract_embeddings`: whole-utterance embeddings over a DataLoader of
-  padded batches (SPEC 5).
+  padded batches (docs/method.md §5).
 """
 
 from __future__ import annotations
@@ -43,12 +43,12 @@ __all__ = [
 MODEL_FORMAT = "ssrl-model/1"
 
 WAVLM_MAX_SECONDS = 100.0
-"""WavLM systems embed only the first 100 s of each file (SPEC 5)."""
+"""WavLM systems embed only the first 100 s of each file (docs/method.md §5)."""
 
 
 def default_max_seconds(model: "SpeakerModel") -> float | None:
     """Audio kept per file for extraction: :data:`WAVLM_MAX_SECONDS` for WavLM systems,
-    everything (None) for log-mel ECAPA systems (SPEC 5)."""
+    everything (None) for log-mel ECAPA systems (docs/method.md §5)."""
     return None if isinstance(model.frontend, MelFrontend) else WAVLM_MAX_SECONDS
 
 
@@ -270,7 +270,7 @@ def load_speaker_model(path: str | os.PathLike, device: str | torch.device = "cp
 def extract_embeddings(model: SpeakerModel, batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
                        utts: list[str], device: str | torch.device = "cpu",
                        progress: Progress | None = None) -> np.ndarray:
-    """Embeddings ``(N, emb_dim)`` float32 of ``utts`` in their order (SPEC 5).
+    """Embeddings ``(N, emb_dim)`` float32 of ``utts`` in their order (docs/method.md §5).
 
     ``batches`` yields ``(indices (B,), padded waves (B, S), lengths (B,))`` as
     :func:`ssrl.data.collate_padded` makes them; every index in ``range(N)``

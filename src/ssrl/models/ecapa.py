@@ -1,4 +1,4 @@
-"""ECAPA-TDNN speaker encoder (SPEC 3.1), exact under padding.
+"""ECAPA-TDNN speaker encoder (docs/method.md §3.1), exact under padding.
 
 Features ``(batch, in_dim, frames)`` -> embeddings ``(batch, emb_dim)``.
 
@@ -212,7 +212,7 @@ class AttentiveStatsPool(nn.Module):
 class ECAPATDNN(nn.Module):
     """ECAPA-TDNN: features (batch, in_dim, frames) [+ lengths (batch,) frames] -> (batch, emb_dim).
 
-    Input handling (SPEC 2.2): ``log(x + 1e-6)`` if ``log_input``, then per-utterance
+    Input handling (docs/method.md §2.2): ``log(x + 1e-6)`` if ``log_input``, then per-utterance
     instance normalisation over time for each band (no affine), detached if
     ``detach_norm``. Blocks: TDNN(k5) -> 3 SE-Res2Net blocks (k3; dilations 2, 3, 4)
     -> multi-layer aggregation (3 x channels) -> attentive statistics pooling ->

@@ -1,4 +1,4 @@
-"""Training heads on top of the speaker embedding (SPEC 3.2, 3.3).
+"""Training heads on top of the speaker embedding (docs/method.md §3.2, §3.3).
 
 * :class:`DINOHead`: projection MLP + weight-normalised prototype layer (DINO).
 * :class:`AAMSoftmax`: additive angular margin softmax (ArcFace) for pseudo labels.

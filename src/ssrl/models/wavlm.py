@@ -1,4 +1,4 @@
-"""WavLM front-end (SPEC 9): torchaudio's WavLM modules, checkpoint import, layer weighting.
+"""WavLM front-end (docs/method.md §9): torchaudio's WavLM modules, checkpoint import, layer weighting.
 
 * :func:`load_wavlm` builds a :class:`WavLM` (the first ``num_layers`` transformer
   layers) randomly initialised, as a tiny configuration for tests and the demo,

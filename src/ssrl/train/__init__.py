@@ -10,10 +10,10 @@
 * :mod:`.checkpoint`: atomic, pruned, resumable checkpoints and RNG states.
 * :mod:`.validation`: sharded embedding extraction and EER during training.
 * :mod:`.optim`: parameter groups and per-tensor gradient clipping.
-* :mod:`.dino_stage`: DINO (SPEC 4) as a Stage; stages live beside the trainer
+* :mod:`.dino_stage`: DINO (docs/method.md §4) as a Stage; stages live beside the trainer
   because they sit above it in the layering (they import it).
-* :mod:`.ssrl_stage`: SSRL (SPEC 7), its ablations, the iterative rounds (SPEC 8)
-  and the WavLM steps (SPEC 9) as one Stage.
+* :mod:`.ssrl_stage`: SSRL (docs/method.md §7), its ablations, the iterative rounds (docs/method.md §8)
+  and the WavLM steps (docs/method.md §9) as one Stage.
 """
 
 from .checkpoint import CheckpointManager

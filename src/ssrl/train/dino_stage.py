@@ -1,4 +1,4 @@
-"""Stage 1, DINO (SPEC 4), as a :class:`~ssrl.train.loop.Stage` of the shared trainer.
+"""Stage 1, DINO (docs/method.md §4), as a :class:`~ssrl.train.loop.Stage` of the shared trainer.
 
 Student = log-mel ECAPA-TDNN (:class:`~ssrl.models.SpeakerModel`) + DINO head; the
 teacher is its EMA copy. Each item gives ``n_global`` global and ``n_local``
@@ -38,7 +38,7 @@ from .validation import ValidationSet, validation_eer
 
 @dataclass
 class HeadConfig:
-    """DINO head sizes (SPEC 3.2): MLP ``emb -> hidden -> hidden -> mid -> bottleneck``,
+    """DINO head sizes (docs/method.md §3.2): MLP ``emb -> hidden -> hidden -> mid -> bottleneck``,
     then ``n_prototypes`` weight-normalised prototypes."""
 
     n_prototypes: int = 65536
@@ -49,7 +49,7 @@ class HeadConfig:
 
 @dataclass
 class DINOConfig:
-    """The ``dino:`` config section (paper values as defaults; SPEC 4).
+    """The ``dino:`` config section (paper values as defaults; docs/method.md §4).
 
     epochs, batch_size (global, all ranks), lr (peak, used as given), min_lr (end of the
     cosine), warmup_epochs (linear from 0), momentum, weight_decay (weights only),
@@ -118,7 +118,7 @@ class DINOConfig:
 
 
 class DINOStage(Stage):
-    """DINO pre-training (SPEC 4) on the shared trainer.
+    """DINO pre-training (docs/method.md §4) on the shared trainer.
 
     ``hparams``: ``{"dino": {...} (DINOConfig), "model": arch for
     ``build_speaker_model``, "augment": {"snr_db", "babble_count", ...}, "train": ...}``;

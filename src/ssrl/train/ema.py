@@ -1,4 +1,4 @@
-"""EMA teacher (SPEC 4, 7): an exponential moving average of the student.
+"""EMA teacher (docs/method.md §4, §7): an exponential moving average of the student.
 
 The teacher is a copy of the student that is never trained by gradient and
 always runs in eval mode. After every optimiser step each floating-point
@@ -7,7 +7,7 @@ parameter and buffer (BatchNorm running mean/var) of the teacher becomes
 require grad (e.g. the fixed weight-norm gain of the DINO prototype layer, a
 frozen WavLM) and integer buffers (``num_batches_tracked``) are copied.
 Tensors the teacher shares with the student (the same tensor object, e.g. the
-student's WavLM used by the reference step 2-ft teacher, SPEC 9 Q3) are left
+student's WavLM used by the reference step 2-ft teacher, docs/method.md §9 Q3) are left
 alone.
 """
 

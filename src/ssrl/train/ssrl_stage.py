@@ -1,4 +1,4 @@
-"""Stage 2, SSRL (SPEC 7), the iterative-clustering rounds (SPEC 8) and the ablations, as one
+"""Stage 2, SSRL (docs/method.md §7), the iterative-clustering rounds (docs/method.md §8) and the ablations, as one
 :class:`~ssrl.train.loop.Stage` of the shared trainer.
 
 Student = :class:`~ssrl.models.SpeakerModel` (built from the init model file's ``arch``, so a
@@ -32,11 +32,11 @@ The same stage, by its hyper-parameters (:class:`SSRLConfig`), runs
 
 * SSRL and its ablations (``nlm``, ``queue_len``, ``head``, ``none_is_noise`` = Q1,
   ``margin_quirk`` = Q2, ``sinkhorn_iters``);
-* an iterative round (SPEC 8): ``label_update: false``, ``nlm: false``,
+* an iterative round (docs/method.md §8): ``label_update: false``, ``nlm: false``,
   ``fixed_epochs = E_round``, ``update_epochs = 0`` (the label-fixed LR segment stretched to
   E_round epochs); the EMA teacher is kept and evaluated exactly as in SSRL, so an SSRL run and
   the rounds differ only in the online label update;
-* the WavLM steps (SPEC 9): ``teacher`` (false in step 1), ``init`` (``scratch``: a new model
+* the WavLM steps (docs/method.md §9): ``teacher`` (false in step 1), ``init`` (``scratch``: a new model
   built from ``hparams["arch"]``, e.g. a WavLM checkpoint + a random back-end, and a random head
   (step 1); ``encoder``: the init model's ``eval_state`` + a new head; ``student``: its student
   incl. head, as the student and as the teacher (a copy), labels from its label state (step 2);
@@ -51,7 +51,7 @@ The same stage, by its hyper-parameters (:class:`SSRLConfig`), runs
   ``gradient_checkpointing`` (recompute WavLM layer activations in the backward pass).
 
 Labels: the k-means labels the stage sees are renumbered to 0..C-1 (C = number of distinct
-labels, SPEC 7) in increasing order of their k-means id; the matching rows of the centers
+labels, docs/method.md §7) in increasing order of their k-means id; the matching rows of the centers
 initialise the AAM weights; the model file's ``extra["classes"]`` maps class c back to its
 k-means id. Truth (``utt2spk``) is read only for the per-epoch label log, never for training.
 
@@ -106,7 +106,7 @@ LABEL_LOG_COLUMNS = ("epoch", "phase", "relabelled", "replaced", "live_classes",
 
 @dataclass
 class SSRLConfig:
-    """The stage's hyper-parameters (paper values as defaults; SPEC 7, 8, 9, 12).
+    """The stage's hyper-parameters (paper values as defaults; docs/method.md §7, §8, §9, §12).
 
     Schedule: ``fixed_epochs`` (E_fix, label-fixed), ``update_epochs`` (E_upd, label-update);
     ``batch_size`` (global, all ranks); Adam ``lr`` (nominal) and ``weight_decay`` (Adam's, on

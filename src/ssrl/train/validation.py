@@ -4,7 +4,7 @@ Extraction is sharded over ranks and gathered, so every rank returns the same
 result and no rank waits in a collective that another skips. The model is a
 :class:`ssrl.models.SpeakerModel` (e.g. the EMA teacher's); validation uses
 whole utterances (WavLM systems: the first 100 s), exactly as the extraction stage
-does (SPEC 5).
+does (docs/method.md §5).
 """
 
 from __future__ import annotations
