@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.ssrl-installed
 CORES ?= all
 
-.PHONY: demo test venv clean-demo
+.PHONY: demo test test-slurm venv clean-demo
 
 venv: $(STAMP)
 
@@ -27,6 +27,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The real-SLURM test (root, apt-get): installs a one-node SLURM, runs the tiny config through it, purges it.
+test-slurm: $(STAMP)
+	SSRL_TEST_SLURM=1 $(BIN)/python -m pytest tests/test_slurm_real.py
 
 clean-demo:
 	rm -rf results/demo .snakemake

@@ -3,6 +3,7 @@
 
 import json
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -339,3 +340,26 @@ onstart:
         problem = preflight.status_problem(workflow.executor_settings.status_command, sacct_error, min_job_age)
         if problem:
             raise ValueError(f"SLURM preflight: nothing was submitted: {problem}")
+
+
+def train_embedding_systems():
+    """Regex of the systems whose train-set embeddings are used (rules/embed.smk): k-means of dino, ssrl
+    and the iterative rounds, the ablations with kmeans.ablation_quality, every system as the AS-norm
+    cohort. Reads ABLATIONS of rules/ssrl.smk when called (from embed.smk, included after it)."""
+    if config["score"]["asnorm"]:
+        return r"[a-z0-9_]+"
+    systems = ["dino", "ssrl", r"iter_r[1-9][0-9]*"]
+    if config["kmeans"]["ablation_quality"]:
+        systems += [re.escape(name) for name in ABLATIONS]
+    return "|".join(systems)
+
+
+def extract_command(pairs):
+    """extract.py on the rule's model with (--wav-scp, --output) ``pairs`` of shell templates."""
+    sets = " ".join(f"--wav-scp {scp} --output {out}" for scp, out in pairs)
+    return script_cmd(
+        "extract.py",
+        f"--model {{input.model:q}} {sets} --hparams {{params.hparams:q}} >> {{log:q}} 2>&1",
+        # compute threads: what the DataLoader processes (extract.workers) leave of the rule's threads
+        omp=compute_threads(int(config["extract"]["workers"])),
+    )

@@ -9,27 +9,6 @@
 # other system embeds only what is asked for (extract).
 
 
-def train_embedding_systems():
-    """Regex of the systems whose train-set embeddings are used (see above)."""
-    if config["score"]["asnorm"]:
-        return r"[a-z0-9_]+"
-    systems = ["dino", "ssrl", r"iter_r[1-9][0-9]*"]
-    if config["kmeans"]["ablation_quality"]:
-        systems += [re.escape(name) for name in ABLATIONS]
-    return "|".join(systems)
-
-
-def extract_command(pairs):
-    """extract.py on the rule's model with (--wav-scp, --output) ``pairs`` of shell templates."""
-    sets = " ".join(f"--wav-scp {scp} --output {out}" for scp, out in pairs)
-    return script_cmd(
-        "extract.py",
-        f"--model {{input.model:q}} {sets} --hparams {{params.hparams:q}} >> {{log:q}} 2>&1",
-        # compute threads: what the DataLoader processes (extract.workers) leave of the rule's threads
-        omp=compute_threads(int(config["extract"]["workers"])),
-    )
-
-
 ruleorder: extract_train_test > extract
 
 
