@@ -113,15 +113,21 @@ def _read_json(path: str | os.PathLike) -> Any:
         raise TablesError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}") from None
 
 
+def _read_object(path: str | os.PathLike, required: Sequence[str]) -> dict[str, Any]:
+    """A JSON object holding every key of ``required``; TablesError naming the file otherwise."""
+    obj = _read_json(path)
+    if not isinstance(obj, dict):
+        raise TablesError(f"{path}: expected a JSON object, got {type(obj).__name__}")
+    missing = [k for k in required if k not in obj]
+    if missing:
+        raise TablesError(f"{path}: missing key(s) {missing}")
+    return obj
+
+
 def read_metrics(path: str | os.PathLike) -> dict[str, Any]:
     """A ``metrics/<list>.json`` of workflow/scripts/score.py, checked: EER (fraction, 0..1),
     ``min_dcf_0.01``, ``min_dcf_0.05``, trial counts; other keys are kept as they are."""
-    m = _read_json(path)
-    if not isinstance(m, dict):
-        raise TablesError(f"{path}: expected a JSON object, got {type(m).__name__}")
-    missing = [k for k in METRIC_KEYS if k not in m]
-    if missing:
-        raise TablesError(f"{path}: missing key(s) {missing}")
+    m = _read_object(path, METRIC_KEYS)
     for key in METRIC_KEYS:
         _number(m[key], f"{path}: {key}")
     if not 0.0 <= m["eer"] <= 1.0:
@@ -144,12 +150,7 @@ def read_quality(path: str | os.PathLike) -> dict[str, Any]:
 def read_train_record(path: str | os.PathLike) -> dict[str, Any]:
     """A ``<system>/train_record.json`` of the trainer (ssrl.train.cost): :data:`TRAIN_RECORD_KEYS`,
     numbers checked (``gpu_s`` / ``peak_gpu_bytes`` null on CPU; stamp keys null when unknown)."""
-    r = _read_json(path)
-    if not isinstance(r, dict):
-        raise TablesError(f"{path}: expected a JSON object, got {type(r).__name__}")
-    missing = [k for k in TRAIN_RECORD_KEYS if k not in r]
-    if missing:
-        raise TablesError(f"{path}: missing key(s) {missing}")
+    r = _read_object(path, TRAIN_RECORD_KEYS)
     for key in TRAIN_RECORD_NUMBERS:
         _number(r[key], f"{path}: {key}")
     for key in ("gpu_s", "peak_gpu_bytes"):
