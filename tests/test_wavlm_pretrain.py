@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from ssrl.models import read_model_file
-from ssrl.models.wavlm import TINY_CONFIG, WavLM, load_wavlm, read_wavlm_checkpoint
+from ssrl.models.wavlm import TINY_CONFIG, WavLM, load_wavlm, official_checkpoint, read_wavlm_checkpoint
 from ssrl.train import RuntimeConfig, run
 from ssrl.train.wavlm_pretrain import (MaskedPredictionModel, PretrainConfig, UnitTargets, WavLMPretrainStage,
                                        frame_geometry, masked_prediction_loss, span_mask)
@@ -136,6 +136,25 @@ def test_loss_counts_only_masked_frames():
         masked_prediction_loss(logits, units, torch.zeros_like(mask))
 
 
+def test_unmasked_weight_adds_the_unmasked_frames_cross_entropy():
+    k = 5
+    units = torch.tensor([[0, 1, 2, 3], [4, 0, 1, 2]])
+    mask = torch.tensor([[True, False, True, False], [False, False, True, True]])
+    # Right on the masked frames; on the unmasked ones the wrong unit leads by 50: cross-entropy 50 each.
+    logits = torch.zeros(2, 4, k)
+    logits[mask] = torch.nn.functional.one_hot(units[mask], k).float() * 50
+    logits[~mask] = torch.nn.functional.one_hot((units[~mask] + 1) % k, k).float() * 50
+    assert masked_prediction_loss(logits, units, mask)[0].item() < 1e-6
+    loss, acc = masked_prediction_loss(logits, units, mask, unmasked_weight=0.5)
+    assert loss.item() == pytest.approx(0.5 * 50, rel=1e-5) and acc.item() == 1.0
+    # Uniform logits: log K on both terms, so (1 + w) log K.
+    loss, _ = masked_prediction_loss(torch.zeros(2, 4, k), units, mask, unmasked_weight=0.25)
+    assert loss.item() == pytest.approx(1.25 * math.log(k))
+    # Every frame masked: the second term has no frame and is left out.
+    loss, _ = masked_prediction_loss(torch.zeros(2, 4, k), units, torch.ones_like(mask), unmasked_weight=1.0)
+    assert loss.item() == pytest.approx(math.log(k))
+
+
 def test_a_few_steps_lower_the_loss_on_a_fixed_batch():
     torch.manual_seed(0)
     model = MaskedPredictionModel(tiny_wavlm(1), n_units=6)
@@ -166,13 +185,49 @@ def test_config_is_validated():
         PretrainConfig.from_dict({"units": 3})
     with pytest.raises(ValueError, match="n_mfcc .* exceeds n_mels"):
         PretrainConfig.from_dict({"n_mfcc": 20, "n_mels": 10})
+    assert PretrainConfig().conv_layers == TINY_CONFIG["extractor_conv_layer_config"]
+    assert PretrainConfig.from_dict({"conv_layers": [[8, 80, 16], [8, 21, 20]]}).conv_layers == [[8, 80, 16], [8, 21, 20]]
+    for bad in ([], [[8, 80]], [[8, 0, 16]], [[8, 80, 16.0]], [[True, 80, 16]]):
+        with pytest.raises(ValueError, match="wavlm.pretrain.conv_layers"):
+            PretrainConfig.from_dict({"conv_layers": bad})
+
+
+# --------------------------------------------------------------------------- CNN shape, checkpoint round trip
+
+def test_conv_layers_shape_the_cnn_and_round_trip_through_the_official_checkpoint(tmp_path):
+    conv = [[16, 64, 16], [8, 22, 20]]           # 400-sample field, 320-sample hop: WavLM's frame grid
+    assert frame_geometry(conv) == (400, 320)
+    torch.manual_seed(0)
+    model = load_wavlm(None, 2, tiny=True, conv_layers=conv).eval()
+    assert model.config["extractor_conv_layer_config"] == conv
+    weights = [layer.conv.weight.shape for layer in model.feature_extractor.conv_layers]
+    assert weights == [torch.Size([16, 1, 64]), torch.Size([8, 16, 22])]
+    assert model.encoder.feature_projection.projection.weight.shape == (TINY_CONFIG["encoder_embed_dim"], 8)
+    for samples in (400, 719, 720, 8000):
+        assert model.num_frames(samples) == (samples - 400) // 320 + 1
+    path = tmp_path / "wavlm_tiny.pt"
+    torch.save(official_checkpoint(model, torch.randn(model.dim)), path)
+    assert torch.load(path, weights_only=True)["cfg"]["conv_feature_layers"] == "[(16, 64, 16), (8, 22, 20)]"
+    ckpt = read_wavlm_checkpoint(path)
+    assert ckpt.format == "official" and ckpt.config["extractor_conv_layer_config"] == conv
+    back = load_wavlm(path, 2).eval()
+    assert back.config == model.config
+    assert all(torch.equal(v, back.state_dict()[k]) for k, v in model.state_dict().items())
+    wave = torch.randn(1, 8000)
+    assert torch.equal(model(wave)[0], back(wave)[0])
+    # The shape belongs to random weights; a checkpoint brings its own.
+    with pytest.raises(ValueError, match="conv_layers shapes a random WavLM"):
+        load_wavlm(path, 2, conv_layers=conv)
+    with pytest.raises(ValueError, match="conv_layers: expected"):
+        load_wavlm(None, 2, tiny=True, conv_layers=[[16, 64]])
 
 
 # --------------------------------------------------------------------------- the stage
 
 def test_stage_writes_an_official_checkpoint_and_resumes(tiny_corpus, tmp_path):
+    conv = [[8, 64, 16], [8, 22, 20]]
     hp = {"pretrain": {"epochs": 2, "batch_size": 8, "crop_s": 0.5, "n_units": 4, "kmeans_frames": 0,
-                       "kmeans_iter": 5, "warmup_epochs": 1},
+                       "kmeans_iter": 5, "warmup_epochs": 1, "conv_layers": conv, "unmasked_weight": 0.5},
           "num_layers": 1, "train": {"device": "cpu", "workers": 0, "log_every": 1, "deterministic": True}}
     scp = tiny_corpus / "data" / "train" / "wav.scp"
     out = tmp_path / "wavlm_tiny.pt"
@@ -184,6 +239,7 @@ def test_stage_writes_an_official_checkpoint_and_resumes(tiny_corpus, tmp_path):
     assert train(tmp_path) == 0
     ckpt = read_wavlm_checkpoint(out)
     assert ckpt.format == "official" and ckpt.config["encoder_num_layers"] == 1 and ckpt.normalize is False
+    assert ckpt.config["extractor_conv_layer_config"] == conv
     raw = torch.load(out, weights_only=True)
     assert raw["cfg"]["mask_prob"] == 0.8 and raw["cfg"]["mask_length"] == 10 and "mask_emb" in raw["model"]
     log = (tmp_path / "log.tsv").read_text().splitlines()
@@ -191,7 +247,8 @@ def test_stage_writes_an_official_checkpoint_and_resumes(tiny_corpus, tmp_path):
     assert sum(line.startswith("epoch") for line in log) == 2
     # The weights were trained: they differ from the random initialisation of the same seed.
     first = load_wavlm(out, 1).state_dict()
-    init = tiny_wavlm(1).state_dict()
+    torch.manual_seed(0)
+    init = load_wavlm(None, 1, tiny=True, conv_layers=conv).state_dict()
     assert any(not torch.equal(init[k], v) for k, v in first.items())
     # A rerun with the kept checkpoints resumes at the end and writes the same weights.
     out.unlink()

@@ -719,7 +719,8 @@ def read_wavlm_checkpoint(path: str | Path) -> WavLMCheckpoint:
 
 
 def load_wavlm(path_or_none: str | Path | None, num_layers: int, tiny: bool = False,
-               normalize_input: bool = False, regularisation: dict | None = None) -> WavLM:
+               normalize_input: bool = False, regularisation: dict | None = None,
+               conv_layers: list[list[int]] | None = None) -> WavLM:
     """Build a :class:`WavLM` with the first ``num_layers`` transformer layers.
 
     ``path_or_none``: a checkpoint in any supported format, or None for random
@@ -727,6 +728,8 @@ def load_wavlm(path_or_none: str | Path | None, num_layers: int, tiny: bool = Fa
     tiny configuration (``tiny=True``, any depth). ``normalize_input``: apply the
     waveform layer norm (off by default, quirk Q7). ``regularisation``: None takes
     the checkpoint's own (none for random weights); a dict overrides the keys it names.
+    ``conv_layers`` (random weights only): the CNN feature extractor as ``[[channels, kernel,
+    stride], ...]`` instead of the configuration's; None keeps it.
     """
     if num_layers < 1:
         raise ValueError(f"num_layers must be >= 1, got {num_layers}")
@@ -735,7 +738,14 @@ def load_wavlm(path_or_none: str | Path | None, num_layers: int, tiny: bool = Fa
         if not tiny and num_layers > config["encoder_num_layers"]:
             raise ValueError(f"WavLM Large has {config['encoder_num_layers']} layers, asked for {num_layers}")
         config["encoder_num_layers"] = num_layers
+        if conv_layers is not None:
+            if not conv_layers or any(len(layer) != 3 or min(layer) < 1 for layer in conv_layers):
+                raise ValueError(f"conv_layers: expected [[channels, kernel, stride], ...] of positive "
+                                 f"integers, got {conv_layers}")
+            config["extractor_conv_layer_config"] = [list(layer) for layer in conv_layers]
         return WavLM(config, normalize_input=normalize_input, regularisation=regularisation)
+    if conv_layers is not None:
+        raise ValueError("conv_layers shapes a random WavLM; a checkpoint brings its own (cfg.conv_feature_layers)")
     if tiny:
         raise ValueError("tiny=True builds a random tiny WavLM; it cannot be combined with a checkpoint")
     ckpt = read_wavlm_checkpoint(path_or_none)

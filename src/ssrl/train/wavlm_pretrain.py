@@ -19,7 +19,14 @@ iteration, at toy size, on the training audio alone (no speaker labels):
    (:meth:`ssrl.models.wavlm.WavLM.forward`).
 3. **Prediction** (:class:`MaskedPredictionModel`, :func:`masked_prediction_loss`): the
    last transformer layer (through the encoder's final layer norm for pre-LN models) ->
-   a linear projection to ``n_units`` logits; cross-entropy on the masked frames only.
+   a linear projection to ``n_units`` logits; cross-entropy on the masked frames, plus
+   ``unmasked_weight`` times that on the unmasked ones (HuBERT uses the masked frames only;
+   the demo weighs both, which trains the CNN on every frame's spectrum: bench/RESULTS.md,
+   "Issue 13", gives the speaker-ID probe of each setting).
+
+The tiny WavLM's CNN feature extractor is ``conv_layers`` (default the tiny configuration's
+seven layers, :data:`ssrl.models.wavlm.TINY_CONFIG`); the checkpoint's ``cfg`` describes it
+(``conv_feature_layers``), so the import rebuilds the same model.
 
 Training runs on the shared trainer (:class:`WavLMPretrainStage`: checkpoints, resume,
 TSV log, progress): clean random crops of ``crop_s`` seconds, peak-normalised and
@@ -31,7 +38,7 @@ which the WavLM systems import like ``WavLM-Large.pt``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -47,7 +54,7 @@ from ..cluster import kmeans
 from ..data import _EpochDataset, make_crop, normalise_waveform, seconds_to_samples
 from ..fileio import save_torch
 from ..manifest import check_audio_exists, read_wav_scp
-from ..models.wavlm import WavLM, load_wavlm, official_checkpoint
+from ..models.wavlm import TINY_CONFIG, WavLM, load_wavlm, official_checkpoint
 from ..progress import Progress
 from . import schedules
 from .loop import Stage, config_from_dict, file_digest
@@ -66,7 +73,9 @@ class PretrainConfig:
     (linear warm-up from 0), weight_decay (weights only), clip_grad (global gradient norm),
     n_units (k-means units), n_mfcc / n_mels (MFCC coefficients / mel bands), kmeans_frames
     (frames sampled for k-means; 0: all), kmeans_iter (Lloyd iterations at most), mask_prob /
-    mask_length (span masking, :func:`span_mask`), seed.
+    mask_length (span masking, :func:`span_mask`), unmasked_weight (weight of the unmasked frames'
+    cross-entropy, :func:`masked_prediction_loss`), conv_layers (the tiny WavLM's CNN feature
+    extractor, ``[[channels, kernel, stride], ...]``; default ssrl.models.wavlm.TINY_CONFIG's), seed.
     """
 
     epochs: int = 4
@@ -84,6 +93,9 @@ class PretrainConfig:
     kmeans_iter: int = 50
     mask_prob: float = 0.8
     mask_length: int = 10
+    unmasked_weight: float = 0.0
+    conv_layers: list = field(default_factory=lambda: [list(layer) for layer in
+                                                       TINY_CONFIG["extractor_conv_layer_config"]])
     seed: int = 0
 
     @classmethod
@@ -93,7 +105,7 @@ class PretrainConfig:
         for key in ("epochs", "batch_size", "n_units", "n_mfcc", "n_mels", "kmeans_iter", "mask_length"):
             if getattr(cfg, key) < 1:
                 raise ValueError(f"{where}.{key}: must be >= 1, got {getattr(cfg, key)}")
-        for key in ("warmup_epochs", "kmeans_frames", "seed", "weight_decay", "mask_prob"):
+        for key in ("warmup_epochs", "kmeans_frames", "seed", "weight_decay", "mask_prob", "unmasked_weight"):
             if getattr(cfg, key) < 0:
                 raise ValueError(f"{where}.{key}: must be >= 0, got {getattr(cfg, key)}")
         for key in ("crop_s", "lr", "lr_final", "clip_grad"):
@@ -101,6 +113,12 @@ class PretrainConfig:
                 raise ValueError(f"{where}.{key}: must be > 0, got {getattr(cfg, key)}")
         if cfg.warmup_epochs > cfg.epochs:
             raise ValueError(f"{where}.warmup_epochs ({cfg.warmup_epochs}) exceeds epochs ({cfg.epochs})")
+        if not cfg.conv_layers or any(
+                not isinstance(layer, list) or len(layer) != 3
+                or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in layer)
+                for layer in cfg.conv_layers):
+            raise ValueError(f"{where}.conv_layers: expected [[channels, kernel, stride], ...] of positive "
+                             f"integers, got {cfg.conv_layers}")
         if cfg.n_mfcc > cfg.n_mels:
             raise ValueError(f"{where}.n_mfcc ({cfg.n_mfcc}) exceeds n_mels ({cfg.n_mels})")
         return cfg
@@ -256,14 +274,18 @@ class MaskedPredictionModel(nn.Module):
         return self.projection(x)
 
 
-def masked_prediction_loss(logits: torch.Tensor, units: torch.Tensor, mask: torch.Tensor
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-entropy of ``logits`` (B, T, K) against ``units`` (B, T) on the frames where ``mask``
-    (B, T) is True (mean over them) -> (loss, accuracy of the argmax on those frames, a fraction)."""
+def masked_prediction_loss(logits: torch.Tensor, units: torch.Tensor, mask: torch.Tensor,
+                           unmasked_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of ``logits`` (B, T, K) against ``units`` (B, T): the mean over the frames where
+    ``mask`` (B, T) is True, plus ``unmasked_weight`` times the mean over the other frames (HuBERT's
+    weighting of the two terms; 0: masked frames only, none unmasked: no second term) -> (loss,
+    accuracy of the argmax on the masked frames, a fraction)."""
     if not mask.any():
         raise ValueError("masked_prediction_loss: no frame is masked")
     picked, target = logits[mask], units[mask]                        # (M, K), (M,)
     loss = F.cross_entropy(picked.float(), target)
+    if unmasked_weight > 0.0 and not mask.all():
+        loss = loss + unmasked_weight * F.cross_entropy(logits[~mask].float(), units[~mask])
     accuracy = (picked.detach().argmax(dim=1) == target).float().mean()
     return loss, accuracy
 
@@ -300,7 +322,7 @@ class WavLMPretrainStage(Stage):
         if len(scp) < cfg.batch_size:
             raise ValueError(f"{self.train_scp}: {len(scp)} utterances cannot fill one batch of "
                              f"wavlm.pretrain.batch_size={cfg.batch_size}")
-        wavlm = load_wavlm(None, self.num_layers, tiny=True)
+        wavlm = load_wavlm(None, self.num_layers, tiny=True, conv_layers=cfg.conv_layers)
         window, hop = frame_geometry(wavlm.config["extractor_conv_layer_config"])
         self.targets = UnitTargets(window, hop, cfg.n_mfcc, cfg.n_mels)
         crop = seconds_to_samples(cfg.crop_s)
@@ -337,7 +359,7 @@ class WavLMPretrainStage(Stage):
 
     def train_step(self, student: nn.Module, batch: Any, epoch: int) -> tuple[torch.Tensor, dict[str, Any]]:
         logits = student(batch["wave"], batch["mask"])                 # (B, T, K)
-        loss, accuracy = masked_prediction_loss(logits, batch["units"], batch["mask"])
+        loss, accuracy = masked_prediction_loss(logits, batch["units"], batch["mask"], self.cfg.unmasked_weight)
         return loss, {"masked_accuracy": accuracy, "masked_fraction": batch["mask"].float().mean()}
 
     def after_backward(self, epoch: int, step: int) -> None:
