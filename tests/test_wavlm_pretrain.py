@@ -273,3 +273,32 @@ def test_workflow_pretrains_and_step1_imports_the_checkpoint(tiny_run):
     prefix = "frontend.wavlm."
     student = {k[len(prefix):]: v for k, v in step1["eval_state"].items() if k.startswith(prefix)}
     assert student.keys() == pretrained.keys() and all(torch.equal(student[k], pretrained[k]) for k in student)
+
+
+# --------------------------------------------------------------------------- the speaker-ID probe (bench)
+
+def test_speaker_probe_pieces():
+    import importlib.util
+
+    from conftest import REPO
+    spec = importlib.util.spec_from_file_location("wavlm_probe", REPO / "bench" / "wavlm_probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    # The first ceil(n / 2) utterances of each speaker, in list order, train.
+    speakers = ["a", "b", "a", "a", "b", "c"]
+    assert probe.split_halves(speakers).tolist() == [True, True, True, False, False, True]
+    frames = torch.tensor([[1.0, 0.0], [3.0, 0.0]])
+    assert probe.mean_std(frames).tolist() == [2.0, 0.0, 1.0, 0.0]
+    # Speaker = the sign pattern of two feature dimensions: perfectly separable; noise alone: near chance.
+    rng = np.random.default_rng(0)
+    names = [f"s{i % 4}" for i in range(160)]
+    centres = np.array([[3, 3], [3, -3], [-3, 3], [-3, -3]])
+    x = np.concatenate([centres[[int(n[1]) for n in names]], np.zeros((160, 6))], axis=1)
+    x = x + 0.3 * rng.standard_normal(x.shape)
+    train = probe.split_halves(names)
+    assert probe.probe_accuracy(x, names, train) == 1.0
+    assert probe.probe_accuracy(rng.standard_normal((160, 8)), names, train) < 0.5
+    # Every layer and their mean, one row of 2 D per utterance.
+    feats = probe.wavlm_features(tiny_wavlm(2), [torch.randn(4000), torch.randn(6000)])
+    assert sorted(feats) == ["layer 1", "layer 2", "layer mean"]
+    assert all(v.shape == (2, 2 * TINY_CONFIG["encoder_embed_dim"]) for v in feats.values())
