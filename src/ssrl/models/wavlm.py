@@ -117,6 +117,16 @@ def _check_config(config: dict) -> dict:
     return config
 
 
+def check_conv_layers(layers: object, where: str = "conv_layers") -> list[list[int]]:
+    """A CNN feature extractor ``[[channels, kernel, stride], ...]`` (at least one layer, positive
+    ints; ValueError naming ``where`` otherwise) -> a copy as lists."""
+    if not isinstance(layers, (list, tuple)) or not layers or any(
+            not isinstance(layer, (list, tuple)) or len(layer) != 3
+            or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in layer) for layer in layers):
+        raise ValueError(f"{where}: expected [[channels, kernel, stride], ...] of positive integers, got {layers}")
+    return [list(layer) for layer in layers]
+
+
 def check_regularisation(values: dict, where: str = "WavLM regularisation") -> dict:
     """A complete regularisation dict: keys of :data:`REGULARISATION_KEYS` (missing ones from
     :data:`NO_REGULARISATION`), dropouts and layer drop in [0, 1], ``feature_grad_mult`` >= 0."""
@@ -739,10 +749,7 @@ def load_wavlm(path_or_none: str | Path | None, num_layers: int, tiny: bool = Fa
             raise ValueError(f"WavLM Large has {config['encoder_num_layers']} layers, asked for {num_layers}")
         config["encoder_num_layers"] = num_layers
         if conv_layers is not None:
-            if not conv_layers or any(len(layer) != 3 or min(layer) < 1 for layer in conv_layers):
-                raise ValueError(f"conv_layers: expected [[channels, kernel, stride], ...] of positive "
-                                 f"integers, got {conv_layers}")
-            config["extractor_conv_layer_config"] = [list(layer) for layer in conv_layers]
+            config["extractor_conv_layer_config"] = check_conv_layers(conv_layers)
         return WavLM(config, normalize_input=normalize_input, regularisation=regularisation)
     if conv_layers is not None:
         raise ValueError("conv_layers shapes a random WavLM; a checkpoint brings its own (cfg.conv_feature_layers)")

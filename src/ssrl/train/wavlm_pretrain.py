@@ -54,7 +54,7 @@ from ..cluster import kmeans
 from ..data import _EpochDataset, make_crop, normalise_waveform, seconds_to_samples
 from ..fileio import save_torch
 from ..manifest import check_audio_exists, read_wav_scp
-from ..models.wavlm import TINY_CONFIG, WavLM, load_wavlm, official_checkpoint
+from ..models.wavlm import TINY_CONFIG, WavLM, check_conv_layers, load_wavlm, official_checkpoint
 from ..progress import Progress
 from . import schedules
 from .loop import Stage, config_from_dict, file_digest
@@ -113,12 +113,7 @@ class PretrainConfig:
                 raise ValueError(f"{where}.{key}: must be > 0, got {getattr(cfg, key)}")
         if cfg.warmup_epochs > cfg.epochs:
             raise ValueError(f"{where}.warmup_epochs ({cfg.warmup_epochs}) exceeds epochs ({cfg.epochs})")
-        if not cfg.conv_layers or any(
-                not isinstance(layer, list) or len(layer) != 3
-                or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in layer)
-                for layer in cfg.conv_layers):
-            raise ValueError(f"{where}.conv_layers: expected [[channels, kernel, stride], ...] of positive "
-                             f"integers, got {cfg.conv_layers}")
+        cfg.conv_layers = check_conv_layers(cfg.conv_layers, f"{where}.conv_layers")
         if cfg.n_mfcc > cfg.n_mels:
             raise ValueError(f"{where}.n_mfcc ({cfg.n_mfcc}) exceeds n_mels ({cfg.n_mels})")
         return cfg
