@@ -126,8 +126,9 @@ def yinyang_pass(xn: np.ndarray, x_sq: np.ndarray, centers: np.ndarray, c_sq: np
     the float32 rounding margin); slack: absolute error bound of a float32
     squared distance. labels (n,) int64, upper (n,) float64, lower (n, G)
     float32: the state, updated. A point with more than ``dense_centers``
-    centers left by the group and local filters (counted before any distance) gets ``dense[i] = True`` and valid (not tight)
-    bounds, its label unchanged: the caller re-assigns it in full. Otherwise
+    centers left by the group and local filters (counted before any distance)
+    gets ``dense[i] = True`` and valid (not tight) bounds, its label
+    unchanged: the caller re-assigns it in full. Otherwise
     the label is the nearest center: groups whose bound exceeds the point's
     exact own distance are skipped, and inside the other groups so is every
     center whose old group bound minus its own drift does (Yinyang's local
