@@ -10,7 +10,7 @@ run, peak RSS, inertia, NMI against the synthetic speakers. Side by side on each
 (--reference): the reference's plain Lloyd in torch (`reference_lloyd`: a full chunked
 distance product per iteration until no label changes), from the same initial centers; with
 --sklearn also scikit-learn's KMeans (Lloyd, random init, same K and iterations) on the first
-size. --device runs ssrl on cpu (pruned numpy Lloyd) or cuda (torch).
+size. --device runs ssrl on cpu (pruned Lloyd, numba + BLAS) or cuda (torch).
 Target for 1.09M x 512, K = 8000: < 15 min on 2 cores and < 24 GB.
 
     python bench/bench_kmeans.py                           # 100k only (a few minutes)
