@@ -10,7 +10,7 @@ run, peak RSS, inertia, NMI against the synthetic speakers. Side by side on each
 (--reference): the reference's plain Lloyd in torch (`reference_lloyd`: a full chunked
 distance product per iteration until no label changes), from the same initial centers; with
 --sklearn also scikit-learn's KMeans (Lloyd, random init, same K and iterations) on the first
-size. --device runs ssrl on cpu (pruned numpy Lloyd) or cuda (torch).
+size. --device runs ssrl on cpu (pruned Lloyd, numba + BLAS) or cuda (torch).
 Target for 1.09M x 512, K = 8000: < 15 min on 2 cores and < 24 GB.
 
     python bench/bench_kmeans.py                           # 100k only (a few minutes)
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
 
     jobs = [(impl, n) for n in args.sizes for impl in ("ssrl", "reference")[:1 + args.reference]]
     jobs += [("sklearn", args.sizes[0])] if args.sklearn else []
-    print(f"k-means K={args.k}, dim {args.dim}, max_iter {args.max_iter}")
+    print(f"k-means K={args.k}, dim {args.dim}, max_iter {args.max_iter}, load average {os.getloadavg()[0]:.2f}")
     results = {}
     for impl, n in jobs:
         cmd = [sys.executable, __file__, "--one", str(n), "--impl", impl, "--k", str(args.k), "--dim", str(args.dim),
@@ -132,7 +133,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {r['impl']:9s} n={r['n']:>9,d}: {r['seconds']:8.1f} s  "
               f"({r['s_per_iter']:.2f} s/iter x {r['n_iter']}, "
               f"CPU {r['cpu_s_per_iter']:.2f} s/iter)  peak RSS {r['peak_rss_gb']:.2f} GB  inertia {r['inertia']:.1f}  "
-              f"NMI {r['nmi']:.4f}  distances computed {100 * r['work']:.1f} %", flush=True)
+              f"NMI {r['nmi']:.4f}  distances computed {100 * r['work']:.1f} %  load average {os.getloadavg()[0]:.2f}",
+              flush=True)
         results[impl, n] = r
     for n in args.sizes if args.reference else []:
         ours, ref = results["ssrl", n], results["reference", n]

@@ -122,6 +122,25 @@ def test_pruned_lloyd_gives_plain_lloyd_labels_every_iteration(n, dim, k, spread
         np.testing.assert_array_equal(res.labels, labels, err_msg=f"iteration {t}")
 
 
+@pytest.mark.parametrize("dense", [0.0, 1.0])
+def test_pruned_lloyd_exact_on_each_path(monkeypatch, dense):
+    """Every re-assignment through one path only: the compiled per-point filters and distances (dense 1.0:
+    no point is handed to BLAS) or the BLAS product + compiled argmin pass (dense 0.0: every point with a
+    candidate left is) still yields plain float64 Lloyd's labels after every iteration."""
+    import ssrl.cluster
+
+    monkeypatch.setattr(ssrl.cluster, "DENSE_CENTERS", dense)
+    x = overlapping(1200, 16, 30, 1.0, seed=11)
+    xn = normalise_rows(x)
+    full = kmeans(x, 60, seed=2, max_iter=200, progress=False, device="cpu")
+    assert full.converged and full.n_iter >= 5
+    assert dense == 0.0 or full.work < 0.7                  # the compiled path pruned
+    for t in range(1, full.n_iter + 1, 2):
+        res = kmeans(x, 60, seed=2, max_iter=t, progress=False, device="cpu")
+        labels, _ = reference_lloyd(xn.astype(np.float64), 60, 2, t)
+        np.testing.assert_array_equal(res.labels, labels, err_msg=f"iteration {t}")
+
+
 def test_torch_lloyd_equals_cpu_lloyd():
     """The torch path (CUDA in the pipeline; here on the CPU, in small chunks) gives the pruned CPU path's
     labels, iteration count and centers from the same initial centres."""

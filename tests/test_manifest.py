@@ -116,6 +116,18 @@ def test_bad_target_flag(tmp_path, flag):
         read_trials(p)
 
 
+def test_trials_vectorised_reader_agrees_with_line_reader(tmp_path):
+    """The one-split parse of well-formed files gives what the line reader gives, with blank lines, tabs,
+    CRLF endings, non-ASCII ids and no final newline; a 2-field line next to a 4-field one is still refused."""
+    text = "\n1 a\tbé\r\n  \n0 ünïcode_utt_long_id c\n\n1\tc   a"
+    back = read_trials(_write(tmp_path / "t.txt", text))
+    assert back.labels.dtype == np.int8 and back.labels.tolist() == [1, 0, 1]
+    assert back.enroll.tolist() == ["a", "ünïcode_utt_long_id", "c"] and back.test.tolist() == ["bé", "c", "a"]
+    p = _write(tmp_path / "bad.txt", "1 a b\n0 a\n1 b c d\n")
+    with pytest.raises(ManifestError, match=re.escape(f"{p}:2: expected 3 fields")):
+        read_trials(p)
+
+
 def test_trials_wrong_field_count(tmp_path):
     p = _write(tmp_path / "trials.txt", "1 a b\n0 a\n")
     with pytest.raises(ManifestError, match=re.escape(f"{p}:2: expected 3 fields")):

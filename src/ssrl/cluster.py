@@ -4,14 +4,15 @@
 squared Euclidean distance. Two implementations of the same iteration give the
 same labels:
 
-* CPU (numpy): exact Lloyd with Hamerly's bounds. Each point keeps an upper
-  bound on the distance to its center and a lower bound on the distance to
-  every other center; after a center update the bounds move by the centers'
-  drifts, and only the points whose bounds no longer prove their assignment
-  are re-assigned, by a chunked float32 BLAS product
-  ``||x||^2 - 2 x.c + ||c||^2``. Every iteration yields exactly the labels
-  that a full assignment would (the bounds carry a margin for float32
-  rounding).
+* CPU (numpy + numba): exact Lloyd with Yinyang bounds. Each point keeps an
+  upper bound on the distance to its center and, per group of nearby
+  centers, a lower bound on the distance to the group's other centers; after
+  a center update the bounds move by the centers' drifts, and only the
+  distances that the bounds cannot rule out are computed, in compiled
+  per-point loops (:mod:`ssrl.kmeans_kernels`, imported on this path only), or
+  by a chunked float32 BLAS product ``||c||^2 - 2 x.c`` for the points left
+  with many candidate centers. Every iteration yields exactly the labels that
+  a full assignment would (the bounds carry a margin for float32 rounding).
 * CUDA (torch, imported only on this path): a full chunked distance product
   per iteration, chunks sized to the free GPU memory, float32.
 
@@ -44,7 +45,7 @@ class KMeansResult:
     converged True when an assignment step changed no label
     inertia   sum of squared distances of the normalised points to their centers
     seconds   wall time of all inits
-    device    "cpu" (numpy, pruned) or the torch device ("cuda:0", ...)
+    device    "cpu" (numpy + numba, pruned) or the torch device ("cuda:0", ...)
     work      point-center distances computed over n * k * n_iter (1.0 without pruning; of the best init)
     """
 
@@ -125,9 +126,12 @@ def initial_centers(xn: np.ndarray, k: int, seed: int, init: int) -> np.ndarray:
 # --------------------------------------------------------------------------- CPU: Lloyd with Yinyang bounds
 
 #: Bytes of one chunk's (rows, k) float32 distance block in the assignments.
-CHUNK_BYTES = 64 << 20
-#: Fraction of open groups above which a point of the pruned CPU Lloyd gets a full assignment.
-DENSE_GROUPS = 0.25
+CHUNK_BYTES = 16 << 20
+#: Fraction of the centers left by the filters above which a point of the pruned CPU Lloyd gets a full BLAS
+#: assignment (a compiled per-point distance costs a few times one of the BLAS product).
+DENSE_CENTERS = 0.2
+#: Centers per group of the pruned CPU Lloyd (fewer groups when their bounds would exceed BOUND_BYTES).
+GROUP_SIZE = 10
 #: Bytes at most of the (n, groups) float32 group lower bounds of the pruned CPU Lloyd.
 BOUND_BYTES = 2 << 30
 
@@ -146,7 +150,8 @@ class _Yinyang:
     """State of the pruned Lloyd of :func:`_lloyd_cpu`, in a center order where each group is contiguous.
 
     xn (n, dim) unit rows, x_sq their squared norms; centers (k, dim) float32 in
-    group order, c_sq their squared norms; starts (G,) first center of each group;
+    group order, c_sq their squared norms; starts (G,) first center of each group, bounds
+    (G + 1,) the same and k;
     labels (n,) in group order; upper (n,) float64 >= the distance of each point
     to its center; lower (n, G) float32 <= its distance to every other center of
     each group; slack: absolute error bound of a float32 squared distance.
@@ -154,6 +159,7 @@ class _Yinyang:
 
     def __init__(self, xn: np.ndarray, centers: np.ndarray, starts: np.ndarray, slack: float):
         self.xn, self.starts, self.slack = xn, starts, slack
+        self.bounds = np.append(starts, len(centers))
         self.x_sq = np.einsum("ij,ij->i", xn, xn)
         self.set_centers(centers)
         n = len(xn)
@@ -164,121 +170,61 @@ class _Yinyang:
 
     def assign_all(self, rows: np.ndarray) -> None:
         """Full assignment of the points ``rows`` (m,): labels and exact bounds from their distances to
-        every center, in chunks of CHUNK_BYTES."""
+        every center (one float32 BLAS product per chunk of CHUNK_BYTES, then a compiled pass)."""
+        from .kmeans_kernels import assign_rows
+
         step = max(1, CHUNK_BYTES // (4 * len(self.centers)))
         for s in range(0, len(rows), step):
             idx = rows[s:s + step]
-            d = self.sq_dists(idx, 0, len(self.centers))
-            r = np.arange(len(idx))
-            best = np.argmin(d, axis=1)
-            self.labels[idx] = best
-            self.upper[idx] = self.up(d[r, best])
-            d[r, best] = np.inf
-            self.lower[idx] = self.lo(np.minimum.reduceat(d, self.starts, axis=1))
-
-    def sq_dists(self, rows: np.ndarray, a: int, b: int) -> np.ndarray:
-        """Squared distances (m, b - a) float32 of the points ``rows`` (m,) to centers a..b-1:
-        ``||x||^2 - 2 x.c + ||c||^2`` from one float32 BLAS product."""
-        d = self.xn[rows] @ self.centers[a:b].T
-        d *= -2.0
-        d += self.c_sq[a:b]
-        d += self.x_sq[rows, None]
-        return d
+            x = self.xn[s:s + step] if len(rows) == len(self.xn) else self.xn[idx]      # all rows: no copy
+            assign_rows(x @ self.centers.T, idx, self.x_sq, self.c_sq, self.bounds, self.slack,
+                        self.labels, self.upper, self.lower)
 
     def set_centers(self, centers: np.ndarray) -> None:
         self.centers = centers
         self.c_sq = np.einsum("ij,ij->i", centers, centers)
 
-    def up(self, d_sq: np.ndarray) -> np.ndarray:
-        """Upper bounds (float64) on the distances whose float32 squares are ``d_sq``."""
-        return np.sqrt(np.maximum(d_sq.astype(np.float64), 0.0) + self.slack)
-
-    def lo(self, d_sq: np.ndarray) -> np.ndarray:
-        """Lower bounds (float32, rounded down) on the distances whose float32 squares are ``d_sq``."""
-        return (np.sqrt(np.maximum(d_sq.astype(np.float64) - self.slack, 0.0)) * (1 - 1e-6) - 1e-6).astype(np.float32)
-
     def step(self, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         """Move to ``centers`` (k, dim) and re-assign -> (moved rows, their old labels, new labels, distances
-        computed)."""
+        computed). The compiled pass (:func:`ssrl.kmeans_kernels.yinyang_pass`) filters and re-assigns the
+        points; those with more than DENSE_CENTERS of the centers left by the filters get a full BLAS assignment."""
+        from .kmeans_kernels import yinyang_pass
+
         drift = np.sqrt(((centers.astype(np.float64) - self.centers) ** 2).sum(axis=1)) * (1 + 1e-6) + 1e-7
+        shift = np.maximum.reduceat(drift, self.starts).astype(np.float32) + np.float32(1e-6)
         self.set_centers(centers)
-        k, groups = len(centers), len(self.starts)
-        self.upper += drift[self.labels]
-        self.lower -= np.maximum.reduceat(drift, self.starts).astype(np.float32)
-        self.lower -= np.float32(1e-6)
-        # global filter: no other center can be nearer than the smallest group bound
-        cand = np.flatnonzero(self.upper > self.lower.min(axis=1))
-        computed = len(cand)
-        if not len(cand):
-            return cand, cand, cand, computed
-        # tighten the candidates' upper bounds to their exact distance
-        diff = self.xn[cand] - centers[self.labels[cand]]
-        own_d = np.einsum("ij,ij->i", diff, diff, dtype=np.float64)          # squared
-        self.upper[cand] = np.sqrt(own_d) * (1 + 1e-6) + 1e-7
-        fails = self.upper[cand] > self.lower[cand].min(axis=1)
-        cand, own_d = cand[fails], own_d[fails]
-        # group filter: distances only to the centers of the groups whose bound fails; a point with
-        # more than DENSE_GROUPS of its groups open gets a full assignment (one BLAS product is cheaper)
-        open_ = self.lower[cand] < self.upper[cand, None]                    # (m, G)
-        dense = open_.sum(axis=1) > DENSE_GROUPS * groups
-        rows_d, old_d = cand[dense], self.labels[cand[dense]]
+        old = self.labels.copy()
+        dense = np.zeros(len(old), dtype=bool)
+        computed = yinyang_pass(self.xn, self.x_sq, self.centers, self.c_sq, self.bounds, drift, shift, self.slack,
+                                int(DENSE_CENTERS * len(centers)), self.labels, self.upper, self.lower, dense)
+        rows_d = np.flatnonzero(dense)
         self.assign_all(rows_d)
-        computed += len(rows_d) * k
-        cand, open_, own_d = cand[~dense], open_[~dense], own_d[~dense]
-        moved_d = self.labels[rows_d] != old_d
-        rows_d, old_d, new_d = rows_d[moved_d], old_d[moved_d], self.labels[rows_d[moved_d]]
-        if not len(cand):
-            return rows_d, old_d, new_d, computed
-        old = self.labels[cand]
-        best_d = np.full(len(cand), np.inf)
-        best_j = old.copy()
-        ends = np.append(self.starts[1:], k)
-        found = []
-        for g in np.flatnonzero(open_.any(axis=0)):
-            pos = np.flatnonzero(open_[:, g])
-            a, b = self.starts[g], ends[g]
-            d = self.sq_dists(cand[pos], a, b)
-            computed += d.size
-            r = np.arange(len(pos))
-            arg = np.argmin(d, axis=1)
-            first = d[r, arg]
-            d[r, arg] = np.inf
-            found.append((g, pos, first, a + arg, d.min(axis=1)))
-            better = first < best_d[pos]
-            best_d[pos[better]], best_j[pos[better]] = first[better], a + arg[better]
-        # a non-opened group cannot hold a center nearer than the own one: keep the own one unless beaten
-        opened_own = open_[np.arange(len(cand)), np.searchsorted(self.starts, old, side="right") - 1]
-        keep = ~opened_own & (own_d <= best_d)
-        best_j[keep] = old[keep]
-        for g, pos, first, arg, second in found:
-            self.lower[cand[pos], g] = self.lo(np.where(arg == best_j[pos], second, first))
-        moved = best_j != old
-        mov = cand[moved]
-        self.upper[mov] = self.up(best_d[moved])
-        # the old center of a moved point is now an "other" center of its group
-        g_old = np.searchsorted(self.starts, old[moved], side="right") - 1
-        self.lower[mov, g_old] = np.minimum(self.lower[mov, g_old], self.lo(own_d[moved]))
-        self.labels[mov] = best_j[moved]
-        return (np.concatenate([rows_d, mov]), np.concatenate([old_d, old[moved]]),
-                np.concatenate([new_d, best_j[moved]]), computed)
+        computed += len(rows_d) * len(centers)
+        moved = np.flatnonzero(self.labels != old)
+        return moved, old[moved], self.labels[moved], computed
 
 
 def _lloyd_cpu(xn: np.ndarray, centers: np.ndarray, max_iter: int, on_iter: Callable[[int, float], None],
                bound_bytes: int = BOUND_BYTES) -> tuple[np.ndarray, np.ndarray, int, bool, float]:
-    """Lloyd iterations from ``centers`` (k, dim) on the unit rows ``xn`` (n, dim), numpy, pruned by
+    """Lloyd iterations from ``centers`` (k, dim) on the unit rows ``xn`` (n, dim) on the CPU, pruned by
     Yinyang bounds (Ding et al., ICML 2015).
 
-    The centers are split into G groups of nearby centers (about k / 10, fewer
-    when the (n, G) float32 bounds would exceed ``bound_bytes``). Per point:
-    an upper bound on the distance to its center and, per group, a lower bound
-    on the distance to the group's other centers (Euclidean). After a center
-    update the upper bound grows by its center's drift and each group bound
-    shrinks by the group's largest drift. A point keeps its label without a
-    distance computed when its upper bound is below every group bound;
-    otherwise the upper bound is tightened to the exact distance, and the
-    distances to the centers of the groups whose bound still fails are
-    computed (float32 BLAS, per group). Squared distances from the BLAS
-    product carry an absolute error below ``slack`` (dim * 2^-21 for unit rows
+    The centers are split into G groups of nearby centers (about k /
+    GROUP_SIZE, fewer when the (n, G) float32 bounds would exceed
+    ``bound_bytes``). Per point: an upper bound on the distance to its center
+    and, per group, a lower bound on the distance to the group's other centers
+    (Euclidean). After a center update the upper bound grows by its center's
+    drift and each group bound shrinks by the group's largest drift. A point
+    keeps its label without a distance computed when its upper bound is below
+    every group bound; otherwise the upper bound is tightened to the exact
+    distance, and only the centers of the groups whose bound still fails, less
+    those whose old group bound minus their own drift exceeds the best distance
+    so far (local filter), get a distance (:func:`ssrl.kmeans_kernels.yinyang_pass`).
+    A point left with more than DENSE_CENTERS of the k centers is re-assigned
+    by one float32 BLAS product with all of them instead, which also makes its
+    bounds exact (:func:`ssrl.kmeans_kernels.assign_rows`); so is every point
+    in the first iteration. Squared distances ``||x||^2 + (||c||^2 - 2 x.c)``
+    carry a float32 absolute error below ``slack`` (dim * 2^-21 for unit rows
     and centers of norm <= 1), which the bounds absorb, so every label is the
     one a full assignment gives (exact ties aside). Center sums are kept in
     float64 and updated with the moved points only. ``on_iter(changed,
@@ -287,10 +233,12 @@ def _lloyd_cpu(xn: np.ndarray, centers: np.ndarray, max_iter: int, on_iter: Call
     final labels) and ``work`` the fraction of the n * k * n_iter point-center
     distances computed.
     """
+    from .kmeans_kernels import move_points
+
     n, dim = xn.shape
     k = len(centers)
     t0 = time.monotonic()
-    n_groups = max(1, min(k // 10, bound_bytes // (4 * n)))
+    n_groups = max(1, min(k // GROUP_SIZE, bound_bytes // (4 * n)))
     group = _center_groups(centers, n_groups) if n_groups > 1 else np.zeros(k, dtype=np.int64)
     order = np.argsort(group, kind="stable")
     starts = np.flatnonzero(np.diff(group[order], prepend=-1))
@@ -303,11 +251,7 @@ def _lloyd_cpu(xn: np.ndarray, centers: np.ndarray, max_iter: int, on_iter: Call
         t0 = time.monotonic()
         rows, old, new, work = state.step(_means(sums, counts, state.centers))
         computed += work
-        if len(rows):
-            for lab, sign in ((new, 1), (old, -1)):
-                delta_sums, delta_counts = _cluster_sums(xn[rows], lab, k)
-                sums += sign * delta_sums
-                counts += sign * delta_counts
+        move_points(xn, rows, old, new, sums, counts)
         n_iter += 1
         on_iter(len(rows), time.monotonic() - t0)
         if not len(rows):

@@ -154,13 +154,16 @@ def read_list(path: PathLike) -> list[str]:
     return out
 
 
-def _fields_per_line(data: bytes) -> np.ndarray:
-    """Number of ASCII-whitespace-separated fields on each ``\\n``-terminated line of ``data`` (vectorised)."""
+def _fields_per_line(data: bytes) -> tuple[np.ndarray, int]:
+    """Number of ASCII-whitespace-separated fields on each ``\\n``-terminated line of ``data`` (vectorised),
+    and the length in bytes of the longest field."""
     b = np.frombuffer(data, dtype=np.uint8)
     space = (b == 32) | ((b >= 9) & (b <= 13))                # " \t\n\v\f\r"
-    starts = ~space & np.concatenate(([True], space[:-1]))
-    line = np.cumsum(b == ord("\n"))
-    return np.bincount(line[starts], minlength=int(line[-1]) + 1 if len(b) else 1)
+    edge = np.flatnonzero(np.diff(space, prepend=True, append=True))  # field starts and ends, alternating
+    starts, ends = edge[0::2], edge[1::2]
+    line = np.searchsorted(np.flatnonzero(b == ord("\n")), starts)
+    counts = np.bincount(line, minlength=int((b == ord("\n")).sum()) + 1)
+    return counts, int((ends - starts).max(initial=0))
 
 
 def read_trials(path: PathLike) -> Trials:
@@ -177,10 +180,12 @@ def read_trials(path: PathLike) -> Trials:
     except (OSError, UnicodeDecodeError):
         tokens = None                                      # the line reader raises the error
     if tokens:
-        fields = _fields_per_line(data)           # agrees with str.split() unless non-ASCII whitespace
-        flags = np.array(tokens[0::3])
-        if np.isin(fields, (0, 3)).all() and fields.sum() == len(tokens) and np.isin(flags, ("0", "1")).all():
-            return Trials((flags == "1").astype(np.int8), np.array(tokens[1::3]), np.array(tokens[2::3]))
+        fields, width = _fields_per_line(data)    # agrees with str.split() unless non-ASCII whitespace
+        flags = tokens[0::3]
+        if np.isin(fields, (0, 3)).all() and fields.sum() == len(tokens) and set(flags) <= {"0", "1"}:
+            labels = np.frombuffer("".join(flags).encode("ascii"), dtype=np.int8) - np.int8(ord("0"))
+            ids = f"U{width}"                              # bytes >= characters: wide enough, found in one pass
+            return Trials(labels, np.array(tokens[1::3], dtype=ids), np.array(tokens[2::3], dtype=ids))
     labels: list[int] = []
     enroll: list[str] = []
     test: list[str] = []

@@ -290,11 +290,9 @@ def score_trials(utts: Sequence[str], embeddings: np.ndarray, trials: str | os.P
         enroll, test, labels, e_rows, t_rows = enroll[keep], test[keep], labels[keep], e_rows[keep], t_rows[keep]
 
     scores = np.empty(len(labels), dtype=np.float64)
-    for start in range(0, len(labels), chunk):
+    for start in range(0, len(labels), chunk):        # gathered rows stay in cache: one product per chunk
         sl = slice(start, start + chunk)
-        prod = x[e_rows[sl]]
-        prod *= x[t_rows[sl]]
-        scores[sl] = prod.sum(axis=1)
+        scores[sl] = np.einsum("ij,ij->i", x.take(e_rows[sl], axis=0), x.take(t_rows[sl], axis=0))
 
     norm = "none"
     if cohort is not None:

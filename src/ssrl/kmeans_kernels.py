@@ -1,0 +1,212 @@
+"""Compiled (numba) per-point loops of the pruned CPU Lloyd of :mod:`ssrl.cluster`.
+
+Imported only by :func:`ssrl.cluster._lloyd_cpu` (numba costs ~0.5 s to
+import). The functions are compiled on first use and cached next to this file
+(``cache=True``; numba falls back to a per-user cache directory when that is not
+writable), so a job pays the compilation once per machine and environment.
+
+Conventions shared with :class:`ssrl.cluster._Yinyang`: centers are in group
+order (group g holds centers ``starts[g]:starts[g + 1]``); squared distances
+are computed in float32 as ``||x||^2 - 2 x.c + ||c||^2`` (absolute error below
+``slack`` for unit points and centers of norm <= 1); upper bounds are float64
+and rounded up, lower bounds float32 and rounded down.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+#: Points per parallel block of :func:`yinyang_pass`.
+BLOCK = 256
+
+
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+def _dot(a: np.ndarray, b: np.ndarray) -> np.float32:
+    """float32 dot product of two (dim,) float32 vectors (vectorised: summation order is free)."""
+    s = np.float32(0.0)
+    for d in range(a.shape[0]):
+        s += a[d] * b[d]
+    return s
+
+
+@numba.njit(cache=True)
+def _up(d_sq: float, slack: float) -> float:
+    """Upper bound (float64) on a distance whose float32 square is ``d_sq``."""
+    return np.sqrt(max(d_sq, 0.0) + slack)
+
+
+@numba.njit(cache=True)
+def _lo(d_sq: float, slack: float) -> np.float32:
+    """Lower bound (float32, rounded down) on a distance whose float32 square is ``d_sq``."""
+    return np.float32(np.sqrt(max(d_sq - slack, 0.0)) * (1.0 - 1e-6) - 1e-6)
+
+
+@numba.njit(cache=True)
+def _point(i, xn, x_sq, centers, c_sq, starts, drift, shift, slack, dense_centers, labels, upper, lower,
+           dense, old_lb, new_lb, first_v, first_j, second_v):
+    """One Yinyang step of point ``i`` (see :func:`yinyang_pass`); returns the distances computed."""
+    n_groups = len(starts) - 1
+    lab = labels[i]
+    ub = upper[i] + drift[lab]
+    glb = np.inf
+    for g in range(n_groups):
+        old_lb[g] = lower[i, g]
+        new_lb[g] = lower[i, g] - shift[g]
+        glb = min(glb, new_lb[g])
+    if ub <= glb:                                        # global filter with the loose upper bound
+        upper[i] = ub
+        lower[i, :] = new_lb
+        return 0
+    x, xs = xn[i], np.float64(x_sq[i])
+    e_own = c_sq[lab] - np.float32(2.0) * _dot(x, centers[lab])
+    ub = _up(xs + e_own, slack)
+    computed = 1
+    n_open = 0
+    for g in range(n_groups):
+        n_open += new_lb[g] < ub
+    upper[i] = ub
+    lower[i, :] = new_lb
+    if n_open == 0:
+        return computed
+    n_cand = 0                                           # centers that pass neither filter
+    for g in range(n_groups):
+        if new_lb[g] < ub:
+            for j in range(starts[g], starts[g + 1]):
+                n_cand += old_lb[g] - drift[j] < ub
+    if n_cand > dense_centers:                           # cheaper as a full BLAS assignment
+        dense[i] = True
+        return computed
+    best_j, best_e, best_ub = lab, e_own, ub
+    for g in range(n_groups):                            # group filter
+        if new_lb[g] >= ub:
+            continue
+        f_v, f_j, s_v = np.float32(np.inf), -1, np.float32(np.inf)
+        for j in range(starts[g], starts[g + 1]):
+            if j == lab:
+                v = _lo(xs + e_own, slack)
+            else:
+                bound = old_lb[g] - drift[j]             # local filter: d(x, c_j) >= bound
+                if bound >= best_ub:
+                    v = np.float32(bound - 1e-6)
+                else:
+                    e = c_sq[j] - np.float32(2.0) * _dot(x, centers[j])
+                    computed += 1
+                    v = _lo(xs + e, slack)
+                    if e < best_e:
+                        best_j, best_e, best_ub = j, e, _up(xs + e, slack)
+            if v < f_v:
+                s_v = f_v
+                f_v, f_j = v, j
+            elif v < s_v:
+                s_v = v
+        first_v[g], first_j[g], second_v[g] = f_v, f_j, s_v
+    for g in range(n_groups):
+        if new_lb[g] < ub:
+            lower[i, g] = second_v[g] if first_j[g] == best_j else first_v[g]
+    if best_j != lab:
+        upper[i] = best_ub
+        g_old = np.searchsorted(starts, lab, side="right") - 1
+        if new_lb[g_old] >= ub:                          # the old center joins the "other" centers of its group
+            lower[i, g_old] = min(lower[i, g_old], _lo(xs + e_own, slack))
+        labels[i] = best_j
+    return computed
+
+
+@numba.njit(cache=True, parallel=True)
+def yinyang_pass(xn: np.ndarray, x_sq: np.ndarray, centers: np.ndarray, c_sq: np.ndarray, starts: np.ndarray,
+                 drift: np.ndarray, shift: np.ndarray, slack: float, dense_centers: int, labels: np.ndarray,
+                 upper: np.ndarray, lower: np.ndarray, dense: np.ndarray) -> int:
+    """Re-assign every point after the centers moved, in place; returns the point-center distances computed.
+
+    xn (n, dim) float32 unit rows, x_sq (n,) float32 their squared norms;
+    centers (k, dim) float32 (new), c_sq (k,) float32; starts (G + 1,) int64
+    group boundaries; drift (k,) float64 upper bounds on each center's move;
+    shift (G,) float32 upper bounds on the largest move in each group (plus
+    the float32 rounding margin); slack: absolute error bound of a float32
+    squared distance. labels (n,) int64, upper (n,) float64, lower (n, G)
+    float32: the state, updated. A point with more than ``dense_centers``
+    centers left by the group and local filters (counted before any distance)
+    gets ``dense[i] = True`` and valid (not tight) bounds, its label
+    unchanged: the caller re-assigns it in full. Otherwise
+    the label is the nearest center: groups whose bound exceeds the point's
+    exact own distance are skipped, and inside the other groups so is every
+    center whose old group bound minus its own drift does (Yinyang's local
+    filter, Ding et al., ICML 2015).
+    """
+    n = xn.shape[0]
+    n_groups = len(starts) - 1
+    n_blocks = (n + BLOCK - 1) // BLOCK
+    computed = 0
+    for b in numba.prange(n_blocks):
+        old_lb = np.empty(n_groups, dtype=np.float32)
+        new_lb = np.empty(n_groups, dtype=np.float32)
+        first_v = np.empty(n_groups, dtype=np.float32)
+        first_j = np.empty(n_groups, dtype=np.int64)
+        second_v = np.empty(n_groups, dtype=np.float32)
+        local = 0
+        for i in range(b * BLOCK, min(n, (b + 1) * BLOCK)):
+            local += _point(i, xn, x_sq, centers, c_sq, starts, drift, shift, slack, dense_centers, labels, upper,
+                            lower, dense, old_lb, new_lb, first_v, first_j, second_v)
+        computed += local
+    return computed
+
+
+@numba.njit(cache=True)
+def move_points(xn: np.ndarray, rows: np.ndarray, old: np.ndarray, new: np.ndarray, sums: np.ndarray,
+                counts: np.ndarray) -> None:
+    """Move the points ``rows`` (m,) from clusters ``old`` (m,) to ``new`` (m,) in the float64 cluster
+    ``sums`` (k, dim) and ``counts`` (k,), in place."""
+    for r in range(len(rows)):
+        i, a, b = rows[r], old[r], new[r]
+        counts[a] -= 1
+        counts[b] += 1
+        for d in range(xn.shape[1]):
+            v = np.float64(xn[i, d])
+            sums[a, d] -= v
+            sums[b, d] += v
+
+
+@numba.njit(cache=True, parallel=True)
+def assign_rows(dots: np.ndarray, rows: np.ndarray, x_sq: np.ndarray, c_sq: np.ndarray, starts: np.ndarray,
+                slack: float, labels: np.ndarray, upper: np.ndarray, lower: np.ndarray) -> None:
+    """Full assignment of the points ``rows`` (m,) from their dot products ``dots`` (m, k) float32 with every
+    center: label = nearest center (least ``||c||^2 - 2 x.c``, the first on a tie), ``upper`` its distance and
+    ``lower[:, g]`` the distance to the nearest other center of group g (``starts`` (G + 1,) group
+    boundaries), as bounds; in place."""
+    m, k = len(rows), dots.shape[1]
+    n_groups = len(starts) - 1
+    for b in numba.prange((m + BLOCK - 1) // BLOCK):
+        e = np.empty(k, dtype=np.float32)
+        low = np.empty(n_groups, dtype=np.float32)
+        for r in range(b * BLOCK, min(m, (b + 1) * BLOCK)):
+            i = rows[r]
+            _offsets(dots[r], c_sq, e)
+            best_g = 0
+            for g in range(n_groups):                      # nearest center of each group
+                v = np.float32(np.inf)
+                for j in range(starts[g], starts[g + 1]):
+                    v = min(v, e[j])
+                low[g] = v
+                if v < low[best_g]:
+                    best_g = g
+            best_j = starts[best_g]
+            while e[best_j] != low[best_g]:                # the first nearest center of the nearest group
+                best_j += 1
+            xs = np.float64(x_sq[i])
+            labels[i] = best_j
+            upper[i] = _up(xs + low[best_g], slack)
+            e[best_j] = np.inf
+            v = np.float32(np.inf)
+            for j in range(starts[best_g], starts[best_g + 1]):
+                v = min(v, e[j])
+            low[best_g] = v
+            for g in range(n_groups):
+                lower[i, g] = np.float32(np.sqrt(max(xs + low[g] - slack, 0.0)) * (1.0 - 1e-6) - 1e-6)
+
+
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+def _offsets(dots: np.ndarray, c_sq: np.ndarray, out: np.ndarray) -> None:
+    """out = ||c||^2 - 2 x.c (k,) float32 from the dot products ``dots`` (k,)."""
+    for j in range(len(out)):
+        out[j] = c_sq[j] - np.float32(2.0) * dots[j]
