@@ -92,3 +92,16 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = write_config(workdir / "config.yaml")
     run_snakemake(workdir, *TINY_RUN_ARGS, configfile=cfg)
     return workdir
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch intra-op thread for a module of tiny-model tests, restored afterwards: more threads
+    only add synchronisation, and on a busy machine each op can wait for a descheduled thread.
+    A module opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

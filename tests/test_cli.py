@@ -40,14 +40,8 @@ def randomise_batchnorm(model: torch.nn.Module, seed: int = 0) -> None:
                 m.bias.copy_(0.1 * torch.randn(m.num_features, generator=gen))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy machine the threads' spinning
-    costs several times the work; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny models: one intra-op thread (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -34,14 +34,8 @@ SCRIPT_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 RUNTIME = RuntimeConfig(device="cpu", workers=0, log_every=1, progress_every_s=1000.0, deterministic=True)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread (several threads only add synchronisation, and on a
-    busy machine each op can wait milliseconds for a descheduled thread)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Tiny models: one intra-op thread (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------- loss and centre

@@ -21,13 +21,8 @@ HPARAMS = {"device": "cpu", "max_batch_seconds": 4.0, "max_batch_size": 3, "work
 DURATIONS = (0.4, 2.5, 1.1, 3.7, 0.9, 1.6)          # seconds: several batches of mixed lengths
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Single-threaded torch: no OpenMP contention on the shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models: one intra-op thread (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_wavs(folder, durations=DURATIONS) -> dict[str, str]:

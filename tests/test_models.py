@@ -16,13 +16,8 @@ from ssrl.models.wavlm import load_wavlm
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small models run fastest single-threaded on the shared 2-core machine (no OpenMP contention)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models: one intra-op thread (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 MEL_ARCH = {"frontend": {"type": "mel", "n_mels": 24}, "encoder": {"channels": 32, "emb_dim": 16}}

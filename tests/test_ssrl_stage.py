@@ -45,13 +45,8 @@ RUNTIME = dict(device="cpu", workers=0, log_every=1, progress_every_s=1000.0, de
 AUGMENT = ("noise", "music", "babble", "rir")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread (more only adds synchronisation on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Tiny models: one intra-op thread (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

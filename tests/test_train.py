@@ -136,14 +136,8 @@ class ToyStage(Stage):
                           "center": self.center})
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread (several threads only add synchronisation, and on a
-    busy machine each op can wait milliseconds for a descheduled thread)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Tiny models: one intra-op thread (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 RUNTIME = dict(device="cpu", workers=0, log_every=2, progress_every_s=1000.0, deterministic=True, bf16=False)

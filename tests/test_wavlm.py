@@ -21,13 +21,8 @@ from ssrl.models.wavlm import (LARGE_CONFIG, NO_REGULARISATION, LayerWeighting, 
                                WavLMFrontend, load_wavlm, official_checkpoint, read_safetensors)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Single-threaded torch: no OpenMP contention on the shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models: one intra-op thread (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def torchaudio_reference(model: WavLM) -> torch.nn.Module:

@@ -23,13 +23,8 @@ from ssrl.train.wavlm_pretrain import (MaskedPredictionModel, PretrainConfig, Un
 SR = 16000
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Single-threaded torch: no OpenMP contention on the shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models: one intra-op thread (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_wavlm(layers: int = 1, seed: int = 0) -> WavLM:
