@@ -49,9 +49,9 @@ STAMP_KEYS = ("commit", "dirty", "diff_sha256", "config_hash")
 PROVENANCE_FILE = "provenance.json"
 CONFIG_STORE = "provenance"
 
-PACKAGES = {"torch": "torch", "torchaudio": "torchaudio", "snakemake": "snakemake", "faiss": "faiss-cpu",
-            "numpy": "numpy", "scikit-learn": "scikit-learn"}
-"""Recorded software: name in the record -> distribution name (faiss: faiss-cpu, else faiss-gpu / faiss)."""
+PACKAGES = {"torch": "torch", "torchaudio": "torchaudio", "snakemake": "snakemake", "numpy": "numpy",
+            "scikit-learn": "scikit-learn"}
+"""Recorded software: name in the record -> distribution name."""
 
 _GIT_TIMEOUT_S = 20
 _UNTRACKED_HASH_LIMIT = 1 << 20   # bytes: larger untracked files enter the diff hash by size only
@@ -136,8 +136,6 @@ def software_versions(executor: str | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"python": platform.python_version()}
     for name, dist in PACKAGES.items():
         out[name] = _version(dist)
-    if out["faiss"] is None:
-        out["faiss"] = _version("faiss-gpu") or _version("faiss")
     build = _torch_build()
     out["torch_cuda"] = build.get("cuda")
     out["torch_hip"] = build.get("hip")
