@@ -37,7 +37,7 @@ wildcard_constraints:
 
 rule all:
     input:
-        all_targets(),
+        final_targets(),
     default_target: True
 
 

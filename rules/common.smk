@@ -1,5 +1,7 @@
-# Path and resource helpers shared by every rule file.
-# Every path between stages is built here, so a rule file never spells a layout.
+# Shared by every rules/*.smk, each included after this file. It holds the config-derived constants and the
+# final targets (built from the config alone, right after its validation in the Snakefile), the path helpers
+# (every path between stages is built here, so a rule file never spells a layout), the shell-command
+# helpers and the hyper-parameters of the training stages (ssrl.variants).
 
 import json
 import os
@@ -7,6 +9,12 @@ import re
 import shlex
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # the library of this checkout
+from ssrl import report as _report
+from ssrl import variants as _variants
+from ssrl.preflight import placeholder_keys
+
 
 # Scripts import the library from this checkout (also inside conda envs and SLURM
 # jobs, which inherit the environment and re-read this file).
@@ -21,16 +29,35 @@ def _prepend_env_path(name, entry):
 _prepend_env_path("PYTHONPATH", str(Path(workflow.basedir) / "src"))
 _prepend_env_path("PATH", str(Path(sys.executable).parent))
 
+# ---------------------------------------------------------------------------------------
+# Constants from the config, read once here and used by the rule files below.
 RUN_DIR = f"results/{config['run']}"
 DATA_DIR = f"{RUN_DIR}/data"
 ENV = "../envs/ssrl.yaml"
+CORPUS = config["corpus"].get(config["corpus"]["kind"]) or {}  # the section of corpus.kind
 
+# The trial lists downstream rules score (rules/data.smk writes them): the demo's one, a generic
+# corpus' split, or the configured lists that are not null (rules/data.smk stops a run without any).
+TRIAL_LISTS = (["demo"] if config["corpus"]["kind"] == "demo"
+               else [CORPUS["split"]["name"]] if "split" in CORPUS
+               else [name for name, path in (CORPUS.get("trials") or {}).items() if path])
 
-# The training scripts' augmentation argument: the folder of data/augment/*.lst, or --no-augment for a
-# generic corpus with `augment: none` (its lists are then empty; they stay inputs, so switching
-# augmentation on or off reruns the training stages).
-AUGMENT_ARG = ("--no-augment" if (config["corpus"].get(config["corpus"]["kind"]) or {}).get("augment") == "none"
-               else "--augment-dir {params.augment_dir:q}")
+# The augmentation lists (data/augment/<name>.lst) every training stage reads.
+AUGMENT_LISTS = expand(f"{DATA_DIR}/augment/{{name}}.lst", name=["noise", "music", "babble", "rir"])
+
+# The training scripts' augmentation argument: the folder of the lists, or --no-augment for a generic
+# corpus with `augment: none` (its lists are then empty; they stay inputs, so switching augmentation on
+# or off reruns the training stages).
+AUGMENT_ARG = "--no-augment" if CORPUS.get("augment") == "none" else "--augment-dir {params.augment_dir:q}"
+
+# name (ssrl_...) -> overrides of the ssrl section; an ablation set to null is left out (a config
+# merged over another cannot delete its keys: `ablations: {ssrl_queue1: null}` drops one)
+ABLATIONS = {name: overrides or {} for name, overrides in (config.get("ablations") or {}).items()
+             if overrides is not None}
+SSRL_SYSTEMS = ["ssrl", *ABLATIONS]  # rules/ssrl.smk
+ITERATIVE_ROUNDS = int((config.get("iterative") or {}).get("rounds", 0))  # rules/iterative.smk
+WAVLM = config.get("wavlm") or {"enabled": False}  # rules/wavlm.smk
+WAVLM_SYSTEMS = ["wavlm_step1", "wavlm_step2", "wavlm_ft"] if WAVLM["enabled"] else []
 
 
 def run_path(*parts):
@@ -41,30 +68,6 @@ def run_path(*parts):
 def sys_path(system, *parts):
     """A path under results/<run>/<system>/ (a trained model and what derives from it)."""
     return run_path(system, *parts)
-
-
-# Every attempt of a job appends to its log (`>> {log}` in the rules) under a header line, so that a
-# retried job's log keeps what the earlier attempts wrote (e.g. "stopped by SIGTERM; checkpoint ...").
-# Snakemake deletes a job's log before each attempt, so the history lives in a hidden file beside it
-# (logs/.<name>.log.attempts) that the log is hard-linked to (copied where links are not supported);
-# the history starts over when the previous attempt succeeded (a new run of the job, not a retry).
-# The TERM/INT traps make a signalled shell exit 143/130 (its EXIT trap would otherwise see status 0).
-LOG_ATTEMPT = (
-    'hist="$(dirname {log:q})/.$(basename {log:q}).attempts"; touch "$hist"; '
-    'case "$(tail -n 1 "$hist")" in "=== attempt ended: exit 0"*) : > "$hist";; esac; '
-    'ln -f "$hist" {log:q} 2>/dev/null || cp "$hist" {log:q}; '
-    'echo "=== attempt $(( $(grep -c "^=== attempt [0-9]" "$hist" || true) + 1 )):'
-    ' $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname)${{SLURM_JOB_ID:+, SLURM job $SLURM_JOB_ID}} ===" >> {log:q}; '
-    "trap 'echo \"=== attempt ended: exit $?\" >> \"$hist\"' EXIT; trap 'exit 143' TERM; trap 'exit 130' INT; "
-)
-
-
-def script_cmd(name, args, omp="{threads}"):
-    """Shell command running workflow/scripts/<name> with ``args`` (a shell template using
-    {input}, {output}, ...) on ``omp`` OpenMP threads (a template: default the rule's threads),
-    after LOG_ATTEMPT (``args`` ends with ``>> {log:q} 2>&1``).
-    The script is named by absolute path: the working directory may be anywhere (-d in tests)."""
-    return f"{LOG_ATTEMPT}OMP_NUM_THREADS={omp} python {script_path(name)} {args}"
 
 
 def kmeans_path(system, name, k=None):
@@ -91,23 +94,51 @@ def bench_path(name):
     return run_path("benchmarks", f"{name}.tsv")
 
 
+# ---------------------------------------------------------------------------------------
+def final_targets():
+    """The final targets of the workflow (the inputs of the default target), from the config alone. The
+    training list, the demo's baseline, the result tables and plots (rules/report.smk; they request every scored
+    system) and the k-means quality of the SSRL systems' embeddings (`ssrl` always, the ablations with
+    kmeans.ablation_quality: a train-set extraction + k-means each)."""
+    targets = [f"{DATA_DIR}/train/wav.scp"]
+    if config["corpus"]["kind"] == "demo":
+        targets.append(run_path("corpus", "baseline.json"))
+    targets += [run_path("tables", "summary.md"), *[run_path("plots", f"{name}.png") for name in _report.PLOT_NAMES]]
+    quality = SSRL_SYSTEMS if config["kmeans"]["ablation_quality"] else ["ssrl"]
+    targets += [kmeans_path(system, "quality.json") for system in quality]
+    return targets
+
+
+# ---------------------------------------------------------------------------------------
+# Shell commands of the rules.
+# Every attempt of a job appends to its log (`>> {log}` in the rules) under a header line, so that a
+# retried job's log keeps what the earlier attempts wrote (e.g. "stopped by SIGTERM; checkpoint ...").
+# Snakemake deletes a job's log before each attempt, so the history lives in a hidden file beside it
+# (logs/.<name>.log.attempts) that the log is hard-linked to (copied where links are not supported);
+# the history starts over when the previous attempt succeeded (a new run of the job, not a retry).
+# The TERM/INT traps make a signalled shell exit 143/130 (its EXIT trap would otherwise see status 0).
+LOG_ATTEMPT = (
+    'hist="$(dirname {log:q})/.$(basename {log:q}).attempts"; touch "$hist"; '
+    'case "$(tail -n 1 "$hist")" in "=== attempt ended: exit 0"*) : > "$hist";; esac; '
+    'ln -f "$hist" {log:q} 2>/dev/null || cp "$hist" {log:q}; '
+    'echo "=== attempt $(( $(grep -c "^=== attempt [0-9]" "$hist" || true) + 1 )):'
+    ' $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname)${{SLURM_JOB_ID:+, SLURM job $SLURM_JOB_ID}} ===" >> {log:q}; '
+    "trap 'echo \"=== attempt ended: exit $?\" >> \"$hist\"' EXIT; trap 'exit 143' TERM; trap 'exit 130' INT; "
+)
+
+
+def script_cmd(name, args, omp="{threads}"):
+    """Shell command running workflow/scripts/<name> with ``args`` (a shell template using
+    {input}, {output}, ...) on ``omp`` OpenMP threads (a template: default the rule's threads),
+    after LOG_ATTEMPT (``args`` ends with ``>> {log:q} 2>&1``).
+    The script is named by absolute path: the working directory may be anywhere (-d in tests)."""
+    return f"{LOG_ATTEMPT}OMP_NUM_THREADS={omp} python {script_path(name)} {args}"
+
+
 def as_json(obj):
     """Hyper-parameters reach scripts as one JSON string through params:, so that
     editing any of them reruns the stage (Snakemake tracks params changes)."""
     return json.dumps(obj, sort_keys=True)
-
-
-PLACEHOLDER_PREFIX = "/path/to/"  # config/voxceleb.yaml's stand-in for a local path
-
-
-def placeholder_keys(node, where):
-    """[(dotted key, value)] of every string under config ``node`` (dict, list or value; ``where`` is
-    its dotted key) still holding a PLACEHOLDER_PREFIX path, in file order."""
-    if isinstance(node, dict):
-        return [hit for key, value in node.items() for hit in placeholder_keys(value, f"{where}.{key}")]
-    if isinstance(node, list):
-        return [hit for i, value in enumerate(node) for hit in placeholder_keys(value, f"{where}[{i}]")]
-    return [(where, node)] if isinstance(node, str) and node.startswith(PLACEHOLDER_PREFIX) else []
 
 
 def compute_threads(workers, procs="1"):
@@ -135,99 +166,90 @@ def script_path(name):
     return shlex.quote(str(Path(workflow.basedir) / "workflow" / "scripts" / name))
 
 
-def ssrl_stage_hparams(**overrides):
-    """--hparams of train_ssrl.py (SSRL, ablations, iterative rounds): the ssrl section, with quirk
-    Q1 from augment.student_none_is_noise, updated with ``overrides``; augmentation ranges; runtime."""
+def extract_command(pairs):
+    """extract.py on the rule's model with (--wav-scp, --output) ``pairs`` of shell templates."""
+    sets = " ".join(f"--wav-scp {scp} --output {out}" for scp, out in pairs)
+    return script_cmd(
+        "extract.py",
+        f"--model {{input.model:q}} {sets} --hparams {{params.hparams:q}} >> {{log:q}} 2>&1",
+        # compute threads: what the DataLoader processes (extract.workers) leave of the rule's threads
+        omp=compute_threads(int(config["extract"]["workers"])),
+    )
+
+
+def train_embedding_systems():
+    """Regex of the systems whose train-set embeddings are used (rules/embed.smk): k-means of dino, ssrl
+    and the iterative rounds, the ablations with kmeans.ablation_quality, every system as the AS-norm
+    cohort."""
+    if config["score"]["asnorm"]:
+        return r"[a-z0-9_]+"
+    systems = ["dino", "ssrl", r"iter_r[1-9][0-9]*"]
+    if config["kmeans"]["ablation_quality"]:
+        systems += [re.escape(name) for name in ABLATIONS]
+    return "|".join(systems)
+
+
+# ---------------------------------------------------------------------------------------
+# The rules of workflow/scripts/train_ssrl.py (SSRL and its ablations, the iterative rounds, the WavLM
+# steps): one set of inputs, outputs, params and one shell line; a rule adds its init files and its
+# hyper-parameters (ssrl.variants).
+def ssrl_train_input(**init):
+    """Inputs of a train_ssrl.py rule: the training list (+ its truth, for the label log only), the
+    augmentation lists, the validation set (the first trial list), and ``init``: the files it starts
+    from (``init`` model, k-means ``labels`` / ``centers``, a WavLM ``checkpoint``)."""
     return {
-        "ssrl": {**config["ssrl"], "none_is_noise": config["augment"]["student_none_is_noise"], **overrides},
-        "augment": {key: config["augment"][key] for key in ("snr_db", "babble_count")},
-        "train": config["train"],
+        "wav_scp": f"{DATA_DIR}/train/wav.scp",
+        "utt2spk": f"{DATA_DIR}/train/utt2spk",
+        "augment": AUGMENT_LISTS,
+        "val_scp": f"{DATA_DIR}/test/wav.scp",
+        "val_trials": f"{DATA_DIR}/trials/{TRIAL_LISTS[0]}.txt",
+        **init,
     }
 
 
-def iterative_round_epochs():
-    """E_round, the epochs of each iterative round, by the budget rule: the R rounds together train
-    iterative.budget times SSRL's E_fix + E_upd epochs, E_round = round(budget * (E_fix + E_upd) / R),
-    at least 1 (paper: 1.0 * 105 / 5 = 21)."""
-    it, ssrl = config["iterative"], config["ssrl"]
-    total = it["budget"] * (ssrl["fixed_epochs"] + ssrl["update_epochs"])
-    return max(1, round(total / max(it["rounds"], 1)))
+def ssrl_train_output(system):
+    """Outputs of a train_ssrl.py rule for ``system`` (a name or a wildcard pattern)."""
+    return {
+        "model": sys_path(system, "model.pt"),
+        "log": sys_path(system, "train_log.tsv"),
+        "label_log": sys_path(system, "label_log.tsv"),
+        "record": sys_path(system, "train_record.json"),
+    }
 
 
-def iterative_hparams():
-    """--hparams of an iterative round: ssrl_stage_hparams with fixed labels (no relabelling, no NLM)
-    for iterative_round_epochs() epochs; the ssrl keys that only act in label updates are left out
-    (stage defaults), so that editing them does not rerun the rounds."""
-    update_only = {"lr_update_start", "queue_len", "gmm_max_iter", "gmm_tol", "margin_quirk", "sinkhorn_iters",
-                   "sinkhorn_epsilon", "teacher_crop_s"}
-    hp = ssrl_stage_hparams(label_update=False, nlm=False, update_epochs=0, fixed_epochs=iterative_round_epochs())
-    hp["ssrl"] = {k: v for k, v in hp["ssrl"].items() if k not in update_only}
-    return hp
+def ssrl_train_params(system, hparams):
+    """params of a train_ssrl.py rule: ``system`` (a name, or a function of the wildcards) and its
+    ``hparams`` (a dict, or a function of the wildcards), the init arguments from the rule's inputs,
+    the checkpoint folder <system>/ckpt/ (a params value, never an output: a killed job resumes) and the
+    augmentation folder."""
+    name = system if callable(system) else lambda wildcards: system
+    hp = hparams if callable(hparams) else lambda wildcards: hparams
+    flags = {"init": "--init-model", "labels": "--labels", "centers": "--centers"}
+    return {
+        "system": name,
+        "hparams": lambda wildcards: as_json(hp(wildcards)),
+        "init": lambda wildcards, input: " ".join(f"{flag} {shlex.quote(getattr(input, key))}"
+                                                  for key, flag in flags.items() if hasattr(input, key)),
+        "ckpt": lambda wildcards: sys_path(name(wildcards), "ckpt"),
+        "augment_dir": lambda wildcards, input: os.path.dirname(input.augment[0]),
+    }
+
+
+def ssrl_train_shell():
+    """The shell line of a train_ssrl.py rule (inputs, outputs and params as above)."""
+    return (
+        train_command("train_ssrl.py") + " --system {params.system} --train-scp {input.wav_scp:q} {params.init}"
+        f" {AUGMENT_ARG} --val-scp {{input.val_scp:q}} --val-trials {{input.val_trials:q}}"
+        " --utt2spk {input.utt2spk:q} --ckpt-dir {params.ckpt:q} --model-out {output.model:q}"
+        " --log-out {output.log:q} --label-log-out {output.label_log:q} --record-out {output.record:q}"
+        " --hparams {params.hparams:q} >> {log:q} 2>&1"
+    )
 
 
 def iterative_previous(wildcards):
     """The system whose model and k-means labels iterative round {r} starts from (round 1: dino)."""
     r = int(wildcards.r)
     return "dino" if r == 1 else f"iter_r{r - 1}"
-
-
-# WavLM systems (rules/wavlm.smk): ssrl keys that act only in label updates (relabelling, queues, NLM)
-# or in the SSRL label-fixed LR segment: not part of WavLM step 1's hyper-parameters, so editing them
-# does not rerun it.
-_WAVLM_STEP1_UNUSED = {"fixed_epochs", "update_epochs", "lr_fixed_start", "lr_update_start", "queue_len", "nlm",
-                       "gmm_max_iter", "gmm_tol", "margin_quirk", "sinkhorn_iters", "sinkhorn_epsilon",
-                       "teacher_crop_s", "ema_start", "ema_end", "removed_permanent"}
-
-
-def wavlm_checkpoint_problem(path, num_layers):
-    """What is wrong with WavLM checkpoint ``path`` for ``num_layers`` layers, or None if it looks right.
-
-    Cheap enough for every `snakemake` start (the weights are not read): a file is opened with
-    torch.load(weights_only=True, mmap=True) (zip-format files, i.e. torch.save since PyTorch 1.6; an
-    older file is read whole) and must be the official WavLM dict ({"cfg", "model"} with WavLM's gated
-    relative-position parameters) or a torchaudio WavLM state dict; a directory must be a Hugging Face
-    WavLM (config.json with model_type wavlm + model.safetensors or pytorch_model.bin). The checkpoint
-    must have at least ``num_layers`` transformer layers. Every key and shape is checked when step 1
-    loads it (ssrl.models.wavlm.load_wavlm).
-    """
-    import torch
-    import zipfile
-
-    p = Path(path)
-    if str(path).startswith(PLACEHOLDER_PREFIX):
-        return "is still a placeholder; point it at your copy of WavLM-Large.pt"
-    if not p.exists():
-        return "not found"
-    if p.is_dir():
-        try:
-            cfg = json.loads((p / "config.json").read_text())
-        except (OSError, ValueError) as err:
-            return f"is a directory but not a Hugging Face WavLM (config.json: {err})"
-        if cfg.get("model_type") != "wavlm":
-            return f"is a Hugging Face {cfg.get('model_type')!r} model, not WavLM (config.json model_type)"
-        if not any((p / name).exists() for name in ("model.safetensors", "pytorch_model.bin")):
-            return "has no model.safetensors or pytorch_model.bin"
-        layers = cfg.get("num_hidden_layers", 0)
-    else:
-        try:
-            obj = torch.load(p, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(p))
-        except Exception as err:  # noqa: BLE001 - unpickling errors come in many types
-            return f"cannot be read by torch.load(weights_only=True): {err}"
-        if isinstance(obj, dict) and isinstance(obj.get("cfg"), dict) and isinstance(obj.get("model"), dict):
-            if "encoder.layers.0.self_attn.grep_a" not in obj["model"]:
-                return ("has the official {'cfg', 'model'} layout but no WavLM gated relative-position "
-                        "parameters (encoder.layers.0.self_attn.grep_a): a HuBERT / wav2vec 2.0 checkpoint?")
-            layers = obj["cfg"].get("encoder_layers", 0)
-        else:
-            if isinstance(obj, dict) and isinstance(obj.get("state_dict", obj.get("model")), dict):
-                obj = obj.get("state_dict", obj.get("model"))
-            if not (isinstance(obj, dict) and "encoder.transformer.layers.0.attention.gru_rel_pos_const" in obj):
-                return ("is not a WavLM checkpoint (expected the official WavLM-Large.pt {'cfg', 'model'} dict, "
-                        "a torchaudio WavLM state dict, or a Hugging Face WavLM directory)")
-            layers = len({k.split(".")[3] for k in obj if k.startswith("encoder.transformer.layers.")})
-    if layers < num_layers:
-        return f"has {layers} transformer layers, fewer than wavlm.num_layers = {num_layers}"
-    return None
 
 
 def wavlm_checkpoint():
@@ -249,40 +271,6 @@ def wavlm_arch():
     frontend = {"checkpoint": path, "num_layers": wavlm["num_layers"], "tiny": wavlm["tiny"] and path is None,
                 "normalize_input": wavlm["normalize_input"]}
     return {"frontend": {"type": "wavlm", **frontend}, "encoder": dict(wavlm["encoder"])}
-
-
-def wavlm_hparams(step):
-    """--hparams of train_ssrl.py for WavLM step ``step`` (step1 | step2 | ft): the ssrl section (step 1:
-    without its label-update and EMA keys) updated with wavlm.<step>, then the keys that define the step.
-    Step 1 has no teacher (a supervised student, validated and exported itself) and gets the arch
-    (wavlm_arch); step 2 starts student and teacher from step 1's student; with the WavLM frozen the
-    teacher shares it (same weights as an EMA copy, one copy in memory and files), in step 2-ft as
-    wavlm.teacher_shares_wavlm says (quirk Q3)."""
-    wavlm = config["wavlm"]
-    if step == "step1":
-        hp = ssrl_stage_hparams()
-        hp["ssrl"] = {key: value for key, value in hp["ssrl"].items() if key not in _WAVLM_STEP1_UNUSED}
-        hp["ssrl"].update(wavlm["step1"], init="scratch", head_init="random", label_update=False, nlm=False,
-                          update_epochs=0, schedule="warmup_cosine", freeze_wavlm=True, teacher=False)
-        hp["arch"] = wavlm_arch()
-        return hp
-    if step == "step2":
-        return ssrl_stage_hparams(**wavlm["step2"], init="student", schedule="ssrl", freeze_wavlm=True,
-                                  teacher_shares_wavlm=True)
-    return ssrl_stage_hparams(**wavlm["ft"], init="full", schedule="ssrl", freeze_wavlm=False,
-                              teacher_shares_wavlm=wavlm["teacher_shares_wavlm"],
-                              gradient_checkpointing=wavlm["gradient_checkpointing"],
-                              wavlm_lr_scale=wavlm["wavlm_lr_scale"])
-
-
-def all_targets():
-    """The final targets of the workflow (the default target's inputs)."""
-    targets = [f"{DATA_DIR}/train/wav.scp"]
-    if config["corpus"]["kind"] == "demo":
-        targets.append(run_path("corpus", "baseline.json"))
-    targets += REPORT_TARGETS  # rules/report.smk: result tables and plots (and all they need)
-    targets += SSRL_TARGETS  # rules/ssrl.smk: k-means quality of the SSRL systems' embeddings
-    return targets
 
 
 # ---------------------------------------------------------------------------------------
@@ -340,26 +328,3 @@ onstart:
         problem = preflight.status_problem(workflow.executor_settings.status_command, sacct_error, min_job_age)
         if problem:
             raise ValueError(f"SLURM preflight: nothing was submitted: {problem}")
-
-
-def train_embedding_systems():
-    """Regex of the systems whose train-set embeddings are used (rules/embed.smk): k-means of dino, ssrl
-    and the iterative rounds, the ablations with kmeans.ablation_quality, every system as the AS-norm
-    cohort. Reads ABLATIONS of rules/ssrl.smk when called (from embed.smk, included after it)."""
-    if config["score"]["asnorm"]:
-        return r"[a-z0-9_]+"
-    systems = ["dino", "ssrl", r"iter_r[1-9][0-9]*"]
-    if config["kmeans"]["ablation_quality"]:
-        systems += [re.escape(name) for name in ABLATIONS]
-    return "|".join(systems)
-
-
-def extract_command(pairs):
-    """extract.py on the rule's model with (--wav-scp, --output) ``pairs`` of shell templates."""
-    sets = " ".join(f"--wav-scp {scp} --output {out}" for scp, out in pairs)
-    return script_cmd(
-        "extract.py",
-        f"--model {{input.model:q}} {sets} --hparams {{params.hparams:q}} >> {{log:q}} 2>&1",
-        # compute threads: what the DataLoader processes (extract.workers) leave of the rule's threads
-        omp=compute_threads(int(config["extract"]["workers"])),
-    )

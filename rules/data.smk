@@ -1,7 +1,7 @@
 # Data preparation: every corpus kind writes the same manifests under data/ (docs/internals.md):
 #   data/train/{wav.scp,utt2spk}, data/test/{wav.scp,utt2spk}, data/trials/<list>.txt,
 #   data/augment/{noise,music,babble,rir}.lst
-# TRIAL_LISTS names the trial lists that downstream rules score.
+# TRIAL_LISTS (rules/common.smk) names the trial lists that downstream rules score.
 
 # ---------------------------------------------------------------------------------------
 # The embedded demo (corpus.kind demo), ssrl.demo: a seeded synthetic corpus. The audio
@@ -9,14 +9,13 @@
 # the manifests that list it are the outputs. corpus/baseline.json holds the EER of a fixed
 # MFCC-mean cosine baseline on the demo trials (how hard the corpus is).
 if config["corpus"]["kind"] == "demo":
-    TRIAL_LISTS = ["demo"]
 
     rule demo_corpus:
         output:
             train=multiext(f"{DATA_DIR}/train/", "wav.scp", "utt2spk"),
             test=multiext(f"{DATA_DIR}/test/", "wav.scp", "utt2spk"),
             trials=f"{DATA_DIR}/trials/demo.txt",
-            augment=expand(f"{DATA_DIR}/augment/{{name}}.lst", name=["noise", "music", "babble", "rir"]),
+            augment=AUGMENT_LISTS,
             baseline=run_path("corpus", "baseline.json"),
         params:
             hparams=as_json(config["corpus"]["demo"]),
@@ -74,7 +73,6 @@ if config["corpus"]["kind"] in ("voxceleb", "generic"):
     _PREP_LISTS = {name: path for name, path in (_PREP.get("trials") or {}).items() if path}
     if "split" not in _PREP and not _PREP_LISTS:
         raise ValueError(f"corpus.{_PREP_KIND}.trials: every trial list is null; configure at least one")
-    TRIAL_LISTS = [_PREP["split"]["name"]] if "split" in _PREP else list(_PREP_LISTS)
 
     # results/<run>/prepare/: shard lists, per-shard results and the summaries.
     _SHARD = run_path("prepare", "shards", "{shard}")

@@ -12,7 +12,7 @@
 rule dino_train:
     input:
         wav_scp=f"{DATA_DIR}/train/wav.scp",
-        augment=expand(f"{DATA_DIR}/augment/{{name}}.lst", name=["noise", "music", "babble", "rir"]),
+        augment=AUGMENT_LISTS,
         val_scp=f"{DATA_DIR}/test/wav.scp",
         val_trials=f"{DATA_DIR}/trials/{TRIAL_LISTS[0]}.txt",
     output:

@@ -10,8 +10,7 @@
 # inherit the environment and re-read this file) write it beside their outputs (train_record.json).
 # An environment variable is no rerun trigger; a params value would rerun every stage on each commit.
 
-sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # the library of this checkout (rules/common.smk)
-from ssrl import provenance as _provenance
+from ssrl import provenance as _provenance  # the library of this checkout (rules/common.smk)
 
 if workflow.is_main_process:
     PROVENANCE_STAMP = _provenance.make_stamp(workflow.basedir, config)

@@ -14,24 +14,18 @@
 report: "../report/workflow.rst"
 
 
-REPORT_TABLES = ["main", "ablations", "wavlm", "pseudo_labels", "training", "published"]  # = ssrl.tables.TABLE_NAMES
-REPORT_PLOTS = ["det", "labels", "training", "scores"]  # = ssrl.tables.PLOT_NAMES
-
-
 # The systems of the result tables, in table order: name, table (main | ablations | wavlm), kind, and
 # round (iterative), overrides (ablation) or checkpoint (WavLM, wavlm_checkpoint(); None: random init).
-# Config keys of other stages read here, and only here: iterative.rounds, wavlm.enabled; the
-# ablations come from ABLATIONS (rules/ssrl.smk: name -> overrides of the ssrl section).
-_ROUNDS = int((config.get("iterative") or {}).get("rounds", 0))
-_WAVLM = config.get("wavlm") or {}
+# The systems come from the constants of rules/common.smk: ITERATIVE_ROUNDS, ABLATIONS (name -> overrides
+# of the ssrl section), WAVLM_SYSTEMS.
 REPORT_SYSTEMS = [
     {"name": "dino", "table": "main", "kind": "dino"},
-    *[{"name": f"iter_r{r}", "table": "main", "kind": "iterative", "round": r} for r in range(1, _ROUNDS + 1)],
+    *[{"name": f"iter_r{r}", "table": "main", "kind": "iterative", "round": r} for r in range(1, ITERATIVE_ROUNDS + 1)],
     {"name": "ssrl", "table": "main", "kind": "ssrl"},
     *[{"name": name, "table": "ablations", "kind": "ablation", "overrides": overrides}
-      for name, overrides in ABLATIONS.items()],  # rules/ssrl.smk (nulls dropped)
+      for name, overrides in ABLATIONS.items()],
     *[{"name": name, "table": "wavlm", "kind": name, "checkpoint": wavlm_checkpoint()}
-      for name in (("wavlm_step1", "wavlm_step2", "wavlm_ft") if _WAVLM.get("enabled") else ())],
+      for name in WAVLM_SYSTEMS],
 ]
 
 # Each system's files (the run spec of ssrl.tables): metrics, det, scores per trial list; train_log;
@@ -66,9 +60,6 @@ _TABLES_INPUTS, _PLOTS_INPUTS = (
 # config tables.published: an absolute path, or relative to the workflow folder.
 _PUBLISHED = str(Path(workflow.basedir) / config["tables"]["published"])
 
-# The tables and plots, requested by rule all (all_targets() in rules/common.smk).
-REPORT_TARGETS = [run_path("tables", "summary.md"), *[run_path("plots", f"{name}.png") for name in REPORT_PLOTS]]
-
 
 rule tables:
     input:
@@ -76,9 +67,9 @@ rule tables:
         published=_PUBLISHED,
     output:
         md=[report(run_path("tables", f"{name}.md"), caption="../report/tables_md.rst", category="Tables",
-                   subcategory="Markdown", labels={"table": name}) for name in REPORT_TABLES],
+                   subcategory="Markdown", labels={"table": name}) for name in _report.TABLE_NAMES],
         csv=[report(run_path("tables", f"{name}.csv"), caption="../report/tables_csv.rst", category="Tables",
-                    subcategory="CSV", labels={"table": name}) for name in REPORT_TABLES],
+                    subcategory="CSV", labels={"table": name}) for name in _report.TABLE_NAMES],
         summary=run_path("tables", "summary.md"),
         html=report(run_path("tables", "summary.html"), caption="../report/tables.rst", category="Tables",
                     subcategory="All tables", labels={"table": "all"}),

@@ -16,8 +16,8 @@
 #
 # Hyper-parameters: every step starts from the ssrl section (+ quirk Q1) overridden by wavlm.<step>;
 # step 1 leaves out the ssrl keys that act only in label updates or on a teacher. The keys that make a
-# step what it is (init, schedule, label_update, teacher, frozen WavLM, ...) are set by wavlm_hparams
-# (rules/common.smk), not in the config. With the WavLM frozen (step 2) the teacher runs the student's
+# step what it is (init, schedule, label_update, teacher, frozen WavLM, ...) are set by
+# ssrl.variants.WAVLM_STEPS, not in the config. With the WavLM frozen (step 2) the teacher runs the student's
 # WavLM (an EMA copy of frozen weights would be the same weights): one copy in memory, checkpoints and
 # model files. In step 2-ft
 # wavlm.teacher_shares_wavlm is quirk Q3 (default on: the reference's teacher uses the student's
@@ -30,40 +30,22 @@
 # wavlm_pretrain/ckpt/ (a params value) holds the resumable checkpoints.
 #
 # Start-up check (wavlm.enabled with wavlm.checkpoint set): before any job is planned, the checkpoint
-# must exist and look like a WavLM checkpoint (wavlm_checkpoint_problem in rules/common.smk). Only in the
+# must exist and look like a WavLM checkpoint (ssrl.models.wavlm_checkpoint.checkpoint_problem). Only in the
 # main Snakemake process (also for -n and --lint): a job re-reads this file, and step 1 checks every key
 # when it loads the checkpoint, so jobs skip the torch import of the check. Resources: the `gpu`
 # resource of each rule (profiles/slurm/config.yaml); gpu >= 2 runs torchrun.
-
-WAVLM = config.get("wavlm") or {"enabled": False}
 
 if WAVLM["enabled"] and workflow.is_main_process:
     if WAVLM["checkpoint"] is not None:
         if WAVLM["tiny"]:
             raise ValueError(f"wavlm.tiny: true builds a random tiny WavLM, but wavlm.checkpoint is set "
                              f"({WAVLM['checkpoint']}); set wavlm.tiny: false or wavlm.checkpoint: null")
-        _WAVLM_PROBLEM = wavlm_checkpoint_problem(WAVLM["checkpoint"], WAVLM["num_layers"])
+        from ssrl.models.wavlm_checkpoint import checkpoint_problem
+
+        _WAVLM_PROBLEM = checkpoint_problem(WAVLM["checkpoint"], WAVLM["num_layers"])
         if _WAVLM_PROBLEM:
             raise ValueError(f"wavlm.checkpoint: {WAVLM['checkpoint']} {_WAVLM_PROBLEM} (wavlm.enabled is true; "
                              f"set wavlm.enabled: false to run without the WavLM systems)")
-
-
-# The shell command of the three steps; {params.init} holds the step's init arguments.
-_WAVLM_SHELL = (
-    train_command("train_ssrl.py") + " --system {params.system} --train-scp {input.wav_scp:q} {params.init}"
-    f" {AUGMENT_ARG} --val-scp {{input.val_scp:q}} --val-trials {{input.val_trials:q}}"
-    " --utt2spk {input.utt2spk:q} --ckpt-dir {params.ckpt:q} --model-out {output.model:q}"
-    " --log-out {output.log:q} --label-log-out {output.label_log:q} --record-out {output.record:q}"
-    " --hparams {params.hparams:q} >> {log:q} 2>&1"
-)
-# Inputs of every step: training list (+ truth for the label log only), augmentation, validation.
-_WAVLM_COMMON_INPUT = {
-    "wav_scp": f"{DATA_DIR}/train/wav.scp",
-    "utt2spk": f"{DATA_DIR}/train/utt2spk",
-    "augment": AUGMENT_LISTS,
-    "val_scp": f"{DATA_DIR}/test/wav.scp",
-    "val_trials": f"{DATA_DIR}/trials/{TRIAL_LISTS[0]}.txt",
-}
 
 
 if WAVLM["enabled"] and wavlm_checkpoint() == run_path("wavlm_pretrain", "wavlm_tiny.pt"):
@@ -96,20 +78,12 @@ if WAVLM["enabled"]:
 
     rule wavlm_step1:
         input:
-            **_WAVLM_COMMON_INPUT,
-            labels=kmeans_path("dino", "labels.txt"),
-            checkpoint=[wavlm_checkpoint()] if wavlm_checkpoint() is not None else [],
+            **ssrl_train_input(labels=kmeans_path("dino", "labels.txt"),
+                               checkpoint=[wavlm_checkpoint()] if wavlm_checkpoint() is not None else []),
         output:
-            model=sys_path("wavlm_step1", "model.pt"),
-            log=sys_path("wavlm_step1", "train_log.tsv"),
-            label_log=sys_path("wavlm_step1", "label_log.tsv"),
-            record=sys_path("wavlm_step1", "train_record.json"),
+            **ssrl_train_output("wavlm_step1"),
         params:
-            system="wavlm_step1",
-            hparams=as_json(wavlm_hparams("step1")),
-            init=lambda wildcards, input: f"--labels {shlex.quote(input.labels)}",
-            ckpt=sys_path("wavlm_step1", "ckpt"),
-            augment_dir=lambda wildcards, input: os.path.dirname(input.augment[0]),
+            **ssrl_train_params("wavlm_step1", _variants.wavlm_hparams(config, "step1", wavlm_arch())),
         threads: 32
         resources:
             gpu=0,
@@ -120,23 +94,15 @@ if WAVLM["enabled"]:
         conda:
             ENV
         shell:
-            _WAVLM_SHELL
+            ssrl_train_shell()
 
     rule wavlm_step2:
         input:
-            **_WAVLM_COMMON_INPUT,
-            init=sys_path("wavlm_step1", "model.pt"),
+            **ssrl_train_input(init=sys_path("wavlm_step1", "model.pt")),
         output:
-            model=sys_path("wavlm_step2", "model.pt"),
-            log=sys_path("wavlm_step2", "train_log.tsv"),
-            label_log=sys_path("wavlm_step2", "label_log.tsv"),
-            record=sys_path("wavlm_step2", "train_record.json"),
+            **ssrl_train_output("wavlm_step2"),
         params:
-            system="wavlm_step2",
-            hparams=as_json(wavlm_hparams("step2")),
-            init=lambda wildcards, input: f"--init-model {shlex.quote(input.init)}",
-            ckpt=sys_path("wavlm_step2", "ckpt"),
-            augment_dir=lambda wildcards, input: os.path.dirname(input.augment[0]),
+            **ssrl_train_params("wavlm_step2", _variants.wavlm_hparams(config, "step2")),
         threads: 32
         resources:
             gpu=0,
@@ -147,23 +113,15 @@ if WAVLM["enabled"]:
         conda:
             ENV
         shell:
-            _WAVLM_SHELL
+            ssrl_train_shell()
 
     rule wavlm_ft:
         input:
-            **_WAVLM_COMMON_INPUT,
-            init=sys_path("wavlm_step2", "model.pt"),
+            **ssrl_train_input(init=sys_path("wavlm_step2", "model.pt")),
         output:
-            model=sys_path("wavlm_ft", "model.pt"),
-            log=sys_path("wavlm_ft", "train_log.tsv"),
-            label_log=sys_path("wavlm_ft", "label_log.tsv"),
-            record=sys_path("wavlm_ft", "train_record.json"),
+            **ssrl_train_output("wavlm_ft"),
         params:
-            system="wavlm_ft",
-            hparams=as_json(wavlm_hparams("ft")),
-            init=lambda wildcards, input: f"--init-model {shlex.quote(input.init)}",
-            ckpt=sys_path("wavlm_ft", "ckpt"),
-            augment_dir=lambda wildcards, input: os.path.dirname(input.augment[0]),
+            **ssrl_train_params("wavlm_ft", _variants.wavlm_hparams(config, "ft")),
         threads: 32
         resources:
             gpu=0,
@@ -174,4 +132,4 @@ if WAVLM["enabled"]:
         conda:
             ENV
         shell:
-            _WAVLM_SHELL
+            ssrl_train_shell()

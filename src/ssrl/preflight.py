@@ -27,6 +27,19 @@ from typing import Iterable, Mapping, Sequence
 PLACEHOLDER = "CHANGE_ME"
 """The marker of a value the user must set (profiles/slurm/config.yaml)."""
 
+PLACEHOLDER_PREFIX = "/path/to/"
+"""config/voxceleb.yaml's stand-in for a local path the user must set."""
+
+
+def placeholder_keys(node: object, where: str) -> list[tuple[str, str]]:
+    """[(dotted key, value)] of every string under config ``node`` (dict, list or value; ``where`` is
+    its dotted key) still holding a :data:`PLACEHOLDER_PREFIX` path, in file order."""
+    if isinstance(node, dict):
+        return [hit for key, value in node.items() for hit in placeholder_keys(value, f"{where}.{key}")]
+    if isinstance(node, list):
+        return [hit for i, value in enumerate(node) for hit in placeholder_keys(value, f"{where}[{i}]")]
+    return [(where, node)] if isinstance(node, str) and node.startswith(PLACEHOLDER_PREFIX) else []
+
 SINFO_ARGS = ("sinfo", "--Node", "--noheader", "--format=%P|%N|%c|%m|%G|%l")
 """One line per (partition, node): partition (``*`` marks the default), node, CPUs, memory (MB),
 generic resources, partition time limit."""

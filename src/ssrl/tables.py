@@ -56,17 +56,10 @@ from scipy.special import ndtri
 
 from .fileio import atomic_open, atomic_path, read_json
 from .progress import Progress
+from .report import KINDS, PLOT_NAMES, SYSTEM_TABLES, TABLE_NAMES
 from .provenance import (STAMP_KEYS, config_diff, format_value, hardware_line, job_stamp, now_iso, read_provenance,
                          stored_config)
 
-TABLE_NAMES = ("main", "ablations", "wavlm", "pseudo_labels", "training", "published")
-"""File stems of the tables written by :func:`write_tables` (besides ``summary.md`` / ``.html``)."""
-
-PLOT_NAMES = ("det", "labels", "training", "scores")
-"""File stems of the figures written by :func:`make_plots` (``<name>.png``)."""
-
-KINDS = ("dino", "iterative", "ssrl", "ablation", "wavlm_step1", "wavlm_step2", "wavlm_ft")
-SYSTEM_TABLES = ("main", "ablations", "wavlm")
 METRIC_KEYS = ("eer", "min_dcf_0.01", "min_dcf_0.05", "n_trials", "n_target", "n_nontarget")
 LABEL_LOG_COLUMNS = ("epoch", "phase", "live_classes", "nmi", "accuracy", "purity")
 TRAIN_LOG_COLUMNS = ("kind", "epoch", "step", "lr", "loss")
