@@ -28,30 +28,18 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
 from ssrl.fileio import write_embeddings
+from ssrl.hparams import read_hparams
 from ssrl.inference import embed_files, resolve_device
 from ssrl.manifest import read_wav_scp
 from ssrl.models import WavLMFrontend, load_speaker_model
 from ssrl.progress import format_duration
 
-HPARAMS = {"device": str, "max_batch_seconds": (int, float), "max_batch_size": int, "workers": int,
-           "max_seconds_wavlm": (int, float)}
-
-
-def parse_hparams(text: str) -> dict:
-    hp = json.loads(text)
-    missing = sorted(set(HPARAMS) - set(hp))
-    unknown = sorted(set(hp) - set(HPARAMS))
-    if missing or unknown:
-        raise SystemExit(f"--hparams: missing keys {missing}, unknown keys {unknown}")
-    for key, kind in HPARAMS.items():
-        if not isinstance(hp[key], kind) or isinstance(hp[key], bool):
-            raise SystemExit(f"--hparams: {key} has the wrong type: {hp[key]!r}")
-    return hp
+HPARAMS = {"device": str, "max_batch_seconds": float, "max_batch_size": int, "workers": int,
+           "max_seconds_wavlm": float}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -62,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="embedding file (.npz), one per --wav-scp, in the same order")
     ap.add_argument("--hparams", required=True, help="JSON, see above")
     args = ap.parse_args(argv)
-    hp = parse_hparams(args.hparams)
+    hp = read_hparams(args.hparams, HPARAMS)
 
     if len(args.wav_scp) != len(args.output):
         ap.error(f"{len(args.wav_scp)} --wav-scp but {len(args.output)} --output: give one output per set")

@@ -21,26 +21,16 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 from collections import Counter
 
 import numpy as np
 
 from ssrl.cluster import cluster_quality, kmeans
 from ssrl.fileio import atomic_path, read_embeddings, write_json
+from ssrl.hparams import read_hparams
 from ssrl.manifest import ManifestError, read_utt2spk, write_labels
 
 HPARAMS = {"max_iter": int, "seed": int, "n_init": int, "device": str}
-
-
-def parse_hparams(text: str) -> dict:
-    hp = json.loads(text)
-    if set(hp) != set(HPARAMS):
-        raise SystemExit(f"--hparams: expected keys {list(HPARAMS)}, got {sorted(hp)}")
-    for key, kind in HPARAMS.items():
-        if not isinstance(hp[key], kind) or isinstance(hp[key], bool):
-            raise SystemExit(f"--hparams: {key} must be {kind.__name__}, got {hp[key]!r}")
-    return hp
 
 
 def size_stats(sizes: np.ndarray) -> dict:
@@ -91,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quality", required=True)
     ap.add_argument("--plot", required=True)
     args = ap.parse_args(argv)
-    hp = parse_hparams(args.hparams)
+    hp = read_hparams(args.hparams, HPARAMS)
 
     utts, emb = read_embeddings(args.emb)
     for bad, what in ((~np.isfinite(emb).all(axis=1), "contain NaN/inf"), (~emb.any(axis=1), "are all zeros")):

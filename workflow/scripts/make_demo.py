@@ -18,34 +18,24 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from ssrl.demo import SessionStyle, generate_corpus
+from ssrl.hparams import read_hparams
 
-INT_KEYS = ("seed", "n_train_speakers", "n_test_speakers", "utts_per_speaker", "n_noise", "n_music", "n_speech",
-            "n_rir")
-FLOAT_KEYS = ("min_dur", "max_dur")
+HPARAMS = {**dict.fromkeys(("seed", "n_train_speakers", "n_test_speakers", "utts_per_speaker", "n_noise", "n_music",
+                             "n_speech", "n_rir"), int),
+           "min_dur": float, "max_dur": float, "session": dict}
 
 
 def parse_hparams(text: str) -> dict:
     """The corpus.demo config: the size keys, and ``session`` (SessionStyle fields) -> ``style``."""
-    hp = json.loads(text)
-    expected = set(INT_KEYS) | set(FLOAT_KEYS)
-    if not isinstance(hp, dict) or set(hp) - {"session"} != expected:
-        got = sorted(hp) if isinstance(hp, dict) else type(hp).__name__
-        raise SystemExit(f"--hparams: expected keys {sorted(expected)} and optionally 'session', got {got}")
+    hp = read_hparams(text, HPARAMS, optional=("session",))
     session = hp.pop("session", None) or {}
     try:
         hp["style"] = SessionStyle(**{k: tuple(v) if isinstance(v, list) else v for k, v in session.items()})
     except TypeError as exc:
         raise SystemExit(f"--hparams: session: {exc}") from None
-    for key in INT_KEYS:
-        if not isinstance(hp[key], int) or isinstance(hp[key], bool):
-            raise SystemExit(f"--hparams: {key} must be an integer, got {hp[key]!r}")
-    for key in FLOAT_KEYS:
-        if not isinstance(hp[key], (int, float)) or isinstance(hp[key], bool):
-            raise SystemExit(f"--hparams: {key} must be a number, got {hp[key]!r}")
     return hp
 
 
