@@ -28,7 +28,7 @@ REPORT_SYSTEMS = [
       for name in WAVLM_SYSTEMS],
 ]
 
-# Each system's files (the run spec of ssrl.tables): metrics, det, scores per trial list; train_log;
+# Each system's files (the run spec of ssrl.report.spec): metrics, det, scores per trial list; train_log;
 # train_record (cost, provenance); k-means quality (DINO, iterative rounds); label_log (systems trained
 # with online pseudo labels).
 _REPORT_FILES = {}
@@ -82,7 +82,7 @@ rule tables:
         ENV
     shell:
         script_cmd(
-            "make_tables.py",
+            "report_tables.py",
             "--spec {params.spec:q} --published {input.published:q} --out-dir {params.out_dir:q} >> {log:q} 2>&1",
         )
 
@@ -107,4 +107,4 @@ rule plots:
     conda:
         ENV
     shell:
-        script_cmd("make_plots.py", "--spec {params.spec:q} --out-dir {params.out_dir:q} >> {log:q} 2>&1")
+        script_cmd("report_plots.py", "--spec {params.spec:q} --out-dir {params.out_dir:q} >> {log:q} 2>&1")

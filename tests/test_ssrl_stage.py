@@ -30,7 +30,8 @@ from ssrl.models import build_speaker_model, load_speaker_model, read_model_file
 from ssrl.ssrl import FILL, LabelState, relabel_logits
 from ssrl.train import RuntimeConfig, Trainer, ema_update, run, schedules
 from ssrl.train.distributed import DistEnv
-from ssrl.train.ssrl_stage import LABEL_LOG_COLUMNS, SSRLConfig, SSRLStage, renumber_labels
+from ssrl.results import LABEL_LOG_COLUMNS
+from ssrl.train.ssrl_stage import SSRLConfig, SSRLStage, renumber_labels
 from ssrl.train.validation import ValidationSet, validation_eer
 
 SCRIPT = REPO / "workflow" / "scripts" / "train_ssrl.py"

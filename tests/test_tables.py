@@ -1,4 +1,5 @@
-"""ssrl.tables: result tables and plots from fabricated pipeline files; the scripts and report rules."""
+"""ssrl.report (tables, plots) and the readers of ssrl.results, on fabricated pipeline files; the scripts and
+report rules."""
 
 from __future__ import annotations
 
@@ -16,14 +17,14 @@ import yaml
 from conftest import REPO, TINY_CONFIG, deep_update, run_snakemake, write_config
 from ssrl.fileio import write_json
 from ssrl.provenance import STAMP_ENV
-from ssrl.tables import (COST_COLUMNS, PLOT_NAMES, TABLE_NAMES, TablesError, build_tables, format_overrides,
-                         load_run, make_plots, provenance_lines, provenance_warnings, read_label_log, read_metrics,
-                         read_published, read_train_record, to_markdown, write_tables)
+from ssrl.report import PLOT_NAMES, TABLE_NAMES
+from ssrl.report.plots import make_plots
+from ssrl.report.render import to_markdown, write_tables
+from ssrl.report.spec import TablesError, format_overrides, load_run, provenance_lines, provenance_warnings
+from ssrl.report.tables import COST_COLUMNS, build_tables, read_published
+from ssrl.results import LABEL_LOG_COLUMNS, ResultsError, read_label_log, read_metrics, read_train_record
 
 PUBLISHED = REPO / "config" / "published.yaml"
-LABEL_LOG_HEADER = ["epoch", "phase", "relabelled", "replaced", "live_classes", "changed", "nmi", "accuracy",
-                    "purity", "p_clean_mean", "clean_tp", "clean_fp", "clean_tn", "clean_fn", "clean_tpr",
-                    "clean_fpr", "loss", "acc", "teacher_eer"]
 
 
 def load_script(name):
@@ -143,7 +144,7 @@ def fabricate(root: Path, systems=tuple(METRICS), trial_lists=("demo",), k: int 
         if kind in ("ssrl", "ablation", "wavlm_step2", "wavlm_ft"):
             files["label_log"] = str(root / name / "label_log.tsv")
             write_tsv(Path(files["label_log"]), label_log_rows(LABEL_LOGS.get(name, 0.7), label_truth),
-                      LABEL_LOG_HEADER)
+                      list(LABEL_LOG_COLUMNS))
         entry = {"name": name, "table": table, "kind": kind, "files": files}
         if kind == "iterative":
             entry["round"] = int(name[len("iter_r"):])
@@ -458,18 +459,18 @@ def test_bad_inputs_name_the_file_and_key(tmp_path):
     m = json.loads(metrics.read_text())
     del m["min_dcf_0.05"]
     metrics.write_text(json.dumps(m))
-    with pytest.raises(TablesError, match=re.escape(str(metrics)) + r".*min_dcf_0\.05"):
+    with pytest.raises(ResultsError, match=re.escape(str(metrics)) + r".*min_dcf_0\.05"):
         read_metrics(metrics)
     m.update({"min_dcf_0.05": 0.1, "eer": 4.2})                              # a percentage, not a fraction
     metrics.write_text(json.dumps(m))
-    with pytest.raises(TablesError, match="fraction"):
+    with pytest.raises(ResultsError, match="fraction"):
         read_metrics(metrics)
 
     log = Path(spec["systems"][1]["files"]["label_log"])
     lines = log.read_text().splitlines()
     lines[3] = lines[3].replace("fixed", "frozen").replace("update", "frozen")
     log.write_text("\n".join(lines) + "\n")
-    with pytest.raises(TablesError, match=re.escape(f"{log}:4:") + ".*phase"):
+    with pytest.raises(ResultsError, match=re.escape(f"{log}:4:") + ".*phase"):
         read_label_log(log)
 
     bad = tmp_path / "published.yaml"
@@ -485,11 +486,11 @@ def test_bad_inputs_name_the_file_and_key(tmp_path):
     r = json.loads(record.read_text())
     r["cpu_s"] = "12 s"
     record.write_text(json.dumps(r))
-    with pytest.raises(TablesError, match=re.escape(str(record)) + r": cpu_s: expected a finite number"):
+    with pytest.raises(ResultsError, match=re.escape(str(record)) + r": cpu_s: expected a finite number"):
         read_train_record(record)
     del r["config_hash"]
     record.write_text(json.dumps(r))
-    with pytest.raises(TablesError, match=re.escape(str(record)) + r": missing key\(s\) \['config_hash'\]"):
+    with pytest.raises(ResultsError, match=re.escape(str(record)) + r": missing key\(s\) \['config_hash'\]"):
         read_train_record(record)
 
     spec["systems"][0]["files"]["metrics"] = {"other": str(metrics)}
@@ -513,7 +514,7 @@ def test_plots_are_written(tmp_path):
 def test_scripts(demo_spec, tmp_path, capsys):
     spec_file = tmp_path / "spec.json"
     spec_file.write_text(json.dumps(demo_spec))
-    load_script("make_tables").main(["--spec", str(spec_file), "--published", str(PUBLISHED),
+    load_script("report_tables").main(["--spec", str(spec_file), "--published", str(PUBLISHED),
                                      "--out-dir", str(tmp_path / "tables")])
     assert "# Results of run test" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "tables").iterdir()) == sorted(
@@ -522,8 +523,8 @@ def test_scripts(demo_spec, tmp_path, capsys):
     assert "**Provenance**" in summary and "- commit: 0123456789ab\n" in summary
     assert "- config hash: aaaaaaaaaaaaaaaa\n" in summary and "WARNING" not in summary
     demo_spec["compare"] = {"dino": "missing"}
-    with pytest.raises(SystemExit, match="make_tables: config tables.compare.dino"):
-        load_script("make_tables").main(["--spec", json.dumps(demo_spec), "--published", str(PUBLISHED),
+    with pytest.raises(SystemExit, match="report_tables: config tables.compare.dino"):
+        load_script("report_tables").main(["--spec", json.dumps(demo_spec), "--published", str(PUBLISHED),
                                          "--out-dir", str(tmp_path / "t2")])
     assert not (tmp_path / "t2").exists()
 

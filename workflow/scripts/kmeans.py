@@ -26,48 +26,12 @@ from collections import Counter
 import numpy as np
 
 from ssrl.cluster import cluster_quality, kmeans
-from ssrl.fileio import atomic_path, read_embeddings, write_json
+from ssrl.fileio import atomic_path, read_embeddings
 from ssrl.hparams import read_hparams
+from ssrl.results import size_stats, write_quality
 from ssrl.manifest import ManifestError, read_utt2spk, write_labels
 
 HPARAMS = {"max_iter": int, "seed": int, "n_init": int, "device": str}
-
-
-def size_stats(sizes: np.ndarray) -> dict:
-    """Statistics of the (k,) cluster sizes (empty clusters counted in n_empty, not in the rest)."""
-    used = sizes[sizes > 0]
-    return {
-        "n_clusters": int(len(used)),
-        "n_empty": int((sizes == 0).sum()),
-        "size_min": int(used.min()),
-        "size_median": float(np.median(used)),
-        "size_mean": float(used.mean()),
-        "size_max": int(used.max()),
-        "n_singletons": int((used == 1).sum()),
-        "sizes": sizes.tolist(),
-    }
-
-
-def plot_sizes(path: str, sizes: np.ndarray, speaker_sizes: np.ndarray | None, title: str) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg      # not pyplot: faster start-up
-    from matplotlib.figure import Figure
-
-    used = sizes[sizes > 0]
-    top = int(max(used.max(), speaker_sizes.max() if speaker_sizes is not None else 0))
-    bins = np.linspace(0.5, top + 0.5, min(top, 60) + 1)
-    fig = Figure(figsize=(6, 3.5))
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
-    ax.hist(used, bins=bins, alpha=0.7, label=f"k-means clusters ({len(used)} non-empty)")
-    if speaker_sizes is not None:
-        ax.hist(speaker_sizes, bins=bins, alpha=0.5, label=f"true speakers ({len(speaker_sizes)})")
-    ax.set_xlabel("utterances per cluster")
-    ax.set_ylabel("clusters")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -118,11 +82,13 @@ def main(argv: list[str] | None = None) -> None:
         speaker_sizes = np.array(sorted(Counter(truth.tolist()).values()))
     quality.update(size_stats(sizes))              # n_clusters here equals cluster_quality's
 
+    from ssrl.report.plots import plot_cluster_sizes  # matplotlib: imported once the clustering is done
+
     write_labels(args.labels, utts, res.labels)
     with atomic_path(args.centers) as tmp:
         np.save(tmp, res.centers.astype(np.float32))
-    plot_sizes(args.plot, sizes, speaker_sizes, f"k-means k={args.k}: cluster sizes")
-    write_json(args.quality, quality)
+    plot_cluster_sizes(args.plot, sizes, speaker_sizes, f"k-means k={args.k}: cluster sizes")
+    write_quality(args.quality, quality)
     summary = (f"k-means k={args.k}: {quality['n_clusters']} non-empty clusters, {res.n_iter} iterations "
                f"({'converged' if res.converged else 'max_iter reached'}), {res.seconds:.1f} s on {res.device}")
     if truth is not None:

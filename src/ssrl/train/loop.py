@@ -92,6 +92,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..data import EpochSampler
 from ..fileio import atomic_path, write_json
 from ..progress import Progress
+from ..results import TsvLog
 from . import distributed as D
 from .checkpoint import CheckpointManager, rng_state, set_rng_state
 from .cost import add_attempt, process_usage, train_record
@@ -327,47 +328,6 @@ def _ignore_signals_in_worker(_: int) -> None:
     """DataLoader workers leave SIGTERM/SIGINT to the main process, which shuts them down."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
-class TsvLog:
-    """The live training log: a TSV file with a fixed header, appended row by row.
-
-    ``kind`` is ``step`` (means over the last ``log_every`` steps) or ``epoch``
-    (means over the epoch, validation results, wall time). Empty cells mean
-    "not applicable". On resume the file is cut back to the rows the checkpoint
-    had seen, so no row appears twice.
-    """
-
-    def __init__(self, path: Path, columns: list[str]):
-        self.path = path
-        self.columns = columns
-        self.lines = 0
-
-    def start(self, keep_lines: int | None) -> None:
-        """Fresh log (``keep_lines`` None) or keep the first ``keep_lines`` lines of the existing one."""
-        header = "\t".join(self.columns) + "\n"
-        kept = [header]
-        if keep_lines is not None and self.path.exists():
-            old = self.path.read_text().splitlines(keepends=True)
-            if old and old[0] == header:
-                kept = old[:keep_lines]
-            else:
-                log.warning("%s: header differs from this run's columns; starting a new log", self.path)
-        with atomic_path(self.path) as tmp:
-            tmp.write_text("".join(kept))
-        self.lines = len(kept)
-
-    def write(self, row: Mapping[str, Any]) -> None:
-        unknown = set(row) - set(self.columns)
-        if unknown:
-            raise ValueError(f"log row has unknown column(s) {sorted(unknown)}")
-        cells = []
-        for col in self.columns:
-            v = row.get(col)
-            cells.append("" if v is None else f"{v:.6g}" if isinstance(v, float) else str(v))
-        with open(self.path, "a") as fh:
-            fh.write("\t".join(cells) + "\n")
-        self.lines += 1
 
 
 class _Means:

@@ -77,11 +77,11 @@ from torch.nn import functional as F
 from ..augment import AUGMENT_SOURCES, Augmenter, AugmentPolicy
 from ..cluster import cluster_quality
 from ..data import LabelledCropDataset
-from ..fileio import atomic_open
 from ..manifest import check_audio_exists, check_labels_cover, read_labels, read_list, read_utt2spk, read_wav_scp
 from ..models import (AAMSoftmax, ModelFileError, SoftmaxHead, SpeakerModel, build_head, build_speaker_model,
                       read_model_file, save_model_file)
 from ..models.wavlm import WavLMFrontend
+from ..results import LABEL_LOG_COLUMNS, write_tsv
 from ..ssrl import (LabelState, clean_detector_stats, distributed_all_reduce, is_relabel_epoch, is_replace_epoch,
                     majority_label_correct, mask_removed, relabel, weighted_ce)
 from . import distributed as D
@@ -98,10 +98,6 @@ SCHEDULES = ("ssrl", "warmup_cosine")
 LABEL_LOG = "label_log.tsv"
 """Name of the live label log inside the checkpoint directory."""
 
-LABEL_LOG_COLUMNS = ("epoch", "phase", "relabelled", "replaced", "live_classes", "changed", "nmi", "accuracy",
-                     "purity", "p_clean_mean", "clean_tp", "clean_fp", "clean_tn", "clean_fn", "clean_tpr",
-                     "clean_fpr", "loss", "acc", "teacher_eer")
-"""Columns of ``<system>/label_log.tsv`` (empty cell: not applicable, e.g. no truth / not validated)."""
 
 
 @dataclass
@@ -261,22 +257,6 @@ def renumber_labels(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     classes, labels = np.unique(np.asarray(raw, dtype=np.int64), return_inverse=True)
     return labels.astype(np.int64), classes
-
-
-def _format_cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
-
-
-def write_tsv(path: str | os.PathLike, columns: tuple[str, ...], rows: list[Mapping[str, Any]]) -> None:
-    """Write a TSV with a header atomically; missing/None cells are empty, floats ``%.6g``."""
-    with atomic_open(path) as fh:
-        fh.write("\t".join(columns) + "\n")
-        for row in rows:
-            fh.write("\t".join(_format_cell(row.get(c)) for c in columns) + "\n")
 
 
 class SSRLStage(Stage):

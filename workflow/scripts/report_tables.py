@@ -7,12 +7,12 @@ and summary.md (a provenance block, then all tables; what `make demo` shows) and
 same, for the Snakemake report). The provenance block names this job's commit and config hash (from
 the environment Snakemake sets, ssrl.provenance) and warns when the inputs were made by others.
 
---spec is the run spec (JSON text, or the path of a JSON file) described in ssrl.tables: the run
+--spec is the run spec (JSON text, or the path of a JSON file) described in ssrl.report.spec: the run
 name, K, the trial lists, config tables.compare and, per system, its table, kind and files.
 --published is the YAML file of published reference numbers (config/published.yaml).
 
 Example:
-  python workflow/scripts/make_tables.py --spec spec.json --published config/published.yaml \\
+  python workflow/scripts/report_tables.py --spec spec.json --published config/published.yaml \\
       --out-dir results/demo/tables
 """
 
@@ -22,8 +22,10 @@ import argparse
 import sys
 
 from ssrl.provenance import now_iso
-from ssrl.tables import (TablesError, build_tables, load_run, provenance_lines, read_published, read_spec,
-                         summary_markdown, write_tables)
+from ssrl.report.render import summary_markdown, write_tables
+from ssrl.report.spec import load_run, provenance_lines, read_spec
+from ssrl.report.tables import build_tables, read_published
+from ssrl.results import ResultsError
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -35,12 +37,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         run = load_run(read_spec(args.spec))
         tables = build_tables(run, read_published(args.published))
-    except (TablesError, OSError) as exc:
-        raise SystemExit(f"make_tables: {exc}") from None
+    except (ResultsError, OSError) as exc:
+        raise SystemExit(f"report_tables: {exc}") from None
     block = provenance_lines(run, now_iso())
     paths = write_tables(tables, args.out_dir, run.run, block)
     print(summary_markdown(tables, run.run, block), flush=True)
-    print(f"make_tables: wrote {len(paths)} files under {args.out_dir}", file=sys.stderr)
+    print(f"report_tables: wrote {len(paths)} files under {args.out_dir}", file=sys.stderr)
 
 
 if __name__ == "__main__":

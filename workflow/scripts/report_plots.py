@@ -6,10 +6,10 @@ Writes under --out-dir:
   training.png  training loss and learning rate vs optimiser step, one panel per system
   scores.png    target / non-target score histograms per system and trial list, EER threshold marked
 
---spec is the run spec (JSON text, or the path of a JSON file) described in ssrl.tables.
+--spec is the run spec (JSON text, or the path of a JSON file) described in ssrl.report.spec.
 
 Example:
-  python workflow/scripts/make_plots.py --spec spec.json --out-dir results/demo/plots
+  python workflow/scripts/report_plots.py --spec spec.json --out-dir results/demo/plots
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ssrl.tables import TablesError, make_plots, read_spec
+from ssrl.report.plots import make_plots
+from ssrl.report.spec import read_spec
+from ssrl.results import ResultsError
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,9 +29,9 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     try:
         paths = make_plots(read_spec(args.spec), args.out_dir)
-    except (TablesError, OSError) as exc:
-        raise SystemExit(f"make_plots: {exc}") from None
-    print(f"make_plots: wrote {', '.join(str(p) for p in paths)}", file=sys.stderr)
+    except (ResultsError, OSError) as exc:
+        raise SystemExit(f"report_plots: {exc}") from None
+    print(f"report_plots: wrote {', '.join(str(p) for p in paths)}", file=sys.stderr)
 
 
 if __name__ == "__main__":
