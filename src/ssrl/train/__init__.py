@@ -1,8 +1,10 @@
 """The shared trainer of every training stage (DINO, SSRL, iterative rounds, WavLM).
 
-* :mod:`.loop`: :class:`Stage` (the extension point: what a stage trains),
-  :class:`Trainer` (how: DDP, schedules, EMA, checkpoints, resume, logs),
+* :mod:`.stage`: :class:`Stage` (the extension point: what a stage trains).
+* :mod:`.loop`: :class:`Trainer` (how: DDP, schedules, EMA, checkpoints, resume, logs),
   :func:`run` (entry point for scripts; returns the exit code).
+* :mod:`.config`: :class:`RuntimeConfig` (config ``train:``) and ``config_from_dict``, which
+  builds a stage's typed config.
 * :mod:`.distributed`: torchrun/process-group setup, gather helpers,
   global-batch BatchNorm.
 * :mod:`.schedules`: per-step LR and EMA schedules as numpy arrays.
@@ -21,7 +23,9 @@ from .distributed import (DistEnv, GlobalBatchNorm, all_gather_array, all_gather
                           all_reduce_mean, all_reduce_sum, barrier, broadcast_object, convert_sync_batchnorm,
                           init_distributed, shutdown)
 from .ema import ema_update, make_teacher
-from .loop import NonFiniteLossError, RuntimeConfig, Stage, Trainer, TrainingInterrupted, file_digest, run
+from .config import RuntimeConfig
+from .loop import NonFiniteLossError, Trainer, TrainingInterrupted, run
+from .stage import Stage, file_digest
 from .optim import clip_grad_per_tensor, decay_param_groups
 from .validation import ValidationSet, extract_embeddings, validation_eer
 

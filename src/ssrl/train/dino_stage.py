@@ -30,7 +30,8 @@ from ..manifest import check_audio_exists, read_list, read_wav_scp
 from ..models import DINOHead, build_speaker_model, save_model_file
 from . import schedules
 from .ema import make_teacher
-from .loop import Stage, config_from_dict, file_digest
+from .config import config_from_dict
+from .stage import Stage, file_digest
 from .optim import clip_grad_per_tensor, decay_param_groups
 from .validation import ValidationSet, validation_eer
 

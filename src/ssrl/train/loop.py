@@ -1,5 +1,8 @@
 """The training loop shared by every stage (DINO, SSRL, iterative rounds, WavLM steps).
 
+Over 450 lines for a reason: :class:`Trainer` is one object whose methods share the run's state
+(models, optimiser, schedules, sampler, checkpoint position, log); split, they would pass it around.
+
 Extension point
 ===============
 
@@ -31,32 +34,7 @@ anew for every epoch (workers are not persistent), after ``on_epoch_start`` and
 ``train_set.set_epoch(e)``, so dataset state changed by the hooks (e.g. SSRL
 labels) reaches the workers.
 
-What a stage provides (see :class:`Stage` for the signatures):
-
-* attributes ``name``, ``epochs``, ``batch_size`` (global, over all ranks),
-  ``seed``, ``val_every``, ``step_metrics`` / ``epoch_metrics`` (the log
-  columns), ``find_unused_parameters`` (DDP), ``inputs_digest`` (fingerprint of
-  the input data, e.g. ``file_digest(wav_scp)``);
-* :meth:`Stage.build` sets ``self.student`` (the trained module; its
-  ``forward`` is what ``train_step`` calls through DDP, so put every trained
-  piece behind one forward), ``self.teacher`` (``ema.make_teacher(student)``,
-  or None) and ``self.train_set`` (a Dataset with ``set_epoch``; items batched
-  by ``self.collate`` or the default collate);
-* :meth:`Stage.configure_optimizer`, :meth:`Stage.lr_schedule`,
-  :meth:`Stage.ema_schedule` (``ssrl.train.schedules``), :meth:`Stage.train_step`;
-* optional hooks :meth:`Stage.on_train_start`, :meth:`Stage.after_backward`,
-  :meth:`Stage.after_step`, :meth:`Stage.on_epoch_start`, :meth:`Stage.on_epoch_end`,
-  :meth:`Stage.validate`;
-* :meth:`Stage.state_dict` / :meth:`Stage.load_state_dict` for stage state
-  that is neither a module nor the optimiser (DINO centre; SSRL queues,
-  labels, removed classes, p_clean): it goes into every checkpoint;
-* :meth:`Stage.write_model_file` (``ssrl.models.save_model_file``).
-
-The stage's ``env`` (:class:`~ssrl.train.distributed.DistEnv`) and ``runtime``
-(:class:`RuntimeConfig`) are set by the trainer before :meth:`Stage.build`.
-Cross-rank reductions inside a stage use ``ssrl.train.distributed``
-(``all_reduce_sum``, ``all_gather_tensor``, ``all_gather_array``,
-``all_gather_objects``); every rank must call them the same number of times.
+What a stage provides: :mod:`ssrl.train.stage`.
 
 Exit behaviour (:func:`run`): 0 when the model file is written; on SIGTERM or
 SIGINT a checkpoint is saved at the next step boundary and the exit code is
@@ -67,8 +45,6 @@ last good checkpoint kept.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -78,16 +54,15 @@ import shutil
 import signal
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from ..data import EpochSampler
 from ..fileio import atomic_path, write_json
@@ -95,8 +70,10 @@ from ..progress import Progress
 from ..results import TsvLog
 from . import distributed as D
 from .checkpoint import CheckpointManager, rng_state, set_rng_state
+from .config import RuntimeConfig
 from .cost import add_attempt, process_usage, train_record
 from .ema import ema_update
+from .stage import Stage
 
 log = logging.getLogger("ssrl.train")
 
@@ -117,211 +94,6 @@ class TrainingInterrupted(Exception):
 
 class NonFiniteLossError(RuntimeError):
     """A loss became NaN or infinite; training stopped without writing outputs."""
-
-
-def config_from_dict(cls: type, d: Mapping[str, Any], where: str, skip: tuple[str, ...] = ()) -> Any:
-    """Build dataclass ``cls`` from config mapping ``d``, typed by the fields' defaults.
-
-    Fields named in ``skip`` are neither accepted nor set (the caller builds them). Unknown
-    keys and values of the wrong type raise ValueError naming ``where.key``; an int is
-    accepted (and converted) where a float is expected, a bool never counts as an int.
-    """
-    names = sorted(f.name for f in dataclasses.fields(cls) if f.name not in skip)
-    unknown = sorted(set(d) - set(names))
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; expected some of {names}")
-    defaults = cls()
-    values = {}
-    for key, value in d.items():
-        want = type(getattr(defaults, key))
-        if want is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, want) or (want is int and isinstance(value, bool)):
-            raise ValueError(f"{where}.{key}: expected {want.__name__}, got {value!r}")
-        values[key] = value
-    return cls(**values)
-
-
-@dataclass
-class RuntimeConfig:
-    """The ``train:`` config section: how (not what) to train. Not part of a stage's
-    hyper-parameter fingerprint, so changing it never invalidates checkpoints.
-
-    device            auto | cpu | cuda
-    workers           DataLoader worker processes per rank (0: load in the main process)
-    ckpt_every_steps  also checkpoint every N optimiser steps (0: only at epoch ends)
-    keep_checkpoints  how many of the newest checkpoints to keep
-    log_every         one ``step`` row in the TSV log every N steps (means over those steps)
-    progress_every_s  seconds between progress lines
-    bf16              bfloat16 autocast on CUDA (ignored on CPU)
-    cudnn_benchmark   torch.backends.cudnn.benchmark (off when deterministic)
-    deterministic     deterministic algorithms (bit-exact resume on CPU; slower on GPU)
-    """
-
-    device: str = "auto"
-    workers: int = 2
-    ckpt_every_steps: int = 0
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    progress_every_s: float = 30.0
-    bf16: bool = True
-    cudnn_benchmark: bool = True
-    deterministic: bool = False
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None, where: str = "train") -> "RuntimeConfig":
-        """Build from a config mapping; unknown keys and wrong types raise ValueError naming ``where.key``."""
-        cfg = config_from_dict(cls, d or {}, where)
-        for key in ("workers", "ckpt_every_steps"):
-            if getattr(cfg, key) < 0:
-                raise ValueError(f"{where}.{key}: must be >= 0, got {getattr(cfg, key)}")
-        for key in ("keep_checkpoints", "log_every"):
-            if getattr(cfg, key) < 1:
-                raise ValueError(f"{where}.{key}: must be >= 1, got {getattr(cfg, key)}")
-        if cfg.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"{where}.device: expected auto, cpu or cuda, got {cfg.device!r}")
-        return cfg
-
-
-class Stage:
-    """What one training stage trains. Subclass it; see the module docstring for the loop.
-
-    Attributes a subclass sets (class attributes or in ``__init__``):
-
-    name                 system name, used in logs ("dino", "ssrl", "iter_r2", ...)
-    hparams              the stage's hyper-parameters (dict); everything except the
-                         ``train`` key is its fingerprint: checkpoints made with another
-                         fingerprint are discarded instead of resumed
-    epochs               number of epochs
-    batch_size           global batch (items per optimiser step over all ranks; must be a
-                         multiple of the number of ranks)
-    seed                 seeds model initialisation (same on every rank) and the data order
-    val_every            validate every N epochs and after the last (0: never)
-    step_metrics         names of the extra values ``train_step`` returns (log columns)
-    epoch_metrics        names of the values ``on_epoch_end`` and ``validate`` return
-    find_unused_parameters  passed to DDP (True if some trained parameters may get no grad)
-    inputs_digest        set in :meth:`build`: a digest of the input data (e.g. of the
-                         training wav.scp, :func:`file_digest`); part of the fingerprint, so
-                         checkpoints made on other data are not resumed
-
-    Set by the trainer before :meth:`build`: ``env`` (DistEnv: rank, world size,
-    device) and ``runtime`` (RuntimeConfig).
-    """
-
-    name: str = "stage"
-    hparams: dict[str, Any] = {}
-    epochs: int = 1
-    batch_size: int = 1
-    seed: int = 0
-    val_every: int = 0
-    step_metrics: tuple[str, ...] = ()
-    epoch_metrics: tuple[str, ...] = ()
-    find_unused_parameters: bool = False
-    collate: Callable[[list[Any]], Any] | None = None
-    inputs_digest: str = ""
-
-    env: D.DistEnv
-    runtime: RuntimeConfig
-    student: nn.Module
-    teacher: nn.Module | None = None
-    train_set: Dataset
-
-    # ---- required ------------------------------------------------------------------------
-    def build(self) -> None:
-        """Create ``self.student``, ``self.teacher`` (or None) and ``self.train_set``.
-
-        Called once per process after every RNG was seeded with ``self.seed``, so
-        random initialisation is identical on all ranks. Modules may stay on the
-        CPU: the trainer moves them to ``self.env.device``. Read input files and
-        fail on bad input here, before any training.
-        """
-        raise NotImplementedError
-
-    def configure_optimizer(self, student: nn.Module) -> torch.optim.Optimizer:
-        """The optimiser over ``student``'s trainable parameters (the unwrapped module,
-        already on the device). Param groups may carry ``lr_scale`` (default 1): the
-        trainer sets ``lr = lr_schedule[step] * lr_scale`` before every step."""
-        raise NotImplementedError
-
-    def lr_schedule(self, steps_per_epoch: int) -> np.ndarray:
-        """Per-step learning rate, shape ``(epochs * steps_per_epoch,)``."""
-        raise NotImplementedError
-
-    def train_step(self, student: nn.Module, batch: Any, epoch: int) -> tuple[torch.Tensor, dict[str, Any]]:
-        """Forward one batch (this rank's slice) and return ``(loss, metrics)``.
-
-        ``student`` is the module to call (DDP-wrapped under torchrun); ``loss``
-        a scalar tensor, the mean over this rank's items (equal slices on every
-        rank make the DDP average the global-batch mean); ``metrics`` maps each
-        name in ``step_metrics`` to a float or 0-d tensor (already detached).
-        The trainer averages loss and metrics over ranks for the log.
-        """
-        raise NotImplementedError
-
-    def write_model_file(self, path: Path) -> None:
-        """Write the final model file (``ssrl.models.save_model_file``) to ``path``."""
-        raise NotImplementedError
-
-    # ---- optional ------------------------------------------------------------------------
-    def ema_schedule(self, steps_per_epoch: int) -> np.ndarray | None:
-        """Per-step EMA decay of the teacher, shape ``(epochs * steps_per_epoch,)``
-        (``schedules.ema_decay``); required when ``self.teacher`` is not None."""
-        return None
-
-    def batch_to_device(self, batch: Any) -> Any:
-        """Move a collated batch to ``self.env.device`` (tensors in tuples/lists/dicts)."""
-        return _to_device(batch, self.env.device)
-
-    def on_train_start(self) -> None:
-        """Once, at the start of a fresh run (not when resuming): modules are on the device
-        and BatchNorm is global-batch, but not yet DDP-wrapped. Every rank calls it."""
-
-    def after_backward(self, epoch: int, step: int) -> None:
-        """After ``loss.backward()``, before ``optimizer.step()`` (``step``: global step, 0-based)."""
-
-    def after_step(self, epoch: int, step: int) -> None:
-        """After the optimiser step and the EMA update of global step ``step`` (0-based)."""
-
-    def on_epoch_start(self, epoch: int) -> None:
-        """Before the epoch's first batch (again when resuming inside ``epoch``)."""
-
-    def on_epoch_end(self, epoch: int) -> dict[str, float]:
-        """After the epoch's last step; returns values for ``epoch_metrics`` columns."""
-        return {}
-
-    def validate(self, epoch: int) -> dict[str, float]:
-        """Evaluate (e.g. EER of the teacher on the validation trials; see
-        :func:`ssrl.train.validation.validation_eer`). Called on every rank; must
-        return the same dict on every rank."""
-        return {}
-
-    def state_dict(self) -> dict[str, Any]:
-        """Stage state that is not a module or the optimiser (saved in every checkpoint)."""
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned (called after :meth:`build` on resume)."""
-
-
-def file_digest(*paths: str | os.PathLike) -> str:
-    """SHA-256 of the contents of ``paths`` (in order), for :attr:`Stage.inputs_digest`."""
-    h = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        h.update(b"\0")
-    return h.hexdigest()
-
-
-def _to_device(obj: Any, device: torch.device) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device, non_blocking=True)
-    if isinstance(obj, dict):
-        return {k: _to_device(v, device) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_device(v, device) for v in obj)
-    return obj
 
 
 def _ignore_signals_in_worker(_: int) -> None:

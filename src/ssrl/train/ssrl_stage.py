@@ -87,7 +87,8 @@ from ..ssrl import (LabelState, clean_detector_stats, distributed_all_reduce, is
 from . import distributed as D
 from . import schedules
 from .ema import make_teacher
-from .loop import Stage, config_from_dict, file_digest
+from .config import config_from_dict
+from .stage import Stage, file_digest
 from .validation import ValidationSet, validation_eer
 
 INIT_SOURCES = ("scratch", "encoder", "student", "full")

@@ -57,7 +57,8 @@ from ..manifest import check_audio_exists, read_wav_scp
 from ..models.wavlm import TINY_CONFIG, WavLM, check_conv_layers, load_wavlm, official_checkpoint
 from ..progress import Progress
 from . import schedules
-from .loop import Stage, config_from_dict, file_digest
+from .config import config_from_dict
+from .stage import Stage, file_digest
 from .optim import decay_param_groups
 
 LOG_MEL_FLOOR = 1e-6    # torchaudio MFCC(log_mels=True): log(mel + 1e-6)
