@@ -6,7 +6,7 @@ mean about 8 s by default) and embeds them twice with the same random-weight
 log-mel ECAPA-TDNN (the model section of ``--config``, config/config.yaml by
 default, or ``--channels`` / ``--emb-dim``), through the pipeline's path
 (:func:`ssrl.inference.embed_files`: EvalDataset, length-bucketed zero-padded
-batches, :func:`ssrl.models.extract_embeddings`):
+batches, :func:`ssrl.extract.extract_embeddings`):
 
 * batched: ``--max-batch-seconds`` of padded audio and ``--max-batch-size``
   utterances per batch at most (the extract config's defaults, 240 s and 64);
@@ -37,7 +37,7 @@ import yaml
 from ssrl import SAMPLE_RATE
 from ssrl.audio import write_audio
 from ssrl.fileio import write_json
-from ssrl.inference import embed_files
+from ssrl.extract import embed_files
 from ssrl.models import build_speaker_model
 
 REPO = Path(__file__).resolve().parents[1]

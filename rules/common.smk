@@ -178,7 +178,7 @@ def extract_command(pairs):
 
 
 def train_embedding_systems():
-    """Regex of the systems whose train-set embeddings are used (rules/embed.smk): k-means of dino, ssrl
+    """Regex of the systems whose train-set embeddings are used (rules/extract.smk): k-means of dino, ssrl
     and the iterative rounds, the ablations with kmeans.ablation_quality, every system as the AS-norm
     cohort."""
     if config["score"]["asnorm"]:

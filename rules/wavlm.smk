@@ -10,7 +10,7 @@
 #                the student's WavLM in train mode (the checkpoint's dropouts, layer drop, feature_grad_mult),
 #                the teacher's forward in eval mode; EMA decay constant (wavlm.ft ema_start = ema_end)
 # Each writes <system>/model.pt, train_log.tsv, label_log.tsv, train_record.json (cost, provenance);
-# <system>/ckpt/ (a params value) holds the resumable checkpoints. Extraction (rules/embed.smk) keeps the
+# <system>/ckpt/ (a params value) holds the resumable checkpoints. Extraction (rules/extract.smk) keeps the
 # first extract.max_seconds_wavlm seconds of every file for these systems (the model file's arch says
 # WavLM), and scoring is as for every system.
 #

@@ -18,8 +18,8 @@ from ssrl.cli import main
 from ssrl.data import normalise_waveform
 from ssrl.features import MelFrontend
 from ssrl.fileio import read_embeddings, write_embeddings, write_json
-from ssrl.inference import (DEFAULT_OPSET, ConvMelFrontend, ExportError, embed_files, export_onnx, min_samples,
-                            resolve_device)
+from ssrl.extract import embed_files, min_samples, resolve_device
+from ssrl.inference import DEFAULT_OPSET, ConvMelFrontend, ExportError, export_onnx
 from ssrl.models import build_speaker_model, save_model_file
 
 REPO = Path(__file__).resolve().parents[1]

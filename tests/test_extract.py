@@ -174,7 +174,7 @@ def test_extract_rule_end_to_end(workdir, tmp_path):
 def test_validation_keeps_the_first_seconds_of_wavlm_audio(tmp_path, monkeypatch):
     """Validation during training embeds like extraction: a WavLM system sees only the first
     WAVLM_MAX_SECONDS of each file (here patched to 1 s)."""
-    import ssrl.models
+    import ssrl.models.speaker
     from ssrl.manifest import write_trials, Trials
     from ssrl.train import ValidationSet, extract_embeddings as validation_embeddings
     from ssrl.train.distributed import DistEnv
@@ -186,7 +186,7 @@ def test_validation_keeps_the_first_seconds_of_wavlm_audio(tmp_path, monkeypatch
     model, _ = make_model_file(tmp_path / "model.pt", {
         "frontend": {"type": "wavlm", "checkpoint": None, "num_layers": 2, "tiny": True},
         "encoder": {"channels": 16, "emb_dim": 8}})
-    monkeypatch.setattr(ssrl.models, "WAVLM_MAX_SECONDS", 1.0)
+    monkeypatch.setattr(ssrl.models.speaker, "WAVLM_MAX_SECONDS", 1.0)
     val = ValidationSet.from_files(tmp_path / "wav.scp", tmp_path / "trials.txt")
     emb = validation_embeddings(model, val, DistEnv())
     truncated = one_at_a_time(model, {u: wavs[u] for u in val.utts}, max_seconds=1.0)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from ssrl.extract import extract_embeddings
 from ssrl.models import (AAMSoftmax, DINOHead, ECAPATDNN, ModelFileError, SoftmaxHead, SpeakerModel,
-                         build_head, build_speaker_model, extract_embeddings, load_speaker_model, read_model_file,
-                         save_model_file)
+                         build_head, build_speaker_model, load_speaker_model, read_model_file, save_model_file)
 from ssrl.models.wavlm import load_wavlm
 
 

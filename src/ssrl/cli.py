@@ -202,7 +202,7 @@ def _max_seconds(args: argparse.Namespace, model) -> float | None:
 
 def _cmd_embed(args: argparse.Namespace) -> int:
     from .fileio import write_embeddings
-    from .inference import embed_files, resolve_device, utterance_ids
+    from .extract import embed_files, resolve_device, utterance_ids
     from .manifest import read_wav_scp
 
     if bool(args.files) == bool(args.scp):
@@ -228,7 +228,8 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from .inference import Threshold, find_threshold, load_cohort, resolve_device, verify_pair
+    from .extract import resolve_device
+    from .inference import Threshold, find_threshold, load_cohort, verify_pair
 
     if args.threshold is not None:
         threshold = Threshold(value=args.threshold, source="--threshold")

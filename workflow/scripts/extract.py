@@ -33,7 +33,7 @@ import time
 
 from ssrl.fileio import write_embeddings
 from ssrl.hparams import read_hparams
-from ssrl.inference import embed_files, resolve_device
+from ssrl.extract import embed_files, resolve_device
 from ssrl.manifest import read_wav_scp
 from ssrl.models import WavLMFrontend, load_speaker_model
 from ssrl.progress import format_duration

@@ -20,7 +20,7 @@ from ..data import EvalDataset, collate_padded, length_bucketed_batches
 from ..manifest import Trials, check_trials_cover, read_trials, read_wav_scp
 from ..metrics import compute_eer, score_trials
 from ..models import SpeakerModel, default_max_seconds
-from ..models import extract_embeddings as models_extract
+from ..extract import extract_embeddings as models_extract
 from . import distributed as D
 
 
@@ -53,7 +53,7 @@ def extract_embeddings(model: SpeakerModel, val: ValidationSet, env: D.DistEnv, 
 
     Every rank must call it: rank r embeds the utterances r, r + W, ... of the
     length-sorted list (similar amounts of audio per rank) in length-bucketed
-    padded batches (:func:`ssrl.models.extract_embeddings`), then the shares are
+    padded batches (:func:`ssrl.extract.extract_embeddings`), then the shares are
     gathered. The model's train/eval mode is restored afterwards.
     """
     lengths = val.lengths if val.lengths is not None else EvalDataset(val.utts, val.paths).num_samples(False)

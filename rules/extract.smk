@@ -1,4 +1,5 @@
-# Embedding extraction (docs/method.md §5): any trained system's model file -> embeddings of a data set.
+# Embedding extraction (docs/method.md §5; library ssrl.extract, script workflow/scripts/extract.py):
+# any trained system's model file -> embeddings of a data set.
 #   <system>/emb/{train,test}.npz   utts (N,) in wav.scp order, embeddings (N, dim) float32
 # Whole utterances (WavLM systems: the first extract.max_seconds_wavlm seconds), the model
 # file's eval_state (EMA teacher), length-bucketed zero-padded batches (exact), CUDA when the
