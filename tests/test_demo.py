@@ -17,6 +17,7 @@ import yaml
 
 from conftest import REPO, TINY_CONFIG, deep_update, run_snakemake, write_config
 from ssrl import demo
+from ssrl.demo import voice
 from ssrl.manifest import (Trials, check_audio_exists, check_trials_cover, read_list, read_trials, read_utt2spk,
                            read_wav_scp)
 
@@ -154,14 +155,14 @@ def test_generate_corpus_rejects_bad_sizes(tmp_path, bad, message):
 
 def test_stft_round_trip_is_exact():
     x = np.random.default_rng(0).standard_normal(16000 + 123).astype(np.float32)
-    spec = demo._stft(x)
-    assert spec.shape == (math.ceil(len(x) / demo.HOP) + 1, demo.N_FFT // 2 + 1)
-    np.testing.assert_allclose(demo._istft(spec, len(x)), x, atol=1e-5)
+    spec = voice.stft(x)
+    assert spec.shape == (math.ceil(len(x) / voice.HOP) + 1, voice.N_FFT // 2 + 1)
+    np.testing.assert_allclose(voice.istft(spec, len(x)), x, atol=1e-5)
 
 
 def test_resonance_cascade_peaks_at_its_formants():
-    env = demo._resonances(np.array([[700.0, 2100.0]], np.float32), np.array([80.0, 120.0], np.float32))[0]
-    f = demo._FREQS
+    env = voice.resonance_gain(np.array([[700.0, 2100.0]], np.float32), np.array([80.0, 120.0], np.float32))[0]
+    f = voice.FREQS
     assert env[0] == pytest.approx(1.0, abs=1e-3)                       # unit gain at 0 Hz
     peaks = [i for i in range(1, len(env) - 1) if env[i] > env[i - 1] and env[i] > env[i + 1]]
     assert [round(f[i] / 31.25) * 31.25 for i in peaks] == [round(700 / 31.25) * 31.25, round(2100 / 31.25) * 31.25]
