@@ -18,7 +18,8 @@ import time
 
 import numpy as np
 
-from ssrl.ssrl import LabelState, clean_probability, vote
+from ssrl.labels import LabelState, vote
+from ssrl.relabel import clean_probability
 
 
 class SimulatedTeacher:

@@ -1,4 +1,4 @@
-"""Known-answer tests of the SSRL label machinery (ssrl.ssrl; docs/method.md §7 and §12)."""
+"""Known-answer tests of the SSRL label machinery (ssrl.labels, ssrl.relabel; docs/method.md §7 and §12)."""
 
 from __future__ import annotations
 
@@ -11,24 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ssrl.ssrl import (
-    FILL,
-    LabelState,
-    clean_detector_stats,
-    clean_probability,
-    distributed_all_reduce,
-    first_replace_epoch,
-    is_relabel_epoch,
-    is_replace_epoch,
-    majority_label_correct,
-    mask_removed,
-    relabel,
-    relabel_logits,
-    relabel_start_epoch,
-    sinkhorn,
-    vote,
-    weighted_ce,
-)
+from ssrl.labels import FILL, LabelState, first_replace_epoch, is_relabel_epoch, is_replace_epoch, relabel_start_epoch, vote
+from ssrl.relabel import (clean_detector_stats, clean_probability, distributed_all_reduce, majority_label_correct,
+                          mask_removed, relabel, relabel_logits, sinkhorn, weighted_ce)
 
 
 def brute_vote(row, fill=FILL):

@@ -27,7 +27,8 @@ from torch.nn import functional as F
 from conftest import REPO
 from ssrl.manifest import read_utt2spk, read_wav_scp
 from ssrl.models import build_speaker_model, load_speaker_model, read_model_file, save_model_file
-from ssrl.ssrl import FILL, LabelState, relabel_logits
+from ssrl.labels import FILL, LabelState
+from ssrl.relabel import relabel_logits
 from ssrl.train import RuntimeConfig, Trainer, ema_update, run, schedules
 from ssrl.train.distributed import DistEnv
 from ssrl.results import LABEL_LOG_COLUMNS

@@ -26,7 +26,7 @@ End of a relabelling epoch: the epoch's argmaxes enter the label queues, p_clean
 no utterance become removed (-inf for student and teacher from the next epoch on); by default
 the removed set is recomputed at every replacement (a class voted back is live again) and
 votes count entries of removed classes, ``removed_permanent`` keeps removed classes removed
-(:class:`ssrl.ssrl.LabelState`).
+(:class:`ssrl.labels.LabelState`).
 
 The same stage, by its hyper-parameters (:class:`SSRLConfig`), runs
 
@@ -82,8 +82,9 @@ from ..models import (AAMSoftmax, ModelFileError, SoftmaxHead, SpeakerModel, bui
                       read_model_file, save_model_file)
 from ..models.wavlm import WavLMFrontend
 from ..results import LABEL_LOG_COLUMNS, write_tsv
-from ..ssrl import (LabelState, clean_detector_stats, distributed_all_reduce, is_relabel_epoch, is_replace_epoch,
-                    majority_label_correct, mask_removed, relabel, weighted_ce)
+from ..labels import LabelState, is_relabel_epoch, is_replace_epoch
+from ..relabel import (clean_detector_stats, distributed_all_reduce, majority_label_correct, mask_removed, relabel,
+                       weighted_ce)
 from . import distributed as D
 from . import schedules
 from .ema import make_teacher
@@ -585,7 +586,7 @@ class SSRLStage(Stage):
 
     @torch.no_grad()
     def teacher_relabel(self, wave: torch.Tensor, labels: torch.Tensor):
-        """Teacher relabelling on clean crops (B, samples): :class:`ssrl.ssrl.Relabelled` (new labels (B,),
+        """Teacher relabelling on clean crops (B, samples): :class:`ssrl.relabel.Relabelled` (new labels (B,),
         relabel logits (B, C) float32 with removed classes at -inf). The teacher runs in eval mode (set
         here, before its forward); the head and the logits are computed in fp32 even under autocast."""
         cfg, head = self.cfg, self.teacher.head
