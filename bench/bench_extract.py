@@ -36,8 +36,8 @@ import yaml
 
 from ssrl import SAMPLE_RATE
 from ssrl.audio import write_audio
-from ssrl.fileio import write_json
 from ssrl.extract import embed_files
+from ssrl.fileio import write_json
 from ssrl.models import build_speaker_model
 
 REPO = Path(__file__).resolve().parents[1]

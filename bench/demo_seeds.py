@@ -29,7 +29,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from ssrl.results import read_label_log, read_metrics, read_quality, read_train_log  # noqa: E402
+from ssrl.results import read_label_log, read_metrics, read_quality, read_train_log
 
 
 def epoch_losses(path: Path) -> list[float]:

@@ -7,8 +7,17 @@ import pytest
 import soundfile as sf
 
 from ssrl import SAMPLE_RATE
-from ssrl.audio import (AudioError, audio_duration, load_audio, peak_normalise, pre_emphasis, random_crop,
-                        read_random_crop, resample, write_audio)
+from ssrl.audio import (
+    AudioError,
+    audio_duration,
+    load_audio,
+    peak_normalise,
+    pre_emphasis,
+    random_crop,
+    read_random_crop,
+    resample,
+    write_audio,
+)
 
 
 def tone(freq: float, seconds: float, sr: int, amp: float = 0.5) -> np.ndarray:

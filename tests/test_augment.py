@@ -11,7 +11,7 @@ import soundfile as sf
 
 from ssrl import SAMPLE_RATE
 from ssrl.audio import AudioError, peak_normalise
-from ssrl.augment import (ADDITIVE_KINDS, Augmenter, AugmentPolicy, mix_at_snr, prepare_rir, reverberate)
+from ssrl.augment import ADDITIVE_KINDS, Augmenter, AugmentPolicy, mix_at_snr, prepare_rir, reverberate
 
 
 def _power(x: np.ndarray) -> float:

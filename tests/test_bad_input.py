@@ -35,9 +35,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 import yaml
+from conftest import REPO, run_snakemake, write_config
 from scipy.signal import resample_poly
 
-from conftest import REPO, run_snakemake, write_config
 from ssrl.audio import resample
 from ssrl.fileio import read_embeddings, write_embeddings
 from ssrl.manifest import Trials, read_wav_scp, write_trials, write_wav_scp

@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from conftest import REPO
 
 TINY = {

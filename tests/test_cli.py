@@ -16,9 +16,9 @@ from ssrl import __version__
 from ssrl.audio import load_audio, write_audio
 from ssrl.cli import main
 from ssrl.data import normalise_waveform
+from ssrl.extract import embed_files, min_samples, resolve_device
 from ssrl.features import MelFrontend
 from ssrl.fileio import read_embeddings, write_embeddings, write_json
-from ssrl.extract import embed_files, min_samples, resolve_device
 from ssrl.inference import DEFAULT_OPSET, ConvMelFrontend, ExportError, export_onnx
 from ssrl.models import build_speaker_model, save_model_file
 

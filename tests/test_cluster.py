@@ -11,10 +11,18 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import REPO, run_snakemake, write_config
-from ssrl.cluster import (_lloyd_cpu, _lloyd_torch, cluster_means, cluster_quality, initial_centers, kmeans,
-                          normalise_rows, resolve_device)
+
+from ssrl.cluster import (
+    _lloyd_cpu,
+    _lloyd_torch,
+    cluster_means,
+    cluster_quality,
+    initial_centers,
+    kmeans,
+    normalise_rows,
+    resolve_device,
+)
 from ssrl.fileio import read_json, write_embeddings
 from ssrl.manifest import read_labels, write_utt2spk
 

@@ -8,14 +8,23 @@ import numpy as np
 import pytest
 import torch
 from scipy.signal import lfilter
+from test_augment import write_augment_sources
 from torch.utils.data import DataLoader
 
 from ssrl import SAMPLE_RATE
 from ssrl.audio import load_audio, random_crop, write_audio
 from ssrl.augment import Augmenter, AugmentPolicy
-from ssrl.data import (EpochSampler, EvalDataset, LabelledCropDataset, MultiCropDataset, collate_padded,
-                       item_rng, length_bucketed_batches, make_crop, normalise_waveform)
-from test_augment import write_augment_sources
+from ssrl.data import (
+    EpochSampler,
+    EvalDataset,
+    LabelledCropDataset,
+    MultiCropDataset,
+    collate_padded,
+    item_rng,
+    length_bucketed_batches,
+    make_crop,
+    normalise_waveform,
+)
 
 DURATIONS = [0.3, 0.5, 0.8, 1.0, 1.2, 0.45]  # seconds; some shorter than the crops (tiling)
 

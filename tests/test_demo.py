@@ -14,12 +14,19 @@ import numpy as np
 import pytest
 import soundfile as sf
 import yaml
-
 from conftest import REPO, TINY_CONFIG, deep_update, run_snakemake, write_config
+
 from ssrl import demo
 from ssrl.demo import voice
-from ssrl.manifest import (Trials, check_audio_exists, check_trials_cover, read_list, read_trials, read_utt2spk,
-                           read_wav_scp)
+from ssrl.manifest import (
+    Trials,
+    check_audio_exists,
+    check_trials_cover,
+    read_list,
+    read_trials,
+    read_utt2spk,
+    read_wav_scp,
+)
 
 TINY = yaml.safe_load(TINY_CONFIG.read_text())["corpus"]["demo"]
 MANIFESTS = ["train/wav.scp", "train/utt2spk", "test/wav.scp", "test/utt2spk", "trials/demo.txt",

@@ -15,8 +15,8 @@ import pytest
 import soundfile as sf
 import torch
 import yaml
-
 from conftest import REPO, TINY_CONFIG, deep_update
+
 from ssrl.dino import DINOCenter, DINOModel, dino_loss, output_std
 from ssrl.models import DINOHead, build_speaker_model, load_speaker_model, read_model_file
 from ssrl.train import DistEnv, RuntimeConfig, Trainer, decay_param_groups

@@ -175,8 +175,9 @@ def test_validation_keeps_the_first_seconds_of_wavlm_audio(tmp_path, monkeypatch
     """Validation during training embeds like extraction: a WavLM system sees only the first
     WAVLM_MAX_SECONDS of each file (here patched to 1 s)."""
     import ssrl.models.speaker
-    from ssrl.manifest import write_trials, Trials
-    from ssrl.train import ValidationSet, extract_embeddings as validation_embeddings
+    from ssrl.manifest import Trials, write_trials
+    from ssrl.train import ValidationSet
+    from ssrl.train import extract_embeddings as validation_embeddings
     from ssrl.train.distributed import DistEnv
 
     wavs = make_wavs(tmp_path / "wav", durations=(2.0, 0.7, 3.0))

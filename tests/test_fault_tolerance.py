@@ -33,7 +33,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import REPO, TINY_RUN_ARGS, run_snakemake
 
 RUN = Path("results") / "tiny"

@@ -7,9 +7,24 @@ import re
 import numpy as np
 import pytest
 
-from ssrl.manifest import (MAX_SHOWN, ManifestError, Trials, check_audio_exists, check_labels_cover,
-                           check_trials_cover, read_labels, read_list, read_trials, read_utt2spk, read_wav_scp,
-                           write_labels, write_list, write_trials, write_utt2spk, write_wav_scp)
+from ssrl.manifest import (
+    MAX_SHOWN,
+    ManifestError,
+    Trials,
+    check_audio_exists,
+    check_labels_cover,
+    check_trials_cover,
+    read_labels,
+    read_list,
+    read_trials,
+    read_utt2spk,
+    read_wav_scp,
+    write_labels,
+    write_list,
+    write_trials,
+    write_utt2spk,
+    write_wav_scp,
+)
 
 
 def _write(path, text):

@@ -7,15 +7,22 @@ import json
 
 import numpy as np
 import pytest
+from conftest import REPO, run_snakemake, write_config
 from scipy.interpolate import interp1d
 from scipy.optimize import brentq
 from sklearn.metrics import roc_curve
 
-from conftest import REPO, run_snakemake, write_config
 from ssrl.fileio import read_json, write_embeddings
 from ssrl.manifest import ManifestError, Trials, write_trials
-from ssrl.metrics import (compute_eer, compute_eer_ref, compute_eer_threshold, compute_min_dcf, det_curve,
-                          error_rates, score_trials)
+from ssrl.metrics import (
+    compute_eer,
+    compute_eer_ref,
+    compute_eer_threshold,
+    compute_min_dcf,
+    det_curve,
+    error_rates,
+    score_trials,
+)
 
 # Hand example: targets 0.9 0.6 0.4, non-targets 0.5 0.3 0.2 0.1.
 # Thresholds 0.4 -> (frr 0, far 1/4), 0.5 -> (1/3, 1/4): gap goes -1/4 -> +1/12, the crossing is

@@ -10,11 +10,20 @@ import pytest
 import torch
 
 from ssrl.extract import extract_embeddings
-from ssrl.models import (AAMSoftmax, DINOHead, ECAPATDNN, ModelFileError, SoftmaxHead, SpeakerModel,
-                         build_head, build_speaker_model, load_speaker_model, read_model_file, save_model_file)
+from ssrl.models import (
+    ECAPATDNN,
+    AAMSoftmax,
+    DINOHead,
+    ModelFileError,
+    SoftmaxHead,
+    SpeakerModel,
+    build_head,
+    build_speaker_model,
+    load_speaker_model,
+    read_model_file,
+    save_model_file,
+)
 from ssrl.models.wavlm import load_wavlm
-
-
 
 # Tiny models: one intra-op thread (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -12,7 +12,6 @@ import math
 
 import pandas as pd
 import yaml
-
 from conftest import REPO, deep_update, run_snakemake
 
 RUN = ("results", "tiny")

@@ -12,15 +12,31 @@ import av
 import numpy as np
 import pytest
 import soundfile as sf
-
 from conftest import REPO, run_snakemake, write_config
+
 from ssrl.fileio import read_json
 from ssrl.manifest import ManifestError, read_list, read_trials, read_utt2spk, read_wav_scp
 from ssrl.prepare import (
-    PrepareError, SourceFile, assign_shards, augment_sources, check_disk_space, convert_shard,
-    estimate_conversion_bytes, prepare_generic_sets, prepare_voxceleb1_test, prepare_voxceleb_train,
-    read_path_trials, read_shard_list, sample_trials, scan_corpus, scan_generic, scan_voxceleb2,
-    split_speakers, utt_id_from_relpath, write_augment_lists, write_shard_list,
+    PrepareError,
+    SourceFile,
+    assign_shards,
+    augment_sources,
+    check_disk_space,
+    convert_shard,
+    estimate_conversion_bytes,
+    prepare_generic_sets,
+    prepare_voxceleb1_test,
+    prepare_voxceleb_train,
+    read_path_trials,
+    read_shard_list,
+    sample_trials,
+    scan_corpus,
+    scan_generic,
+    scan_voxceleb2,
+    split_speakers,
+    utt_id_from_relpath,
+    write_augment_lists,
+    write_shard_list,
 )
 
 SR = 16000

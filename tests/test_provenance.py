@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO, TINY_RUN_ARGS, run_snakemake, write_config
+
 from ssrl import provenance as P
 from ssrl.cli import main as cli_main
 
@@ -133,8 +133,8 @@ def test_train_record_adds_the_attempts_of_a_resumed_job(tmp_path, monkeypatch):
     its step-8 checkpoint and resumed, so the record holds two attempts."""
     from test_train import RUNTIME, ToyStage
 
-    from ssrl.train import RuntimeConfig, Trainer
     import ssrl.train.loop as loop
+    from ssrl.train import RuntimeConfig, Trainer
 
     monkeypatch.setattr(loop, "process_usage", lambda device: {"wall_s": 10.0, "cpu_s": 20.0, "peak_rss_bytes": 100,
                                                                "peak_gpu_bytes": 0})

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO, TINY_CONFIG
+
 from ssrl import preflight
 from ssrl.preflight import Node, Request
 

@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, write_config
+
 from ssrl.preflight import parse_gres_gpus
 
 pytestmark = pytest.mark.slow

@@ -11,9 +11,26 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ssrl.labels import FILL, LabelState, first_replace_epoch, is_relabel_epoch, is_replace_epoch, relabel_start_epoch, vote
-from ssrl.relabel import (clean_detector_stats, clean_probability, distributed_all_reduce, majority_label_correct,
-                          mask_removed, relabel, relabel_logits, sinkhorn, weighted_ce)
+from ssrl.labels import (
+    FILL,
+    LabelState,
+    first_replace_epoch,
+    is_relabel_epoch,
+    is_replace_epoch,
+    relabel_start_epoch,
+    vote,
+)
+from ssrl.relabel import (
+    clean_detector_stats,
+    clean_probability,
+    distributed_all_reduce,
+    majority_label_correct,
+    mask_removed,
+    relabel,
+    relabel_logits,
+    sinkhorn,
+    weighted_ce,
+)
 
 
 def brute_vote(row, fill=FILL):

@@ -22,16 +22,16 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from conftest import REPO
 from torch.nn import functional as F
 
-from conftest import REPO
+from ssrl.labels import FILL, LabelState
 from ssrl.manifest import read_utt2spk, read_wav_scp
 from ssrl.models import build_speaker_model, load_speaker_model, read_model_file, save_model_file
-from ssrl.labels import FILL, LabelState
 from ssrl.relabel import relabel_logits
+from ssrl.results import LABEL_LOG_COLUMNS
 from ssrl.train import RuntimeConfig, Trainer, ema_update, run, schedules
 from ssrl.train.distributed import DistEnv
-from ssrl.results import LABEL_LOG_COLUMNS
 from ssrl.train.ssrl_stage import SSRLConfig, SSRLStage, renumber_labels
 from ssrl.train.validation import ValidationSet, validation_eer
 

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import REPO, TINY_CONFIG, deep_update, run_snakemake, write_config
+
 from ssrl.fileio import write_json
 from ssrl.provenance import STAMP_ENV
 from ssrl.report import PLOT_NAMES, TABLE_NAMES

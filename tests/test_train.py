@@ -27,9 +27,21 @@ from torch.utils.data import Dataset
 
 from ssrl.data import item_rng
 from ssrl.fileio import save_torch
-from ssrl.train import (CheckpointManager, NonFiniteLossError, RuntimeConfig, Stage, Trainer, all_gather_tensor,
-                        all_reduce_sum, clip_grad_per_tensor, decay_param_groups, ema_update, make_teacher,
-                        run, schedules)
+from ssrl.train import (
+    CheckpointManager,
+    NonFiniteLossError,
+    RuntimeConfig,
+    Stage,
+    Trainer,
+    all_gather_tensor,
+    all_reduce_sum,
+    clip_grad_per_tensor,
+    decay_param_groups,
+    ema_update,
+    make_teacher,
+    run,
+    schedules,
+)
 from ssrl.train.distributed import DistEnv, GlobalBatchNorm, convert_sync_batchnorm
 
 # --------------------------------------------------------------------------- the toy stage

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO, deep_update
 from test_prepare import make_augment, make_vox1, make_vox2, write_trial_list
 

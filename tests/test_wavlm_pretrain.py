@@ -17,8 +17,15 @@ import torch
 from ssrl.models import read_model_file
 from ssrl.models.wavlm import TINY_CONFIG, WavLM, load_wavlm, official_checkpoint, read_wavlm_checkpoint
 from ssrl.train import RuntimeConfig, run
-from ssrl.train.wavlm_pretrain import (MaskedPredictionModel, PretrainConfig, UnitTargets, WavLMPretrainStage,
-                                       frame_geometry, masked_prediction_loss, span_mask)
+from ssrl.train.wavlm_pretrain import (
+    MaskedPredictionModel,
+    PretrainConfig,
+    UnitTargets,
+    WavLMPretrainStage,
+    frame_geometry,
+    masked_prediction_loss,
+    span_mask,
+)
 
 SR = 16000
 

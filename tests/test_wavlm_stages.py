@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import run_snakemake, write_config
+
 from ssrl.manifest import read_utt2spk, read_wav_scp
 from ssrl.models import read_model_file
 from ssrl.models.wavlm import load_wavlm

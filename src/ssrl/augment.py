@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import scipy.fft  # light; scipy.signal costs seconds at start-up in every loader process

@@ -201,8 +201,8 @@ def _max_seconds(args: argparse.Namespace, model) -> float | None:
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
-    from .fileio import write_embeddings
     from .extract import embed_files, resolve_device, utterance_ids
+    from .fileio import write_embeddings
     from .manifest import read_wav_scp
 
     if bool(args.files) == bool(args.scp):

@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from .provenance import (PROVENANCE_FILE, config_diff, flatten, format_value, hardware_line, read_provenance)
+from .provenance import PROVENANCE_FILE, config_diff, flatten, format_value, hardware_line, read_provenance
 
 RESULT_TABLES = ("main", "ablations", "wavlm")
 """Result tables compared (tables/<name>.csv), each keyed by its ``system`` column."""

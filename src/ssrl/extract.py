@@ -12,8 +12,8 @@ command.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -23,7 +23,6 @@ from . import SAMPLE_RATE
 from .data import EvalDataset, collate_padded, length_bucketed_batches
 from .models import SpeakerModel
 from .progress import Progress
-
 
 # --------------------------------------------------------------------------- devices and lengths
 

@@ -20,9 +20,9 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -31,11 +31,11 @@ from torch.nn import functional as F
 
 from . import SAMPLE_RATE, __version__
 from .data import normalise_waveform
+from .extract import embed_files, min_samples
 from .features import MelFrontend, reflect_pad_ends
 from .fileio import atomic_path, read_embeddings, read_json
 from .manifest import Trials
 from .metrics import score_trials
-from .extract import embed_files, min_samples
 from .models import SpeakerModel
 
 EXPORT_TOLERANCE = 1e-4

@@ -319,7 +319,7 @@ class LabelState:
         self.num_replacements = int(state["num_replacements"])
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, Any], removed_permanent: bool = False) -> "LabelState":
+    def from_state_dict(cls, state: dict[str, Any], removed_permanent: bool = False) -> LabelState:
         """A state rebuilt from :meth:`state_dict` output alone (sizes taken from it)."""
         queues = np.asarray(state["queues"])
         if queues.ndim != 2:

@@ -28,9 +28,9 @@ that the readers could not read back (empty, or containing whitespace).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -60,7 +60,7 @@ class Trials:
             raise ValueError(f"Trials: lengths differ: labels {n}, enroll {len(self.enroll)}, test {len(self.test)}")
 
     @classmethod
-    def from_lists(cls, labels: Sequence[int], enroll: Sequence[str], test: Sequence[str]) -> "Trials":
+    def from_lists(cls, labels: Sequence[int], enroll: Sequence[str], test: Sequence[str]) -> Trials:
         """Build from plain sequences (labels must be 0 or 1)."""
         lab = np.asarray(labels, dtype=np.int64)
         if lab.size and not np.isin(lab, (0, 1)).all():

@@ -21,8 +21,8 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
 
 PLACEHOLDER = "CHANGE_ME"
 """The marker of a value the user must set (profiles/slurm/config.yaml)."""
@@ -80,7 +80,7 @@ class Request:
     runtime_min: int | None
 
     @classmethod
-    def from_resources(cls, rule: str, resources: Mapping[str, object]) -> "Request":
+    def from_resources(cls, rule: str, resources: Mapping[str, object]) -> Request:
         """The request of Snakemake resources ``{key: value}`` (slurm_partition, cpus_per_task,
         mem_mb, gpu, runtime); a value that is not a whole number counts as unset."""
 
@@ -170,6 +170,13 @@ def _short(request: Request) -> str:
     return ", ".join(asks)
 
 
+def _fits(req: Request, node: Node) -> bool:
+    """Whether ``node`` has the CPUs, memory, GPUs and time limit that ``req`` asks for."""
+    return ((req.cpus or 1) <= node.cpus and (req.mem_mb or 0) <= node.mem_mb
+            and (req.gpus or 0) <= node.gpus
+            and (node.time_limit_min is None or (req.runtime_min or 0) <= node.time_limit_min))
+
+
 def unrunnable(requests: Iterable[Request], nodes: Sequence[Node]) -> list[str]:
     """One line per rule that no node of its partition can run, naming what is too large
     (``cpus_per_task``, ``mem_mb``, ``gpu``, ``runtime``) against the largest the partition offers,
@@ -191,12 +198,7 @@ def unrunnable(requests: Iterable[Request], nodes: Sequence[Node]) -> list[str]:
                        f"of this cluster (partitions: {known})")
             continue
 
-        def fits(node: Node) -> bool:
-            return ((req.cpus or 1) <= node.cpus and (req.mem_mb or 0) <= node.mem_mb
-                    and (req.gpus or 0) <= node.gpus
-                    and (node.time_limit_min is None or (req.runtime_min or 0) <= node.time_limit_min))
-
-        if any(fits(n) for n in members):
+        if any(_fits(req, n) for n in members):
             continue
         limits = {
             "cpus_per_task": (req.cpus, max(n.cpus for n in members), "CPUs"),

@@ -40,9 +40,9 @@ from __future__ import annotations
 import math
 import os
 import shutil
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import soundfile as sf
@@ -50,8 +50,7 @@ import soundfile as sf
 from . import SAMPLE_RATE
 from .audio import PYAV_SUFFIXES, AudioError, audio_duration, audio_problems, load_audio, write_audio
 from .fileio import atomic_open, read_json, write_json
-from .manifest import (Trials, check_trials_cover, read_list, write_list, write_trials, write_utt2spk,
-                       write_wav_scp)
+from .manifest import Trials, check_trials_cover, read_list, write_list, write_trials, write_utt2spk, write_wav_scp
 from .progress import Progress
 
 PathLike = str | os.PathLike
@@ -597,7 +596,7 @@ def prepare_voxceleb1_test(root: PathLike, lists: Mapping[str, PathLike], wav_sc
         raise ValueError(f"trial lists {sorted(lists)} and outputs {sorted(trial_paths)} differ")
     parsed = {name: read_path_trials(path) for name, path in lists.items()}
     paths: dict[str, str] = {}
-    for trials, rel_of in parsed.values():
+    for _, rel_of in parsed.values():
         for utt, rel in rel_of.items():
             paths.setdefault(utt, str(wav_dir / rel))
     progress = Progress(len(paths), "check VoxCeleb1 files", unit="file", every_s=30)
@@ -605,7 +604,7 @@ def prepare_voxceleb1_test(root: PathLike, lists: Mapping[str, PathLike], wav_sc
     for utt, p in paths.items():
         exists[utt] = os.path.isfile(p)
         progress.update(1)
-    for name, (trials, rel_of) in parsed.items():
+    for name, (_, rel_of) in parsed.items():
         missing = [paths[u] for u in rel_of if not exists[u]]
         if missing:
             raise PrepareError(f"{lists[name]}: {len(missing)} of {len(rel_of)} utterances named by this trial "

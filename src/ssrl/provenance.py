@@ -35,8 +35,9 @@ import shlex
 import shutil
 import socket
 import subprocess
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from .fileio import read_json, write_json
 
@@ -59,7 +60,7 @@ _UNTRACKED_HASH_LIMIT = 1 << 20   # bytes: larger untracked files enter the diff
 
 def now_iso() -> str:
     """The current UTC time, ISO 8601 to the second (``2026-12-02T14:05:09Z``)."""
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def canonical_json(obj: Any) -> str:

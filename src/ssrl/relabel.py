@@ -13,7 +13,8 @@ phases that use them are :mod:`ssrl.labels` (its docstring shows an epoch of SSR
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch

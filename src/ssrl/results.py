@@ -23,11 +23,12 @@ readers only, so that the stage scripts that write these files start quickly.
 from __future__ import annotations
 
 import json
-import math
 import logging
+import math
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 

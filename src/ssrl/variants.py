@@ -20,7 +20,8 @@ Snakefile imports it when it is parsed.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 AUGMENT_KEYS = ("snr_db", "babble_count")
 """The ``augment`` config keys a training stage takes (ranges; the lists come as files)."""

@@ -31,9 +31,9 @@ import argparse
 import sys
 import time
 
+from ssrl.extract import embed_files, resolve_device
 from ssrl.fileio import write_embeddings
 from ssrl.hparams import read_hparams
-from ssrl.extract import embed_files, resolve_device
 from ssrl.manifest import read_wav_scp
 from ssrl.models import WavLMFrontend, load_speaker_model
 from ssrl.progress import format_duration

@@ -28,8 +28,8 @@ import numpy as np
 from ssrl.cluster import cluster_quality, kmeans
 from ssrl.fileio import atomic_path, read_embeddings
 from ssrl.hparams import read_hparams
-from ssrl.results import size_stats, write_quality
 from ssrl.manifest import ManifestError, read_utt2spk, write_labels
+from ssrl.results import size_stats, write_quality
 
 HPARAMS = {"max_iter": int, "seed": int, "n_init": int, "device": str}
 

@@ -19,8 +19,15 @@ import sys
 
 from ssrl.audio import AudioError
 from ssrl.manifest import ManifestError
-from ssrl.prepare import (PrepareError, convert_shard, prepare_generic_sets, prepare_voxceleb1_test,
-                          prepare_voxceleb_train, scan_corpus, write_augment_lists)
+from ssrl.prepare import (
+    PrepareError,
+    convert_shard,
+    prepare_generic_sets,
+    prepare_voxceleb1_test,
+    prepare_voxceleb_train,
+    scan_corpus,
+    write_augment_lists,
+)
 
 
 def _scan(args: argparse.Namespace, hp: dict) -> None:

@@ -4,14 +4,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from ..audio import load_audio
 from ..manifest import Trials
 from .voice import SR
-
 
 MFCC_BASELINE = ("MFCC mean cosine: torchaudio MFCC c1..c19 (40 log-mel bands 20-7600 Hz, 25 ms Hann window, "
                  "10 ms hop, no padding), mean over all frames of the utterance, centred by the mean vector of "

@@ -27,10 +27,11 @@ import contextlib
 import multiprocessing
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -38,11 +39,23 @@ from ..audio import write_audio
 from ..fileio import write_json
 from ..manifest import Trials, read_trials, read_wav_scp, write_list, write_trials, write_utt2spk, write_wav_scp
 from ..progress import Progress
-from .synth import synthesise_music, synthesise_noise, synthesise_speech_source, synthesise_utterance
-from .voice import (N_FFT, SR, STREAM_MUSIC, STREAM_NOISE, STREAM_RIR, STREAM_SPEECH, STREAM_TRIALS, STREAM_UTT,
-                    SessionStyle, Speaker, make_speaker, random_session, room_impulse_response)
-
 from .baseline import mfcc_baseline
+from .synth import synthesise_music, synthesise_noise, synthesise_speech_source, synthesise_utterance
+from .voice import (
+    N_FFT,
+    SR,
+    STREAM_MUSIC,
+    STREAM_NOISE,
+    STREAM_RIR,
+    STREAM_SPEECH,
+    STREAM_TRIALS,
+    STREAM_UTT,
+    SessionStyle,
+    Speaker,
+    make_speaker,
+    random_session,
+    room_impulse_response,
+)
 
 TRIALS_NAME = "demo"
 BASELINE_FILE = "baseline.json"

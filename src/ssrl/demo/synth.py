@@ -6,17 +6,34 @@ and the augmentation sources (noise, music, babble speech); the speech model is 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from scipy.signal import oaconvolve
 
-from .voice import (BURST_SHAPE, CONSONANTS, FREQS, FRICATION_GAIN, HOP, LOCI, N_VOWELS, NOISE_SHAPES, SOURCE_TILT, SR,
-                    VOWELS, Session, Speaker, clean_session, coloured_noise, frame_count, istft, resonance_gain, smooth,
-                    stft)
-
-
+from .voice import (
+    BURST_SHAPE,
+    CONSONANTS,
+    FREQS,
+    FRICATION_GAIN,
+    HOP,
+    LOCI,
+    N_VOWELS,
+    NOISE_SHAPES,
+    SOURCE_TILT,
+    SR,
+    VOWELS,
+    Session,
+    Speaker,
+    clean_session,
+    coloured_noise,
+    frame_count,
+    istft,
+    resonance_gain,
+    smooth,
+    stft,
+)
 
 # --------------------------------------------------------------------------- utterance synthesis
 

@@ -20,12 +20,11 @@ from ..features import MelFrontend
 from .ecapa import ECAPATDNN
 from .wavlm import REGULARISATION_KEYS, WavLM, WavLMFrontend, load_wavlm
 
-
 WAVLM_MAX_SECONDS = 100.0
 """WavLM systems embed only the first 100 s of each file (docs/method.md §5)."""
 
 
-def default_max_seconds(model: "SpeakerModel") -> float | None:
+def default_max_seconds(model: SpeakerModel) -> float | None:
     """Audio kept per file for extraction: :data:`WAVLM_MAX_SECONDS` for WavLM systems,
     everything (None) for log-mel ECAPA systems (docs/method.md §5)."""
     return None if isinstance(model.frontend, MelFrontend) else WAVLM_MAX_SECONDS

@@ -23,18 +23,17 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from ..provenance import (STAMP_KEYS, config_diff, format_value, hardware_line, job_stamp, read_provenance,
-                          stored_config)
+from ..provenance import STAMP_KEYS, config_diff, format_value, hardware_line, job_stamp, read_provenance, stored_config
 from ..results import ResultsError, read_label_log, read_metrics, read_quality, read_train_record
 from . import KINDS, SYSTEM_TABLES
-
 
 TRIAL_LIST_NAMES = {"vox1_o": "VoxCeleb1-O, cleaned", "vox1_e": "VoxCeleb1-E, cleaned",
                     "vox1_h": "VoxCeleb1-H, cleaned"}

@@ -11,16 +11,17 @@ else, except the training cost of a chain of jobs, summed as :data:`COST_RULE` s
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 import yaml
 
 from ..results import check_number
 from .render import Table
-from .spec import RunData, SystemData, TablesError, short_commit, blank, provenance_warnings, trial_list_name
+from .spec import RunData, SystemData, TablesError, blank, provenance_warnings, short_commit, trial_list_name
 
 REFERENCE_KEYS = ("system", "trials", "eer_percent", "min_dcf", "p_target", "source")
 

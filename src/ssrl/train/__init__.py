@@ -19,14 +19,25 @@
 """
 
 from .checkpoint import CheckpointManager
-from .distributed import (DistEnv, GlobalBatchNorm, all_gather_array, all_gather_objects, all_gather_tensor,
-                          all_reduce_mean, all_reduce_sum, barrier, broadcast_object, convert_sync_batchnorm,
-                          init_distributed, shutdown)
-from .ema import ema_update, make_teacher
 from .config import RuntimeConfig
+from .distributed import (
+                          DistEnv,
+                          GlobalBatchNorm,
+                          all_gather_array,
+                          all_gather_objects,
+                          all_gather_tensor,
+                          all_reduce_mean,
+                          all_reduce_sum,
+                          barrier,
+                          broadcast_object,
+                          convert_sync_batchnorm,
+                          init_distributed,
+                          shutdown,
+)
+from .ema import ema_update, make_teacher
 from .loop import NonFiniteLossError, Trainer, TrainingInterrupted, run
-from .stage import Stage, file_digest
 from .optim import clip_grad_per_tensor, decay_param_groups
+from .stage import Stage, file_digest
 from .validation import ValidationSet, extract_embeddings, validation_eer
 
 __all__ = [

@@ -6,8 +6,9 @@ section that every training stage shares. No torch: the classes are plain datacl
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 
 def config_from_dict(cls: type, d: Mapping[str, Any], where: str, skip: tuple[str, ...] = ()) -> Any:
@@ -60,7 +61,7 @@ class RuntimeConfig:
     deterministic: bool = False
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None, where: str = "train") -> "RuntimeConfig":
+    def from_dict(cls, d: Mapping[str, Any] | None, where: str = "train") -> RuntimeConfig:
         """Build from a config mapping; unknown keys and wrong types raise ValueError naming ``where.key``."""
         cfg = config_from_dict(cls, d or {}, where)
         for key in ("workers", "ckpt_every_steps"):

@@ -24,7 +24,8 @@ from __future__ import annotations
 import os
 import resource
 import time
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import psutil
 import torch

@@ -13,9 +13,10 @@ the learning rate is used as given (no automatic scaling with the batch).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,12 +30,11 @@ from ..dino import DINOCenter, DINOModel, dino_loss, output_std
 from ..manifest import check_audio_exists, read_list, read_wav_scp
 from ..models import DINOHead, build_speaker_model, save_model_file
 from . import schedules
-from .ema import make_teacher
 from .config import config_from_dict
-from .stage import Stage, file_digest
+from .ema import make_teacher
 from .optim import clip_grad_per_tensor, decay_param_groups
+from .stage import Stage, file_digest
 from .validation import ValidationSet, validation_eer
-
 
 
 @dataclass
@@ -89,7 +89,7 @@ class DINOConfig:
     val_max_batch_seconds: float = 240.0
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str = "dino") -> "DINOConfig":
+    def from_dict(cls, d: Mapping[str, Any], where: str = "dino") -> DINOConfig:
         """Validate and build; errors name ``where.key``."""
         d = dict(d)
         head = config_from_dict(HeadConfig, d.pop("head", {}) or {}, f"{where}.head")

@@ -177,7 +177,7 @@ class _DifferentiableAllReduce(torch.autograd.Function):
     """Sum over ranks; the gradient of every rank's input is the sum of the output gradients."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:  # noqa: D401
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
         out = x.clone()
         dist.all_reduce(out)
         return out

@@ -54,9 +54,10 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch

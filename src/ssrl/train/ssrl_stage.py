@@ -65,9 +65,10 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -77,18 +78,32 @@ from torch.nn import functional as F
 from ..augment import AUGMENT_SOURCES, Augmenter, AugmentPolicy
 from ..cluster import cluster_quality
 from ..data import LabelledCropDataset
-from ..manifest import check_audio_exists, check_labels_cover, read_labels, read_list, read_utt2spk, read_wav_scp
-from ..models import (AAMSoftmax, ModelFileError, SoftmaxHead, SpeakerModel, build_head, build_speaker_model,
-                      read_model_file, save_model_file)
-from ..models.wavlm import WavLMFrontend
-from ..results import LABEL_LOG_COLUMNS, write_tsv
 from ..labels import LabelState, is_relabel_epoch, is_replace_epoch
-from ..relabel import (clean_detector_stats, distributed_all_reduce, majority_label_correct, mask_removed, relabel,
-                       weighted_ce)
+from ..manifest import check_audio_exists, check_labels_cover, read_labels, read_list, read_utt2spk, read_wav_scp
+from ..models import (
+    AAMSoftmax,
+    ModelFileError,
+    SoftmaxHead,
+    SpeakerModel,
+    build_head,
+    build_speaker_model,
+    read_model_file,
+    save_model_file,
+)
+from ..models.wavlm import WavLMFrontend
+from ..relabel import (
+    clean_detector_stats,
+    distributed_all_reduce,
+    majority_label_correct,
+    mask_removed,
+    relabel,
+    weighted_ce,
+)
+from ..results import LABEL_LOG_COLUMNS, write_tsv
 from . import distributed as D
 from . import schedules
-from .ema import make_teacher
 from .config import config_from_dict
+from .ema import make_teacher
 from .stage import Stage, file_digest
 from .validation import ValidationSet, validation_eer
 
@@ -179,7 +194,7 @@ class SSRLConfig:
         return self.fixed_epochs + self.update_epochs
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str = "ssrl") -> "SSRLConfig":
+    def from_dict(cls, d: Mapping[str, Any], where: str = "ssrl") -> SSRLConfig:
         """Validate and build; unknown keys, wrong types and bad values raise ValueError naming ``where.key``."""
         cfg = config_from_dict(cls, d, where)
         cfg._check(where)

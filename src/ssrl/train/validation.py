@@ -17,10 +17,10 @@ from torch.utils.data import DataLoader
 
 from .. import SAMPLE_RATE
 from ..data import EvalDataset, collate_padded, length_bucketed_batches
+from ..extract import extract_embeddings as models_extract
 from ..manifest import Trials, check_trials_cover, read_trials, read_wav_scp
 from ..metrics import compute_eer, score_trials
 from ..models import SpeakerModel, default_max_seconds
-from ..extract import extract_embeddings as models_extract
 from . import distributed as D
 
 
@@ -35,7 +35,7 @@ class ValidationSet:
     lengths: np.ndarray | None = None
 
     @classmethod
-    def from_files(cls, wav_scp: str | os.PathLike, trials: str | os.PathLike) -> "ValidationSet":
+    def from_files(cls, wav_scp: str | os.PathLike, trials: str | os.PathLike) -> ValidationSet:
         """Read ``wav.scp`` and a trial list; every trial utterance must be in ``wav.scp``
         (ManifestError naming the trial file otherwise). Only those utterances are kept."""
         scp = read_wav_scp(wav_scp)
