@@ -25,7 +25,7 @@ include: "rules/ssrl.smk"
 include: "rules/iterative.smk"
 include: "rules/wavlm.smk"
 include: "rules/extract.smk"
-include: "rules/cluster.smk"
+include: "rules/kmeans.smk"
 include: "rules/score.smk"
 include: "rules/report.smk"
 

@@ -32,7 +32,9 @@ from ssrl.relabel import relabel_logits
 from ssrl.results import LABEL_LOG_COLUMNS
 from ssrl.train import RuntimeConfig, Trainer, ema_update, run, schedules
 from ssrl.train.distributed import DistEnv
-from ssrl.train.ssrl_stage import SSRLConfig, SSRLStage, renumber_labels
+from ssrl.train.ssrl_config import SSRLConfig
+from ssrl.train.ssrl_init import renumber_labels
+from ssrl.train.ssrl_stage import SSRLStage
 from ssrl.train.validation import ValidationSet, validation_eer
 
 SCRIPT = REPO / "workflow" / "scripts" / "train_ssrl.py"

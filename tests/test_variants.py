@@ -10,7 +10,7 @@ import yaml
 from conftest import REPO, deep_update
 
 from ssrl import variants
-from ssrl.train.ssrl_stage import SSRLConfig
+from ssrl.train.ssrl_config import SSRLConfig
 
 FIELDS = {f.name for f in dataclasses.fields(SSRLConfig)}
 DEMO = yaml.safe_load((REPO / "config" / "config.yaml").read_text())

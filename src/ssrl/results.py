@@ -13,7 +13,9 @@ file (under ``results/<run>/``)            written by                           
                                            :data:`LABEL_LOG_COLUMNS`
                                            (ssrl.train.ssrl_stage)
 ``<system>/train_log.tsv``                 :class:`TsvLog` (ssrl.train.loop)       :func:`read_train_log`
-``<system>/train_record.json``             ssrl.train.cost                         :func:`read_train_record`
+``<system>/kmeans_k<K>/centers.npy``       :func:`write_centers` (scripts/kmeans.py)  :func:`read_centers`
+``<system>/train_record.json``             :func:`write_train_record` (values:     :func:`read_train_record`
+                                           ssrl.train.cost)
 =========================================  ======================================  ===========================
 
 Readers raise :class:`ResultsError` naming the file (and line) at fault. pandas is imported by the TSV
@@ -138,6 +140,39 @@ def write_quality(path: str | os.PathLike, quality: Mapping[str, Any]) -> None:
     """Write a k-means ``quality.json`` (atomically): the run's numbers, :func:`size_stats` and, with the
     true speakers, :func:`ssrl.cluster.cluster_quality`; :func:`read_quality` reads it."""
     write_json(path, dict(quality))
+
+
+# ---------------------------------------------------------------------------------------
+# k-means centers.npy (workflow/scripts/kmeans.py -> ssrl.train.ssrl_init)
+
+
+def write_centers(path: str | os.PathLike, centers: np.ndarray) -> None:
+    """Write the (k, dim) cluster centers as float32 ``.npy`` (atomically)."""
+    with atomic_path(path) as tmp:
+        np.save(tmp, np.asarray(centers, dtype=np.float32))
+
+
+def read_centers(path: str | os.PathLike) -> np.ndarray:
+    """A ``centers.npy`` -> (k, dim) array; ValueError naming the file when it is not a readable 2-D array."""
+    try:
+        centers = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: not a readable .npy file ({err})") from None
+    if centers.ndim != 2:
+        raise ValueError(f"{path}: centers have shape {centers.shape}, expected (K, dim)")
+    return centers
+
+
+# ---------------------------------------------------------------------------------------
+# train_record.json (ssrl.train.cost builds it, the trainer writes it)
+
+
+def write_train_record(path: str | os.PathLike, record: Mapping[str, Any]) -> None:
+    """Write a ``train_record.json`` (atomically) holding every key of :data:`TRAIN_RECORD_KEYS`."""
+    missing = [key for key in TRAIN_RECORD_KEYS if key not in record]
+    if missing:
+        raise ValueError(f"{path}: train record lacks {missing}")
+    write_json(path, dict(record))
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """The named configurations of the SSRL-family stage (ssrl.train.ssrl_stage): the --hparams of every
 system that workflow/scripts/train_ssrl.py trains, built from the workflow config.
 
-One stage trains them all; a variant is a small set of :class:`~ssrl.train.ssrl_stage.SSRLConfig`
-values, not a branch in the stage:
+One stage trains them all; a variant is a small set of :class:`~ssrl.train.ssrl_config.SSRLConfig`
+values (how a stage starts from its ``init`` is ssrl.train.ssrl_init), not a branch in the stage:
 
 * ``ssrl`` and its ablations: the config's ``ssrl`` section (+ quirk Q1 from
   ``augment.student_none_is_noise``), an ablation's overrides on top (:func:`ssrl_hparams`);

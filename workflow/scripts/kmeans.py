@@ -26,10 +26,10 @@ from collections import Counter
 import numpy as np
 
 from ssrl.cluster import cluster_quality, kmeans
-from ssrl.fileio import atomic_path, read_embeddings
+from ssrl.fileio import read_embeddings
 from ssrl.hparams import read_hparams
 from ssrl.manifest import ManifestError, read_utt2spk, write_labels
-from ssrl.results import size_stats, write_quality
+from ssrl.results import size_stats, write_centers, write_quality
 
 HPARAMS = {"max_iter": int, "seed": int, "n_init": int, "device": str}
 
@@ -85,8 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     from ssrl.report.plots import plot_cluster_sizes  # matplotlib: imported once the clustering is done
 
     write_labels(args.labels, utts, res.labels)
-    with atomic_path(args.centers) as tmp:
-        np.save(tmp, res.centers.astype(np.float32))
+    write_centers(args.centers, res.centers)
     plot_cluster_sizes(args.plot, sizes, speaker_sizes, f"k-means k={args.k}: cluster sizes")
     write_quality(args.quality, quality)
     summary = (f"k-means k={args.k}: {quality['n_clusters']} non-empty clusters, {res.n_iter} iterations "

@@ -15,7 +15,8 @@
 * :mod:`.dino_stage`: DINO (docs/method.md §4) as a Stage; stages live beside the trainer
   because they sit above it in the layering (they import it).
 * :mod:`.ssrl_stage`: SSRL (docs/method.md §7), its ablations, the iterative rounds (docs/method.md §8)
-  and the WavLM steps (docs/method.md §9) as one Stage.
+  and the WavLM steps (docs/method.md §9) as one Stage; its hyper-parameters in :mod:`.ssrl_config`
+  (named configurations: :mod:`ssrl.variants`), how it starts (``init``) in :mod:`.ssrl_init`.
 """
 
 from .checkpoint import CheckpointManager

@@ -66,9 +66,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from ..data import EpochSampler
-from ..fileio import atomic_path, write_json
+from ..fileio import atomic_path
 from ..progress import Progress
-from ..results import TsvLog
+from ..results import TsvLog, write_train_record
 from . import distributed as D
 from .checkpoint import CheckpointManager, rng_state, set_rng_state
 from .config import RuntimeConfig
@@ -413,7 +413,7 @@ class Trainer:
             with atomic_path(log_out) as tmp:
                 shutil.copyfile(self.tsv.path, tmp)
             if record_out is not None:
-                write_json(record_out, train_record(st.name, steps=step, global_batch=st.batch_size, epochs=st.epochs,
+                write_train_record(record_out, train_record(st.name, steps=step, global_batch=st.batch_size, epochs=st.epochs,
                                                     steps_per_epoch=self.steps_per_epoch, processes=env.world_size,
                                                     device=env.device, cost=cost))
             log.info("%s: wrote %s and %s", st.name, model_out, log_out)

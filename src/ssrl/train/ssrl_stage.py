@@ -62,11 +62,8 @@ in the checkpoint directory and restored with the checkpoints, so it survives ki
 
 from __future__ import annotations
 
-import hashlib
-import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -78,16 +75,11 @@ from torch.nn import functional as F
 from ..augment import AUGMENT_SOURCES, Augmenter, AugmentPolicy
 from ..cluster import cluster_quality
 from ..data import LabelledCropDataset
-from ..labels import LabelState, is_relabel_epoch, is_replace_epoch
-from ..manifest import check_audio_exists, check_labels_cover, read_labels, read_list, read_utt2spk, read_wav_scp
+from ..labels import is_relabel_epoch, is_replace_epoch
+from ..manifest import check_audio_exists, read_list, read_utt2spk, read_wav_scp
 from ..models import (
     AAMSoftmax,
-    ModelFileError,
-    SoftmaxHead,
     SpeakerModel,
-    build_head,
-    build_speaker_model,
-    read_model_file,
     save_model_file,
 )
 from ..models.wavlm import WavLMFrontend
@@ -102,178 +94,15 @@ from ..relabel import (
 from ..results import LABEL_LOG_COLUMNS, write_tsv
 from . import distributed as D
 from . import schedules
-from .config import config_from_dict
 from .ema import make_teacher
+from .ssrl_config import SSRLConfig
+from .ssrl_init import ClassifierModel, SSRLInit, utt_list_sha256
 from .stage import Stage, file_digest
 from .validation import ValidationSet, validation_eer
-
-INIT_SOURCES = ("scratch", "encoder", "student", "full")
-HEAD_TYPES = ("aam", "softmax")
-HEAD_INITS = ("centers", "random")
-SCHEDULES = ("ssrl", "warmup_cosine")
 
 LABEL_LOG = "label_log.tsv"
 """Name of the live label log inside the checkpoint directory."""
 
-
-
-@dataclass
-class SSRLConfig:
-    """The stage's hyper-parameters (paper values as defaults; docs/method.md §7, §8, §9, §12).
-
-    Schedule: ``fixed_epochs`` (E_fix, label-fixed), ``update_epochs`` (E_upd, label-update);
-    ``batch_size`` (global, all ranks); Adam ``lr`` (nominal) and ``weight_decay`` (Adam's, on
-    all parameters, biases and 1-D ones included); ``schedule`` ``ssrl`` (cosine ``lr * lr_fixed_start -> lr *
-    lr_final`` over E_fix epochs, then restart at ``lr * lr_update_start`` down to ``lr *
-    lr_final`` over E_upd epochs) or ``warmup_cosine`` (linear 0 -> lr over ``warmup_epochs``,
-    then cosine to ``lr * lr_final``); ``teacher`` (an EMA teacher, decay ``ema_start ->
-    ema_end`` linearly over all steps; false: none, the student is validated and exported).
-
-    Labels: ``label_update`` (online relabelling, queues and replacement; off for iterative
-    rounds and WavLM step 1), ``removed_permanent`` (false: the removed set is recomputed at
-    every replacement and votes count removed classes, as the reference; true: removed for
-    good, votes ignore them), ``queue_len`` (L), ``nlm`` (noisy-label modelling: weighted
-    student loss and the GMM refit; off = plain mean CE), ``margin_quirk`` (Q2),
-    ``sinkhorn_iters`` / ``sinkhorn_epsilon`` (0 = plain argmax), ``gmm_max_iter`` /
-    ``gmm_tol``.
-
-    Model: ``init`` (see the module docstring), ``head`` (aam | softmax), ``head_init``
-    (centers | random; ``encoder`` init only, ``scratch`` needs random), ``aam_scale`` /
-    ``aam_margin``, ``softmax_dropout``; WavLM front-ends only: ``freeze_wavlm``,
-    ``teacher_shares_wavlm`` (Q3; implies nothing else), ``wavlm_lr_scale`` (LR factor of the
-    WavLM param groups when it is trained), ``gradient_checkpointing``.
-
-    Data: ``student_crop_s`` / ``teacher_crop_s`` (seconds), ``augment_prob`` (probability
-    that a student crop is augmented), ``none_is_noise`` (Q1: a drawn "none" becomes additive
-    noise, so student crops are never clean), ``seed``; validation EER of the teacher (of the student without one) every
-    ``val_every`` epochs and after the last (0: only after the last), ``val_max_batch_seconds``.
-    """
-
-    fixed_epochs: int = 5
-    update_epochs: int = 100
-    batch_size: int = 480
-    lr: float = 1e-3
-    weight_decay: float = 5e-5
-    schedule: str = "ssrl"
-    lr_fixed_start: float = 0.1
-    lr_update_start: float = 0.5
-    lr_final: float = 0.01
-    warmup_epochs: int = 0
-    ema_start: float = 0.999
-    ema_end: float = 0.9999
-    teacher: bool = True
-    label_update: bool = True
-    removed_permanent: bool = False
-    queue_len: int = 5
-    nlm: bool = True
-    margin_quirk: bool = True
-    sinkhorn_iters: int = 0
-    sinkhorn_epsilon: float = 0.05
-    gmm_max_iter: int = 500
-    gmm_tol: float = 1e-5
-    init: str = "encoder"
-    head: str = "aam"
-    head_init: str = "centers"
-    aam_scale: float = 32.0
-    aam_margin: float = 0.2
-    softmax_dropout: float = 0.5
-    freeze_wavlm: bool = False
-    teacher_shares_wavlm: bool = False
-    wavlm_lr_scale: float = 1.0
-    gradient_checkpointing: bool = False
-    student_crop_s: float = 2.0
-    teacher_crop_s: float = 6.0
-    augment_prob: float = 1.0
-    none_is_noise: bool = True
-    seed: int = 0
-    val_every: int = 5
-    val_max_batch_seconds: float = 240.0
-
-    @property
-    def epochs(self) -> int:
-        return self.fixed_epochs + self.update_epochs
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str = "ssrl") -> SSRLConfig:
-        """Validate and build; unknown keys, wrong types and bad values raise ValueError naming ``where.key``."""
-        cfg = config_from_dict(cls, d, where)
-        cfg._check(where)
-        return cfg
-
-    def _check(self, where: str) -> None:
-        for key, allowed in (("init", INIT_SOURCES), ("head", HEAD_TYPES), ("head_init", HEAD_INITS),
-                             ("schedule", SCHEDULES)):
-            if getattr(self, key) not in allowed:
-                raise ValueError(f"{where}.{key}: expected one of {list(allowed)}, got {getattr(self, key)!r}")
-        for key in ("fixed_epochs", "update_epochs", "warmup_epochs", "sinkhorn_iters", "seed", "val_every"):
-            if getattr(self, key) < 0:
-                raise ValueError(f"{where}.{key}: must be >= 0, got {getattr(self, key)}")
-        for key in ("batch_size", "queue_len", "gmm_max_iter"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{where}.{key}: must be >= 1, got {getattr(self, key)}")
-        for key in ("lr", "lr_fixed_start", "lr_update_start", "lr_final", "sinkhorn_epsilon", "gmm_tol",
-                    "aam_scale", "student_crop_s", "teacher_crop_s", "val_max_batch_seconds", "wavlm_lr_scale"):
-            if not getattr(self, key) > 0:
-                raise ValueError(f"{where}.{key}: must be > 0, got {getattr(self, key)}")
-        for key in ("ema_start", "ema_end", "augment_prob", "softmax_dropout"):
-            if not 0.0 <= getattr(self, key) <= 1.0:
-                raise ValueError(f"{where}.{key}: must be in [0, 1], got {getattr(self, key)}")
-        if not 0.0 <= self.aam_margin < math.pi / 2:
-            raise ValueError(f"{where}.aam_margin: must be in [0, pi/2) radians, got {self.aam_margin}")
-        if self.epochs < 1:
-            raise ValueError(f"{where}: fixed_epochs + update_epochs must be >= 1")
-        if self.schedule == "warmup_cosine" and self.warmup_epochs > self.epochs:
-            raise ValueError(f"{where}.warmup_epochs ({self.warmup_epochs}) exceeds the {self.epochs} epochs")
-        if not self.label_update:
-            if self.update_epochs:
-                raise ValueError(f"{where}: update_epochs is {self.update_epochs} but label_update is false "
-                                 f"(fixed labels train for fixed_epochs only)")
-            if self.nlm:
-                raise ValueError(f"{where}.nlm needs label_update (p_clean is fitted on the relabelling "
-                                 f"teacher's losses); set nlm: false for fixed labels")
-        if not self.teacher:
-            if self.label_update:
-                raise ValueError(f"{where}.teacher: false leaves nobody to relabel; it needs label_update: false")
-            if self.teacher_shares_wavlm or self.init == "full":
-                raise ValueError(f"{where}.teacher: false, but " + ("teacher_shares_wavlm is set" if
-                                 self.teacher_shares_wavlm else "init 'full' continues a teacher"))
-        if self.init == "scratch" and self.head_init != "random":
-            raise ValueError(f"{where}.head_init: init 'scratch' trains a new back-end, so k-means centers "
-                             f"of another embedding space cannot initialise its head; use head_init: random")
-        if self.init in ("student", "full") and self.head_init != "centers":
-            raise ValueError(f"{where}.head_init: the head comes from the init model with init "
-                             f"{self.init!r}; head_init applies to init 'encoder' only")
-
-
-class ClassifierModel(nn.Module):
-    """Speaker model + classification head; one forward for DDP.
-
-    ``forward(wave (B, samples), labels (B,) or None)`` -> ``(embeddings (B, emb_dim),
-    logits (B, n_classes))``; with labels an AAM head puts the margin on the target logit.
-    """
-
-    def __init__(self, model: SpeakerModel, head: AAMSoftmax | SoftmaxHead):
-        super().__init__()
-        self.model = model
-        self.head = head
-
-    def forward(self, wave: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        emb = self.model(wave)
-        return emb, self.head(emb, labels)
-
-
-def utt_list_sha256(utts: list[str]) -> str:
-    """Hex SHA-256 of the training utterance ids in order (identifies the item indexing)."""
-    return hashlib.sha256("\n".join(utts).encode()).hexdigest()
-
-
-def renumber_labels(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """k-means labels (n,) -> ``(labels (n,) in 0..C-1, classes (C,))`` with ``classes[labels] == raw``.
-
-    C = number of distinct labels; classes are in increasing order of their k-means id.
-    """
-    classes, labels = np.unique(np.asarray(raw, dtype=np.int64), return_inverse=True)
-    return labels.astype(np.int64), classes
 
 
 class SSRLStage(Stage):
@@ -313,20 +142,6 @@ class SSRLStage(Stage):
         self.cfg = SSRLConfig.from_dict(hparams["ssrl"])
         cfg = self.cfg
         self.epochs, self.batch_size, self.seed = cfg.epochs, cfg.batch_size, cfg.seed
-        if (init_model is None) != (cfg.init == "scratch"):
-            raise ValueError(f"{system}: init 'scratch' builds the model from hparams['arch'] and takes no init "
-                             f"model file; every other init needs one" if init_model is not None else
-                             f"{system}: init {cfg.init!r} needs an init model file")
-        if cfg.init == "scratch" and not isinstance(hparams.get("arch"), Mapping):
-            raise ValueError(f"{system} hparams: init 'scratch' needs the model architecture under 'arch'")
-        if cfg.init in ("scratch", "encoder"):
-            if labels is None:
-                raise ValueError(f"{system}: init {cfg.init!r} needs the k-means labels file")
-            if cfg.head_init == "centers" and centers is None:
-                raise ValueError(f"{system}: head_init 'centers' needs the k-means centers file")
-        elif labels is not None or centers is not None:
-            raise ValueError(f"{system}: with init {cfg.init!r} the labels and the head come from the init "
-                             f"model; do not pass a labels or centers file")
         if (val_scp is None) != (val_trials is None):
             raise ValueError(f"{system}: give both the validation wav.scp and its trial list, or neither")
         self.train_scp = Path(train_scp)
@@ -338,6 +153,8 @@ class SSRLStage(Stage):
         self.utt2spk = None if utt2spk is None else Path(utt2spk)
         self.label_log_out = None if label_log is None else Path(label_log)
         self.live_log = None if live_dir is None else Path(live_dir) / LABEL_LOG
+        self.init = SSRLInit(cfg, self.hparams, system, self.train_scp, self.init_model, self.labels_path,
+                             self.centers_path)
         # Validation: every val_every epochs and after the last; val_every 0 -> after the last only.
         self.val_every = 0 if val_scp is None else (cfg.val_every or cfg.epochs)
 
@@ -352,93 +169,6 @@ class SSRLStage(Stage):
         kwargs = {k: tuple(aug[k]) for k in ("snr_db", "babble_count") if k in aug}
         return Augmenter(**{k: read_list(self.augment_lists[k]) for k in AUGMENT_SOURCES}, **kwargs)
 
-    def _read_inputs(self, utts: list[str]) -> tuple[np.ndarray | None, np.ndarray | None, dict | None]:
-        """Labels (n,) and classes (C,) from the labels file (init scratch / encoder), the init model
-        file (None for init scratch)."""
-        init = None if self.init_model is None else read_model_file(self.init_model)
-        if self.labels_path is None:
-            return None, None, init
-        raw = read_labels(self.labels_path)
-        check_labels_cover(raw, utts, self.labels_path)
-        labels, classes = renumber_labels(np.array([raw[u] for u in utts], dtype=np.int64))
-        return labels, classes, init
-
-    def _centers(self, classes: np.ndarray, emb_dim: int) -> np.ndarray:
-        path = self.centers_path
-        try:
-            centers = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as err:
-            raise ValueError(f"{path}: not a readable .npy file ({err})") from None
-        if centers.ndim != 2 or centers.shape[1] != emb_dim:
-            raise ValueError(f"{path}: centers have shape {centers.shape}, expected (K, {emb_dim}) for the "
-                             f"{emb_dim}-d embeddings of {self.init_model}")
-        if classes.max() >= centers.shape[0]:
-            raise ValueError(f"{path}: {centers.shape[0]} centers but {self.labels_path} uses label "
-                             f"{int(classes.max())}")
-        rows = centers[classes].astype(np.float32)
-        if not np.isfinite(rows).all() or (np.linalg.norm(rows, axis=1) == 0).any():
-            raise ValueError(f"{path}: a center used by {self.labels_path} is zero or not finite")
-        return rows
-
-    def _new_head(self, emb_dim: int, n_classes: int) -> tuple[nn.Module, dict]:
-        cfg = self.cfg
-        if cfg.head == "aam":
-            spec = {"type": "aam", "emb_dim": emb_dim, "n_classes": n_classes, "scale": cfg.aam_scale,
-                    "margin": cfg.aam_margin}
-        else:
-            spec = {"type": "softmax", "emb_dim": emb_dim, "n_classes": n_classes, "dropout": cfg.softmax_dropout}
-        return build_head(spec), spec
-
-    @staticmethod
-    def _init_head_from_centers(head: nn.Module, centers: np.ndarray) -> None:
-        """AAM: the weight rows (normalised in forward); softmax: the linear weight (bias stays 0)."""
-        if isinstance(head, AAMSoftmax):
-            head.init_from_centers(centers)
-        else:
-            with torch.no_grad():
-                head.fc.weight.copy_(torch.from_numpy(centers))
-
-    def _load_state(self, module: nn.Module, state: Any, what: str) -> None:
-        try:
-            module.load_state_dict(state)
-        except (RuntimeError, TypeError, AttributeError) as err:
-            raise ModelFileError(f"{self.init_model}: {what} does not fit: {err}") from None
-
-    def _init_part(self, init: dict, which: str) -> dict:
-        """``init[which]`` (student / teacher: ``{"model", "head"}``), checked against this stage's head."""
-        part = init.get(which)
-        if not part or "head" not in part:
-            raise ModelFileError(f"{self.init_model}: holds no {which} model + head (needed by init "
-                                 f"{self.cfg.init!r})")
-        spec = init.get("head") or {}
-        if spec.get("type") != self.cfg.head:
-            raise ModelFileError(f"{self.init_model}: head type {spec.get('type')!r}, but this stage trains a "
-                                 f"{self.cfg.head!r} head")
-        return part
-
-    def _continued_label_state(self, init: dict, n_utts: int, list_sha: str, n_classes: int) -> tuple:
-        """(LabelState, classes) carried over from an init model written by this stage."""
-        path, cfg = self.init_model, self.cfg
-        extra = init.get("extra") or {}
-        missing = [k for k in ("label_state", "classes", "n_utts", "train_list_sha256") if k not in extra]
-        if missing:
-            raise ModelFileError(f"{path}: init {cfg.init!r} needs a model file written by the SSRL stage "
-                                 f"(extra lacks {missing})")
-        if int(extra["n_utts"]) != n_utts or extra["train_list_sha256"] != list_sha:
-            raise ValueError(f"{path}: trained on another training list ({int(extra['n_utts'])} utterances) "
-                             f"than {self.train_scp} ({n_utts}); the label state cannot be continued")
-        saved = LabelState.from_state_dict(extra["label_state"], removed_permanent=cfg.removed_permanent)
-        if saved.n_classes != n_classes:
-            raise ModelFileError(f"{path}: label state has {saved.n_classes} classes, its head {n_classes}")
-        if cfg.init == "full":
-            if saved.queue_len != cfg.queue_len:
-                raise ValueError(f"{path}: label queues of length {saved.queue_len}, but queue_len is "
-                                 f"{cfg.queue_len}")
-            state = saved
-        else:
-            state = LabelState(saved.labels, n_classes, cfg.queue_len, removed_permanent=cfg.removed_permanent)
-        return state, np.asarray(extra["classes"], dtype=np.int64)
-
     def build(self) -> None:
         cfg = self.cfg
         scp = read_wav_scp(self.train_scp)
@@ -448,37 +178,16 @@ class SSRLStage(Stage):
             raise ValueError(f"{self.train_scp}: {len(utts)} utterances cannot fill one batch of "
                              f"batch_size={cfg.batch_size}")
         list_sha = utt_list_sha256(utts)
-        labels, classes, init = self._read_inputs(utts)
-
-        if cfg.init == "scratch":
-            model = build_speaker_model(dict(self.hparams["arch"]))
-        else:
-            model = build_speaker_model(init["arch"])
-        if cfg.init in ("scratch", "encoder"):
-            if cfg.init == "encoder":
-                self._load_state(model, init["eval_state"], "eval_state")
-            head, self.head_spec = self._new_head(model.emb_dim, int(classes.size))
-            if cfg.head_init == "centers":
-                self._init_head_from_centers(head, self._centers(classes, model.emb_dim))
-            self.label_state = LabelState(labels, int(classes.size), cfg.queue_len,
-                                          removed_permanent=cfg.removed_permanent)
-        else:
-            student = self._init_part(init, "student")
-            self.head_spec = dict(init["head"])
-            head = build_head(dict(self.head_spec))
-            self._load_state(model, student["model"], "student model")
-            self._load_state(head, student["head"], f"student head (spec {self.head_spec})")
-            self.label_state, classes = self._continued_label_state(init, len(utts), list_sha,
-                                                                     int(self.head_spec["n_classes"]))
+        start = self.init.build(utts, list_sha)
+        model, head, classes = start.model, start.head, start.classes
+        self.head_spec, self.label_state = start.head_spec, start.label_state
         self.classes, self.n_utts, self.list_sha = classes, len(utts), list_sha
         self._setup_wavlm(model)
         self.student = ClassifierModel(model, head)
         # init 'student': the teacher starts as a copy of the init model's student (incl. head).
         self.teacher = make_teacher(self.student) if cfg.teacher else None
-        if cfg.init == "full":
-            teacher = self._init_part(init, "teacher")
-            self._load_state(self.teacher.model, teacher["model"], "teacher model")
-            self._load_state(self.teacher.head, teacher["head"], "teacher head")
+        if start.teacher is not None:
+            self.init.load_teacher(self.teacher, start.teacher)
         if cfg.teacher_shares_wavlm:
             # Quirk Q3: the teacher runs the student's WavLM (the same module), which the EMA skips.
             self.teacher.model.frontend.wavlm = self.student.model.frontend.wavlm
@@ -494,20 +203,9 @@ class SSRLStage(Stage):
         # Checkpoints made from other inputs (e.g. a retrained DINO model) are not resumed.
         self.inputs_digest = file_digest(*(p for p in (self.train_scp, self.init_model, self.labels_path,
                                                        self.centers_path) if p is not None),
-                                         *self._arch_files())
+                                         *self.init.arch_files())
         self._reset_epoch()
         self.label_rows: list[dict[str, Any]] = []
-
-    def _arch_files(self) -> list[Path]:
-        """Files the init ``scratch`` architecture reads (a WavLM checkpoint file, or the files of a
-        Hugging Face directory), for the inputs digest; none for other inits."""
-        if self.cfg.init != "scratch":
-            return []
-        checkpoint = (self.hparams["arch"].get("frontend") or {}).get("checkpoint")
-        if checkpoint is None:
-            return []
-        path = Path(checkpoint)
-        return sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
 
     def _setup_wavlm(self, model: SpeakerModel) -> None:
         """Freeze (or unfreeze) the WavLM and set its gradient checkpointing, as configured."""

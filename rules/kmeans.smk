@@ -1,5 +1,5 @@
-# k-means pseudo labels (docs/method.md §6) from a system's train-set embeddings, with their quality against
-# the true speakers (data/train/utt2spk; never read by training).
+# k-means pseudo labels (docs/method.md §6; workflow/scripts/kmeans.py) from a system's train-set embeddings,
+# with their quality against the true speakers (data/train/utt2spk; never read by training).
 #   <system>/kmeans_k<k>/labels.txt    utt label
 #   <system>/kmeans_k<k>/centers.npy   (k, dim) float32 cluster means of the normalised embeddings
 #   <system>/kmeans_k<k>/quality.json  NMI / accuracy / purity, cluster sizes, n_iter, inertia, time
