@@ -21,13 +21,15 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.fft  # light; scipy.signal costs seconds at start-up in every loader process
 
 from .audio import AudioError, load_audio, peak_normalise, read_random_crop
+from .manifest import read_list
 
 AUGMENT_SOURCES = ("noise", "music", "babble", "rir")
 """The augmentation source lists (data/augment/<source>.lst), the keyword arguments of :class:`Augmenter`."""
@@ -170,6 +172,19 @@ class Augmenter:
     ``rir_cache_items``: prepared RIRs kept in memory per process (least recently
     used dropped; 2048 one-second RIRs take about 128 MB).
     """
+
+    @classmethod
+    def from_lists(cls, lists: Mapping[str, str | os.PathLike] | None, ranges: Mapping[str, Any] | None,
+                   where: str) -> Augmenter | None:
+        """An Augmenter from the list file of every :data:`AUGMENT_SOURCES` (``lists``; None: no
+        augmentation, returns None) and the config's ``snr_db`` / ``babble_count`` ranges (``ranges``,
+        those given); ValueError naming ``where`` when the lists are not exactly the four sources."""
+        if lists is None:
+            return None
+        if sorted(lists) != sorted(AUGMENT_SOURCES):
+            raise ValueError(f"{where}: augmentation lists must be exactly {list(AUGMENT_SOURCES)}, got {sorted(lists)}")
+        kwargs = {k: tuple(ranges[k]) for k in ("snr_db", "babble_count") if k in (ranges or {})}
+        return cls(**{k: read_list(lists[k]) for k in AUGMENT_SOURCES}, **kwargs)
 
     def __init__(self, noise: Sequence[str | os.PathLike], music: Sequence[str | os.PathLike],
                  babble: Sequence[str | os.PathLike], rir: Sequence[str | os.PathLike],

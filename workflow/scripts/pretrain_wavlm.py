@@ -29,10 +29,9 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from ssrl.train import RuntimeConfig, run
+from ssrl.train.script_args import train_main
 from ssrl.train.wavlm_pretrain import WavLMPretrainStage
 
 
@@ -45,14 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hparams", required=True, help="JSON, see above")
     args = ap.parse_args(argv)
 
-    try:
-        hp = json.loads(args.hparams)
-        runtime = RuntimeConfig.from_dict(hp.get("train"))
-        stage = WavLMPretrainStage(hp, args.train_scp)
-        return run(stage, runtime, args.ckpt_dir, args.model_out, args.log_out)
-    except (ValueError, json.JSONDecodeError) as exc:   # ManifestError, AudioError, config errors name the input
-        print(f"pretrain_wavlm: {exc}", file=sys.stderr)
-        return 1
+    return train_main("pretrain_wavlm", args, lambda hp: WavLMPretrainStage(hp, args.train_scp))
 
 
 if __name__ == "__main__":

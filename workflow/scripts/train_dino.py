@@ -30,12 +30,10 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from ssrl.train import RuntimeConfig, run
 from ssrl.train.dino_stage import DINOStage
-from ssrl.train.script_args import add_training_arguments, augment_lists
+from ssrl.train.script_args import add_training_arguments, augment_lists, train_main
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,14 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     lists = augment_lists(ap, args)
 
-    try:
-        hp = json.loads(args.hparams)
-        runtime = RuntimeConfig.from_dict(hp.get("train"))
-        stage = DINOStage(hp, args.train_scp, lists, args.val_scp, args.val_trials)
-        return run(stage, runtime, args.ckpt_dir, args.model_out, args.log_out, args.record_out)
-    except (ValueError, json.JSONDecodeError) as exc:   # ManifestError, AudioError, config errors name the input
-        print(f"train_dino: {exc}", file=sys.stderr)
-        return 1
+    return train_main("train_dino", args,
+                      lambda hp: DINOStage(hp, args.train_scp, lists, args.val_scp, args.val_trials))
 
 
 if __name__ == "__main__":

@@ -34,11 +34,9 @@ Example (SSRL from the DINO model and its k-means labels):
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from ssrl.train import RuntimeConfig, run
-from ssrl.train.script_args import add_training_arguments, augment_lists
+from ssrl.train.script_args import add_training_arguments, augment_lists, train_main
 from ssrl.train.ssrl_stage import SSRLStage
 
 
@@ -56,17 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     lists = augment_lists(ap, args)
 
-    try:
-        hp = json.loads(args.hparams)
-        runtime = RuntimeConfig.from_dict(hp.get("train"))
-        stage = SSRLStage(hp, args.system, args.train_scp, args.init_model, labels=args.labels,
-                          centers=args.centers, augment_lists=lists, val_scp=args.val_scp,
-                          val_trials=args.val_trials, utt2spk=args.utt2spk, label_log=args.label_log_out,
-                          live_dir=args.ckpt_dir)
-        return run(stage, runtime, args.ckpt_dir, args.model_out, args.log_out, args.record_out)
-    except (ValueError, json.JSONDecodeError) as exc:   # ManifestError, ModelFileError, config errors name the input
-        print(f"train_ssrl: {exc}", file=sys.stderr)
-        return 1
+    return train_main("train_ssrl", args, lambda hp: SSRLStage(
+        hp, args.system, args.train_scp, args.init_model, labels=args.labels, centers=args.centers,
+        augment_lists=lists, val_scp=args.val_scp, val_trials=args.val_trials, utt2spk=args.utt2spk,
+        label_log=args.label_log_out, live_dir=args.ckpt_dir))
 
 
 if __name__ == "__main__":

@@ -24,10 +24,10 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader
 
-from ..augment import AUGMENT_SOURCES, Augmenter, AugmentPolicy
+from ..augment import Augmenter, AugmentPolicy
 from ..data import EpochSampler, MultiCropDataset
 from ..dino import DINOCenter, DINOModel, dino_loss, output_std
-from ..manifest import check_audio_exists, read_list, read_wav_scp
+from ..manifest import check_audio_exists, read_wav_scp
 from ..models import DINOHead, build_speaker_model, save_model_file
 from . import schedules
 from .config import config_from_dict
@@ -154,17 +154,6 @@ class DINOStage(Stage):
         self.val_every = self.cfg.val_every if val_scp is not None else 0
 
     # ---- building ------------------------------------------------------------------------
-    def _augmenter(self) -> Augmenter | None:
-        if self.augment_lists is None:
-            return None
-        unknown = sorted(set(self.augment_lists) - set(AUGMENT_SOURCES))
-        if unknown or len(self.augment_lists) != len(AUGMENT_SOURCES):
-            raise ValueError(f"DINO: augmentation lists must be exactly {list(AUGMENT_SOURCES)}, "
-                             f"got {sorted(self.augment_lists)}")
-        aug = dict(self.hparams.get("augment") or {})
-        kwargs = {k: tuple(aug[k]) for k in ("snr_db", "babble_count") if k in aug}
-        return Augmenter(**{k: read_list(self.augment_lists[k]) for k in AUGMENT_SOURCES}, **kwargs)
-
     def build(self) -> None:
         cfg = self.cfg
         scp = read_wav_scp(self.train_scp)
@@ -179,7 +168,7 @@ class DINOStage(Stage):
         head = DINOHead(in_dim=model.emb_dim, **dataclasses.asdict(cfg.head))
         self.student = DINOModel(model, head)
         self.teacher = make_teacher(self.student)
-        self.train_set = MultiCropDataset(list(scp.values()), seed=cfg.seed, augmenter=self._augmenter(),
+        self.train_set = MultiCropDataset(list(scp.values()), seed=cfg.seed, augmenter=Augmenter.from_lists(self.augment_lists, self.hparams.get("augment"), "DINO"),
                                           policy=AugmentPolicy.dino(), n_global=cfg.n_global,
                                           global_s=cfg.global_crop_s, n_local=cfg.n_local,
                                           local_s=cfg.local_crop_s)

@@ -1,12 +1,20 @@
-"""Command-line arguments shared by the training scripts (``workflow/scripts/train_*.py``):
-training inputs besides the stage's own, validation, checkpoints, outputs, hyper-parameters."""
+"""What the training scripts (``workflow/scripts/train_*.py``, ``pretrain_wavlm.py``) share: the
+command-line arguments (training inputs besides the stage's own, validation, checkpoints, outputs,
+hyper-parameters) and :func:`train_main`, which builds the stage and runs it."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from ..augment import AUGMENT_SOURCES
+from .config import RuntimeConfig
+from .loop import run
+from .stage import Stage
 
 
 def add_training_arguments(ap: argparse.ArgumentParser, no_augment_help: str) -> None:
@@ -31,3 +39,18 @@ def augment_lists(ap: argparse.ArgumentParser, args: argparse.Namespace) -> dict
     if (args.augment_dir is None) == (not args.no_augment):
         ap.error("give --augment-dir, or --no-augment for clean crops")
     return None if args.no_augment else {k: args.augment_dir / f"{k}.lst" for k in AUGMENT_SOURCES}
+
+
+def train_main(script: str, args: argparse.Namespace, make_stage: Callable[[Mapping[str, Any]], Stage]) -> int:
+    """Run the stage ``make_stage(hparams)`` (``args.hparams``: JSON; its ``train`` section is the
+    :class:`RuntimeConfig`) with the checkpoint folder and outputs of ``args``; returns the exit code
+    of :func:`ssrl.train.run`, or 1 after printing ``<script>: <error>`` for bad input (manifest,
+    audio, model file and config errors name the input)."""
+    try:
+        hp = json.loads(args.hparams)
+        runtime = RuntimeConfig.from_dict(hp.get("train"))
+        return run(make_stage(hp), runtime, args.ckpt_dir, args.model_out, args.log_out,
+                   getattr(args, "record_out", None))
+    except (ValueError, json.JSONDecodeError) as exc:
+        print(f"{script}: {exc}", file=sys.stderr)
+        return 1

@@ -72,11 +72,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..augment import AUGMENT_SOURCES, Augmenter, AugmentPolicy
+from ..augment import Augmenter, AugmentPolicy
 from ..cluster import cluster_quality
 from ..data import LabelledCropDataset
 from ..labels import is_relabel_epoch, is_replace_epoch
-from ..manifest import check_audio_exists, read_list, read_utt2spk, read_wav_scp
+from ..manifest import check_audio_exists, read_utt2spk, read_wav_scp
 from ..models import (
     AAMSoftmax,
     SpeakerModel,
@@ -159,16 +159,6 @@ class SSRLStage(Stage):
         self.val_every = 0 if val_scp is None else (cfg.val_every or cfg.epochs)
 
     # ---- building ------------------------------------------------------------------------
-    def _augmenter(self) -> Augmenter | None:
-        if self.augment_lists is None:
-            return None
-        if sorted(self.augment_lists) != sorted(AUGMENT_SOURCES):
-            raise ValueError(f"{self.name}: augmentation lists must be exactly {list(AUGMENT_SOURCES)}, "
-                             f"got {sorted(self.augment_lists)}")
-        aug = dict(self.hparams.get("augment") or {})
-        kwargs = {k: tuple(aug[k]) for k in ("snr_db", "babble_count") if k in aug}
-        return Augmenter(**{k: read_list(self.augment_lists[k]) for k in AUGMENT_SOURCES}, **kwargs)
-
     def build(self) -> None:
         cfg = self.cfg
         scp = read_wav_scp(self.train_scp)
@@ -196,7 +186,7 @@ class SSRLStage(Stage):
         policy = AugmentPolicy.ssrl_student(none_is_noise=cfg.none_is_noise, apply_prob=cfg.augment_prob)
         self.train_set = LabelledCropDataset(
             [scp[u] for u in utts], self.label_state.labels, seed=cfg.seed, student_s=cfg.student_crop_s,
-            teacher_s=cfg.teacher_crop_s if cfg.label_update else None, augmenter=self._augmenter(),
+            teacher_s=cfg.teacher_crop_s if cfg.label_update else None, augmenter=Augmenter.from_lists(self.augment_lists, self.hparams.get("augment"), self.name),
             policy=policy, p_clean=self.label_state.p_clean)
         self._teacher_samples = self.train_set.teacher_samples
         self.val = (ValidationSet.from_files(self.val_scp, self.val_trials) if self.val_scp is not None else None)
