@@ -30,7 +30,7 @@ from ..dino import DINOCenter, DINOModel, dino_loss, output_std
 from ..manifest import check_audio_exists, read_wav_scp
 from ..models import DINOHead, build_speaker_model, save_model_file
 from . import schedules
-from .config import config_from_dict
+from .config import check_bounds, config_from_dict
 from .ema import make_teacher
 from .optim import clip_grad_per_tensor, decay_param_groups
 from .stage import Stage, file_digest
@@ -95,24 +95,16 @@ class DINOConfig:
         head = config_from_dict(HeadConfig, d.pop("head", {}) or {}, f"{where}.head")
         cfg = config_from_dict(cls, d, where, skip=("head",))
         cfg.head = head
-        for key in ("epochs", "batch_size", "n_global"):
-            if getattr(cfg, key) < 1:
-                raise ValueError(f"{where}.{key}: must be >= 1, got {getattr(cfg, key)}")
-        for key in ("warmup_epochs", "freeze_last_layer_epochs", "n_local", "val_every", "seed",
-                    "init_bn_batches"):
-            if getattr(cfg, key) < 0:
-                raise ValueError(f"{where}.{key}: must be >= 0, got {getattr(cfg, key)}")
+        check_bounds(cfg, where, at_least_one=("epochs", "batch_size", "n_global"),
+                     non_negative=("warmup_epochs", "freeze_last_layer_epochs", "n_local", "val_every", "seed",
+                                   "init_bn_batches"))
         if cfg.warmup_epochs > cfg.epochs:
             raise ValueError(f"{where}.warmup_epochs ({cfg.warmup_epochs}) exceeds epochs ({cfg.epochs})")
         if cfg.n_global + cfg.n_local < 2:
             raise ValueError(f"{where}: need at least two views (n_global + n_local >= 2)")
-        for key in ("ema_start", "ema_end", "center_momentum", "momentum"):
-            if not 0.0 <= getattr(cfg, key) <= 1.0:
-                raise ValueError(f"{where}.{key}: must be in [0, 1], got {getattr(cfg, key)}")
-        for key in ("lr", "clip_grad", "student_temp", "teacher_temp", "global_crop_s", "local_crop_s",
-                    "val_max_batch_seconds"):
-            if getattr(cfg, key) <= 0:
-                raise ValueError(f"{where}.{key}: must be > 0, got {getattr(cfg, key)}")
+        check_bounds(cfg, where, fraction=("ema_start", "ema_end", "center_momentum", "momentum"),
+                     positive=("lr", "clip_grad", "student_temp", "teacher_temp", "global_crop_s", "local_crop_s",
+                               "val_max_batch_seconds"))
         return cfg
 
 

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .config import config_from_dict
+from .config import check_bounds, config_from_dict
 
 INIT_SOURCES = ("scratch", "encoder", "student", "full")
 HEAD_TYPES = ("aam", "softmax")
@@ -106,19 +106,13 @@ class SSRLConfig:
                              ("schedule", SCHEDULES)):
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{where}.{key}: expected one of {list(allowed)}, got {getattr(self, key)!r}")
-        for key in ("fixed_epochs", "update_epochs", "warmup_epochs", "sinkhorn_iters", "seed", "val_every"):
-            if getattr(self, key) < 0:
-                raise ValueError(f"{where}.{key}: must be >= 0, got {getattr(self, key)}")
-        for key in ("batch_size", "queue_len", "gmm_max_iter"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{where}.{key}: must be >= 1, got {getattr(self, key)}")
-        for key in ("lr", "lr_fixed_start", "lr_update_start", "lr_final", "sinkhorn_epsilon", "gmm_tol",
-                    "aam_scale", "student_crop_s", "teacher_crop_s", "val_max_batch_seconds", "wavlm_lr_scale"):
-            if not getattr(self, key) > 0:
-                raise ValueError(f"{where}.{key}: must be > 0, got {getattr(self, key)}")
-        for key in ("ema_start", "ema_end", "augment_prob", "softmax_dropout"):
-            if not 0.0 <= getattr(self, key) <= 1.0:
-                raise ValueError(f"{where}.{key}: must be in [0, 1], got {getattr(self, key)}")
+        check_bounds(self, where,
+                     non_negative=("fixed_epochs", "update_epochs", "warmup_epochs", "sinkhorn_iters", "seed", "val_every"),
+                     at_least_one=("batch_size", "queue_len", "gmm_max_iter"),
+                     positive=("lr", "lr_fixed_start", "lr_update_start", "lr_final", "sinkhorn_epsilon", "gmm_tol",
+                               "aam_scale", "student_crop_s", "teacher_crop_s", "val_max_batch_seconds",
+                               "wavlm_lr_scale"),
+                     fraction=("ema_start", "ema_end", "augment_prob", "softmax_dropout"))
         if not 0.0 <= self.aam_margin < math.pi / 2:
             raise ValueError(f"{where}.aam_margin: must be in [0, pi/2) radians, got {self.aam_margin}")
         if self.epochs < 1:
