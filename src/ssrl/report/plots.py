@@ -53,6 +53,15 @@ def _save(fig: Figure, path: str | os.PathLike, dpi: int = 110) -> None:
         fig.savefig(tmp, format="png", dpi=dpi)
 
 
+def _panels(n: int, ncols: int, size: tuple[float, float]) -> tuple[Figure, np.ndarray]:
+    """A figure of ``n`` panels of ``size`` (inches) in rows of at most ``ncols``; the (rows * cols,)
+    axes in reading order (those past ``n`` are hidden by the caller)."""
+    ncols = min(ncols, n)
+    nrows = math.ceil(n / ncols)
+    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), layout="constrained")
+    return fig, fig.subplots(nrows, ncols, squeeze=False).ravel()
+
+
 def _empty_figure(path: str | os.PathLike, message: str) -> None:
     fig = Figure(figsize=(6, 2))
     fig.text(0.5, 0.5, message, ha="center", va="center", wrap=True)
@@ -139,10 +148,7 @@ def plot_training(logs: Mapping[str, pd.DataFrame], path: str | os.PathLike, nco
     if not logs:
         return _empty_figure(path, "no training logs")
     n = len(logs)
-    ncols = min(ncols, n)
-    nrows = math.ceil(n / ncols)
-    fig = Figure(figsize=(4.6 * ncols, 3.0 * nrows), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    fig, axes = _panels(n, ncols, (4.6, 3.0))
     for ax, (name, log) in zip(axes, logs.items()):
         rows = log[log["kind"] == "step"]
         if not len(rows):
@@ -174,10 +180,7 @@ def plot_scores(scores: Mapping[tuple[str, str], tuple[np.ndarray, np.ndarray, M
     if not scores:
         return _empty_figure(path, "no trial scores")
     n = len(scores)
-    ncols = min(ncols, n)
-    nrows = math.ceil(n / ncols)
-    fig = Figure(figsize=(4.4 * ncols, 3.0 * nrows), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    fig, axes = _panels(n, ncols, (4.4, 3.0))
     for ax, ((name, t), (labels, values, metrics)) in zip(axes, scores.items()):
         edges = np.histogram_bin_edges(values, bins=min(bins, max(10, int(math.sqrt(len(values))))))
         for lab, colour, text in ((0, "tab:red", "non-target"), (1, "tab:green", "target")):
