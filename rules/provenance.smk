@@ -24,8 +24,10 @@ def provenance_start():
     config_args = list(workflow.config_settings.config_args or [])  # --config KEY=VALUE ...
     cwd = os.getcwd()  # the working directory (-d)
     reproduce = _provenance.reproduce_command(profile, workflow.config_settings.configfiles, config_args, cwd)
-    _provenance.start_record(RUN_DIR, stamp=PROVENANCE_STAMP, config=config, profile=profile, argv=sys.argv,
-                             executor=executor, reproduce=reproduce, workdir=cwd)
+    # (a dict, not keyword arguments: a line starting with `workdir=` would read as Snakemake's keyword)
+    record = {"stamp": PROVENANCE_STAMP, "config": config, "profile": profile, "argv": sys.argv,
+              "executor": executor, "reproduce": reproduce, "workdir": cwd}
+    _provenance.start_record(RUN_DIR, **record)
 
 
 def provenance_finish(status):
