@@ -80,7 +80,7 @@ def _check_paths(paths: Sequence[str | os.PathLike], what: str) -> list[str]:
     return paths
 
 
-class _EpochDataset(Dataset):
+class EpochDataset(Dataset):
     """Utterance paths + ``seed`` + the current epoch (the shared part of the crop datasets)."""
 
     def __init__(self, paths: Sequence[str | os.PathLike], seed: int):
@@ -103,7 +103,7 @@ class _EpochDataset(Dataset):
         return item_rng(self.seed, self.epoch, index)
 
 
-class MultiCropDataset(_EpochDataset):
+class MultiCropDataset(EpochDataset):
     """DINO views (docs/method.md §4): ``n_global`` crops of ``global_s`` seconds and ``n_local`` of
     ``local_s`` seconds per utterance, each cropped and augmented independently.
 
@@ -134,7 +134,7 @@ class MultiCropDataset(_EpochDataset):
         return torch.from_numpy(glob), torch.from_numpy(loc)
 
 
-class LabelledCropDataset(_EpochDataset):
+class LabelledCropDataset(EpochDataset):
     """Student/teacher crops with the current pseudo label (docs/method.md §7; also iterative rounds, WavLM).
 
     Item (a dict that the default collate batches):

@@ -51,7 +51,7 @@ from torch.nn import functional as F
 from .. import SAMPLE_RATE
 from ..audio import load_audio
 from ..cluster import kmeans
-from ..data import _EpochDataset, make_crop, normalise_waveform, seconds_to_samples
+from ..data import EpochDataset, make_crop, normalise_waveform, seconds_to_samples
 from ..fileio import save_torch
 from ..manifest import check_audio_exists, read_wav_scp
 from ..models.wavlm import TINY_CONFIG, WavLM, check_conv_layers, load_wavlm, official_checkpoint
@@ -216,7 +216,7 @@ def span_mask(num_frames: int, mask_prob: float, mask_length: int, rng: np.rando
     return mask
 
 
-class MaskedUnitDataset(_EpochDataset):
+class MaskedUnitDataset(EpochDataset):
     """Clean crops with unit targets and span masks.
 
     Item (a dict, default collate): ``wave`` (S,) float32 (a random ``crop_samples`` crop,
