@@ -4,9 +4,9 @@ constants, the writer and the reader with its schema check.
 =========================================  ======================================  ===========================
 file (under ``results/<run>/``)            written by                              read by
 =========================================  ======================================  ===========================
-``<system>/scores/<list>.tsv``             workflow/scripts/score.py               :func:`read_scores`
-``<system>/scores/<list>.det.tsv``         workflow/scripts/score.py               :func:`read_det`
-``<system>/metrics/<list>.json``           workflow/scripts/score.py               :func:`read_metrics`
+``<system>/scores/<list>.tsv``             :func:`write_scores` (scripts/score.py) :func:`read_scores`
+``<system>/scores/<list>.det.tsv``         :func:`write_det` (scripts/score.py)    :func:`read_det`
+``<system>/metrics/<list>.json``           :func:`write_metrics` (score.py)        :func:`read_metrics`
 ``<system>/kmeans_k<K>/quality.json``      :func:`write_quality` (with             :func:`read_quality`
                                            :func:`size_stats`; scripts/kmeans.py)
 ``<system>/label_log.tsv``                 :func:`write_tsv` of                    :func:`read_label_log`
@@ -140,6 +140,39 @@ def write_quality(path: str | os.PathLike, quality: Mapping[str, Any]) -> None:
     """Write a k-means ``quality.json`` (atomically): the run's numbers, :func:`size_stats` and, with the
     true speakers, :func:`ssrl.cluster.cluster_quality`; :func:`read_quality` reads it."""
     write_json(path, dict(quality))
+
+
+# ---------------------------------------------------------------------------------------
+# trial scores, DET points and metrics (workflow/scripts/score.py)
+
+SCORE_COLUMNS = ("enroll", "test", "label", "score")
+"""Header of ``<system>/scores/<list>.tsv``."""
+
+DET_COLUMNS = ("far", "frr")
+"""Header of ``<system>/scores/<list>.det.tsv``."""
+
+
+def write_scores(path: str | os.PathLike, enroll: Sequence[str], test: Sequence[str], labels: Sequence[int],
+                 scores: Sequence[float]) -> None:
+    """Write the trial scores (one row per trial, :data:`SCORE_COLUMNS`, scores ``%.6f``) atomically."""
+    with atomic_open(path) as fh:
+        fh.write("\t".join(SCORE_COLUMNS) + "\n")
+        fh.writelines(f"{e}\t{t}\t{lab}\t{s:.6f}\n" for e, t, lab, s in zip(enroll, test, labels, scores))
+
+
+def write_det(path: str | os.PathLike, far: Sequence[float], frr: Sequence[float]) -> None:
+    """Write the DET points (:data:`DET_COLUMNS`, ``%.8g``, increasing threshold) atomically."""
+    with atomic_open(path) as fh:
+        fh.write("\t".join(DET_COLUMNS) + "\n")
+        fh.writelines(f"{a:.8g}\t{b:.8g}\n" for a, b in zip(far, frr))
+
+
+def write_metrics(path: str | os.PathLike, metrics: Mapping[str, Any]) -> None:
+    """Write a ``metrics/<list>.json`` (atomically) holding every key of :data:`METRIC_KEYS`."""
+    missing = [key for key in METRIC_KEYS if key not in metrics]
+    if missing:
+        raise ValueError(f"{path}: metrics lack {missing}")
+    write_json(path, dict(metrics))
 
 
 # ---------------------------------------------------------------------------------------

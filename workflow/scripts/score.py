@@ -20,26 +20,15 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from ssrl.fileio import atomic_open, read_embeddings, write_json
+from ssrl.fileio import read_embeddings
+from ssrl.hparams import read_hparams
 from ssrl.metrics import compute_eer_ref, compute_eer_threshold, compute_min_dcf, det_curve, score_trials
+from ssrl.results import write_det, write_metrics, write_scores
 
 HPARAMS = {"asnorm": bool, "asnorm_top_n": int, "allow_missing": bool, "det_points": int}
-
-
-def parse_hparams(text: str) -> dict:
-    hp = json.loads(text)
-    missing = sorted(set(HPARAMS) - set(hp))
-    unknown = sorted(set(hp) - set(HPARAMS))
-    if missing or unknown:
-        raise SystemExit(f"--hparams: missing keys {missing}, unknown keys {unknown}")
-    for key, kind in HPARAMS.items():
-        if not isinstance(hp[key], kind) or (kind is int and isinstance(hp[key], bool)):
-            raise SystemExit(f"--hparams: {key} must be {kind.__name__}, got {hp[key]!r}")
-    return hp
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -52,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--det", required=True)
     ap.add_argument("--metrics", required=True)
     args = ap.parse_args(argv)
-    hp = parse_hparams(args.hparams)
+    hp = read_hparams(args.hparams, HPARAMS)
     if hp["asnorm"] and not args.cohort:
         raise SystemExit("asnorm is on but no --cohort embedding file was given")
 
@@ -69,14 +58,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"score: dropped {res.n_dropped} trial(s) naming utterances without an embedding "
               f"(allow_missing)", file=sys.stderr)
 
-    with atomic_open(args.scores) as fh:
-        fh.write("enroll\ttest\tlabel\tscore\n")
-        fh.writelines(f"{e}\t{t}\t{lab}\t{s:.6f}\n"
-                      for e, t, lab, s in zip(res.enroll.tolist(), res.test.tolist(), res.labels.tolist(),
-                                              res.scores.tolist()))
-    with atomic_open(args.det) as fh:
-        fh.write("far\tfrr\n")
-        fh.writelines(f"{a:.8g}\t{b:.8g}\n" for a, b in zip(far.tolist(), frr.tolist()))
+    write_scores(args.scores, res.enroll.tolist(), res.test.tolist(), res.labels.tolist(), res.scores.tolist())
+    write_det(args.det, far.tolist(), frr.tolist())
     n_target = int((res.labels == 1).sum())
     metrics = {
         "trials": Path(args.trials).stem,
@@ -92,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
         "score_norm": res.norm,
         "asnorm_top_n": hp["asnorm_top_n"] if hp["asnorm"] else None,
     }
-    write_json(args.metrics, metrics)
+    write_metrics(args.metrics, metrics)
     print(f"score: {metrics['trials']}: EER {100 * eer:.3f}%  minDCF(0.01) {metrics['min_dcf_0.01']:.4f}  "
           f"minDCF(0.05) {metrics['min_dcf_0.05']:.4f}  ({metrics['n_trials']} trials, norm {res.norm})",
           file=sys.stderr)
