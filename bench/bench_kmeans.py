@@ -1,7 +1,7 @@
 """Benchmark of k-means pseudo labelling at VoxCeleb2 scale (docs/method.md §6).
 
 Synthetic embeddings (speaker centres + noise, 5,994 speakers per 1,092,009 points,
-scaled with n) are clustered into K = 8000 by ssrl.cluster.kmeans with a fixed number
+scaled with n) are clustered into K = 8000 by ssrl.kmeans.kmeans with a fixed number
 of Lloyd iterations. Each size runs in its own process so that its peak RSS
 (resource.getrusage) is its own. Prints, per size: wall time of the clustering,
 seconds per iteration (wall, and CPU time summed over threads: on a shared machine
@@ -77,12 +77,12 @@ def run_one(args: argparse.Namespace) -> dict:
     t0, c0 = time.perf_counter(), time.process_time()
     work = 1.0
     if args.impl == "ssrl":
-        from ssrl.cluster import kmeans
+        from ssrl.kmeans import kmeans
 
         res = kmeans(x, args.k, seed=0, max_iter=args.max_iter, progress=True, device=args.device)
         n_iter, inertia, labels, work = res.n_iter, res.inertia, res.labels, res.work
     elif args.impl == "reference":
-        from ssrl.cluster import cluster_means, initial_centers, normalise_rows
+        from ssrl.kmeans import cluster_means, initial_centers, normalise_rows
 
         xn = normalise_rows(x)
         labels, n_iter = reference_lloyd(xn, initial_centers(xn, args.k, 0, 0), args.max_iter)
@@ -96,7 +96,7 @@ def run_one(args: argparse.Namespace) -> dict:
                     algorithm="lloyd", random_state=0).fit(x)
         n_iter, inertia, labels = int(km.n_iter_), float(km.inertia_), km.labels_
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
-    from ssrl.cluster import cluster_quality
+    from ssrl.kmeans import cluster_quality
 
     return {"impl": args.impl, "work": work, "n": args.one, "k": args.k, "dim": args.dim, "seconds": seconds, "n_iter": n_iter,
             "s_per_iter": seconds / n_iter, "cpu_s_per_iter": cpu / n_iter, "inertia": inertia,
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-iter", type=int, default=10, help="Lloyd iterations (runs stop only at convergence earlier)")
     ap.add_argument("--sklearn", action="store_true", help="also time scikit-learn KMeans on the first size")
     ap.add_argument("--reference", action="store_true", help="also time the reference's torch Lloyd on each size")
-    ap.add_argument("--device", default="cpu", help="ssrl.cluster.kmeans device (cpu, cuda, auto)")
+    ap.add_argument("--device", default="cpu", help="ssrl.kmeans.kmeans device (cpu, cuda, auto)")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--impl", choices=["ssrl", "reference", "sklearn"], default="ssrl", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)

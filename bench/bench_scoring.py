@@ -24,7 +24,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from ssrl.manifest import Trials, write_trials
-from ssrl.metrics import compute_eer, compute_min_dcf, det_curve, score_trials
+from ssrl.score import compute_eer, compute_min_dcf, det_curve, score_trials
 
 
 #: Clock of :func:`best_of`: time.perf_counter (wall) or time.process_time (CPU, for a loaded machine).

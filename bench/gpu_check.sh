@@ -4,7 +4,7 @@
 #
 #   1. the tiny end-to-end configuration (tests/config/tiny.yaml) on CUDA with bf16 autocast; with >= 2 GPUs
 #      the training rules get resources gpu=N and run under torchrun (DDP, NCCL);
-#   2. k-means on the GPU (ssrl.cluster.kmeans, device cuda): 1.09 M x 512 synthetic points, K = 8000;
+#   2. k-means on the GPU (ssrl.kmeans.kmeans, device cuda): 1.09 M x 512 synthetic points, K = 8000;
 #   3. batched against one-at-a-time extraction (bench/bench_extract.py, paper-size ECAPA).
 #
 # Usage (from the repository root, with the project's environment active):
@@ -88,7 +88,7 @@ import json, sys, time
 mode, n, k, dim, max_iter, out, repo = sys.argv[1], *map(int, sys.argv[2:6]), sys.argv[6], sys.argv[7]
 sys.path.insert(0, f"{repo}/bench")
 from bench_kmeans import synthetic
-from ssrl.cluster import kmeans
+from ssrl.kmeans import kmeans
 
 x, _ = synthetic(n, dim)
 t0 = time.perf_counter()

@@ -3,12 +3,12 @@ input fails fast with a message naming the file (line, key) and leaves no output
 Snakemake would take as complete. Unit-level checks live with the modules; the cases already
 covered completely at the script or workflow level are referenced instead of repeated:
 
-* trials naming unknown utterances, at scoring: tests/test_metrics.py::test_score_script_missing_utterances
+* trials naming unknown utterances, at scoring: tests/test_score.py::test_score_script_missing_utterances
   (names the trial file and the utterances, writes nothing; ``score.allow_missing`` drops and counts them);
 * a labels file that does not cover the wav list: tests/test_ssrl_stage.py::
   test_train_ssrl_script_reports_bad_input (train_ssrl.py exits 1 naming the labels file, no model file);
-  utt2spk not covering the embeddings: tests/test_cluster.py::test_kmeans_script_names_bad_utterance;
-* NaN in embeddings before clustering: tests/test_cluster.py::test_kmeans_script_names_bad_utterance;
+  utt2spk not covering the embeddings: tests/test_kmeans.py::test_kmeans_script_names_bad_utterance;
+* NaN in embeddings before clustering: tests/test_kmeans.py::test_kmeans_script_names_bad_utterance;
   non-finite embeddings are never written: tests/test_extract.py::test_extraction_failures_write_nothing;
 * a config with an unknown key or a wrong type, through Snakemake: tests/test_workflow.py (here: every
   section of the schema, in-process);

@@ -35,7 +35,7 @@ from .extract import embed_files, min_samples
 from .features import MelFrontend, reflect_pad_ends
 from .fileio import atomic_path, read_embeddings, read_json
 from .manifest import Trials
-from .metrics import score_trials
+from .score import score_trials
 from .models import SpeakerModel
 
 EXPORT_TOLERANCE = 1e-4
@@ -154,7 +154,7 @@ def verify_pair(model: SpeakerModel, enroll: str | os.PathLike, test: str | os.P
     """Score two audio files with ``model`` and decide at ``threshold``.
 
     Both files go through :func:`embed_files`; the score is the cosine of the two
-    embeddings (:func:`ssrl.metrics.score_trials`), AS-normalised against
+    embeddings (:func:`ssrl.score.score_trials`), AS-normalised against
     ``cohort`` (M, emb_dim) with ``threshold.asnorm_top_n`` when the threshold
     was measured on AS-norm scores (``cohort`` is then required).
     """

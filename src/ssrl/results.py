@@ -138,7 +138,7 @@ def size_stats(sizes: np.ndarray) -> dict:
 
 def write_quality(path: str | os.PathLike, quality: Mapping[str, Any]) -> None:
     """Write a k-means ``quality.json`` (atomically): the run's numbers, :func:`size_stats` and, with the
-    true speakers, :func:`ssrl.cluster.cluster_quality`; :func:`read_quality` reads it."""
+    true speakers, :func:`ssrl.kmeans.cluster_quality`; :func:`read_quality` reads it."""
     write_json(path, dict(quality))
 
 

@@ -25,7 +25,7 @@ from collections import Counter
 
 import numpy as np
 
-from ssrl.cluster import cluster_quality, kmeans
+from ssrl.kmeans import cluster_quality, kmeans
 from ssrl.fileio import read_embeddings
 from ssrl.hparams import read_hparams
 from ssrl.manifest import ManifestError, read_utt2spk, write_labels

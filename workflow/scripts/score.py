@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ssrl.fileio import read_embeddings
 from ssrl.hparams import read_hparams
-from ssrl.metrics import compute_eer_ref, compute_eer_threshold, compute_min_dcf, det_curve, score_trials
+from ssrl.score import compute_eer_ref, compute_eer_threshold, compute_min_dcf, det_curve, score_trials
 from ssrl.results import write_det, write_metrics, write_scores
 
 HPARAMS = {"asnorm": bool, "asnorm_top_n": int, "allow_missing": bool, "det_points": int}

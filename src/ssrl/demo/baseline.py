@@ -60,7 +60,7 @@ def mfcc_baseline(wav_scp: dict[str, str], trials: Trials) -> dict[str, Any]:
     Reads the audio of every trial utterance from ``wav_scp`` -> dict with
     ``eer``, ``n_trials``, ``n_target`` and ``baseline`` (the description).
     """
-    from ..metrics import compute_eer
+    from ..score import compute_eer
 
     utts = trials.utterances
     vectors = mfcc_means([load_audio(wav_scp[u]) for u in utts])

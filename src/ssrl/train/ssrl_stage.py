@@ -73,7 +73,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..augment import Augmenter, AugmentPolicy
-from ..cluster import cluster_quality
+from ..kmeans import cluster_quality
 from ..data import LabelledCropDataset
 from ..labels import is_relabel_epoch, is_replace_epoch
 from ..manifest import check_audio_exists, read_utt2spk, read_wav_scp

@@ -10,7 +10,7 @@ iteration, at toy size, on the training audio alone (no speaker labels):
    the WavLM frames (window = the CNN's receptive field, 400 samples = 25 ms; hop = its
    stride, 320 samples = 20 ms; no centre padding), standardised per dimension over the
    training frames and L2-normalised, clustered by the project's k-means
-   (:func:`ssrl.cluster.kmeans`, which clusters L2-normalised rows) into ``n_units`` units;
+   (:func:`ssrl.kmeans.kmeans`, which clusters L2-normalised rows) into ``n_units`` units;
    every frame's target is its nearest centre.
 2. **Masking** (:func:`span_mask`): per crop of ``T`` frames, ``int(mask_prob * T /
    mask_length + u)`` (u uniform in [0, 1), at least one) distinct start frames, each
@@ -50,7 +50,7 @@ from torch.nn import functional as F
 
 from .. import SAMPLE_RATE
 from ..audio import load_audio
-from ..cluster import kmeans
+from ..kmeans import kmeans
 from ..data import EpochDataset, make_crop, normalise_waveform, seconds_to_samples
 from ..fileio import save_torch
 from ..manifest import check_audio_exists, read_wav_scp

@@ -1,4 +1,4 @@
-"""ssrl.cluster: k-means (docs/method.md §6) and pseudo-label quality; the kmeans script and rule."""
+"""ssrl.kmeans: k-means (docs/method.md §6) and pseudo-label quality; the kmeans script and rule."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import REPO, run_snakemake, write_config
 
-from ssrl.cluster import (
+from ssrl.kmeans import (
     _lloyd_cpu,
     _lloyd_torch,
     cluster_means,
@@ -135,9 +135,9 @@ def test_pruned_lloyd_exact_on_each_path(monkeypatch, dense):
     """Every re-assignment through one path only: the compiled per-point filters and distances (dense 1.0:
     no point is handed to BLAS) or the BLAS product + compiled argmin pass (dense 0.0: every point with a
     candidate left is) still yields plain float64 Lloyd's labels after every iteration."""
-    import ssrl.cluster
+    import ssrl.kmeans
 
-    monkeypatch.setattr(ssrl.cluster, "DENSE_CENTERS", dense)
+    monkeypatch.setattr(ssrl.kmeans, "DENSE_CENTERS", dense)
     x = overlapping(1200, 16, 30, 1.0, seed=11)
     xn = normalise_rows(x)
     full = kmeans(x, 60, seed=2, max_iter=200, progress=False, device="cpu")

@@ -1,4 +1,4 @@
-"""ssrl.metrics: EER, minDCF, DET points, cosine scoring, AS-norm; the score script."""
+"""ssrl.score: EER, minDCF, DET points, cosine scoring, AS-norm; the score script."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from sklearn.metrics import roc_curve
 
 from ssrl.fileio import read_json, write_embeddings
 from ssrl.manifest import ManifestError, Trials, write_trials
-from ssrl.metrics import (
+from ssrl.score import (
     compute_eer,
     compute_eer_ref,
     compute_eer_threshold,
@@ -252,7 +252,7 @@ def test_asnorm_matches_slow_reference():
 
 
 def test_asnorm_cohort_chunks_agree():
-    from ssrl.metrics import cohort_statistics
+    from ssrl.score import cohort_statistics
     rng = np.random.default_rng(5)
     x = rng.normal(size=(37, 16)).astype(np.float32)
     c = rng.normal(size=(90, 16)).astype(np.float32)
