@@ -39,7 +39,8 @@ from ssrl.audio import load_audio
 from ssrl.data import normalise_waveform
 from ssrl.features import MelFrontend
 from ssrl.manifest import read_utt2spk, read_wav_scp
-from ssrl.models.wavlm import WavLM, load_wavlm
+from ssrl.models.wavlm import WavLM
+from ssrl.models.wavlm_checkpoint import load_wavlm
 
 LOG_FLOOR = 1e-6   # added to mel power before the log
 

@@ -23,7 +23,7 @@ from ssrl.models import (
     read_model_file,
     save_model_file,
 )
-from ssrl.models.wavlm import load_wavlm
+from ssrl.models.wavlm_checkpoint import load_wavlm
 
 # Tiny models: one intra-op thread (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from ssrl.models import read_model_file
-from ssrl.models.wavlm import TINY_CONFIG, WavLM, load_wavlm, official_checkpoint, read_wavlm_checkpoint
+from ssrl.models.wavlm import TINY_CONFIG, WavLM
+from ssrl.models.wavlm_checkpoint import load_wavlm, official_checkpoint, read_wavlm_checkpoint
 from ssrl.train import RuntimeConfig, run
 from ssrl.train.wavlm_pretrain import (
     MaskedPredictionModel,

@@ -22,7 +22,7 @@ from conftest import run_snakemake, write_config
 
 from ssrl.manifest import read_utt2spk, read_wav_scp
 from ssrl.models import read_model_file
-from ssrl.models.wavlm import load_wavlm
+from ssrl.models.wavlm_checkpoint import load_wavlm
 from ssrl.train import RuntimeConfig, Trainer, ema_update
 from ssrl.train.distributed import DistEnv
 from ssrl.train.ssrl_stage import SSRLStage

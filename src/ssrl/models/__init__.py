@@ -12,7 +12,8 @@ from .ecapa import ECAPATDNN
 from .heads import AAMSoftmax, DINOHead, SoftmaxHead, build_head
 from .model_file import MODEL_FORMAT, ModelFileError, load_speaker_model, read_model_file, save_model_file
 from .speaker import WAVLM_MAX_SECONDS, SpeakerModel, build_speaker_model, default_max_seconds
-from .wavlm import LayerWeighting, WavLM, WavLMCheckpointError, WavLMFrontend, load_wavlm
+from .wavlm import LayerWeighting, WavLM, WavLMCheckpointError, WavLMFrontend
+from .wavlm_checkpoint import load_wavlm
 
 __all__ = [
     "ECAPATDNN", "DINOHead", "AAMSoftmax", "SoftmaxHead", "build_head", "LayerWeighting", "WavLM",

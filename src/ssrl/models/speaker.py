@@ -18,7 +18,8 @@ from torch import nn
 
 from ..features import MelFrontend
 from .ecapa import ECAPATDNN
-from .wavlm import REGULARISATION_KEYS, WavLM, WavLMFrontend, load_wavlm
+from .wavlm import REGULARISATION_KEYS, WavLM, WavLMFrontend
+from .wavlm_checkpoint import load_wavlm
 
 WAVLM_MAX_SECONDS = 100.0
 """WavLM systems embed only the first 100 s of each file (docs/method.md §5)."""

@@ -54,7 +54,8 @@ from ..kmeans import kmeans
 from ..data import EpochDataset, make_crop, normalise_waveform, seconds_to_samples
 from ..fileio import save_torch
 from ..manifest import check_audio_exists, read_wav_scp
-from ..models.wavlm import TINY_CONFIG, WavLM, check_conv_layers, load_wavlm, official_checkpoint
+from ..models.wavlm import TINY_CONFIG, WavLM, check_conv_layers
+from ..models.wavlm_checkpoint import load_wavlm, official_checkpoint
 from ..progress import Progress
 from . import schedules
 from .config import config_from_dict
