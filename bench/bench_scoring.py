@@ -26,7 +26,6 @@ from threadpoolctl import threadpool_limits
 from ssrl.manifest import Trials, write_trials
 from ssrl.score import compute_eer, compute_min_dcf, det_curve, score_trials
 
-
 #: Clock of :func:`best_of`: time.perf_counter (wall) or time.process_time (CPU, for a loaded machine).
 CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from conftest import REPO, run_snakemake, write_config
 
+from ssrl.fileio import read_json, write_embeddings
 from ssrl.kmeans import (
     _lloyd_cpu,
     _lloyd_torch,
@@ -23,7 +24,6 @@ from ssrl.kmeans import (
     normalise_rows,
     resolve_device,
 )
-from ssrl.fileio import read_json, write_embeddings
 from ssrl.manifest import read_labels, write_utt2spk
 
 

@@ -16,9 +16,16 @@ import torch
 import torchaudio
 
 from ssrl.models import build_speaker_model
-from ssrl.models.wavlm import LARGE_CONFIG, NO_REGULARISATION, LayerWeighting, WavLM, WavLMCheckpointError, WavLMFrontend
-from ssrl.models.wavlm_checkpoint import load_wavlm, official_checkpoint, read_safetensors
+from ssrl.models.wavlm import (
+    LARGE_CONFIG,
+    NO_REGULARISATION,
+    LayerWeighting,
+    WavLM,
+    WavLMCheckpointError,
+    WavLMFrontend,
+)
 from ssrl.models.wavlm import OFFICIAL_REGULARISATION as OFFICIAL_NAMES
+from ssrl.models.wavlm_checkpoint import load_wavlm, official_checkpoint, read_safetensors
 
 # Tiny models: one intra-op thread (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -35,8 +35,8 @@ from .extract import embed_files, min_samples
 from .features import MelFrontend, reflect_pad_ends
 from .fileio import atomic_path, read_embeddings, read_json
 from .manifest import Trials
-from .score import score_trials
 from .models import SpeakerModel
+from .score import score_trials
 
 EXPORT_TOLERANCE = 1e-4
 """Largest absolute difference allowed between onnxruntime and PyTorch embeddings."""

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import scipy.sparse
@@ -383,7 +383,7 @@ def kmeans(x: np.ndarray, k: int, seed: int = 0, max_iter: int = 100, n_init: in
                        every_s=30.0, enabled=progress)
         state = {"changed": n}
 
-        def on_iter(changed: int, seconds: float) -> None:
+        def on_iter(changed: int, seconds: float, state: dict = state, bar: Progress = bar) -> None:
             state["changed"] = changed
             bar.update(1, changed=changed, s_per_iter=round(seconds, 3))
 
@@ -430,7 +430,7 @@ def cluster_quality(pred: Sequence[int] | np.ndarray, true: Sequence | np.ndarra
     _, p = np.unique(pred, return_inverse=True)
     _, t = np.unique(true, return_inverse=True)
     counts = scipy.sparse.coo_matrix((np.ones(len(p)), (p, t))).toarray()    # (clusters, speakers)
-    from scipy.optimize import linear_sum_assignment      # not at module level: kmeans.py starts faster
+    from scipy.optimize import linear_sum_assignment  # not at module level: kmeans.py starts faster
 
     rows, cols = linear_sum_assignment(counts, maximize=True)
     return {

@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import numpy as np
 from scipy.special import ndtri
 
 from .manifest import Trials, check_trials_cover, read_trials
-
 
 # ---------------------------------------------------------------------------
 # error rates, EER, minDCF, DET

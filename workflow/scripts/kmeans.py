@@ -25,9 +25,9 @@ from collections import Counter
 
 import numpy as np
 
-from ssrl.kmeans import cluster_quality, kmeans
 from ssrl.fileio import read_embeddings
 from ssrl.hparams import read_hparams
+from ssrl.kmeans import cluster_quality, kmeans
 from ssrl.manifest import ManifestError, read_utt2spk, write_labels
 from ssrl.results import size_stats, write_centers, write_quality
 

@@ -25,8 +25,8 @@ from pathlib import Path
 
 from ssrl.fileio import read_embeddings
 from ssrl.hparams import read_hparams
-from ssrl.score import compute_eer_ref, compute_eer_threshold, compute_min_dcf, det_curve, score_trials
 from ssrl.results import write_det, write_metrics, write_scores
+from ssrl.score import compute_eer_ref, compute_eer_threshold, compute_min_dcf, det_curve, score_trials
 
 HPARAMS = {"asnorm": bool, "asnorm_top_n": int, "allow_missing": bool, "det_points": int}
 

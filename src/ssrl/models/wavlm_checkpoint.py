@@ -562,10 +562,10 @@ def inverse_rules(rules):
         body = template[: split.start()] if split else template
         used = [int(n) for n in re.findall(r"\\(\d)", body)]          # groups in the target's order
         number = {g: i + 1 for i, g in enumerate(used)}                # source group -> new group number
-        regex = re.sub(r"\\(\d)", lambda m: groups[int(m.group(1)) - 1],
+        regex = re.sub(r"\\(\d)", lambda m, groups=groups: groups[int(m.group(1)) - 1],
                        re.escape(body).replace(r"\\", "\\"))
         counter = iter(range(1, len(groups) + 1))
-        def back(m):
+        def back(m, counter=counter, skip=skip, number=number):
             g = next(counter)
             return "{}" if g == skip else f"\\{number[g]}"
         target = _GROUP.sub(back, pattern).replace("\\.", ".")

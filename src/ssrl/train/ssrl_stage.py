@@ -73,8 +73,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..augment import Augmenter, AugmentPolicy
-from ..kmeans import cluster_quality
 from ..data import LabelledCropDataset
+from ..kmeans import cluster_quality
 from ..labels import is_relabel_epoch, is_replace_epoch
 from ..manifest import check_audio_exists, read_utt2spk, read_wav_scp
 from ..models import (

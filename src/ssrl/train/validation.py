@@ -19,8 +19,8 @@ from .. import SAMPLE_RATE
 from ..data import EvalDataset, collate_padded, length_bucketed_batches
 from ..extract import extract_embeddings as models_extract
 from ..manifest import Trials, check_trials_cover, read_trials, read_wav_scp
-from ..score import compute_eer, score_trials
 from ..models import SpeakerModel, default_max_seconds
+from ..score import compute_eer, score_trials
 from . import distributed as D
 
 

@@ -38,9 +38,10 @@ which the WavLM systems import like ``WavLM-Large.pt``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,17 +51,17 @@ from torch.nn import functional as F
 
 from .. import SAMPLE_RATE
 from ..audio import load_audio
-from ..kmeans import kmeans
 from ..data import EpochDataset, make_crop, normalise_waveform, seconds_to_samples
 from ..fileio import save_torch
+from ..kmeans import kmeans
 from ..manifest import check_audio_exists, read_wav_scp
 from ..models.wavlm import TINY_CONFIG, WavLM, check_conv_layers
 from ..models.wavlm_checkpoint import load_wavlm, official_checkpoint
 from ..progress import Progress
 from . import schedules
 from .config import config_from_dict
-from .stage import Stage, file_digest
 from .optim import decay_param_groups
+from .stage import Stage, file_digest
 
 LOG_MEL_FLOOR = 1e-6    # torchaudio MFCC(log_mels=True): log(mel + 1e-6)
 STD_FLOOR = 1e-5        # per-dimension standard deviations of the MFCC frames are at least this
@@ -101,7 +102,7 @@ class PretrainConfig:
     seed: int = 0
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str = "wavlm.pretrain") -> "PretrainConfig":
+    def from_dict(cls, d: Mapping[str, Any], where: str = "wavlm.pretrain") -> PretrainConfig:
         """Validate and build; errors name ``where.key``."""
         cfg = config_from_dict(cls, d, where)
         for key in ("epochs", "batch_size", "n_units", "n_mfcc", "n_mels", "kmeans_iter", "mask_length"):
