@@ -115,37 +115,66 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         paths = write_utterances(Path(tmp), seconds)
         print(f"{args.n_utts} synthetic utterances written in {time.perf_counter() - t:.1f} s", file=sys.stderr)
-        common = dict(device=args.device, workers=args.workers, max_batch_seconds=args.max_batch_seconds,
-                      progress=False)
-        embed_files(model, utts[:2], paths[:2], max_batch_size=2, **common)   # warm-up (allocator, first calls)
+        common = dict(
+            device=args.device, workers=args.workers, max_batch_seconds=args.max_batch_seconds, progress=False
+        )
+        embed_files(model, utts[:2], paths[:2], max_batch_size=2, **common)  # warm-up (allocator, first calls)
         single_s, single_cpu, single = timed(lambda: embed_files(model, utts, paths, max_batch_size=1, **common))
-        batch_s, batch_cpu, batched = timed(lambda: embed_files(model, utts, paths,
-                                                                max_batch_size=args.max_batch_size, **common))
+        batch_s, batch_cpu, batched = timed(
+            lambda: embed_files(model, utts, paths, max_batch_size=args.max_batch_size, **common)
+        )
     diff = float(np.abs(batched - single).max())
     cos = np.sum(batched * single, axis=1) / (np.linalg.norm(batched, axis=1) * np.linalg.norm(single, axis=1))
     audio_s = float(seconds.sum())
     res = {
-        "n_utts": args.n_utts, "audio_s": audio_s, "mean_s": float(seconds.mean()), "min_s": float(seconds.min()),
-        "max_s": float(seconds.max()), "channels": arch["encoder"]["channels"], "emb_dim": arch["encoder"]["emb_dim"],
-        "device": args.device, "threads": args.threads, "workers": args.workers,
-        "max_batch_seconds": args.max_batch_seconds, "max_batch_size": args.max_batch_size,
-        "single": {"seconds": single_s, "cpu_s": single_cpu, "utts_per_s": args.n_utts / single_s,
-                   "utts_per_cpu_s": args.n_utts / single_cpu, "audio_x_realtime": audio_s / single_s},
-        "batched": {"seconds": batch_s, "cpu_s": batch_cpu, "utts_per_s": args.n_utts / batch_s,
-                    "utts_per_cpu_s": args.n_utts / batch_cpu, "audio_x_realtime": audio_s / batch_s},
-        "speedup_wall": single_s / batch_s, "speedup_cpu": single_cpu / batch_cpu,
-        "max_abs_diff": diff, "min_cosine": float(cos.min()), "agree": diff <= args.tol,
+        "n_utts": args.n_utts,
+        "audio_s": audio_s,
+        "mean_s": float(seconds.mean()),
+        "min_s": float(seconds.min()),
+        "max_s": float(seconds.max()),
+        "channels": arch["encoder"]["channels"],
+        "emb_dim": arch["encoder"]["emb_dim"],
+        "device": args.device,
+        "threads": args.threads,
+        "workers": args.workers,
+        "max_batch_seconds": args.max_batch_seconds,
+        "max_batch_size": args.max_batch_size,
+        "single": {
+            "seconds": single_s,
+            "cpu_s": single_cpu,
+            "utts_per_s": args.n_utts / single_s,
+            "utts_per_cpu_s": args.n_utts / single_cpu,
+            "audio_x_realtime": audio_s / single_s,
+        },
+        "batched": {
+            "seconds": batch_s,
+            "cpu_s": batch_cpu,
+            "utts_per_s": args.n_utts / batch_s,
+            "utts_per_cpu_s": args.n_utts / batch_cpu,
+            "audio_x_realtime": audio_s / batch_s,
+        },
+        "speedup_wall": single_s / batch_s,
+        "speedup_cpu": single_cpu / batch_cpu,
+        "max_abs_diff": diff,
+        "min_cosine": float(cos.min()),
+        "agree": diff <= args.tol,
     }
-    print(f"extraction on {args.device}, ECAPA C={res['channels']} emb {res['emb_dim']}, torch {torch.__version__}, "
-          f"{args.threads} thread(s), {args.workers} loader worker(s); {args.n_utts} utterances, "
-          f"{audio_s:.0f} s of audio (mean {res['mean_s']:.1f} s, {res['min_s']:.1f}-{res['max_s']:.1f} s)")
+    print(
+        f"extraction on {args.device}, ECAPA C={res['channels']} emb {res['emb_dim']}, torch {torch.__version__}, "
+        f"{args.threads} thread(s), {args.workers} loader worker(s); {args.n_utts} utterances, "
+        f"{audio_s:.0f} s of audio (mean {res['mean_s']:.1f} s, {res['min_s']:.1f}-{res['max_s']:.1f} s)"
+    )
     print("mode          wall_s   CPU_s    utts/s   utts/CPU_s  x_realtime")
     for name in ("single", "batched"):
         r = res[name]
-        print(f"{name:12s}  {r['seconds']:<8.2f} {r['cpu_s']:<8.2f} {r['utts_per_s']:<8.2f} "
-              f"{r['utts_per_cpu_s']:<11.2f} {r['audio_x_realtime']:.1f}")
-    print(f"batched / single: {res['speedup_wall']:.2f}x wall, {res['speedup_cpu']:.2f}x CPU; "
-          f"max |diff| {diff:.2e} (tol {args.tol:g}), min cosine {res['min_cosine']:.6f}")
+        print(
+            f"{name:12s}  {r['seconds']:<8.2f} {r['cpu_s']:<8.2f} {r['utts_per_s']:<8.2f} "
+            f"{r['utts_per_cpu_s']:<11.2f} {r['audio_x_realtime']:.1f}"
+        )
+    print(
+        f"batched / single: {res['speedup_wall']:.2f}x wall, {res['speedup_cpu']:.2f}x CPU; "
+        f"max |diff| {diff:.2e} (tol {args.tol:g}), min cosine {res['min_cosine']:.6f}"
+    )
     if args.json:
         write_json(args.json, res)
     if not res["agree"]:

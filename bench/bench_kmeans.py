@@ -46,8 +46,7 @@ def synthetic(n: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return x, spk
 
 
-def reference_lloyd(x: np.ndarray, centers: np.ndarray, max_iter: int, chunk: int = 8192
-                    ) -> tuple[np.ndarray, int]:
+def reference_lloyd(x: np.ndarray, centers: np.ndarray, max_iter: int, chunk: int = 8192) -> tuple[np.ndarray, int]:
     """The reference's k-means: plain Lloyd in torch from ``centers`` (k, dim) on the unit rows ``x``
     (n, dim): per iteration a full float32 distance product ``-2 x.c + ||c||^2`` over ``chunk`` rows at a
     time and argmin, then cluster means (an empty cluster keeps its center), until no label changes or
@@ -58,8 +57,12 @@ def reference_lloyd(x: np.ndarray, centers: np.ndarray, max_iter: int, chunk: in
     labels = torch.full((len(x),), -1, dtype=torch.int64)
     for it in range(1, max_iter + 1):
         c_sq = (c * c).sum(dim=1)
-        new = torch.cat([torch.argmin(torch.addmm(c_sq, xt[s:s + chunk], c.T, alpha=-2.0), dim=1)
-                         for s in range(0, len(x), chunk)])
+        new = torch.cat(
+            [
+                torch.argmin(torch.addmm(c_sq, xt[s : s + chunk], c.T, alpha=-2.0), dim=1)
+                for s in range(0, len(x), chunk)
+            ]
+        )
         if torch.equal(new, labels):
             return labels.numpy(), it
         labels = new
@@ -86,23 +89,41 @@ def run_one(args: argparse.Namespace) -> dict:
 
         xn = normalise_rows(x)
         labels, n_iter = reference_lloyd(xn, initial_centers(xn, args.k, 0, 0), args.max_iter)
-        inertia = float(((xn - cluster_means(xn, labels, initial_centers(xn, args.k, 0, 0))[labels]) ** 2)
-                        .sum(dtype=np.float64))
+        inertia = float(
+            ((xn - cluster_means(xn, labels, initial_centers(xn, args.k, 0, 0))[labels]) ** 2).sum(dtype=np.float64)
+        )
     else:
         from sklearn.cluster import KMeans
 
         x /= np.linalg.norm(x, axis=1, keepdims=True)
-        km = KMeans(n_clusters=args.k, init="random", n_init=1, max_iter=args.max_iter, tol=0.0,
-                    algorithm="lloyd", random_state=0).fit(x)
+        km = KMeans(
+            n_clusters=args.k,
+            init="random",
+            n_init=1,
+            max_iter=args.max_iter,
+            tol=0.0,
+            algorithm="lloyd",
+            random_state=0,
+        ).fit(x)
         n_iter, inertia, labels = int(km.n_iter_), float(km.inertia_), km.labels_
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     from ssrl.kmeans import cluster_quality
 
-    return {"impl": args.impl, "work": work, "n": args.one, "k": args.k, "dim": args.dim, "seconds": seconds, "n_iter": n_iter,
-            "s_per_iter": seconds / n_iter, "cpu_s_per_iter": cpu / n_iter, "inertia": inertia,
-            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-            "nmi": cluster_quality(labels, spk)["nmi"],
-            "labels_sha1": hashlib.sha1(np.asarray(labels, dtype=np.int64).tobytes()).hexdigest()}
+    return {
+        "impl": args.impl,
+        "work": work,
+        "n": args.one,
+        "k": args.k,
+        "dim": args.dim,
+        "seconds": seconds,
+        "n_iter": n_iter,
+        "s_per_iter": seconds / n_iter,
+        "cpu_s_per_iter": cpu / n_iter,
+        "inertia": inertia,
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "nmi": cluster_quality(labels, spk)["nmi"],
+        "labels_sha1": hashlib.sha1(np.asarray(labels, dtype=np.int64).tobytes()).hexdigest(),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -121,27 +142,46 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(run_one(args)), flush=True)
         return
 
-    jobs = [(impl, n) for n in args.sizes for impl in ("ssrl", "reference")[:1 + args.reference]]
+    jobs = [(impl, n) for n in args.sizes for impl in ("ssrl", "reference")[: 1 + args.reference]]
     jobs += [("sklearn", args.sizes[0])] if args.sklearn else []
     print(f"k-means K={args.k}, dim {args.dim}, max_iter {args.max_iter}, load average {os.getloadavg()[0]:.2f}")
     results = {}
     for impl, n in jobs:
-        cmd = [sys.executable, __file__, "--one", str(n), "--impl", impl, "--k", str(args.k), "--dim", str(args.dim),
-               "--max-iter", str(args.max_iter), "--device", args.device]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--one",
+            str(n),
+            "--impl",
+            impl,
+            "--k",
+            str(args.k),
+            "--dim",
+            str(args.dim),
+            "--max-iter",
+            str(args.max_iter),
+            "--device",
+            args.device,
+        ]
         out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
         r = json.loads(out.strip().splitlines()[-1])
-        print(f"  {r['impl']:9s} n={r['n']:>9,d}: {r['seconds']:8.1f} s  "
-              f"({r['s_per_iter']:.2f} s/iter x {r['n_iter']}, "
-              f"CPU {r['cpu_s_per_iter']:.2f} s/iter)  peak RSS {r['peak_rss_gb']:.2f} GB  inertia {r['inertia']:.1f}  "
-              f"NMI {r['nmi']:.4f}  distances computed {100 * r['work']:.1f} %  load average {os.getloadavg()[0]:.2f}",
-              flush=True)
+        print(
+            f"  {r['impl']:9s} n={r['n']:>9,d}: {r['seconds']:8.1f} s  "
+            f"({r['s_per_iter']:.2f} s/iter x {r['n_iter']}, "
+            f"CPU {r['cpu_s_per_iter']:.2f} s/iter)  peak RSS {r['peak_rss_gb']:.2f} GB  inertia {r['inertia']:.1f}  "
+            f"NMI {r['nmi']:.4f}  distances computed {100 * r['work']:.1f} %  load average {os.getloadavg()[0]:.2f}",
+            flush=True,
+        )
         results[impl, n] = r
     for n in args.sizes if args.reference else []:
         ours, ref = results["ssrl", n], results["reference", n]
-        print(f"  n={n:,d}: reference / ssrl: wall {ref['seconds'] / ours['seconds']:.2f}x, "
-              f"CPU {ref['cpu_s_per_iter'] * ref['n_iter'] / (ours['cpu_s_per_iter'] * ours['n_iter']):.2f}x; "
-              f"inertia ssrl / reference {ours['inertia'] / ref['inertia']:.6f}; "
-              f"same labels: {ours['labels_sha1'] == ref['labels_sha1']}", flush=True)
+        print(
+            f"  n={n:,d}: reference / ssrl: wall {ref['seconds'] / ours['seconds']:.2f}x, "
+            f"CPU {ref['cpu_s_per_iter'] * ref['n_iter'] / (ours['cpu_s_per_iter'] * ours['n_iter']):.2f}x; "
+            f"inertia ssrl / reference {ours['inertia'] / ref['inertia']:.6f}; "
+            f"same labels: {ours['labels_sha1'] == ref['labels_sha1']}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

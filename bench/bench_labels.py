@@ -59,8 +59,7 @@ def main() -> None:
     args = ap.parse_args()
 
     rng = np.random.default_rng(args.seed)
-    state = LabelState(rng.integers(0, args.classes, args.n_utts), n_classes=args.classes,
-                       queue_len=args.queue_len)
+    state = LabelState(rng.integers(0, args.classes, args.n_utts), n_classes=args.classes, queue_len=args.queue_len)
     teacher = SimulatedTeacher(args.classes, args.move, args.die, rng)
     print(f"{args.n_utts} utterances, L={args.queue_len}, K={args.classes}")
     print("epoch\tappend_s\tvote_s\treplace_s\tappend+vote_s\tappend+replace_s\tlive\tchanged")
@@ -76,8 +75,10 @@ def main() -> None:
         stats = state.replace()
         t3 = time.perf_counter()
         totals.append((t1 - t0) + (t2 - t1))
-        print(f"{epoch}\t{t1 - t0:.3f}\t{t2 - t1:.3f}\t{t3 - t2:.3f}\t{(t1 - t0) + (t2 - t1):.3f}\t"
-              f"{(t1 - t0) + (t3 - t2):.3f}\t{stats.num_live}\t{stats.num_changed}")
+        print(
+            f"{epoch}\t{t1 - t0:.3f}\t{t2 - t1:.3f}\t{t3 - t2:.3f}\t{(t1 - t0) + (t2 - t1):.3f}\t"
+            f"{(t1 - t0) + (t3 - t2):.3f}\t{stats.num_live}\t{stats.num_changed}"
+        )
     verdict = "OK" if max(totals) < 2.0 else "SLOW"
     print(f"append+vote: median {np.median(totals):.3f} s, max {max(totals):.3f} s (target < 2 s: {verdict})")
 
@@ -86,8 +87,10 @@ def main() -> None:
         noisy = rng.lognormal(np.log(3.0), 1.0, args.n_utts // 4)
         t0 = time.perf_counter()
         p = clean_probability(np.concatenate([clean, noisy]))
-        print(f"clean_probability on {p.size} losses: {time.perf_counter() - t0:.2f} s "
-              f"(mean p_clean clean {p[:clean.size].mean():.3f}, noisy {p[clean.size:].mean():.3f})")
+        print(
+            f"clean_probability on {p.size} losses: {time.perf_counter() - t0:.2f} s "
+            f"(mean p_clean clean {p[: clean.size].mean():.3f}, noisy {p[clean.size :].mean():.3f})"
+        )
 
 
 if __name__ == "__main__":

@@ -76,8 +76,9 @@ def measure(dataset, workers: int, seconds: float, crops_per_item: int) -> tuple
     CPU seconds of this process). The CPU time is the load-independent cost when
     ``workers == 0`` (on a shared machine the wall-clock rate understates it)."""
     order = np.random.default_rng(0).permutation(len(dataset)).tolist()
-    loader = DataLoader(dataset, batch_size=None, sampler=order * 1000, num_workers=workers,
-                        prefetch_factor=4 if workers else None)
+    loader = DataLoader(
+        dataset, batch_size=None, sampler=order * 1000, num_workers=workers, prefetch_factor=4 if workers else None
+    )
     crops, t0, c0 = 0, None, None
     for _ in loader:
         if t0 is None:  # worker start-up and first reads excluded
@@ -96,8 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (0: this process)")
     parser.add_argument("--seconds", type=float, default=10.0, help="measurement time")
     parser.add_argument("--crop-s", type=float, default=2.0, help="crop length in seconds")
-    parser.add_argument("--policy", choices=["ssrl", "dino"], default="ssrl",
-                        help="ssrl: one student crop per item; dino: 2 x 4 s + 4 x 2 s crops per item")
+    parser.add_argument(
+        "--policy",
+        choices=["ssrl", "dino"],
+        default="ssrl",
+        help="ssrl: one student crop per item; dino: 2 x 4 s + 4 x 2 s crops per item",
+    )
     parser.add_argument("--n-utts", type=int, default=200, help="synthetic utterances to write")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -116,8 +121,14 @@ def main(argv: list[str] | None = None) -> int:
             lists = {name: read_list(args.augment / f"{name}.lst") for name in SOURCES}
         augmenter = Augmenter(**lists)
         if args.policy == "ssrl":
-            dataset = LabelledCropDataset(utts, np.zeros(len(utts), dtype=np.int64), student_s=args.crop_s,
-                                          teacher_s=None, augmenter=augmenter, policy=AugmentPolicy.ssrl_student())
+            dataset = LabelledCropDataset(
+                utts,
+                np.zeros(len(utts), dtype=np.int64),
+                student_s=args.crop_s,
+                teacher_s=None,
+                augmenter=augmenter,
+                policy=AugmentPolicy.ssrl_student(),
+            )
             per_item, what = 1, f"{args.crop_s:g} s crops"
         else:
             dataset = MultiCropDataset(utts, augmenter=augmenter, local_s=args.crop_s)
@@ -127,8 +138,10 @@ def main(argv: list[str] | None = None) -> int:
 
     processes = max(1, args.workers)
     rate = crops / elapsed / processes
-    line = (f"{args.policy} policy, {what}, {len(utts)} utterances, workers={args.workers}: "
-            f"{crops} crops in {elapsed:.1f} s -> {rate:.0f} crops/s per worker process")
+    line = (
+        f"{args.policy} policy, {what}, {len(utts)} utterances, workers={args.workers}: "
+        f"{crops} crops in {elapsed:.1f} s -> {rate:.0f} crops/s per worker process"
+    )
     if args.workers == 0:
         line += f"; {crops / cpu:.0f} crops per CPU second"
     print(f"{line} (target >= 200)")

@@ -63,8 +63,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--top-n", type=int, default=300)
     ap.add_argument("--threads", type=int, default=1, help="BLAS threads")
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--clock", choices=sorted(CLOCK), default="wall",
-                    help="wall time, or CPU time of this process (usable on a loaded machine)")
+    ap.add_argument(
+        "--clock",
+        choices=sorted(CLOCK),
+        default="wall",
+        help="wall time, or CPU time of this process (usable on a loaded machine)",
+    )
     args = ap.parse_args(argv)
     with threadpool_limits(args.threads):
         run(args)
@@ -77,10 +81,13 @@ def run(args: argparse.Namespace) -> None:
     utts = [f"id{i // 10:05d}-vid-{i:05d}" for i in range(args.utts)]
     emb = rng.standard_normal((args.utts, args.dim), dtype=np.float32)
     pairs = rng.integers(0, args.utts, size=(args.trials, 2))
-    trials = Trials.from_lists(rng.integers(0, 2, args.trials), [utts[i] for i in pairs[:, 0]],
-                               [utts[i] for i in pairs[:, 1]])
-    print(f"scoring {args.trials} trials over {args.utts} x {args.dim} embeddings, {args.threads} BLAS thread(s), "
-          f"{args.clock} clock, load average {os.getloadavg()[0]:.2f}")
+    trials = Trials.from_lists(
+        rng.integers(0, 2, args.trials), [utts[i] for i in pairs[:, 0]], [utts[i] for i in pairs[:, 1]]
+    )
+    print(
+        f"scoring {args.trials} trials over {args.utts} x {args.dim} embeddings, {args.threads} BLAS thread(s), "
+        f"{args.clock} clock, load average {os.getloadavg()[0]:.2f}"
+    )
     clock = CLOCK[args.clock]
 
     t, res = best_of(args.repeat, lambda: score_trials(utts, emb, trials), clock)
@@ -92,13 +99,19 @@ def run(args: argparse.Namespace) -> None:
         print(f"  cosine scoring (from trials file):   {t:.3f} s")
         table = dict(zip(utts, emb))
         t_ref, (ref, ref_labels) = best_of(args.repeat, lambda: reference_scores(path, table), clock)
-        print(f"  reference loop (from trials file):   {t_ref:.3f} s  -> reference / ours {t_ref / t:.1f}x "
-              f"(target >= 10x); max |score difference| {np.abs(ours.scores - ref).max():.1e}, "
-              f"labels equal: {np.array_equal(ours.labels, ref_labels)}; load average {os.getloadavg()[0]:.2f}")
+        print(
+            f"  reference loop (from trials file):   {t_ref:.3f} s  -> reference / ours {t_ref / t:.1f}x "
+            f"(target >= 10x); max |score difference| {np.abs(ours.scores - ref).max():.1e}, "
+            f"labels equal: {np.array_equal(ours.labels, ref_labels)}; load average {os.getloadavg()[0]:.2f}"
+        )
 
     def metrics():
-        return (compute_eer(res.scores, res.labels), compute_min_dcf(res.scores, res.labels, 0.01),
-                compute_min_dcf(res.scores, res.labels, 0.05), det_curve(res.scores, res.labels, 500))
+        return (
+            compute_eer(res.scores, res.labels),
+            compute_min_dcf(res.scores, res.labels, 0.01),
+            compute_min_dcf(res.scores, res.labels, 0.05),
+            det_curve(res.scores, res.labels, 500),
+        )
 
     t, (eer, dcf1, dcf5, _) = best_of(args.repeat, metrics, clock)
     print(f"  EER + 2 minDCF + DET:                {t:.3f} s  (EER {100 * eer:.2f} % on random scores)")

@@ -143,13 +143,28 @@ def build_ssrl(cfg: dict, root: Path) -> tuple[Stage, int]:
     write_labels(root / "labels.txt", utts, [i % n_classes for i in range(n_utts)])
     centers = np.random.default_rng(1).standard_normal((n_classes, model.emb_dim)).astype(np.float32)
     np.save(root / "centers.npy", centers / np.linalg.norm(centers, axis=1, keepdims=True))
-    stage = SSRLStage({"ssrl": s}, "ssrl", scp, root / "init.pt", labels=root / "labels.txt",
-                      centers=root / "centers.npy", augment_lists=None)
+    stage = SSRLStage(
+        {"ssrl": s},
+        "ssrl",
+        scp,
+        root / "init.pt",
+        labels=root / "labels.txt",
+        centers=root / "centers.npy",
+        augment_lists=None,
+    )
     return stage, stage.cfg.fixed_epochs
 
 
-def train_step(stage: Stage, optimizer: torch.optim.Optimizer, batch: Any, epoch: int, step: int, lr: float,
-               decay: float, autocast: torch.autocast) -> float:
+def train_step(
+    stage: Stage,
+    optimizer: torch.optim.Optimizer,
+    batch: Any,
+    epoch: int,
+    step: int,
+    lr: float,
+    decay: float,
+    autocast: torch.autocast,
+) -> float:
     """One optimiser step exactly as ``Trainer.fit`` runs it in a single process (bf16 autocast
     on CUDA, as the trainer's default) -> the loss; returns once the device is idle."""
     for group in optimizer.param_groups:
@@ -158,7 +173,7 @@ def train_step(stage: Stage, optimizer: torch.optim.Optimizer, batch: Any, epoch
     optimizer.zero_grad(set_to_none=True)
     with autocast:
         loss, _ = stage.train_step(stage.student, batch, epoch)
-    value = float(loss.detach())              # the trainer's per-step reduction / finiteness check
+    value = float(loss.detach())  # the trainer's per-step reduction / finiteness check
     loss.backward()
     stage.after_backward(epoch, step)
     optimizer.step()
@@ -180,7 +195,7 @@ def _crops(stage: Stage) -> str:
 def run_one(args: argparse.Namespace) -> dict:
     """One case in this process -> dict printed as JSON."""
     torch.set_num_threads(args.threads)
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20   # after the imports
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # after the imports
     cfg = case_config(args)
     what, size = args.one.split("-")
     paper = size == "paper"
@@ -194,8 +209,9 @@ def run_one(args: argparse.Namespace) -> dict:
         stage.student.to(device)
         stage.teacher.to(device)
         optimizer = stage.configure_optimizer(stage.student)
-        autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16,
-                                  enabled=stage.runtime.bf16 and device.type == "cuda")
+        autocast = torch.autocast(
+            device_type=device.type, dtype=torch.bfloat16, enabled=stage.runtime.bf16 and device.type == "cuda"
+        )
         steps_per_epoch = max(1, len(stage.train_set) // stage.batch_size)
         lr = stage.lr_schedule(steps_per_epoch)
         ema = stage.ema_schedule(steps_per_epoch)
@@ -215,15 +231,29 @@ def run_one(args: argparse.Namespace) -> dict:
     s_per_step = float(wall.mean())
     params = sum(p.numel() for p in stage.student.parameters())
     return {
-        "case": args.one, "stage": what, "size": size, "device": args.device, "threads": args.threads,
+        "case": args.one,
+        "stage": what,
+        "size": size,
+        "device": args.device,
+        "threads": args.threads,
         "batch": stage.batch_size,
-        "channels": cfg["model"]["encoder"]["channels"], "emb_dim": cfg["model"]["encoder"]["emb_dim"],
+        "channels": cfg["model"]["encoder"]["channels"],
+        "emb_dim": cfg["model"]["encoder"]["emb_dim"],
         "classes": (cfg["dino"]["head"]["n_prototypes"] if what == "dino" else cfg["classes"]),
-        "crops": _crops(stage), "student_params": params, "epoch": epoch, "warmup_steps": warmup, "steps": steps,
-        "first_step_s": times[0][0], "s_per_step": s_per_step, "cpu_s_per_step": float(cpu.mean()),
-        "steps_per_s": 1.0 / s_per_step, "utts_per_s": stage.batch_size / s_per_step,
-        "loss_first": losses[0], "loss_last": losses[-1],
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "import_rss_gb": base_rss,
+        "crops": _crops(stage),
+        "student_params": params,
+        "epoch": epoch,
+        "warmup_steps": warmup,
+        "steps": steps,
+        "first_step_s": times[0][0],
+        "s_per_step": s_per_step,
+        "cpu_s_per_step": float(cpu.mean()),
+        "steps_per_s": 1.0 / s_per_step,
+        "utts_per_s": stage.batch_size / s_per_step,
+        "loss_first": losses[0],
+        "loss_last": losses[-1],
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "import_rss_gb": base_rss,
         "peak_gpu_gb": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
     }
 
@@ -231,10 +261,15 @@ def run_one(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
-    ap.add_argument("--config", type=Path, default=REPO / "config" / "config.yaml",
-                    help="demo sizes: its model, dino, ssrl and kmeans sections")
-    ap.add_argument("--paper-config", type=Path, default=REPO / "config" / "voxceleb.yaml",
-                    help="paper sizes: merged over --config")
+    ap.add_argument(
+        "--config",
+        type=Path,
+        default=REPO / "config" / "config.yaml",
+        help="demo sizes: its model, dino, ssrl and kmeans sections",
+    )
+    ap.add_argument(
+        "--paper-config", type=Path, default=REPO / "config" / "voxceleb.yaml", help="paper sizes: merged over --config"
+    )
     ap.add_argument("--steps", type=int, default=10, help="timed steps per demo case")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps before them")
     ap.add_argument("--paper-steps", type=int, default=1, help="timed steps per paper case")
@@ -242,8 +277,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--paper-batch", type=int, default=4, help="utterances per paper-size step")
     ap.add_argument("--paper-classes", type=int, default=8000, help="SSRL classes at paper size (k-means K)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
-                    help="cuda: bf16 autocast as the trainer; also reports the peak GPU memory")
+    ap.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="cuda: bf16 autocast as the trainer; also reports the peak GPU memory",
+    )
     ap.add_argument("--json", type=Path, help="also write the results (a list of dicts) to this JSON file")
     ap.add_argument("--one", choices=CASES, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -260,23 +299,49 @@ def main(argv: list[str] | None = None) -> int:
 
     where = torch.cuda.get_device_name() if args.device == "cuda" else "the CPU"
     print(f"optimisation steps on {where}, torch {torch.__version__}, {args.threads} thread(s)")
-    print("case        batch  C     emb  classes  params      first_s  s/step   CPU_s/step  steps/s  utts/s   "
-          "peak_RSS_GB (after imports)  crops")
+    print(
+        "case        batch  C     emb  classes  params      first_s  s/step   CPU_s/step  steps/s  utts/s   "
+        "peak_RSS_GB (after imports)  crops"
+    )
     results = []
     for case in args.cases:
-        cmd = [sys.executable, __file__, "--one", case, "--config", str(args.config),
-               "--paper-config", str(args.paper_config), "--steps", str(args.steps), "--warmup", str(args.warmup),
-               "--paper-steps", str(args.paper_steps), "--paper-warmup", str(args.paper_warmup),
-               "--paper-batch", str(args.paper_batch), "--paper-classes", str(args.paper_classes),
-               "--threads", str(args.threads), "--device", args.device]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--one",
+            case,
+            "--config",
+            str(args.config),
+            "--paper-config",
+            str(args.paper_config),
+            "--steps",
+            str(args.steps),
+            "--warmup",
+            str(args.warmup),
+            "--paper-steps",
+            str(args.paper_steps),
+            "--paper-warmup",
+            str(args.paper_warmup),
+            "--paper-batch",
+            str(args.paper_batch),
+            "--paper-classes",
+            str(args.paper_classes),
+            "--threads",
+            str(args.threads),
+            "--device",
+            args.device,
+        ]
         out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
         r = json.loads(out.strip().splitlines()[-1])
         results.append(r)
-        print(f"{r['case']:11s} {r['batch']:5d}  {r['channels']:<5d} {r['emb_dim']:<4d} {r['classes']:<8d} "
-              f"{r['student_params']:<11,d} {r['first_step_s']:<8.2f} {r['s_per_step']:<8.3f} "
-              f"{r['cpu_s_per_step']:<11.3f} {r['steps_per_s']:<8.3f} {r['utts_per_s']:<8.1f} "
-              f"{r['peak_rss_gb']:.2f} ({r['import_rss_gb']:.2f})          {r['crops']}"
-              + (f"  peak GPU {r['peak_gpu_gb']:.2f} GB" if r["peak_gpu_gb"] is not None else ""), flush=True)
+        print(
+            f"{r['case']:11s} {r['batch']:5d}  {r['channels']:<5d} {r['emb_dim']:<4d} {r['classes']:<8d} "
+            f"{r['student_params']:<11,d} {r['first_step_s']:<8.2f} {r['s_per_step']:<8.3f} "
+            f"{r['cpu_s_per_step']:<11.3f} {r['steps_per_s']:<8.3f} {r['utts_per_s']:<8.1f} "
+            f"{r['peak_rss_gb']:.2f} ({r['import_rss_gb']:.2f})          {r['crops']}"
+            + (f"  peak GPU {r['peak_gpu_gb']:.2f} GB" if r["peak_gpu_gb"] is not None else ""),
+            flush=True,
+        )
     if args.json:
         write_json(args.json, results)
     return 0

@@ -48,8 +48,11 @@ def run_figures(run_dir: Path, trials: str) -> dict:
     out: dict = {"systems": {}}
     n_spk = len({line.split()[1] for line in (run_dir / "data/train/utt2spk").read_text().splitlines() if line})
     out["n_speakers"] = n_spk
-    seed = json.loads((run_dir / "corpus/baseline.json").read_text())["corpus"]["seed"] \
-        if (run_dir / "corpus/baseline.json").exists() else None
+    seed = (
+        json.loads((run_dir / "corpus/baseline.json").read_text())["corpus"]["seed"]
+        if (run_dir / "corpus/baseline.json").exists()
+        else None
+    )
     out["seed"] = seed
     falling = {}
     for log in sorted(run_dir.glob("*/train_log.tsv")):
@@ -86,24 +89,51 @@ def checks(fig: dict) -> list[tuple[str, str, bool | None]]:
     """(check, value text, met) for one run."""
     rows = []
     dl = fig["falling"].get("dino")
-    rows.append(("DINO loss falls (first -> last epoch)", f"{dl[0]:.2f} -> {dl[1]:.2f}" if dl else "-",
-                 None if dl is None else dl[1] < dl[0]))
+    rows.append(
+        (
+            "DINO loss falls (first -> last epoch)",
+            f"{dl[0]:.2f} -> {dl[1]:.2f}" if dl else "-",
+            None if dl is None else dl[1] < dl[0],
+        )
+    )
     nmi = fig["kmeans_nmi"]
-    rows.append(("DINO k-means NMI >= 0.75", "-" if nmi is None else f"{nmi:.3f}", None if nmi is None else nmi >= 0.75))
+    rows.append(
+        ("DINO k-means NMI >= 0.75", "-" if nmi is None else f"{nmi:.3f}", None if nmi is None else nmi >= 0.75)
+    )
     acc = fig.get("ssrl_acc")
-    rows.append(("SSRL student training accuracy >= 0.6", "-" if acc is None else f"{acc:.2f}",
-                 None if acc is None else acc >= 0.6))
+    rows.append(
+        (
+            "SSRL student training accuracy >= 0.6",
+            "-" if acc is None else f"{acc:.2f}",
+            None if acc is None else acc >= 0.6,
+        )
+    )
     lab = fig.get("ssrl_label_nmi")
-    rows.append(("SSRL label NMI >= k-means NMI + 0.03", "-" if lab is None else f"{nmi:.3f} -> {lab:.3f}",
-                 None if lab is None or nmi is None else lab >= nmi + 0.03))
+    rows.append(
+        (
+            "SSRL label NMI >= k-means NMI + 0.03",
+            "-" if lab is None else f"{nmi:.3f} -> {lab:.3f}",
+            None if lab is None or nmi is None else lab >= nmi + 0.03,
+        )
+    )
     if "live_end" in fig:
         n = fig["n_speakers"]
-        rows.append((f"live classes move toward the {n} speakers", f"{fig['live_start']} -> {fig['live_end']}",
-                     abs(fig["live_end"] - n) < abs(fig["live_start"] - n)))
+        rows.append(
+            (
+                f"live classes move toward the {n} speakers",
+                f"{fig['live_start']} -> {fig['live_end']}",
+                abs(fig["live_end"] - n) < abs(fig["live_start"] - n),
+            )
+        )
     eer = {s: r["eer"] for s, r in fig["systems"].items()}
     if "ssrl" in eer and "dino" in eer:
-        rows.append(("SSRL EER <= 0.9 x DINO EER", f"{100 * eer['ssrl']:.2f} vs {100 * eer['dino']:.2f} %",
-                     eer["ssrl"] <= 0.9 * eer["dino"]))
+        rows.append(
+            (
+                "SSRL EER <= 0.9 x DINO EER",
+                f"{100 * eer['ssrl']:.2f} vs {100 * eer['dino']:.2f} %",
+                eer["ssrl"] <= 0.9 * eer["dino"],
+            )
+        )
     bad = [s for s, (a, b) in fig["falling"].items() if not b < a]
     rows.append(("every training job's loss falls", "all" if not bad else "not: " + ", ".join(bad), not bad))
     if "wavlm_step1" in eer:
@@ -113,8 +143,13 @@ def checks(fig: dict) -> list[tuple[str, str, bool | None]]:
         log = read_label_log(Path(fig["run_dir"]) / "wavlm_step2/label_log.tsv")
         start = int(log["live_classes"].iloc[0])
         ok = step2["live"] >= start / 2 and step2.get("label_nmi", 0) >= 0.3
-        rows.append(("WavLM step 2: >= half its classes live, label NMI >= 0.3",
-                     f"{step2['live']}/{start} live, NMI {step2.get('label_nmi', float('nan')):.3f}", ok))
+        rows.append(
+            (
+                "WavLM step 2: >= half its classes live, label NMI >= 0.3",
+                f"{step2['live']}/{start} live, NMI {step2.get('label_nmi', float('nan')):.3f}",
+                ok,
+            )
+        )
     return rows
 
 
@@ -122,10 +157,19 @@ def mark(met: bool | None) -> str:
     return "-" if met is None else ("met" if met else "**not met**")
 
 
-STAGES = {"demo_corpus": "corpus synthesis", "dino_train": "DINO", "ssrl_train": "SSRL + ablations",
-          "iterative_train": "iterative rounds", "wavlm_pretrain": "WavLM pre-training",
-          "wavlm_train": "WavLM steps 1, 2, 2-ft",
-          "extract": "extraction", "kmeans": "k-means", "score": "scoring", "tables": "tables", "plots": "plots"}
+STAGES = {
+    "demo_corpus": "corpus synthesis",
+    "dino_train": "DINO",
+    "ssrl_train": "SSRL + ablations",
+    "iterative_train": "iterative rounds",
+    "wavlm_pretrain": "WavLM pre-training",
+    "wavlm_train": "WavLM steps 1, 2, 2-ft",
+    "extract": "extraction",
+    "kmeans": "k-means",
+    "score": "scoring",
+    "tables": "tables",
+    "plots": "plots",
+}
 
 
 def stage_times(run_dir: Path) -> dict[str, tuple[int, float, float]]:
@@ -166,8 +210,13 @@ def main(argv: list[str] | None = None) -> int:
     frame["mean"] = frame.mean(axis=1)
     nmi = pd.DataFrame({h: {s: f["systems"].get(s, {}).get("label_nmi") for s in systems} for h, f in zip(heads, figs)})
     nmi["mean"] = nmi.mean(axis=1)
-    print("| system | " + " | ".join(f"EER % {h}" for h in frame.columns) + " | " +
-          " | ".join(f"label NMI {h}" for h in nmi.columns) + " |")
+    print(
+        "| system | "
+        + " | ".join(f"EER % {h}" for h in frame.columns)
+        + " | "
+        + " | ".join(f"label NMI {h}" for h in nmi.columns)
+        + " |"
+    )
     print("|---|" + "---|" * (len(frame.columns) + len(nmi.columns)))
     for s in systems:
         e = " | ".join("-" if pd.isna(v) else f"{v:.2f}" for v in frame.loc[s])
@@ -175,7 +224,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {s} | {e} | {n} |")
     print()
     times = [stage_times(Path(args.results) / run) for run in args.runs]
-    stages = [s for s in dict.fromkeys([*STAGES.values(), *(k for t in times for k in t)]) if any(s in t for t in times)]
+    stages = [
+        s for s in dict.fromkeys([*STAGES.values(), *(k for t in times for k in t)]) if any(s in t for t in times)
+    ]
     print("| stage | jobs | " + " | ".join(f"wall s / CPU s {h}" for h in heads) + " |")
     print("|---|---|" + "---|" * len(heads))
     for stage in stages:

@@ -42,7 +42,7 @@ from ssrl.manifest import read_utt2spk, read_wav_scp
 from ssrl.models.wavlm import WavLM
 from ssrl.models.wavlm_checkpoint import load_wavlm
 
-LOG_FLOOR = 1e-6   # added to mel power before the log
+LOG_FLOOR = 1e-6  # added to mel power before the log
 
 
 def mean_std(frames: torch.Tensor) -> np.ndarray:
@@ -57,7 +57,7 @@ def wavlm_features(model: WavLM, waves: list[torch.Tensor]) -> dict[str, np.ndar
     model.eval()
     rows: dict[str, list[np.ndarray]] = {}
     for wave in waves:
-        hidden, _ = model(wave[None])                    # (L, 1, T, D)
+        hidden, _ = model(wave[None])  # (L, 1, T, D)
         layers = {f"layer {i + 1}": h[0] for i, h in enumerate(hidden)}
         layers["layer mean"] = hidden.mean(0)[0]
         for name, frames in layers.items():
@@ -106,16 +106,20 @@ def main(argv: list[str] | None = None) -> int:
     scp, utt2spk = read_wav_scp(args.wav_scp), read_utt2spk(args.utt2spk)
     missing = [u for u in scp if u not in utt2spk]
     if missing:
-        print(f"wavlm_probe: {args.utt2spk} lacks {len(missing)} utterance(s) of {args.wav_scp}, "
-              f"e.g. {missing[0]}", file=sys.stderr)
+        print(
+            f"wavlm_probe: {args.utt2spk} lacks {len(missing)} utterance(s) of {args.wav_scp}, e.g. {missing[0]}",
+            file=sys.stderr,
+        )
         return 1
     utts = list(scp)
     speakers = [utt2spk[u] for u in utts]
     train = split_halves(speakers)
     t0 = time.perf_counter()
     waves = [torch.from_numpy(normalise_waveform(load_audio(scp[u]))) for u in utts]
-    print(f"{len(utts)} utterances, {len(set(speakers))} speakers ({train.sum()} train / {(~train).sum()} test), "
-          f"{sum(len(w) for w in waves) / 16000 / 3600:.2f} h, read in {time.perf_counter() - t0:.1f} s")
+    print(
+        f"{len(utts)} utterances, {len(set(speakers))} speakers ({train.sum()} train / {(~train).sum()} test), "
+        f"{sum(len(w) for w in waves) / 16000 / 3600:.2f} h, read in {time.perf_counter() - t0:.1f} s"
+    )
 
     fronts: list[tuple[str, WavLM]] = []
     if args.random_tiny:
@@ -134,8 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     results.append(("log-mel statistics", "80 log mel bins", probe_accuracy(logmel_features(waves), speakers, train)))
 
     width = max(len(f) for f, _, _ in results)
-    print(f"\nspeaker-ID accuracy, logistic regression on per-utterance mean+std (chance "
-          f"{100 / len(set(speakers)):.1f} %)")
+    print(
+        f"\nspeaker-ID accuracy, logistic regression on per-utterance mean+std (chance "
+        f"{100 / len(set(speakers)):.1f} %)"
+    )
     print(f"{'front-end':<{width}}  {'features':<16}  accuracy")
     for front, name, acc in results:
         print(f"{front:<{width}}  {name:<16}  {100 * acc:5.1f} %")

@@ -39,8 +39,14 @@ def write_config(path: Path, overrides: dict | None = None, base: Path | None = 
     return path
 
 
-def run_snakemake(workdir: Path, *args: str, configfile: Path | None = None, check: bool = True,
-                  timeout: float = 1200, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_snakemake(
+    workdir: Path,
+    *args: str,
+    configfile: Path | None = None,
+    check: bool = True,
+    timeout: float = 1200,
+    env: dict | None = None,
+) -> subprocess.CompletedProcess:
     """Run the repository's Snakefile with ``workdir`` as working directory.
 
     Returns the completed process (stdout and stderr merged into ``stdout``).
@@ -50,8 +56,16 @@ def run_snakemake(workdir: Path, *args: str, configfile: Path | None = None, che
         cmd += ["--configfile", str(configfile)]
     cmd += list(args)
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    proc = subprocess.run(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          timeout=timeout, env=full_env, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        cmd,
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        stdin=subprocess.DEVNULL,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-6000:]}")
     return proc

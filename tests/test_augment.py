@@ -38,7 +38,7 @@ def write_augment_sources(root: Path, seed: int = 0) -> dict[str, list[str]]:
     for i in range(3):
         taps = np.arange(2000)
         rir = rng.standard_normal(2000) * np.exp(-taps / (200 + 100 * i))
-        rir[:20 + 10 * i] = 0.0  # direct-path delay before the peak
+        rir[: 20 + 10 * i] = 0.0  # direct-path delay before the peak
         put("rir", i, 0.5 * rir / np.abs(rir).max())
     return out
 

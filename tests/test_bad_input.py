@@ -54,22 +54,45 @@ def _script(name: str):
 
 def _dino_hparams(batch_size: int) -> str:
     """One epoch of one step over ``batch_size`` utterances: any bad file is read in step 1."""
-    return json.dumps({
-        "dino": {"epochs": 1, "batch_size": batch_size, "warmup_epochs": 0, "global_crop_s": 0.5,
-                 "local_crop_s": 0.3, "n_local": 2, "init_bn_batches": 0, "val_every": 0,
-                 "head": {"n_prototypes": 16, "hidden": 16, "mid": 16, "bottleneck": 8}},
-        "model": TINY_ARCH,
-        "train": {"device": "cpu", "workers": 0, "ckpt_every_steps": 1, "log_every": 1, "deterministic": True},
-    })
+    return json.dumps(
+        {
+            "dino": {
+                "epochs": 1,
+                "batch_size": batch_size,
+                "warmup_epochs": 0,
+                "global_crop_s": 0.5,
+                "local_crop_s": 0.3,
+                "n_local": 2,
+                "init_bn_batches": 0,
+                "val_every": 0,
+                "head": {"n_prototypes": 16, "hidden": 16, "mid": 16, "bottleneck": 8},
+            },
+            "model": TINY_ARCH,
+            "train": {"device": "cpu", "workers": 0, "ckpt_every_steps": 1, "log_every": 1, "deterministic": True},
+        }
+    )
 
 
 def _train_dino(tmp_path: Path, scp: Path, *extra: str, batch_size: int | None = None) -> tuple[int, Path]:
     """train_dino.py in-process on ``scp`` (clean crops); returns (exit code, output folder)."""
     out = tmp_path / "dino"
     n = len(read_wav_scp(scp)) if batch_size is None else batch_size
-    code = _script("train_dino.py")([
-        "--train-scp", str(scp), "--no-augment", "--ckpt-dir", str(out / "ckpt"), "--model-out",
-        str(out / "model.pt"), "--log-out", str(out / "train_log.tsv"), "--hparams", _dino_hparams(n), *extra])
+    code = _script("train_dino.py")(
+        [
+            "--train-scp",
+            str(scp),
+            "--no-augment",
+            "--ckpt-dir",
+            str(out / "ckpt"),
+            "--model-out",
+            str(out / "model.pt"),
+            "--log-out",
+            str(out / "train_log.tsv"),
+            "--hparams",
+            _dino_hparams(n),
+            *extra,
+        ]
+    )
     return code, out
 
 
@@ -85,6 +108,7 @@ def _assert_no_outputs(out: Path) -> None:
 
 
 # --------------------------------------------------------------------------- training input, by script
+
 
 def test_duplicate_utterance_id_fails_before_training(tiny_corpus, tmp_path, capsys):
     utts = list(_train_list(tiny_corpus, 4).items())
@@ -102,8 +126,15 @@ def test_missing_validation_utterances_fail_before_training(tiny_corpus, tmp_pat
     a, b = list(test)[:2]
     trials = tmp_path / "trials.txt"
     write_trials(trials, Trials.from_lists([1, 0, 0], [a, a, "ghost-utt"], [b, "nobody-utt", b]))
-    code, out = _train_dino(tmp_path, data / "train" / "wav.scp", "--val-scp", str(data / "test" / "wav.scp"),
-                            "--val-trials", str(trials), batch_size=8)
+    code, out = _train_dino(
+        tmp_path,
+        data / "train" / "wav.scp",
+        "--val-scp",
+        str(data / "test" / "wav.scp"),
+        "--val-trials",
+        str(trials),
+        batch_size=8,
+    )
     err = capsys.readouterr().err
     assert code == 1 and f"{trials}: 2 of 3 trials name utterances without audio" in err, err
     assert "'ghost-utt'" in err and "'nobody-utt'" in err
@@ -115,17 +146,20 @@ def _write_bad(path: Path, kind: str) -> None:
         sf.write(path, np.zeros(0, dtype=np.float32), 16000, subtype="PCM_16")
     elif kind == "corrupt":
         path.write_bytes(b"fLaC" + bytes(range(256)) * 4)
-    else:                                           # float WAV holding NaN samples
+    else:  # float WAV holding NaN samples
         x = np.zeros(8000, dtype=np.float32)
         x[100] = np.nan
         sf.write(path, x, 16000, subtype="FLOAT")
 
 
-@pytest.mark.parametrize("kind, suffix, message", [
-    ("empty", ".wav", "empty audio (zero samples)"),
-    ("corrupt", ".flac", "cannot read audio"),
-    ("nan", ".wav", "audio contains NaN or infinite samples"),
-])
+@pytest.mark.parametrize(
+    "kind, suffix, message",
+    [
+        ("empty", ".wav", "empty audio (zero samples)"),
+        ("corrupt", ".flac", "cannot read audio"),
+        ("nan", ".wav", "audio contains NaN or infinite samples"),
+    ],
+)
 def test_unreadable_training_audio_stops_naming_the_file(tiny_corpus, tmp_path, capsys, kind, suffix, message):
     """The training list is only checked for existence up front (a header check of every file would
     cost minutes per (re)start at VoxCeleb scale; prepare decodes every file once and drops bad
@@ -167,8 +201,18 @@ def test_other_rates_and_stereo_are_converted_for_extraction_and_training(tiny_c
     save_model_file(tmp_path / "model.pt", "sys1", model.arch, model.state_dict())
     write_wav_scp(tmp_path / "wav.scp", {**odd, **ref})
     hp = {"device": "cpu", "max_batch_seconds": 1.0, "max_batch_size": 1, "workers": 0, "max_seconds_wavlm": 100}
-    _script("extract.py")(["--model", str(tmp_path / "model.pt"), "--wav-scp", str(tmp_path / "wav.scp"),
-                           "--output", str(tmp_path / "emb.npz"), "--hparams", json.dumps(hp)])
+    _script("extract.py")(
+        [
+            "--model",
+            str(tmp_path / "model.pt"),
+            "--wav-scp",
+            str(tmp_path / "wav.scp"),
+            "--output",
+            str(tmp_path / "emb.npz"),
+            "--hparams",
+            json.dumps(hp),
+        ]
+    )
     utts, emb = read_embeddings(tmp_path / "emb.npz")
     assert utts == list(odd) + list(ref) and np.isfinite(emb).all()
     np.testing.assert_allclose(emb[:2], emb[2:], rtol=1e-4, atol=1e-5)
@@ -186,10 +230,20 @@ def test_nan_embeddings_are_refused_before_scoring(tmp_path):
     write_trials(tmp_path / "list.txt", Trials.from_lists([1, 0], ["a", "b"], ["c", "d"]))
     outs = {k: tmp_path / f"out.{k}" for k in ("scores", "det", "metrics")}
     hp = {"asnorm": False, "asnorm_top_n": 2, "allow_missing": False, "det_points": 10}
-    with pytest.raises(SystemExit, match=re.escape(f"{tmp_path / 'test.npz'} x {tmp_path / 'list.txt'}: ") +
-                       r".*NaN/inf, first 'c'"):
-        _script("score.py")(["--emb", str(tmp_path / "test.npz"), "--trials", str(tmp_path / "list.txt"),
-                             "--hparams", json.dumps(hp), *(a for k, p in outs.items() for a in (f"--{k}", str(p)))])
+    with pytest.raises(
+        SystemExit, match=re.escape(f"{tmp_path / 'test.npz'} x {tmp_path / 'list.txt'}: ") + r".*NaN/inf, first 'c'"
+    ):
+        _script("score.py")(
+            [
+                "--emb",
+                str(tmp_path / "test.npz"),
+                "--trials",
+                str(tmp_path / "list.txt"),
+                "--hparams",
+                json.dumps(hp),
+                *(a for k, p in outs.items() for a in (f"--{k}", str(p))),
+            ]
+        )
     assert not any(p.exists() for p in outs.values())
 
 
@@ -213,6 +267,7 @@ def _config_nodes(node, path=()):
 
 def _validate(cfg: dict, schema: Path) -> str | None:
     from snakemake.utils import validate
+
     try:
         validate(cfg, str(schema))
     except Exception as exc:  # noqa: BLE001 - snakemake wraps jsonschema's error in a WorkflowError
@@ -233,7 +288,7 @@ def test_every_config_section_rejects_unknown_keys_and_wrong_types(tmp_path):
     """Snakemake validates the config at start-up (Snakefile); a typo or a wrong type anywhere must
     stop it there, naming the key, before any job runs."""
     base = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    schema = tmp_path / "schema.json"           # the same schema; JSON parses 10x faster than YAML
+    schema = tmp_path / "schema.json"  # the same schema; JSON parses 10x faster than YAML
     schema.write_text(json.dumps(yaml.safe_load((REPO / "config" / "schema.yaml").read_text())))
     assert _validate(copy.deepcopy(base), schema) is None
     missed = []
@@ -254,6 +309,7 @@ def test_every_config_section_rejects_unknown_keys_and_wrong_types(tmp_path):
 
 
 # --------------------------------------------------------------------------- through Snakemake
+
 
 def _seeded_workdir(workdir: Path, tiny_corpus: Path, overrides: dict) -> Path:
     """Work dir holding the tiny corpus's manifests where rule demo_corpus puts them."""
@@ -276,14 +332,18 @@ def test_job_with_missing_audio_fails_before_training_and_leaves_nothing(workdir
     log = (workdir / RUN / "logs" / "dino_train.log").read_text()
     assert f"{RUN / 'data' / 'train' / 'wav.scp'}: 1 of {len(lines)} audio files do not exist" in log, log
     assert f"'{utt}' -> {workdir / 'gone' / 'x.flac'}" in log and "Traceback" not in log
-    assert not (workdir / RUN / "dino").exists()       # no output, not even a checkpoint folder
+    assert not (workdir / RUN / "dino").exists()  # no output, not even a checkpoint folder
     # A second attempt appends to the log (Snakemake deletes it first; rules/common.smk LOG_ATTEMPT):
     # both attempts' headers and messages, each attempt's exit status.
     run_snakemake(workdir, "--cores", "2", str(RUN / "dino" / "model.pt"), configfile=cfg, check=False)
     log = (workdir / RUN / "logs" / "dino_train.log").read_text()
     headers = [line for line in log.splitlines() if line.startswith("=== attempt")]
-    assert [h.split(":")[0] for h in headers] == ["=== attempt 1", "=== attempt ended", "=== attempt 2",
-                                                  "=== attempt ended"], log
+    assert [h.split(":")[0] for h in headers] == [
+        "=== attempt 1",
+        "=== attempt ended",
+        "=== attempt 2",
+        "=== attempt ended",
+    ], log
     assert headers[1] == headers[3] == "=== attempt ended: exit 1"
     assert log.count("audio files do not exist") == 2
 
@@ -292,15 +352,20 @@ def test_job_with_missing_audio_fails_before_training_and_leaves_nothing(workdir
 def test_job_with_non_finite_loss_stops_keeping_the_last_good_checkpoint(workdir, tiny_corpus):
     """An absurd learning rate: step 1 is finite, step 2's loss is NaN. The job fails with the
     message, Snakemake deletes nothing it should keep and keeps no output."""
-    cfg = _seeded_workdir(workdir, tiny_corpus, {"dino": {"lr": 1.0e30, "warmup_epochs": 0, "val_every": 0},
-                                                 "train": {"ckpt_every_steps": 1}})
+    cfg = _seeded_workdir(
+        workdir,
+        tiny_corpus,
+        {"dino": {"lr": 1.0e30, "warmup_epochs": 0, "val_every": 0}, "train": {"ckpt_every_steps": 1}},
+    )
     proc = run_snakemake(workdir, "--cores", "2", str(RUN / "dino" / "model.pt"), configfile=cfg, check=False)
     assert proc.returncode != 0 and "Error in rule dino_train" in proc.stdout
     log = (workdir / RUN / "logs" / "dino_train.log").read_text()
     ckpt = RUN / "dino" / "ckpt" / "ckpt-000000001.pt"
     assert "dino: non-finite loss at epoch 0, step 2 of 3 (global step 2): loss=nan" in log, log
-    assert (f"{ckpt} is kept (the last checkpoint before it; its weights may already be diverging); "
-            "no model file was written") in log
+    assert (
+        f"{ckpt} is kept (the last checkpoint before it; its weights may already be diverging); "
+        "no model file was written"
+    ) in log
     dino = workdir / RUN / "dino"
     assert not (dino / "model.pt").exists() and not (dino / "train_log.tsv").exists()
     assert sorted(p.name for p in (dino / "ckpt").glob("ckpt-*.pt")) == [ckpt.name]

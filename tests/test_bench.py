@@ -23,8 +23,15 @@ from conftest import REPO
 TINY = {
     "model": {"frontend": {"type": "mel", "n_mels": 20}, "encoder": {"channels": 16, "emb_dim": 8}},
     "kmeans": {"k": 6},
-    "dino": {"epochs": 2, "batch_size": 4, "warmup_epochs": 1, "global_crop_s": 0.5, "local_crop_s": 0.25,
-             "n_local": 2, "head": {"n_prototypes": 32, "hidden": 16, "mid": 16, "bottleneck": 8}},
+    "dino": {
+        "epochs": 2,
+        "batch_size": 4,
+        "warmup_epochs": 1,
+        "global_crop_s": 0.5,
+        "local_crop_s": 0.25,
+        "n_local": 2,
+        "head": {"n_prototypes": 32, "hidden": 16, "mid": 16, "bottleneck": 8},
+    },
     "ssrl": {"fixed_epochs": 2, "update_epochs": 1, "batch_size": 4, "student_crop_s": 0.5, "teacher_crop_s": 1.0},
 }
 PAPER = {"model": {"encoder": {"channels": 24, "emb_dim": 12}}, "dino": {"head": {"n_prototypes": 64}}}
@@ -64,8 +71,11 @@ def check_step_figures(r: dict) -> None:
 
 def test_merged_is_a_recursive_override():
     bench = load_bench("bench_train")
-    assert bench.merged({"a": {"b": 1, "c": 2}, "d": 3}, {"a": {"c": 5}, "e": 6}) == \
-        {"a": {"b": 1, "c": 5}, "d": 3, "e": 6}
+    assert bench.merged({"a": {"b": 1, "c": 2}, "d": 3}, {"a": {"c": 5}, "e": 6}) == {
+        "a": {"b": 1, "c": 5},
+        "d": 3,
+        "e": 6,
+    }
 
 
 def test_bench_train_cases(configs, tmp_path, monkeypatch, capsys, keep_threads):
@@ -84,9 +94,34 @@ def test_bench_train_cases(configs, tmp_path, monkeypatch, capsys, keep_threads)
 
     monkeypatch.setattr(bench.subprocess, "run", run_here)
     out = tmp_path / "train.json"
-    assert bench.main(["--cases", "dino-demo", "ssrl-paper", "--config", str(config), "--paper-config", str(paper),
-                       "--steps", "2", "--warmup", "1", "--paper-steps", "1", "--paper-warmup", "1",
-                       "--paper-batch", "2", "--paper-classes", "10", "--json", str(out)]) == 0
+    assert (
+        bench.main(
+            [
+                "--cases",
+                "dino-demo",
+                "ssrl-paper",
+                "--config",
+                str(config),
+                "--paper-config",
+                str(paper),
+                "--steps",
+                "2",
+                "--warmup",
+                "1",
+                "--paper-steps",
+                "1",
+                "--paper-warmup",
+                "1",
+                "--paper-batch",
+                "2",
+                "--paper-classes",
+                "10",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     dino, ssrl = json.loads(out.read_text())
     for r in (dino, ssrl):
         check_step_figures(r)
@@ -106,8 +141,27 @@ def test_bench_extract_batched_equals_single(configs, tmp_path, capsys, keep_thr
     config, _ = configs
     bench = load_bench("bench_extract")
     out = tmp_path / "extract.json"
-    assert bench.main(["--config", str(config), "--n-utts", "5", "--median-s", "1.0", "--min-s", "0.5",
-                       "--max-s", "2.0", "--max-batch-seconds", "4", "--json", str(out)]) == 0
+    assert (
+        bench.main(
+            [
+                "--config",
+                str(config),
+                "--n-utts",
+                "5",
+                "--median-s",
+                "1.0",
+                "--min-s",
+                "0.5",
+                "--max-s",
+                "2.0",
+                "--max-batch-seconds",
+                "4",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     r = json.loads(out.read_text())
     assert r["agree"] and r["max_abs_diff"] <= 1e-4 and r["min_cosine"] > 0.9999
     assert 0.5 <= r["min_s"] <= r["mean_s"] <= r["max_s"] <= 2.0
@@ -123,7 +177,7 @@ def test_extract_durations_are_clipped_lognormal():
     d = bench.durations(20000, median_s=7.5, min_s=4.0, max_s=20.0)
     assert d.min() >= 4.0 and d.max() <= 20.0
     assert np.median(d) == pytest.approx(7.5, rel=0.02)
-    assert 7.8 < d.mean() < 8.5                        # VoxCeleb1 test: mean about 8 s
+    assert 7.8 < d.mean() < 8.5  # VoxCeleb1 test: mean about 8 s
 
 
 def test_gpu_check_cpu_fallback(tmp_path):
@@ -131,12 +185,17 @@ def test_gpu_check_cpu_fallback(tmp_path):
     resources, k-means and batched / single extraction on the CPU at toy sizes, and the summary."""
     out = tmp_path / "gpu_check"
     env = {**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run(["bash", str(REPO / "bench" / "gpu_check.sh"), "--cpu", "--out", str(out)], env=env,
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        ["bash", str(REPO / "bench" / "gpu_check.sh"), "--cpu", "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["mode"] == "cpu" and summary["gpus"] == 0
-    assert summary["tiny_end_to_end"]["jobs"] > 10               # the whole tiny DAG was planned
+    assert summary["tiny_end_to_end"]["jobs"] > 10  # the whole tiny DAG was planned
     km = summary["kmeans"]
     assert (km["n"], km["k"], km["device"]) == (3000, 30, "cpu") and km["s_per_iter"] > 0
     assert summary["extract"]["agree"] and summary["extract"]["batched_utts_per_s"] > 0

@@ -111,8 +111,9 @@ def test_loader_output_is_independent_of_num_workers(corpus):
 def test_labelled_item_contents(corpus):
     paths, aug = corpus
     labels = np.array([3, 1, 4, 1, 5, 9])
-    ds = LabelledCropDataset(paths, labels, seed=2, student_s=0.25, teacher_s=0.75, augmenter=aug,
-                             p_clean=np.linspace(0, 1, 6))
+    ds = LabelledCropDataset(
+        paths, labels, seed=2, student_s=0.25, teacher_s=0.75, augmenter=aug, p_clean=np.linspace(0, 1, 6)
+    )
     item = ds[4]
     assert set(item) == {"student", "teacher", "label", "p_clean", "index"}
     assert item["student"].shape == (4000,) and item["teacher"].shape == (12000,)
@@ -131,8 +132,15 @@ def test_labelled_item_contents(corpus):
 
 def test_labelled_without_teacher_and_collated(corpus):
     paths, aug = corpus
-    ds = LabelledCropDataset(paths, np.arange(6), seed=0, student_s=0.2, teacher_s=None, augmenter=aug,
-                             policy=AugmentPolicy.ssrl_student(none_is_noise=False))
+    ds = LabelledCropDataset(
+        paths,
+        np.arange(6),
+        seed=0,
+        student_s=0.2,
+        teacher_s=None,
+        augmenter=aug,
+        policy=AugmentPolicy.ssrl_student(none_is_noise=False),
+    )
     assert "teacher" not in ds[0]
     batch = next(iter(DataLoader(ds, batch_size=3)))
     assert batch["student"].shape == (3, 3200)
@@ -213,7 +221,7 @@ def test_eval_loader_with_buckets(corpus):
     for indices, padded, lengths in DataLoader(ds, batch_sampler=batches, collate_fn=collate_padded):
         for row, i in enumerate(indices.tolist()):
             np.testing.assert_array_equal(padded[row, : lengths[row]].numpy(), ds[i][1].numpy())
-            assert not padded[row, lengths[row]:].any()
+            assert not padded[row, lengths[row] :].any()
             seen.append(i)
     assert sorted(seen) == list(range(6))
 

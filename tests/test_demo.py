@@ -29,11 +29,29 @@ from ssrl.manifest import (
 )
 
 TINY = yaml.safe_load(TINY_CONFIG.read_text())["corpus"]["demo"]
-MANIFESTS = ["train/wav.scp", "train/utt2spk", "test/wav.scp", "test/utt2spk", "trials/demo.txt",
-             "augment/noise.lst", "augment/music.lst", "augment/babble.lst", "augment/rir.lst"]
+MANIFESTS = [
+    "train/wav.scp",
+    "train/utt2spk",
+    "test/wav.scp",
+    "test/utt2spk",
+    "trials/demo.txt",
+    "augment/noise.lst",
+    "augment/music.lst",
+    "augment/babble.lst",
+    "augment/rir.lst",
+]
 # smaller than tiny: for the tests that generate several corpora
-MINI = dict(n_train_speakers=2, n_test_speakers=2, utts_per_speaker=2, min_dur=0.5, max_dur=1.0,
-            n_noise=1, n_music=1, n_speech=1, n_rir=2)
+MINI = dict(
+    n_train_speakers=2,
+    n_test_speakers=2,
+    utts_per_speaker=2,
+    min_dur=0.5,
+    max_dur=1.0,
+    n_noise=1,
+    n_music=1,
+    n_speech=1,
+    n_rir=2,
+)
 
 
 # ----------------------------------------------------------------------------- the tiny corpus
@@ -56,7 +74,7 @@ def test_tiny_corpus_structure(tiny_corpus):
             assert TINY["min_dur"] - 1e-4 <= info.frames / 16000 <= TINY["max_dur"] + 1e-4, (utt, info.duration)
             assert Path(path).is_absolute() and Path(path).parent.name == utt2spk[utt]
         sets[split] = utt2spk
-    assert not set(sets["train"].values()) & set(sets["test"].values())     # disjoint speakers
+    assert not set(sets["train"].values()) & set(sets["test"].values())  # disjoint speakers
 
     trials = read_trials(data / "trials" / "demo.txt")
     check_trials_cover(trials, sets["test"], data / "trials" / "demo.txt")
@@ -65,7 +83,7 @@ def test_tiny_corpus_structure(tiny_corpus):
     same = np.array([sets["test"][e] == sets["test"][t] for e, t in zip(trials.enroll, trials.test)])
     assert np.array_equal(same, trials.labels == 1)
     pairs = {frozenset(p) for p in zip(trials.enroll.tolist(), trials.test.tolist())}
-    assert len(pairs) == len(trials) and all(len(p) == 2 for p in pairs)   # distinct, no self-trials
+    assert len(pairs) == len(trials) and all(len(p) == 2 for p in pairs)  # distinct, no self-trials
     by_spk = {}
     for utt, spk in sets["test"].items():
         by_spk.setdefault(spk, []).append(utt)
@@ -75,8 +93,12 @@ def test_tiny_corpus_structure(tiny_corpus):
 
 def test_tiny_corpus_augmentation_sources(tiny_corpus):
     data = tiny_corpus / "data"
-    layout = {"noise": ("musan/noise", (5, 15)), "music": ("musan/music", (10, 30)),
-              "babble": ("musan/speech", (10, 30)), "rir": ("RIRS_NOISES/simulated_rirs", (0.25, 1.25))}
+    layout = {
+        "noise": ("musan/noise", (5, 15)),
+        "music": ("musan/music", (10, 30)),
+        "babble": ("musan/speech", (10, 30)),
+        "rir": ("RIRS_NOISES/simulated_rirs", (0.25, 1.25)),
+    }
     counts = {"noise": TINY["n_noise"], "music": TINY["n_music"], "babble": TINY["n_speech"], "rir": TINY["n_rir"]}
     for name, (folder, (lo, hi)) in layout.items():
         paths = read_list(data / "augment" / f"{name}.lst")
@@ -98,8 +120,10 @@ def test_tiny_corpus_baseline_json(tiny_corpus):
     assert info["baseline"] == demo.MFCC_BASELINE and "MFCC" in info["baseline"]
     corpus = info["corpus"]
     assert corpus["n_train_utts"] == TINY["n_train_speakers"] * TINY["utts_per_speaker"]
-    assert corpus["high_voice_speakers"] == {"train": TINY["n_train_speakers"] // 2,
-                                             "test": TINY["n_test_speakers"] // 2}
+    assert corpus["high_voice_speakers"] == {
+        "train": TINY["n_train_speakers"] // 2,
+        "test": TINY["n_test_speakers"] // 2,
+    }
 
 
 # ----------------------------------------------------------------------------- determinism
@@ -107,7 +131,7 @@ def test_tiny_corpus_baseline_json(tiny_corpus):
 
 def _generate(root: Path, monkeypatch, seed: int, workers: int = 1) -> Path:
     root.mkdir()
-    monkeypatch.chdir(root)      # relative paths: manifests of two runs are comparable byte for byte
+    monkeypatch.chdir(root)  # relative paths: manifests of two runs are comparable byte for byte
     demo.generate_corpus("corpus", "data", seed=seed, workers=workers, **MINI)
     return root
 
@@ -144,13 +168,16 @@ def test_different_seed_different_corpus(tmp_path, monkeypatch):
         assert len(audio_a[key]) != len(audio_c[key]) or not np.array_equal(audio_a[key], audio_c[key]), key
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"min_dur": 2.0, "max_dur": 1.0}, "min_dur <= max_dur"),
-    ({"min_dur": 0.01, "max_dur": 1.0}, "shorter than one analysis window"),
-    ({"n_test_speakers": 1}, "n_test_speakers must be an integer >= 2, got 1"),
-    ({"utts_per_speaker": 2.5}, "utts_per_speaker must be an integer >= 2"),
-    ({"n_rir": 0}, "n_rir must be an integer >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"min_dur": 2.0, "max_dur": 1.0}, "min_dur <= max_dur"),
+        ({"min_dur": 0.01, "max_dur": 1.0}, "shorter than one analysis window"),
+        ({"n_test_speakers": 1}, "n_test_speakers must be an integer >= 2, got 1"),
+        ({"utts_per_speaker": 2.5}, "utts_per_speaker must be an integer >= 2"),
+        ({"n_rir": 0}, "n_rir must be an integer >= 1, got 0"),
+    ],
+)
 def test_generate_corpus_rejects_bad_sizes(tmp_path, bad, message):
     with pytest.raises(ValueError, match=message):
         demo.generate_corpus(tmp_path / "corpus", tmp_path / "data", **{**MINI, **bad})
@@ -170,7 +197,7 @@ def test_stft_round_trip_is_exact():
 def test_resonance_cascade_peaks_at_its_formants():
     env = voice.resonance_gain(np.array([[700.0, 2100.0]], np.float32), np.array([80.0, 120.0], np.float32))[0]
     f = voice.FREQS
-    assert env[0] == pytest.approx(1.0, abs=1e-3)                       # unit gain at 0 Hz
+    assert env[0] == pytest.approx(1.0, abs=1e-3)  # unit gain at 0 Hz
     peaks = [i for i in range(1, len(env) - 1) if env[i] > env[i - 1] and env[i] > env[i + 1]]
     assert [round(f[i] / 31.25) * 31.25 for i in peaks] == [round(700 / 31.25) * 31.25, round(2100 / 31.25) * 31.25]
 
@@ -178,11 +205,11 @@ def test_resonance_cascade_peaks_at_its_formants():
 def _autocorr_f0(x: np.ndarray, lo: float = 60.0, hi: float = 400.0) -> float:
     """Median autocorrelation pitch (Hz) over the loudest 40 ms frames of ``x``."""
     frames = np.lib.stride_tricks.sliding_window_view(x, 640)[::320]
-    energy = (frames ** 2).sum(axis=1)
+    energy = (frames**2).sum(axis=1)
     f0s = []
     for fr in frames[energy >= np.quantile(energy, 0.7)]:
         fr = fr - fr.mean()
-        ac = np.correlate(fr, fr, "full")[len(fr) - 1:]
+        ac = np.correlate(fr, fr, "full")[len(fr) - 1 :]
         lags = np.arange(int(16000 / hi), int(16000 / lo))
         f0s.append(16000 / lags[np.argmax(ac[lags])])
     return float(np.median(f0s))
@@ -219,7 +246,7 @@ def test_room_impulse_response_decays_at_its_rt60(rt60):
     h = demo.room_impulse_response(np.random.default_rng(1), rt60, direct_gain=0.3, distance_m=2.0)
     assert h.dtype == np.float32 and len(h) == int((rt60 + 0.05) * 16000)
     assert np.abs(h).max() == pytest.approx(1.0)
-    assert np.all(h[:int(2.0 / 343 * 16000)] == 0)                    # nothing before the direct path
+    assert np.all(h[: int(2.0 / 343 * 16000)] == 0)  # nothing before the direct path
     assert _decay_time(h) == pytest.approx(rt60, rel=0.25)
 
 
@@ -229,7 +256,7 @@ def test_coloured_noise_has_its_slope(tilt):
     assert float(np.sqrt(np.mean(x.astype(np.float64) ** 2))) == pytest.approx(1.0, rel=1e-3)
     spec = np.abs(np.fft.rfft(x)) ** 2
     f = np.fft.rfftfreq(len(x), 1 / 16000)
-    band = lambda c: 10 * np.log10(spec[(f > c / 1.2) & (f < c * 1.2)].mean())   # noqa: E731
+    band = lambda c: 10 * np.log10(spec[(f > c / 1.2) & (f < c * 1.2)].mean())  # noqa: E731
     assert (band(4000) - band(500)) / 3 == pytest.approx(tilt, abs=0.5)
 
 
@@ -244,7 +271,7 @@ def test_make_trials_counts_and_pairs():
 
 
 def test_cosine_trial_scores_known_answer():
-    vectors = np.array([[3.0, 1.0], [1.0, 3.0], [-1.0, -1.0], [1.0, 1.0]])   # mean (1, 1)
+    vectors = np.array([[3.0, 1.0], [1.0, 3.0], [-1.0, -1.0], [1.0, 1.0]])  # mean (1, 1)
     trials = Trials.from_lists([1, 0, 0], ["a", "a", "b"], ["d", "c", "a"])
     scores = demo.cosine_trial_scores(vectors, ["a", "b", "c", "d"], trials)
     # centred: a (2, 0), b (0, 2), c (-2, -2), d (0, 0)
@@ -269,6 +296,7 @@ def test_mfcc_baseline_separates_identical_recordings(tmp_path):
 
 # ----------------------------------------------------------------------------- script and rule
 
+
 def _load_script():
     spec = importlib.util.spec_from_file_location("make_demo", REPO / "workflow" / "scripts" / "make_demo.py")
     module = importlib.util.module_from_spec(spec)
@@ -276,17 +304,28 @@ def _load_script():
     return module
 
 
-@pytest.mark.parametrize("hparams, message", [
-    ({"seed": 0}, "expected keys"),
-    ({**MINI, "seed": 0, "n_rir": "two"}, "n_rir must be an integer"),
-    ({**MINI, "seed": 0, "min_dur": True}, "min_dur must be a number"),
-    ({**MINI, "seed": 0, "min_dur": 3.0}, "make_demo: need 0 < min_dur <= max_dur"),
-])
+@pytest.mark.parametrize(
+    "hparams, message",
+    [
+        ({"seed": 0}, "expected keys"),
+        ({**MINI, "seed": 0, "n_rir": "two"}, "n_rir must be an integer"),
+        ({**MINI, "seed": 0, "min_dur": True}, "min_dur must be a number"),
+        ({**MINI, "seed": 0, "min_dur": 3.0}, "make_demo: need 0 < min_dur <= max_dur"),
+    ],
+)
 def test_script_rejects_bad_hparams(tmp_path, hparams, message):
     script = _load_script()
     with pytest.raises(SystemExit) as exc:
-        script.main(["--hparams", json.dumps(hparams), "--corpus-dir", str(tmp_path / "corpus"),
-                     "--data-dir", str(tmp_path / "data")])
+        script.main(
+            [
+                "--hparams",
+                json.dumps(hparams),
+                "--corpus-dir",
+                str(tmp_path / "corpus"),
+                "--data-dir",
+                str(tmp_path / "data"),
+            ]
+        )
     assert message in str(exc.value.code)
     assert not (tmp_path / "data").exists()
 
@@ -299,7 +338,7 @@ def test_snakemake_builds_the_demo_data(workdir):
     run_snakemake(workdir, "--cores", "2", *targets, configfile=cfg)
     wav = read_wav_scp(data / "train" / "wav.scp")
     assert len(wav) == MINI["n_train_speakers"] * MINI["utts_per_speaker"]
-    assert all(p.startswith("results/tiny/corpus/train/") for p in wav.values())      # relative to workdir
+    assert all(p.startswith("results/tiny/corpus/train/") for p in wav.values())  # relative to workdir
     assert (workdir / "results/tiny/logs/demo_corpus.log").read_text().count("MFCC-mean baseline EER") == 1
     assert json.loads((workdir / "results/tiny/corpus/baseline.json").read_text())["corpus"]["seed"] == 1
     # up to date; a changed corpus.demo value reruns the rule
@@ -315,15 +354,17 @@ def test_kmeans_ablation_quality_switch(workdir):
     counts = {}
     for on in (False, True):
         # (AS-norm off: its cohort would need every system's train-set embeddings anyway)
-        cfg = write_config(workdir / f"config_{on}.yaml", {"kmeans": {"ablation_quality": on},
-                                                           "score": {"asnorm": False}})
+        cfg = write_config(
+            workdir / f"config_{on}.yaml", {"kmeans": {"ablation_quality": on}, "score": {"asnorm": False}}
+        )
         out = run_snakemake(workdir, "-n", "--quiet", "rules", configfile=cfg).stdout
         counts[on] = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", out, re.M)}
-    effective = deep_update(yaml.safe_load((REPO / "config" / "config.yaml").read_text()),
-                            yaml.safe_load(TINY_CONFIG.read_text()))
+    effective = deep_update(
+        yaml.safe_load((REPO / "config" / "config.yaml").read_text()), yaml.safe_load(TINY_CONFIG.read_text())
+    )
     ablations = [name for name, overrides in effective["ablations"].items() if overrides is not None]
-    assert ablations                                               # the tiny config keeps one
-    assert counts[False]["kmeans"] == 2 + effective["iterative"]["rounds"], counts   # dino, rounds, ssrl
+    assert ablations  # the tiny config keeps one
+    assert counts[False]["kmeans"] == 2 + effective["iterative"]["rounds"], counts  # dino, rounds, ssrl
     assert counts[True]["kmeans"] - counts[False]["kmeans"] == len(ablations), counts
     # an ablation clustered gets its train and test sets from one job instead of its test set alone
     assert counts[True]["extract_train_test"] - counts[False]["extract_train_test"] == len(ablations), counts

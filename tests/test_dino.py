@@ -27,9 +27,17 @@ _spec = importlib.util.spec_from_file_location("train_dino", SCRIPT)
 train_dino = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(train_dino)
 TINY_ARCH = {"frontend": {"type": "mel", "n_mels": 20}, "encoder": {"channels": 16, "emb_dim": 8}}
-TINY_DINO = {"epochs": 2, "batch_size": 4, "lr": 0.05, "warmup_epochs": 1, "n_local": 2, "global_crop_s": 0.6,
-             "local_crop_s": 0.4, "head": {"n_prototypes": 32, "hidden": 16, "mid": 16, "bottleneck": 8},
-             "val_every": 1}
+TINY_DINO = {
+    "epochs": 2,
+    "batch_size": 4,
+    "lr": 0.05,
+    "warmup_epochs": 1,
+    "n_local": 2,
+    "global_crop_s": 0.6,
+    "local_crop_s": 0.4,
+    "head": {"n_prototypes": 32, "hidden": 16, "mid": 16, "bottleneck": 8},
+    "val_every": 1,
+}
 SCRIPT_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 RUNTIME = RuntimeConfig(device="cpu", workers=0, log_every=1, progress_every_s=1000.0, deterministic=True)
 
@@ -39,6 +47,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------- loss and centre
+
 
 def _brute_force_loss(s, t, c, ts=0.1, tt=0.04):
     """docs/method.md §4 literally: loop over the batch and every (teacher global i, student j != i) pair."""
@@ -71,6 +80,7 @@ def test_dino_loss_hand_computed_example():
 
     def ce(p, qq):
         return -(p[0] * math.log(qq[0]) + p[1] * math.log(qq[1]))
+
     # Pairs: (0, 1), (0, 2), (1, 0), (1, 2): 4 pairs.
     want = (ce(p0, q[1]) + ce(p0, q[2]) + ce((0.5, 0.5), q[0]) + ce((0.5, 0.5), q[2])) / 4
     assert dino_loss(s, t, c).item() == pytest.approx(want, rel=1e-6)
@@ -102,7 +112,7 @@ def test_dino_loss_rejects_mismatched_shapes():
 
 def test_center_update_known_answer():
     center = DINOCenter(2, momentum=0.9)
-    center.update(torch.tensor([[[1.0, 2.0], [3.0, 4.0]]]))       # batch mean over items and views: (2, 3)
+    center.update(torch.tensor([[[1.0, 2.0], [3.0, 4.0]]]))  # batch mean over items and views: (2, 3)
     torch.testing.assert_close(center.value, torch.tensor([0.2, 0.3]))
     center.update(torch.zeros(5, 2))
     torch.testing.assert_close(center.value, torch.tensor([0.18, 0.27]))
@@ -113,11 +123,12 @@ def test_center_update_known_answer():
 
 def test_output_std_is_zero_for_collapse_and_positive_otherwise():
     assert output_std(torch.ones(4, 2, 9)).item() == 0.0
-    x = torch.tensor([[1.0, 0.0], [-1.0, 2.0]])                   # per-column std 1, 1
+    x = torch.tensor([[1.0, 0.0], [-1.0, 2.0]])  # per-column std 1, 1
     assert output_std(x).item() == pytest.approx(1.0)
 
 
 # --------------------------------------------------------------------------- the stage
+
 
 @pytest.fixture(scope="module")
 def noise_corpus(tmp_path_factory) -> Path:
@@ -157,7 +168,7 @@ def test_weight_decay_groups_of_the_dino_student():
     names = {id(p): n for n, p in model.named_parameters()}
     decay_names = {names[id(p)] for p in decay["params"]}
     no_decay_names = {names[id(p)] for p in no_decay["params"]}
-    assert "head.last_layer.parametrizations.weight.original1" in decay_names        # prototypes (v)
+    assert "head.last_layer.parametrizations.weight.original1" in decay_names  # prototypes (v)
     assert "head.last_layer.parametrizations.weight.original0" not in decay_names | no_decay_names  # g = 1, frozen
     assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
     assert "model.encoder.fc.bias" in no_decay_names and "model.encoder.pool_norm.weight" in no_decay_names
@@ -191,9 +202,9 @@ def test_prototypes_frozen_in_epoch_0_then_trained(noise_corpus, tmp_path):
     encoder_before = build_speaker_model(TINY_ARCH)
     Trainer(stage, RUNTIME, tmp_path / "ckpt").fit(tmp_path / "model.pt", tmp_path / "log.tsv")
     first, after_epoch0, after_epoch1 = stage.snapshots
-    assert torch.equal(first, after_epoch0)                        # no update at all during epoch 0
-    assert not torch.equal(after_epoch0, after_epoch1)             # trained from epoch 1 on
-    assert 0 < stage.max_grad_norm <= 0.01 * (1 + 1e-4)            # clipped per tensor
+    assert torch.equal(first, after_epoch0)  # no update at all during epoch 0
+    assert not torch.equal(after_epoch0, after_epoch1)  # trained from epoch 1 on
+    assert 0 < stage.max_grad_norm <= 0.01 * (1 + 1e-4)  # clipped per tensor
     # The teacher moved away from its initial copy of the student (EMA), and the centre was updated.
     obj = read_model_file(tmp_path / "model.pt")
     assert not torch.equal(obj["eval_state"]["encoder.fc.weight"], encoder_before.encoder.fc.weight)
@@ -201,18 +212,17 @@ def test_prototypes_frozen_in_epoch_0_then_trained(noise_corpus, tmp_path):
 
 
 def test_init_bn_batches_calibrates_student_and_teacher(noise_corpus):
-    stage = DINOStage({"dino": {**TINY_DINO, "init_bn_batches": 2}, "model": TINY_ARCH},
-                      noise_corpus / "wav.scp", None)
+    stage = DINOStage({"dino": {**TINY_DINO, "init_bn_batches": 2}, "model": TINY_ARCH}, noise_corpus / "wav.scp", None)
     stage.env, stage.runtime = DistEnv(), RUNTIME
     torch.manual_seed(0)
     stage.build()
     bn = stage.student.model.encoder.pool_norm
     assert torch.equal(bn.running_mean, torch.zeros_like(bn.running_mean))
     stage.on_train_start()
-    assert int(bn.num_batches_tracked) == 4 and bn.momentum == 0.1          # 2 batches x (global, local)
+    assert int(bn.num_batches_tracked) == 4 and bn.momentum == 0.1  # 2 batches x (global, local)
     assert bn.running_mean.abs().sum() > 0 and not torch.allclose(bn.running_var, torch.ones_like(bn.running_var))
     for (name, t), s in zip(stage.teacher.state_dict().items(), stage.student.state_dict().values()):
-        assert torch.equal(t, s), name                                    # the teacher starts as the calibrated student
+        assert torch.equal(t, s), name  # the teacher starts as the calibrated student
     assert not stage.teacher.training and not any(p.requires_grad for p in stage.teacher.parameters())
 
 
@@ -227,12 +237,17 @@ def test_dino_config_errors_name_the_key():
 
 # --------------------------------------------------------------------------- end to end
 
+
 def _config_hparams(overrides: dict) -> dict:
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     cfg = deep_update(cfg, yaml.safe_load(TINY_CONFIG.read_text()))
     cfg = deep_update(cfg, overrides)
-    return {"dino": cfg["dino"], "model": cfg["model"], "train": cfg["train"],
-            "augment": {k: cfg["augment"][k] for k in ("snr_db", "babble_count")}}
+    return {
+        "dino": cfg["dino"],
+        "model": cfg["model"],
+        "train": cfg["train"],
+        "augment": {k: cfg["augment"][k] for k in ("snr_db", "babble_count")},
+    }
 
 
 @pytest.mark.slow
@@ -241,11 +256,26 @@ def test_train_dino_script_end_to_end(tiny_corpus, tmp_path, caplog):
     data = tiny_corpus / "data"
     hp = _config_hparams({})
     out = tmp_path / "dino"
-    cmd = [sys.executable, str(SCRIPT), "--train-scp", str(data / "train" / "wav.scp"),
-           "--augment-dir", str(data / "augment"), "--val-scp", str(data / "test" / "wav.scp"),
-           "--val-trials", str(data / "trials" / "demo.txt"), "--ckpt-dir", str(out / "ckpt"),
-           "--model-out", str(out / "model.pt"), "--log-out", str(out / "train_log.tsv"),
-           "--hparams", json.dumps(hp)]
+    cmd = [
+        sys.executable,
+        str(SCRIPT),
+        "--train-scp",
+        str(data / "train" / "wav.scp"),
+        "--augment-dir",
+        str(data / "augment"),
+        "--val-scp",
+        str(data / "test" / "wav.scp"),
+        "--val-trials",
+        str(data / "trials" / "demo.txt"),
+        "--ckpt-dir",
+        str(out / "ckpt"),
+        "--model-out",
+        str(out / "model.pt"),
+        "--log-out",
+        str(out / "train_log.tsv"),
+        "--hparams",
+        json.dumps(hp),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=SCRIPT_ENV)
     assert proc.returncode == 0, proc.stderr[-4000:]
     model = load_speaker_model(out / "model.pt")
@@ -269,8 +299,20 @@ def test_train_dino_script_end_to_end(tiny_corpus, tmp_path, caplog):
 def test_train_dino_script_reports_bad_input(tmp_path, capsys):
     scp = tmp_path / "wav.scp"
     scp.write_text("u1 /nonexistent/u1.wav\n")
-    code = train_dino.main(["--train-scp", str(scp), "--no-augment", "--ckpt-dir", str(tmp_path / "ckpt"),
-                            "--model-out", str(tmp_path / "m.pt"), "--log-out", str(tmp_path / "l.tsv"),
-                            "--hparams", json.dumps({"dino": {}, "model": TINY_ARCH, "train": {"device": "cpu"}})])
+    code = train_dino.main(
+        [
+            "--train-scp",
+            str(scp),
+            "--no-augment",
+            "--ckpt-dir",
+            str(tmp_path / "ckpt"),
+            "--model-out",
+            str(tmp_path / "m.pt"),
+            "--log-out",
+            str(tmp_path / "l.tsv"),
+            "--hparams",
+            json.dumps({"dino": {}, "model": TINY_ARCH, "train": {"device": "cpu"}}),
+        ]
+    )
     assert code == 1 and str(scp) in capsys.readouterr().err
     assert not (tmp_path / "m.pt").exists()

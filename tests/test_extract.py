@@ -18,7 +18,7 @@ from ssrl.models import build_speaker_model, save_model_file
 
 SCRIPT = REPO / "workflow" / "scripts" / "extract.py"
 HPARAMS = {"device": "cpu", "max_batch_seconds": 4.0, "max_batch_size": 3, "workers": 0, "max_seconds_wavlm": 100}
-DURATIONS = (0.4, 2.5, 1.1, 3.7, 0.9, 1.6)          # seconds: several batches of mixed lengths
+DURATIONS = (0.4, 2.5, 1.1, 3.7, 0.9, 1.6)  # seconds: several batches of mixed lengths
 
 
 # Tiny models: one intra-op thread (tests/conftest.py).
@@ -68,9 +68,12 @@ def run_script(*args: str) -> None:
 
 def one_at_a_time(model, wavs: dict[str, str], max_seconds=None) -> np.ndarray:
     with torch.no_grad():
-        return np.concatenate([
-            model(torch.from_numpy(normalise_waveform(load_audio(p, max_seconds=max_seconds)))[None]).numpy()
-            for p in wavs.values()])
+        return np.concatenate(
+            [
+                model(torch.from_numpy(normalise_waveform(load_audio(p, max_seconds=max_seconds)))[None]).numpy()
+                for p in wavs.values()
+            ]
+        )
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -81,11 +84,20 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def test_batched_extraction_equals_one_at_a_time(tmp_path, workers):
     wavs = make_wavs(tmp_path / "wav")
     write_scp(tmp_path / "wav.scp", wavs)
-    model, path = make_model_file(tmp_path / "model.pt", {"frontend": {"type": "mel", "n_mels": 40},
-                                                          "encoder": {"channels": 32, "emb_dim": 24}})
+    model, path = make_model_file(
+        tmp_path / "model.pt", {"frontend": {"type": "mel", "n_mels": 40}, "encoder": {"channels": 32, "emb_dim": 24}}
+    )
     out = tmp_path / "emb" / "test.npz"
-    run_script("--model", str(path), "--wav-scp", str(tmp_path / "wav.scp"), "--output", str(out),
-               "--hparams", json.dumps(dict(HPARAMS, workers=workers)))
+    run_script(
+        "--model",
+        str(path),
+        "--wav-scp",
+        str(tmp_path / "wav.scp"),
+        "--output",
+        str(out),
+        "--hparams",
+        json.dumps(dict(HPARAMS, workers=workers)),
+    )
     utts, emb = read_embeddings(out)
     assert utts == list(wavs) and emb.shape == (len(wavs), 24) and emb.dtype == np.float32
     reference = one_at_a_time(model, wavs)
@@ -96,16 +108,28 @@ def test_batched_extraction_equals_one_at_a_time(tmp_path, workers):
 def test_wavlm_system_truncates_audio(tmp_path):
     wavs = make_wavs(tmp_path / "wav", durations=(2.0, 0.7, 3.0))
     write_scp(tmp_path / "wav.scp", wavs)
-    model, path = make_model_file(tmp_path / "model.pt", {
-        "frontend": {"type": "wavlm", "checkpoint": None, "num_layers": 2, "tiny": True},
-        "encoder": {"channels": 16, "emb_dim": 8}})
+    model, path = make_model_file(
+        tmp_path / "model.pt",
+        {
+            "frontend": {"type": "wavlm", "checkpoint": None, "num_layers": 2, "tiny": True},
+            "encoder": {"channels": 16, "emb_dim": 8},
+        },
+    )
     out = tmp_path / "emb.npz"
-    run_script("--model", str(path), "--wav-scp", str(tmp_path / "wav.scp"), "--output", str(out),
-               "--hparams", json.dumps(dict(HPARAMS, max_seconds_wavlm=1.0)))
+    run_script(
+        "--model",
+        str(path),
+        "--wav-scp",
+        str(tmp_path / "wav.scp"),
+        "--output",
+        str(out),
+        "--hparams",
+        json.dumps(dict(HPARAMS, max_seconds_wavlm=1.0)),
+    )
     _, emb = read_embeddings(out)
     truncated = one_at_a_time(model, wavs, max_seconds=1.0)
     assert cosine(emb, truncated).min() >= 0.9999
-    assert cosine(emb[[0]], one_at_a_time(model, {"a": wavs["spk0-utt0"]}))[0] < 0.9999   # the whole file differs
+    assert cosine(emb[[0]], one_at_a_time(model, {"a": wavs["spk0-utt0"]}))[0] < 0.9999  # the whole file differs
 
 
 def test_extraction_failures_write_nothing(tmp_path):
@@ -113,8 +137,9 @@ def test_extraction_failures_write_nothing(tmp_path):
     write_scp(tmp_path / "wav.scp", wavs)
     arch = {"frontend": {"type": "mel", "n_mels": 40}, "encoder": {"channels": 16, "emb_dim": 8}}
     model, path = make_model_file(tmp_path / "model.pt", arch)
-    state = {k: torch.full_like(v, float("nan")) if k.endswith("fc.weight") else v
-             for k, v in model.state_dict().items()}
+    state = {
+        k: torch.full_like(v, float("nan")) if k.endswith("fc.weight") else v for k, v in model.state_dict().items()
+    }
     save_model_file(tmp_path / "nan.pt", "sys1", model.arch, state)
     out = tmp_path / "emb.npz"
     args = ["--wav-scp", str(tmp_path / "wav.scp"), "--output", str(out), "--hparams", json.dumps(HPARAMS)]
@@ -122,13 +147,20 @@ def test_extraction_failures_write_nothing(tmp_path):
         run_script("--model", str(tmp_path / "nan.pt"), *args)
     write_scp(tmp_path / "short.scp", dict(wavs, tiny=str(make_wavs(tmp_path / "s", durations=(0.01,))["spk0-utt0"])))
     with pytest.raises(SystemExit, match="shorter than"):
-        run_script("--model", str(path), "--wav-scp", str(tmp_path / "short.scp"), "--output", str(out),
-                   "--hparams", json.dumps(HPARAMS))
-    with pytest.raises(SystemExit):         # usage error: one output per set
+        run_script(
+            "--model",
+            str(path),
+            "--wav-scp",
+            str(tmp_path / "short.scp"),
+            "--output",
+            str(out),
+            "--hparams",
+            json.dumps(HPARAMS),
+        )
+    with pytest.raises(SystemExit):  # usage error: one output per set
         run_script("--model", str(path), *args, "--wav-scp", str(tmp_path / "short.scp"))
     with pytest.raises(SystemExit, match="missing keys \\['workers'\\]"):
-        run_script("--model", str(path), *args[:-1],
-                   json.dumps({k: v for k, v in HPARAMS.items() if k != "workers"}))
+        run_script("--model", str(path), *args[:-1], json.dumps({k: v for k, v in HPARAMS.items() if k != "workers"}))
     with pytest.raises(SystemExit, match="nothing.pt: model file not found"):
         run_script("--model", str(tmp_path / "nothing.pt"), *args)
     assert not out.exists()
@@ -136,18 +168,36 @@ def test_extraction_failures_write_nothing(tmp_path):
 
 def test_several_sets_in_one_call_equal_separate_calls(tmp_path):
     """--wav-scp/--output pairs: one model load, each set written as a call of its own writes it."""
-    sets = {name: make_wavs(tmp_path / name, durations=durations)
-            for name, durations in (("train", (1.0, 1.7)), ("test", (0.8, 1.3, 2.0)))}
+    sets = {
+        name: make_wavs(tmp_path / name, durations=durations)
+        for name, durations in (("train", (1.0, 1.7)), ("test", (0.8, 1.3, 2.0)))
+    }
     for name, wavs in sets.items():
         write_scp(tmp_path / f"{name}.scp", wavs)
-    _, path = make_model_file(tmp_path / "model.pt",
-                              {"frontend": {"type": "mel", "n_mels": 40}, "encoder": {"channels": 16, "emb_dim": 8}})
+    _, path = make_model_file(
+        tmp_path / "model.pt", {"frontend": {"type": "mel", "n_mels": 40}, "encoder": {"channels": 16, "emb_dim": 8}}
+    )
     hp = ["--hparams", json.dumps(HPARAMS)]
-    run_script("--model", str(path), *[a for name in sets for a in ("--wav-scp", str(tmp_path / f"{name}.scp"),
-                                                                     "--output", str(tmp_path / f"{name}.npz"))], *hp)
+    run_script(
+        "--model",
+        str(path),
+        *[
+            a
+            for name in sets
+            for a in ("--wav-scp", str(tmp_path / f"{name}.scp"), "--output", str(tmp_path / f"{name}.npz"))
+        ],
+        *hp,
+    )
     for name, wavs in sets.items():
-        run_script("--model", str(path), "--wav-scp", str(tmp_path / f"{name}.scp"),
-                   "--output", str(tmp_path / f"{name}_alone.npz"), *hp)
+        run_script(
+            "--model",
+            str(path),
+            "--wav-scp",
+            str(tmp_path / f"{name}.scp"),
+            "--output",
+            str(tmp_path / f"{name}_alone.npz"),
+            *hp,
+        )
         utts, emb = read_embeddings(tmp_path / f"{name}.npz")
         alone_utts, alone = read_embeddings(tmp_path / f"{name}_alone.npz")
         assert utts == alone_utts == list(wavs)
@@ -159,8 +209,10 @@ def test_extract_rule_end_to_end(workdir, tmp_path):
     """`snakemake <run>/<system>/emb/test.npz` runs the script on a model file and a wav.scp."""
     wavs = make_wavs(tmp_path / "wav", durations=(1.0, 2.2, 0.6))
     write_scp(workdir / "results" / "tiny" / "data" / "test" / "wav.scp", wavs)
-    model, _ = make_model_file(workdir / "results" / "tiny" / "sys1" / "model.pt",
-                               {"frontend": {"type": "mel", "n_mels": 40}, "encoder": {"channels": 16, "emb_dim": 8}})
+    model, _ = make_model_file(
+        workdir / "results" / "tiny" / "sys1" / "model.pt",
+        {"frontend": {"type": "mel", "n_mels": 40}, "encoder": {"channels": 16, "emb_dim": 8}},
+    )
     config = write_config(workdir / "config.yaml")
     target = "results/tiny/sys1/emb/test.npz"
     run_snakemake(workdir, "--allowed-rules", "extract", "--cores", "2", target, configfile=config)
@@ -184,9 +236,13 @@ def test_validation_keeps_the_first_seconds_of_wavlm_audio(tmp_path, monkeypatch
     write_scp(tmp_path / "wav.scp", wavs)
     utts = list(wavs)
     write_trials(tmp_path / "trials.txt", Trials.from_lists([1, 0], [utts[0], utts[1]], [utts[2], utts[2]]))
-    model, _ = make_model_file(tmp_path / "model.pt", {
-        "frontend": {"type": "wavlm", "checkpoint": None, "num_layers": 2, "tiny": True},
-        "encoder": {"channels": 16, "emb_dim": 8}})
+    model, _ = make_model_file(
+        tmp_path / "model.pt",
+        {
+            "frontend": {"type": "wavlm", "checkpoint": None, "num_layers": 2, "tiny": True},
+            "encoder": {"channels": 16, "emb_dim": 8},
+        },
+    )
     monkeypatch.setattr(ssrl.models.speaker, "WAVLM_MAX_SECONDS", 1.0)
     val = ValidationSet.from_files(tmp_path / "wav.scp", tmp_path / "trials.txt")
     emb = validation_embeddings(model, val, DistEnv())

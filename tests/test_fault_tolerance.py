@@ -44,15 +44,15 @@ pytestmark = pytest.mark.slow
 
 @dataclass(frozen=True)
 class StageCase:
-    system: str             # <system>: results/tiny/<system>/{model.pt,train_log.tsv,...}
-    kill_epoch: str         # "second" (mid epoch 1) or "last" (mid last epoch, e.g. after SSRL label updates)
-    label_log: bool         # the stage also writes label_log.tsv
+    system: str  # <system>: results/tiny/<system>/{model.pt,train_log.tsv,...}
+    kill_epoch: str  # "second" (mid epoch 1) or "last" (mid last epoch, e.g. after SSRL label updates)
+    label_log: bool  # the stage also writes label_log.tsv
 
 
 CASES = [
     StageCase("dino", "second", False),
-    StageCase("ssrl", "last", True),          # after relabelling, label replacement and a GMM fit
-    StageCase("iter_r1", "second", True),     # one epoch in the tiny config: killed in epoch 0
+    StageCase("ssrl", "last", True),  # after relabelling, label replacement and a GMM fit
+    StageCase("iter_r1", "second", True),  # one epoch in the tiny config: killed in epoch 0
 ]
 WAVLM_CASES = [StageCase(s, "second", True) for s in ("wavlm_step1", "wavlm_step2", "wavlm_ft")]
 
@@ -78,8 +78,18 @@ def _copy_without(reference: Path, dest: Path, system: str) -> Path:
 
 
 def _snakemake_cmd(workdir: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-            "--configfile", str(workdir / "config.yaml"), *args]
+    return [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(workdir),
+        "--configfile",
+        str(workdir / "config.yaml"),
+        *args,
+    ]
 
 
 def _training_pids(workdir: Path, ckpt: str) -> list[int]:
@@ -96,8 +106,13 @@ def _training_pids(workdir: Path, ckpt: str) -> list[int]:
         except OSError:
             continue
         argv = [a.decode(errors="replace") for a in argv if a]
-        if (len(argv) > 2 and Path(argv[0]).name.startswith("python") and "--ckpt-dir" in argv
-                and argv[argv.index("--ckpt-dir") + 1] == ckpt and Path(cwd) == workdir):
+        if (
+            len(argv) > 2
+            and Path(argv[0]).name.startswith("python")
+            and "--ckpt-dir" in argv
+            and argv[argv.index("--ckpt-dir") + 1] == ckpt
+            and Path(cwd) == workdir
+        ):
             pids.append(int(entry.name))
             parents[int(entry.name)] = ppid
     return [p for p in pids if parents[p] not in parents]
@@ -140,9 +155,14 @@ def _kill_mid_epoch(workdir: Path, case: StageCase, steps_per_epoch: int, epochs
     trigger = epoch * steps_per_epoch + 1
     out_file = workdir / "killed_run.txt"
     with open(out_file, "w") as out:
-        proc = subprocess.Popen(_snakemake_cmd(workdir, *TINY_RUN_ARGS, str(_outputs(case)[0])), cwd=workdir,
-                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        proc = subprocess.Popen(
+            _snakemake_cmd(workdir, *TINY_RUN_ARGS, str(_outputs(case)[0])),
+            cwd=workdir,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         try:
             deadline = time.monotonic() + 600
             killed = False
@@ -207,8 +227,10 @@ def test_sigterm_mid_epoch_then_rerun_resumes_bit_exact(case: StageCase, referen
     # The same target again: resumes from the newest checkpoint and finishes.
     proc = run_snakemake(workdir, *TINY_RUN_ARGS, str(_outputs(case)[0]), configfile=workdir / "config.yaml")
     resumed_log = (workdir / _job_log(proc.stdout)).read_text()
-    expected = (f"{case.system}: resuming from {RUN / case.system / 'ckpt' / f'ckpt-{step:09d}.pt'}: "
-                f"epoch {epoch}, step {done} of {steps_per_epoch} in the epoch (global step {step} of {total})")
+    expected = (
+        f"{case.system}: resuming from {RUN / case.system / 'ckpt' / f'ckpt-{step:09d}.pt'}: "
+        f"epoch {epoch}, step {done} of {steps_per_epoch} in the epoch (global step {step} of {total})"
+    )
     assert expected in resumed_log, resumed_log[-4000:]
 
     ref = torch.load(reference / RUN / case.system / "model.pt", map_location="cpu", weights_only=True)
@@ -217,5 +239,6 @@ def test_sigterm_mid_epoch_then_rerun_resumes_bit_exact(case: StageCase, referen
         _assert_same_tensors(ref[key], new[key], f"{case.system}/model.pt[{key}]")
     assert _without_timing(_read_tsv(workdir / RUN / case.system / "train_log.tsv")) == _without_timing(ref_log)
     if case.label_log:
-        assert (_read_tsv(workdir / RUN / case.system / "label_log.tsv")
-                == _read_tsv(reference / RUN / case.system / "label_log.tsv"))
+        assert _read_tsv(workdir / RUN / case.system / "label_log.tsv") == _read_tsv(
+            reference / RUN / case.system / "label_log.tsv"
+        )

@@ -17,12 +17,15 @@ def numpy_mel(x: np.ndarray, n_fft: int = 512, win: int = 400, hop: int = 160, n
     x = np.pad(x, n_fft // 2, mode="reflect")
     window = np.zeros(n_fft)
     left = (n_fft - win) // 2
-    window[left:left + win] = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(win) / win)
+    window[left : left + win] = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(win) / win)
     n_frames = (len(x) - n_fft) // hop + 1
-    frames = np.stack([x[t * hop: t * hop + n_fft] for t in range(n_frames)]).astype(np.float64)
+    frames = np.stack([x[t * hop : t * hop + n_fft] for t in range(n_frames)]).astype(np.float64)
     power = np.abs(np.fft.rfft(frames * window, axis=1)) ** 2  # (frames, n_fft/2+1)
-    fbank = torchaudio.functional.melscale_fbanks(n_fft // 2 + 1, 0.0, 8000.0, n_mels, 16000,
-                                                  norm=None, mel_scale="htk").double().numpy()
+    fbank = (
+        torchaudio.functional.melscale_fbanks(n_fft // 2 + 1, 0.0, 8000.0, n_mels, 16000, norm=None, mel_scale="htk")
+        .double()
+        .numpy()
+    )
     return (power @ fbank).T  # (n_mels, frames)
 
 
@@ -46,8 +49,9 @@ def test_equals_torchaudio_centred_mel_spectrogram():
     """docs/method.md §2.2: torchaudio's MelSpectrogram with its default centre (reflect) padding; 2 s -> 201 frames."""
     g = torch.Generator().manual_seed(1)
     x = torch.randn(1, 32000, generator=g)
-    ref = torchaudio.transforms.MelSpectrogram(sample_rate=16000, n_fft=512, win_length=400, hop_length=160,
-                                               f_min=0, f_max=8000, pad=0, n_mels=80)(x)
+    ref = torchaudio.transforms.MelSpectrogram(
+        sample_rate=16000, n_fft=512, win_length=400, hop_length=160, f_min=0, f_max=8000, pad=0, n_mels=80
+    )(x)
     out = MelFrontend()(x)
     assert out.shape == ref.shape == (1, 80, 201)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-6 * float(ref.max()))
@@ -69,8 +73,7 @@ def test_small_config_known_answer(wave):
 def test_reflect_pad_ends_pads_each_row_at_its_own_length():
     x = torch.arange(1.0, 13.0).reshape(2, 6)
     out = reflect_pad_ends(x, 2, torch.tensor([6, 4]))
-    assert out.tolist() == [[3, 2, 1, 2, 3, 4, 5, 6, 5, 4],
-                            [9, 8, 7, 8, 9, 10, 9, 8, 0, 0]]
+    assert out.tolist() == [[3, 2, 1, 2, 3, 4, 5, 6, 5, 4], [9, 8, 7, 8, 9, 10, 9, 8, 0, 0]]
     torch.testing.assert_close(reflect_pad_ends(x, 2), reflect_pad_ends(x, 2, torch.tensor([6, 6])))
 
 

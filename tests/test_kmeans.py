@@ -47,8 +47,8 @@ def blobs(n_blobs, per_blob, dim, spread, seed):
 def test_quality_hand_example():
     # clusters: 0 = {a, a, b}, 1 = {b, b}, 2 = {c}
     q = cluster_quality([0, 0, 0, 1, 1, 2], ["a", "a", "b", "b", "b", "c"])
-    assert q["accuracy"] == pytest.approx(5 / 6)                # 0->a (2), 1->b (2), 2->c (1)
-    assert q["purity"] == pytest.approx((2 / 3 + 1 + 1) / 3)    # per-cluster mean, not size-weighted
+    assert q["accuracy"] == pytest.approx(5 / 6)  # 0->a (2), 1->b (2), 2->c (1)
+    assert q["purity"] == pytest.approx((2 / 3 + 1 + 1) / 3)  # per-cluster mean, not size-weighted
     # NMI by hand: H(true) = H(pred) = H(1/2, 1/3, 1/6); MI from the joint counts
     h = -(0.5 * math.log(0.5) + 1 / 3 * math.log(1 / 3) + 1 / 6 * math.log(1 / 6))
     mi = 1 / 3 * math.log(2) + 1 / 6 * math.log(2 / 3) + 1 / 3 * math.log(2) + 1 / 6 * math.log(6)
@@ -123,7 +123,7 @@ def test_pruned_lloyd_gives_plain_lloyd_labels_every_iteration(n, dim, k, spread
     xn = normalise_rows(x)
     full = kmeans(x, k, seed=3, max_iter=200, progress=False, device="cpu")
     assert full.converged and full.n_iter >= 5
-    assert full.work < 0.7                                   # the bounds did prune
+    assert full.work < 0.7  # the bounds did prune
     for t in range(1, full.n_iter + 1):
         res = kmeans(x, k, seed=3, max_iter=t, progress=False, device="cpu")
         labels, _ = reference_lloyd(xn.astype(np.float64), k, 3, t)
@@ -142,7 +142,7 @@ def test_pruned_lloyd_exact_on_each_path(monkeypatch, dense):
     xn = normalise_rows(x)
     full = kmeans(x, 60, seed=2, max_iter=200, progress=False, device="cpu")
     assert full.converged and full.n_iter >= 5
-    assert dense == 0.0 or full.work < 0.7                  # the compiled path pruned
+    assert dense == 0.0 or full.work < 0.7  # the compiled path pruned
     for t in range(1, full.n_iter + 1, 2):
         res = kmeans(x, 60, seed=2, max_iter=t, progress=False, device="cpu")
         labels, _ = reference_lloyd(xn.astype(np.float64), 60, 2, t)
@@ -187,21 +187,47 @@ def test_kmeans_and_score_scripts_start_without_torch(tmp_path):
     scripts = REPO / "workflow" / "scripts"
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     runs = {
-        "kmeans": [str(scripts / "kmeans.py"), "--emb", str(tmp_path / "train.npz"), "--k", "3",
-                   "--hparams", json.dumps({"max_iter": 5, "seed": 0, "n_init": 1, "device": "auto"}),
-                   "--labels", str(tmp_path / "l.txt"), "--centers", str(tmp_path / "c.npy"),
-                   "--quality", str(tmp_path / "q.json"), "--plot", str(tmp_path / "p.png")],
-        "score": [str(scripts / "score.py"), "--emb", str(tmp_path / "train.npz"), "--trials",
-                  str(tmp_path / "trials.txt"), "--hparams", json.dumps({"asnorm": False, "asnorm_top_n": 5,
-                                                                          "allow_missing": False, "det_points": 10}),
-                  "--scores", str(tmp_path / "s.tsv"), "--det", str(tmp_path / "d.tsv"),
-                  "--metrics", str(tmp_path / "m.json")],
+        "kmeans": [
+            str(scripts / "kmeans.py"),
+            "--emb",
+            str(tmp_path / "train.npz"),
+            "--k",
+            "3",
+            "--hparams",
+            json.dumps({"max_iter": 5, "seed": 0, "n_init": 1, "device": "auto"}),
+            "--labels",
+            str(tmp_path / "l.txt"),
+            "--centers",
+            str(tmp_path / "c.npy"),
+            "--quality",
+            str(tmp_path / "q.json"),
+            "--plot",
+            str(tmp_path / "p.png"),
+        ],
+        "score": [
+            str(scripts / "score.py"),
+            "--emb",
+            str(tmp_path / "train.npz"),
+            "--trials",
+            str(tmp_path / "trials.txt"),
+            "--hparams",
+            json.dumps({"asnorm": False, "asnorm_top_n": 5, "allow_missing": False, "det_points": 10}),
+            "--scores",
+            str(tmp_path / "s.tsv"),
+            "--det",
+            str(tmp_path / "d.tsv"),
+            "--metrics",
+            str(tmp_path / "m.json"),
+        ],
     }
     for name, args in runs.items():
         proc = subprocess.run([sys.executable, "-X", "importtime", *args], env=env, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        imported = {line.split("|")[-1].strip().split(".")[0] for line in proc.stderr.splitlines()
-                    if line.startswith("import time:")}
+        imported = {
+            line.split("|")[-1].strip().split(".")[0]
+            for line in proc.stderr.splitlines()
+            if line.startswith("import time:")
+        }
         assert "numpy" in imported and "torch" not in imported, name
     assert read_json(tmp_path / "q.json")["device"] == "cpu"
     assert "eer_ref" in read_json(tmp_path / "m.json")
@@ -235,7 +261,7 @@ def test_empty_clusters_keep_their_center():
     res = kmeans(x, 5, seed=0, progress=False)
     assert len(np.unique(res.labels)) == 3
     for j in range(3):
-        assert len(np.unique(res.labels[j * 10:(j + 1) * 10])) == 1
+        assert len(np.unique(res.labels[j * 10 : (j + 1) * 10])) == 1
     for center in res.centers:
         assert np.isclose(np.abs(base - center).sum(axis=1), 0, atol=1e-6).any()
     # cluster_means directly
@@ -270,11 +296,26 @@ def make_train_set(tmp_path, n_spk=4, per_spk=6, dim=8, seed=2):
 def test_kmeans_script_outputs(tmp_path):
     utts, x = make_train_set(tmp_path)
     out = tmp_path / "out"
-    load_script("kmeans").main([
-        "--emb", str(tmp_path / "train.npz"), "--k", "5", "--utt2spk", str(tmp_path / "utt2spk"),
-        "--hparams", json.dumps({"max_iter": 50, "seed": 0, "n_init": 4, "device": "cpu"}),
-        "--labels", str(out / "labels.txt"), "--centers", str(out / "centers.npy"),
-        "--quality", str(out / "quality.json"), "--plot", str(out / "sizes.png")])
+    load_script("kmeans").main(
+        [
+            "--emb",
+            str(tmp_path / "train.npz"),
+            "--k",
+            "5",
+            "--utt2spk",
+            str(tmp_path / "utt2spk"),
+            "--hparams",
+            json.dumps({"max_iter": 50, "seed": 0, "n_init": 4, "device": "cpu"}),
+            "--labels",
+            str(out / "labels.txt"),
+            "--centers",
+            str(out / "centers.npy"),
+            "--quality",
+            str(out / "quality.json"),
+            "--plot",
+            str(out / "sizes.png"),
+        ]
+    )
     labels = read_labels(out / "labels.txt")
     assert list(labels) == utts and set(labels.values()) <= set(range(5))
     centers = np.load(out / "centers.npy")
@@ -284,7 +325,7 @@ def test_kmeans_script_outputs(tmp_path):
     assert q["n_clusters"] == 5 - q["n_empty"] and q["n_speakers"] == 4
     for key in ("nmi", "accuracy", "purity", "n_iter", "inertia", "seconds", "size_median"):
         assert key in q
-    assert q["purity"] == 1.0                        # 5 clusters over 4 tight blobs: none mixes two
+    assert q["purity"] == 1.0  # 5 clusters over 4 tight blobs: none mixes two
     assert (out / "sizes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -292,10 +333,22 @@ def test_kmeans_script_names_bad_utterance(tmp_path):
     utts, x = make_train_set(tmp_path)
     x[7, 2] = np.nan
     write_embeddings(tmp_path / "train.npz", utts, x)
-    args = ["--emb", str(tmp_path / "train.npz"), "--k", "3",
-            "--hparams", json.dumps({"max_iter": 5, "seed": 0, "n_init": 1, "device": "auto"}),
-            "--labels", str(tmp_path / "l.txt"), "--centers", str(tmp_path / "c.npy"),
-            "--quality", str(tmp_path / "q.json"), "--plot", str(tmp_path / "p.png")]
+    args = [
+        "--emb",
+        str(tmp_path / "train.npz"),
+        "--k",
+        "3",
+        "--hparams",
+        json.dumps({"max_iter": 5, "seed": 0, "n_init": 1, "device": "auto"}),
+        "--labels",
+        str(tmp_path / "l.txt"),
+        "--centers",
+        str(tmp_path / "c.npy"),
+        "--quality",
+        str(tmp_path / "q.json"),
+        "--plot",
+        str(tmp_path / "p.png"),
+    ]
     with pytest.raises(SystemExit, match=rf"train\.npz: 1 embedding\(s\) contain NaN/inf, first '{utts[7]}'"):
         load_script("kmeans").main(args)
     assert not (tmp_path / "l.txt").exists()
@@ -316,8 +369,16 @@ def test_kmeans_rule(workdir):
     (workdir / "train.npz").rename(data / "dino" / "emb" / "train.npz")
     (workdir / "utt2spk").rename(data / "data" / "train" / "utt2spk")
     # (--configfile takes several values: the options go before the target)
-    run_snakemake(workdir, "--cores", "1", "--allowed-rules", "kmeans", "--printshellcmds",
-                  "results/tiny/dino/kmeans_k5/quality.json", configfile=cfg)
+    run_snakemake(
+        workdir,
+        "--cores",
+        "1",
+        "--allowed-rules",
+        "kmeans",
+        "--printshellcmds",
+        "results/tiny/dino/kmeans_k5/quality.json",
+        configfile=cfg,
+    )
     q = read_json(data / "dino" / "kmeans_k5" / "quality.json")
     assert (q["k"], q["n_init"], q["max_iter"]) == (5, 2, 30)
     assert (data / "dino" / "kmeans_k5" / "labels.txt").exists()

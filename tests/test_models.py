@@ -99,7 +99,7 @@ def test_ecapa_input_normalisation():
     raw = ECAPATDNN(in_dim=20, channels=32, emb_dim=8, log_input=False, detach_norm=False).eval()
     with torch.no_grad():
         torch.testing.assert_close(raw(x * gain - 3.0), raw(x), atol=1e-4, rtol=1e-4)
-        assert not torch.allclose(raw(x ** 2), raw(x), atol=1e-3)
+        assert not torch.allclose(raw(x**2), raw(x), atol=1e-3)
 
 
 def test_ecapa_detach_norm_controls_gradient_to_input():
@@ -146,24 +146,26 @@ def test_dino_head_logits_are_prototype_cosines_and_survive_copies():
     torch.testing.assert_close(logits, z @ torch.nn.functional.normalize(v, dim=1).T)
     assert logits.abs().max() <= 1 + 1e-6
 
-    teacher = copy.deepcopy(head)                                    # EMA teacher
+    teacher = copy.deepcopy(head)  # EMA teacher
     torch.testing.assert_close(teacher(x), logits)
     assert not teacher.last_layer.parametrizations.weight.original0.requires_grad
     with torch.no_grad():
-        v.mul_(3.0)                                                 # the copy is independent
-    torch.testing.assert_close(head(x), logits)                      # and scale-free (g fixed to 1)
+        v.mul_(3.0)  # the copy is independent
+    torch.testing.assert_close(head(x), logits)  # and scale-free (g fixed to 1)
 
     other = DINOHead(in_dim=8, n_prototypes=12, hidden=16, mid=24, bottleneck=6).eval()
     other.load_state_dict(teacher.state_dict())
     torch.testing.assert_close(other(x), logits)
-    assert set(head.last_layer.state_dict()) == {"parametrizations.weight.original0",
-                                                 "parametrizations.weight.original1"}
+    assert set(head.last_layer.state_dict()) == {
+        "parametrizations.weight.original0",
+        "parametrizations.weight.original1",
+    }
 
 
 def aam_head(angles_deg: list[float], scale=32.0, margin=0.2) -> AAMSoftmax:
     head = AAMSoftmax(emb_dim=2, n_classes=len(angles_deg), scale=scale, margin=margin)
     rows = [[math.cos(math.radians(a)), math.sin(math.radians(a))] for a in angles_deg]
-    head.init_from_centers(np.array(rows, dtype=np.float32) * 3.0)   # rows are normalised in forward
+    head.init_from_centers(np.array(rows, dtype=np.float32) * 3.0)  # rows are normalised in forward
     return head
 
 
@@ -172,8 +174,9 @@ def test_aam_softmax_known_answers():
     emb = torch.tensor([[math.cos(math.radians(30)), math.sin(math.radians(30))]]) * 7.0
     s, m = 32.0, 0.2
     plain = head(emb)
-    torch.testing.assert_close(plain, s * torch.tensor([[math.cos(math.radians(30)), math.cos(math.radians(60)),
-                                                         math.cos(math.radians(150))]]))
+    torch.testing.assert_close(
+        plain, s * torch.tensor([[math.cos(math.radians(30)), math.cos(math.radians(60)), math.cos(math.radians(150))]])
+    )
     # target 0 (theta 30 deg): cos(theta + m); the others stay s*cos(theta)
     out = head(emb, torch.tensor([0]))
     expected = [s * math.cos(math.radians(30) + m), s * math.cos(math.radians(60)), s * math.cos(math.radians(150))]
@@ -216,7 +219,7 @@ def test_softmax_head():
     head.train()
     torch.manual_seed(1)
     dropped = head(torch.ones(1000, 6))
-    kept = (dropped != 0).float().mean()   # rows with every input dropped give bias (0) only
+    kept = (dropped != 0).float().mean()  # rows with every input dropped give bias (0) only
     assert 0.9 < kept <= 1.0
     assert not torch.allclose(dropped[0], dropped[1])
 
@@ -237,8 +240,9 @@ def test_build_head():
 
 def test_speaker_model_padded_batch_equals_one_at_a_time():
     torch.manual_seed(0)
-    model = build_speaker_model({"frontend": {"type": "mel", "n_mels": 40},
-                                 "encoder": {"channels": 64, "emb_dim": 32}}).eval()
+    model = build_speaker_model(
+        {"frontend": {"type": "mel", "n_mels": 40}, "encoder": {"channels": 64, "emb_dim": 32}}
+    ).eval()
     randomise_batchnorm(model)
     waves = [torch.randn(n) for n in (8000, 40000, 16000 + 123, 3000, 64000)]
     padded, lengths = pad_batch(waves)
@@ -254,10 +258,18 @@ def test_build_speaker_model_resolves_arch():
     model = build_speaker_model(MEL_ARCH)
     assert isinstance(model, SpeakerModel) and model.emb_dim == 16
     fe, enc = model.arch["frontend"], model.arch["encoder"]
-    assert fe == {"type": "mel", "n_fft": 512, "win_length": 400, "hop_length": 160, "n_mels": 24,
-                  "f_min": 0.0, "f_max": 8000.0, "sample_rate": 16000}
+    assert fe == {
+        "type": "mel",
+        "n_fft": 512,
+        "win_length": 400,
+        "hop_length": 160,
+        "n_mels": 24,
+        "f_min": 0.0,
+        "f_max": 8000.0,
+        "sample_rate": 16000,
+    }
     assert enc == {"in_dim": 24, "channels": 32, "emb_dim": 16, "log_input": True, "detach_norm": True}
-    assert build_speaker_model(model.arch).arch == model.arch                 # idempotent
+    assert build_speaker_model(model.arch).arch == model.arch  # idempotent
     with pytest.raises(ValueError, match="n_mel"):
         build_speaker_model({"frontend": {"type": "mel", "n_mel": 24}, "encoder": {}})
     with pytest.raises(ValueError, match="in_dim 80"):
@@ -276,12 +288,17 @@ def test_model_file_round_trip(tmp_path):
         for p in teacher.parameters():
             p.add_(0.01)
     path = tmp_path / "model.pt"
-    save_model_file(path, "ssrl", model.arch, teacher.state_dict(),
-                    student={"model": model.state_dict(), "head": head.state_dict()},
-                    teacher={"model": teacher.state_dict(), "head": head.state_dict()},
-                    head={"type": "aam", "emb_dim": 16, "n_classes": 5},
-                    hparams={"lr": 1e-3}, extra={"labels": np.arange(4), "utts": np.array(["a", "b"]),
-                                                 "n": np.int64(3)})
+    save_model_file(
+        path,
+        "ssrl",
+        model.arch,
+        teacher.state_dict(),
+        student={"model": model.state_dict(), "head": head.state_dict()},
+        teacher={"model": teacher.state_dict(), "head": head.state_dict()},
+        head={"type": "aam", "emb_dim": 16, "n_classes": 5},
+        hparams={"lr": 1e-3},
+        extra={"labels": np.arange(4), "utts": np.array(["a", "b"]), "n": np.int64(3)},
+    )
     obj = read_model_file(path)
     assert obj["format"] == "ssrl-model/1" and obj["system"] == "ssrl"
     assert torch.equal(obj["extra"]["labels"], torch.arange(4)) and obj["extra"]["utts"] == ["a", "b"]
@@ -327,9 +344,11 @@ def test_wavlm_model_file_does_not_reread_the_checkpoint(tmp_path):
     torch.manual_seed(0)
     source = load_wavlm(None, 2, tiny=True)
     ckpt = tmp_path / "wavlm.pt"
-    torch.save(source.state_dict(), ckpt)                       # a torchaudio-format state dict
-    arch = {"frontend": {"type": "wavlm", "checkpoint": str(ckpt), "num_layers": 2},
-            "encoder": {"channels": 16, "emb_dim": 8}}
+    torch.save(source.state_dict(), ckpt)  # a torchaudio-format state dict
+    arch = {
+        "frontend": {"type": "wavlm", "checkpoint": str(ckpt), "num_layers": 2},
+        "encoder": {"channels": 16, "emb_dim": 8},
+    }
     model = build_speaker_model(arch).eval()
     assert model.arch["frontend"]["config"]["encoder_embed_dim"] == 64
     assert model.arch["encoder"]["log_input"] is False and model.arch["encoder"]["detach_norm"] is False

@@ -18,8 +18,10 @@ RUN = ("results", "tiny")
 
 
 def _settings(tiny_run) -> dict:
-    return deep_update(yaml.safe_load((REPO / "config" / "config.yaml").read_text()),
-                       yaml.safe_load((tiny_run / "config.yaml").read_text()))
+    return deep_update(
+        yaml.safe_load((REPO / "config" / "config.yaml").read_text()),
+        yaml.safe_load((tiny_run / "config.yaml").read_text()),
+    )
 
 
 def test_every_system_reaches_the_tables(tiny_run):
@@ -38,8 +40,10 @@ def test_every_system_reaches_the_tables(tiny_run):
         assert all(0.0 <= v <= 100.0 and not math.isnan(v) for v in eer), (name, eer.tolist())
     summary = (tables / "summary.md").read_text()
     assert summary.startswith("# Results of run tiny") and all(s in summary for s in expected["main"])
-    assert all(tiny_run.joinpath(*RUN, "plots", f"{p}.png").stat().st_size > 5000
-               for p in ("det", "labels", "training", "scores"))
+    assert all(
+        tiny_run.joinpath(*RUN, "plots", f"{p}.png").stat().st_size > 5000
+        for p in ("det", "labels", "training", "scores")
+    )
 
 
 def test_every_job_has_a_log_and_a_benchmark(tiny_run):
@@ -47,8 +51,9 @@ def test_every_job_has_a_log_and_a_benchmark(tiny_run):
     (all but the tables and plots)."""
     run_dir = tiny_run.joinpath(*RUN)
     logs = {str(p.relative_to(run_dir / "logs").with_suffix("")) for p in (run_dir / "logs").rglob("*.log")}
-    benchmarks = {str(p.relative_to(run_dir / "benchmarks").with_suffix(""))
-                  for p in (run_dir / "benchmarks").rglob("*.tsv")}
+    benchmarks = {
+        str(p.relative_to(run_dir / "benchmarks").with_suffix("")) for p in (run_dir / "benchmarks").rglob("*.tsv")
+    }
     assert logs - benchmarks == {"tables", "plots"} and benchmarks <= logs and len(benchmarks) >= 25
 
 

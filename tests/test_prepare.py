@@ -41,8 +41,11 @@ from ssrl.prepare import (
 
 SR = 16000
 # speaker -> video -> number of segments. A YouTube id may start with "-".
-VOX2 = {"id00012": {"21Uxsk56VDQ": 2, "-5jDfr5BsE4": 1}, "id00015": {"0fijmz4vTVU": 2},
-        "id00020": {"2gtsl9Ma8uM": 1, "x6uYqmx31kE": 1}}
+VOX2 = {
+    "id00012": {"21Uxsk56VDQ": 2, "-5jDfr5BsE4": 1},
+    "id00015": {"0fijmz4vTVU": 2},
+    "id00020": {"2gtsl9Ma8uM": 1, "x6uYqmx31kE": 1},
+}
 VOX2_IDS = sorted(f"{s}-{v}-{i:05d}" for s, vids in VOX2.items() for v, n in vids.items() for i in range(1, n + 1))
 
 
@@ -76,7 +79,9 @@ def make_vox2(root: Path) -> Path:
     for spk, videos in VOX2.items():
         for video, n in videos.items():
             for i in range(1, n + 1):
-                write_m4a(root / "dev" / "aac" / spk / video / f"{i:05d}.m4a", tone(length_of(f"{spk}-{video}-{i:05d}")))
+                write_m4a(
+                    root / "dev" / "aac" / spk / video / f"{i:05d}.m4a", tone(length_of(f"{spk}-{video}-{i:05d}"))
+                )
     return root
 
 
@@ -210,11 +215,19 @@ def test_corrupt_files_are_listed_and_excluded(vox2, tmp_path):
     failed = read_json(outs[1][1])  # id00015 is the second sorted speaker -> shard 1
     assert failed["failed"] == 1 and failed["usable"] == 2
     assert failed["failures"][0]["utt"] == "id00015-0fijmz4vTVU-00003"
-    assert failed["failures"][0]["path"] == str(bad) and failed["failures"][0]["reason"].startswith("cannot decode audio")
+    assert failed["failures"][0]["path"] == str(bad) and failed["failures"][0]["reason"].startswith(
+        "cannot decode audio"
+    )
 
     train = tmp_path / "data/train"
-    summary = prepare_voxceleb_train([o[0] for o in outs], [o[1] for o in outs], train / "wav.scp",
-                                     train / "utt2spk", tmp_path / "summary.json", max_failures=1)
+    summary = prepare_voxceleb_train(
+        [o[0] for o in outs],
+        [o[1] for o in outs],
+        train / "wav.scp",
+        train / "utt2spk",
+        tmp_path / "summary.json",
+        max_failures=1,
+    )
     wav = read_wav_scp(train / "wav.scp")
     assert list(wav) == VOX2_IDS
     assert wav["id00012--5jDfr5BsE4-00001"] == str(flac / "id00012/-5jDfr5BsE4/00001.flac")
@@ -228,8 +241,14 @@ def test_corrupt_files_are_listed_and_excluded(vox2, tmp_path):
         convert_shard(lists[1], tmp_path / "x.tsv", tmp_path / "x.json", max_failures=0)
     assert not (tmp_path / "x.json").exists()
     with pytest.raises(PrepareError, match=r"1 file\(s\) failed in 2 shards, more than max_failures=0"):
-        prepare_voxceleb_train([o[0] for o in outs], [o[1] for o in outs], tmp_path / "w", tmp_path / "u",
-                               tmp_path / "y.json", max_failures=0)
+        prepare_voxceleb_train(
+            [o[0] for o in outs],
+            [o[1] for o in outs],
+            tmp_path / "w",
+            tmp_path / "u",
+            tmp_path / "y.json",
+            max_failures=0,
+        )
 
 
 # --------------------------------------------------------------------------- disk space
@@ -249,18 +268,25 @@ def test_disk_space_check(vox2, tmp_path):
 
     shards = [tmp_path / "0.tsv", tmp_path / "1.tsv"]
     with pytest.raises(PrepareError, match="not enough free disk space"):
-        scan_corpus("voxceleb2", vox2, tmp_path / "flac", shards, tmp_path / "scan.json",
-                    free_bytes=lambda p: needed)  # the 3.0 default ratio needs more
+        scan_corpus(
+            "voxceleb2", vox2, tmp_path / "flac", shards, tmp_path / "scan.json", free_bytes=lambda p: needed
+        )  # the 3.0 default ratio needs more
     assert not any(p.exists() for p in [*shards, tmp_path / "scan.json"])
-    summary = scan_corpus("voxceleb2", vox2, tmp_path / "flac", shards, tmp_path / "scan.json",
-                          size_ratio=2.5, free_bytes=lambda p: needed)
+    summary = scan_corpus(
+        "voxceleb2",
+        vox2,
+        tmp_path / "flac",
+        shards,
+        tmp_path / "scan.json",
+        size_ratio=2.5,
+        free_bytes=lambda p: needed,
+    )
     assert summary["files_per_shard"] == [5, 2] and summary["pending_conversion"] == 7
     # Existing FLACs need no space; once all exist the free space is not consulted.
     convert_shard(shards[0], tmp_path / "r0.tsv", tmp_path / "r0.json", max_failures=0)
     assert estimate_conversion_bytes(files, size_ratio=1.0) == (2, sum(f.size for f in files if f.speaker == "id00015"))
     convert_shard(shards[1], tmp_path / "r1.tsv", tmp_path / "r1.json", max_failures=0)
-    again = scan_corpus("voxceleb2", vox2, tmp_path / "flac", shards, tmp_path / "scan.json",
-                        free_bytes=lambda p: 0)
+    again = scan_corpus("voxceleb2", vox2, tmp_path / "flac", shards, tmp_path / "scan.json", free_bytes=lambda p: 0)
     assert (again["pending_conversion"], again["estimated_flac_bytes"], again["free_bytes"]) == (0, 0, None)
 
 
@@ -273,19 +299,36 @@ def write_trial_list(path: Path, lines: list[str]) -> Path:
 
 
 def test_voxceleb1_trials_and_test_set(tmp_path):
-    vox1 = make_vox1(tmp_path / "vox1", ["id10270-x6uYqmx31kE-00001", "id10270-8jEAjG6SegY-00008",
-                                         "id10300-ize_eiCFEg0-00003", "id10309-0cYFdtyWVds-00005"])
-    o = write_trial_list(tmp_path / "veri_test2.txt", [
-        "1 id10270/x6uYqmx31kE/00001.wav id10270/8jEAjG6SegY/00008.wav",
-        "0 id10270/x6uYqmx31kE/00001.wav id10300/ize_eiCFEg0/00003.wav"])
-    h = write_trial_list(tmp_path / "list_test_hard2.txt", [
-        "0 id10309/0cYFdtyWVds/00005.wav id10300/ize_eiCFEg0/00003.wav"])
+    vox1 = make_vox1(
+        tmp_path / "vox1",
+        [
+            "id10270-x6uYqmx31kE-00001",
+            "id10270-8jEAjG6SegY-00008",
+            "id10300-ize_eiCFEg0-00003",
+            "id10309-0cYFdtyWVds-00005",
+        ],
+    )
+    o = write_trial_list(
+        tmp_path / "veri_test2.txt",
+        [
+            "1 id10270/x6uYqmx31kE/00001.wav id10270/8jEAjG6SegY/00008.wav",
+            "0 id10270/x6uYqmx31kE/00001.wav id10300/ize_eiCFEg0/00003.wav",
+        ],
+    )
+    h = write_trial_list(
+        tmp_path / "list_test_hard2.txt", ["0 id10309/0cYFdtyWVds/00005.wav id10300/ize_eiCFEg0/00003.wav"]
+    )
     out = tmp_path / "data"
-    summary = prepare_voxceleb1_test(vox1, {"vox1_o": o, "vox1_h": h}, out / "test/wav.scp", out / "test/utt2spk",
-                                     {"vox1_o": out / "trials/vox1_o.txt", "vox1_h": out / "trials/vox1_h.txt"})
+    summary = prepare_voxceleb1_test(
+        vox1,
+        {"vox1_o": o, "vox1_h": h},
+        out / "test/wav.scp",
+        out / "test/utt2spk",
+        {"vox1_o": out / "trials/vox1_o.txt", "vox1_h": out / "trials/vox1_h.txt"},
+    )
     assert (out / "trials/vox1_o.txt").read_text() == (
-        "1 id10270-x6uYqmx31kE-00001 id10270-8jEAjG6SegY-00008\n"
-        "0 id10270-x6uYqmx31kE-00001 id10300-ize_eiCFEg0-00003\n")
+        "1 id10270-x6uYqmx31kE-00001 id10270-8jEAjG6SegY-00008\n0 id10270-x6uYqmx31kE-00001 id10300-ize_eiCFEg0-00003\n"
+    )
     assert read_trials(out / "trials/vox1_h.txt").labels.tolist() == [0]
     wav = read_wav_scp(out / "test/wav.scp")
     assert len(wav) == 4 and wav["id10300-ize_eiCFEg0-00003"] == str(vox1 / "wav/id10300/ize_eiCFEg0/00003.wav")
@@ -295,10 +338,14 @@ def test_voxceleb1_trials_and_test_set(tmp_path):
 
 def test_voxceleb1_missing_utterances_are_counted(tmp_path):
     vox1 = make_vox1(tmp_path / "vox1", ["id10270-x6uYqmx31kE-00001"])
-    lst = write_trial_list(tmp_path / "veri_test2.txt", [
-        "1 id10270/x6uYqmx31kE/00001.wav id10270/8jEAjG6SegY/00008.wav",
-        "0 id10270/x6uYqmx31kE/00001.wav id10300/ize_eiCFEg0/00003.wav",
-        "0 id10300/ize_eiCFEg0/00003.wav id10309/0cYFdtyWVds/00005.wav"])
+    lst = write_trial_list(
+        tmp_path / "veri_test2.txt",
+        [
+            "1 id10270/x6uYqmx31kE/00001.wav id10270/8jEAjG6SegY/00008.wav",
+            "0 id10270/x6uYqmx31kE/00001.wav id10300/ize_eiCFEg0/00003.wav",
+            "0 id10300/ize_eiCFEg0/00003.wav id10309/0cYFdtyWVds/00005.wav",
+        ],
+    )
     out = tmp_path / "data"
     with pytest.raises(PrepareError) as err:
         prepare_voxceleb1_test(vox1, {"vox1_o": lst}, out / "wav.scp", out / "utt2spk", {"vox1_o": out / "o.txt"})
@@ -333,8 +380,9 @@ def test_augment_lists(tmp_path):
     outs = {k: tmp_path / "data/augment" / f"{k}.lst" for k in ("noise", "music", "babble", "rir")}
     assert write_augment_lists({"musan": musan, "rirs": rirs}, outs) == {"noise": 2, "music": 1, "babble": 3, "rir": 2}
     assert read_list(outs["babble"]) == [str(musan / f"speech/src{i}/speech-{i:04d}.wav") for i in range(3)]
-    assert read_list(outs["rir"]) == [str(rirs / "simulated_rirs" / r / "Room001/Room001-00001.wav")
-                                      for r in ("largeroom", "smallroom")]
+    assert read_list(outs["rir"]) == [
+        str(rirs / "simulated_rirs" / r / "Room001/Room001-00001.wav") for r in ("largeroom", "smallroom")
+    ]
     # Any format the audio reader takes; a list file (paths relative to it) or a folder per source.
     sf.write(str(musan / "music" / "extra.flac"), tone(800), SR)
     (tmp_path / "rirs.lst").write_text("RIRS_NOISES/simulated_rirs/smallroom/Room001/Room001-00001.wav\n")
@@ -349,8 +397,9 @@ def test_augment_lists(tmp_path):
 
 def test_augment_missing_or_empty_folder(tmp_path):
     musan, rirs = make_augment(tmp_path)
-    with pytest.raises(PrepareError, match=f"{tmp_path / 'x' / 'simulated_rirs'}: RIRS_NOISES folder "
-                                           "'simulated_rirs' not found"):
+    with pytest.raises(
+        PrepareError, match=f"{tmp_path / 'x' / 'simulated_rirs'}: RIRS_NOISES folder 'simulated_rirs' not found"
+    ):
         augment_sources({"musan": musan, "rirs": tmp_path / "x"})
     with pytest.raises(PrepareError, match=f"{tmp_path / 'y' / 'noise'}: MUSAN folder 'noise' not found"):
         augment_sources({"musan": tmp_path / "y", "rirs": rirs})
@@ -403,22 +452,32 @@ def test_silent_near_silent_and_truncated_files(tmp_path):
     header says are kept with a warning, the truncated one with the length it really has."""
     root = make_generic(tmp_path / "corpus")
     write_wav(root / "bob" / "silent.wav", np.zeros(1600, dtype=np.float32))
-    write_wav(root / "carol" / "quiet.wav", tone(1600, amp=1e-4))              # -83 dBFS RMS
+    write_wav(root / "carol" / "quiet.wav", tone(1600, amp=1e-4))  # -83 dBFS RMS
     truncated = root / "dave" / "cut.wav"
-    write_wav(truncated, tone(48000))                                         # 3 s
-    truncated.write_bytes(truncated.read_bytes()[:5000])                      # 44-byte header + 2,478 samples
+    write_wav(truncated, tone(48000))  # 3 s
+    truncated.write_bytes(truncated.read_bytes()[:5000])  # 44-byte header + 2,478 samples
     files = scan_generic(root, tmp_path / "flac")
     summary = convert_shard(one_shard(tmp_path, files), tmp_path / "u.tsv", tmp_path / "s.json", max_failures=1)
-    assert summary["failures"] == [{"utt": "bob-silent", "path": str(root / "bob" / "silent.wav"),
-                                    "reason": "silent: every sample is zero"}]
+    assert summary["failures"] == [
+        {"utt": "bob-silent", "path": str(root / "bob" / "silent.wav"), "reason": "silent: every sample is zero"}
+    ]
     level = 20 * np.log10(np.sqrt(np.mean(sf.read(str(root / "carol" / "quiet.wav"))[0] ** 2)))
     assert summary["warnings"] == [
-        {"utt": "carol-quiet", "path": str(root / "carol" / "quiet.wav"),
-         "warning": f"near-silent: RMS level {level:.1f} dBFS (below -60 dBFS)"},
-        {"utt": "dave-cut", "path": str(truncated),
-         "warning": "shorter than its header says: 0.15 s of audio, the header states 3.00 s (truncated?)"}]
+        {
+            "utt": "carol-quiet",
+            "path": str(root / "carol" / "quiet.wav"),
+            "warning": f"near-silent: RMS level {level:.1f} dBFS (below -60 dBFS)",
+        },
+        {
+            "utt": "dave-cut",
+            "path": str(truncated),
+            "warning": "shorter than its header says: 0.15 s of audio, the header states 3.00 s (truncated?)",
+        },
+    ]
     assert summary["warned"] == 2 and summary["usable"] == 15
-    seconds = {line.split("\t")[0]: float(line.split("\t")[3]) for line in (tmp_path / "u.tsv").read_text().splitlines()}
+    seconds = {
+        line.split("\t")[0]: float(line.split("\t")[3]) for line in (tmp_path / "u.tsv").read_text().splitlines()
+    }
     assert seconds["dave-cut"] == pytest.approx(2478 / SR, abs=1e-4) and "bob-silent" not in seconds
     with pytest.raises(PrepareError, match=r"(?s)more than max_failures=0.*silent.wav: silent: every sample is zero"):
         convert_shard(one_shard(tmp_path, files), tmp_path / "x.tsv", tmp_path / "x.json", max_failures=0)
@@ -486,28 +545,61 @@ def test_generic_sets_split_and_explicit_lists(tmp_path):
 
 def voxceleb_config(tmp_path: Path, workdir: Path, n_shards: int = 3, **conversion) -> Path:
     vox2 = make_vox2(tmp_path / "vox2")
-    vox1 = make_vox1(tmp_path / "vox1", ["id10270-x6uYqmx31kE-00001", "id10270-8jEAjG6SegY-00008",
-                                         "id10300-ize_eiCFEg0-00003"])
+    vox1 = make_vox1(
+        tmp_path / "vox1", ["id10270-x6uYqmx31kE-00001", "id10270-8jEAjG6SegY-00008", "id10300-ize_eiCFEg0-00003"]
+    )
     musan, rirs = make_augment(tmp_path)
-    o = write_trial_list(tmp_path / "veri_test2.txt", [
-        "1 id10270/x6uYqmx31kE/00001.wav id10270/8jEAjG6SegY/00008.wav",
-        "0 id10270/x6uYqmx31kE/00001.wav id10300/ize_eiCFEg0/00003.wav"])
-    return write_config(workdir / "voxceleb.yaml", {"corpus": {"kind": "voxceleb", "voxceleb": {
-        "vox2_root": str(vox2), "vox1_root": str(vox1), "trials": {"vox1_o": str(o), "vox1_e": None},
-        "musan": str(musan), "rirs": str(rirs),
-        "conversion": {"flac_dir": str(tmp_path / "flac"), "n_shards": n_shards, **conversion}}}})
+    o = write_trial_list(
+        tmp_path / "veri_test2.txt",
+        [
+            "1 id10270/x6uYqmx31kE/00001.wav id10270/8jEAjG6SegY/00008.wav",
+            "0 id10270/x6uYqmx31kE/00001.wav id10300/ize_eiCFEg0/00003.wav",
+        ],
+    )
+    return write_config(
+        workdir / "voxceleb.yaml",
+        {
+            "corpus": {
+                "kind": "voxceleb",
+                "voxceleb": {
+                    "vox2_root": str(vox2),
+                    "vox1_root": str(vox1),
+                    "trials": {"vox1_o": str(o), "vox1_e": None},
+                    "musan": str(musan),
+                    "rirs": str(rirs),
+                    "conversion": {"flac_dir": str(tmp_path / "flac"), "n_shards": n_shards, **conversion},
+                },
+            }
+        },
+    )
 
 
-PREPARE_TARGETS = [f"results/tiny/data/{p}" for p in (
-    "train/wav.scp", "train/utt2spk", "test/wav.scp", "test/utt2spk", "trials/vox1_o.txt",
-    "augment/noise.lst", "augment/music.lst", "augment/babble.lst", "augment/rir.lst")]
+PREPARE_TARGETS = [
+    f"results/tiny/data/{p}"
+    for p in (
+        "train/wav.scp",
+        "train/utt2spk",
+        "test/wav.scp",
+        "test/utt2spk",
+        "trials/vox1_o.txt",
+        "augment/noise.lst",
+        "augment/music.lst",
+        "augment/babble.lst",
+        "augment/rir.lst",
+    )
+]
 
 
 def test_snakemake_dry_run_voxceleb(tmp_path, workdir):
     cfg = voxceleb_config(tmp_path, workdir, n_shards=12)
     proc = run_snakemake(workdir, "-n", *PREPARE_TARGETS, configfile=cfg)
-    for rule, count in (("prepare_scan", 1), ("prepare_convert", 12), ("prepare_train", 1),
-                        ("prepare_voxceleb1", 1), ("prepare_augment", 1)):
+    for rule, count in (
+        ("prepare_scan", 1),
+        ("prepare_convert", 12),
+        ("prepare_train", 1),
+        ("prepare_voxceleb1", 1),
+        ("prepare_augment", 1),
+    ):
         assert any(line.split() == [rule, str(count)] for line in proc.stdout.splitlines()), (rule, proc.stdout)
     assert "results/tiny/prepare/shards/011.files.tsv" in proc.stdout
 
@@ -518,8 +610,11 @@ def test_snakemake_prepares_voxceleb(tmp_path, workdir):
     data = workdir / "results/tiny/data"
     wav = read_wav_scp(data / "train/wav.scp")
     assert list(wav) == VOX2_IDS and all(Path(p).is_file() and p.endswith(".flac") for p in wav.values())
-    assert sorted(read_wav_scp(data / "test/wav.scp")) == ["id10270-8jEAjG6SegY-00008", "id10270-x6uYqmx31kE-00001",
-                                                           "id10300-ize_eiCFEg0-00003"]
+    assert sorted(read_wav_scp(data / "test/wav.scp")) == [
+        "id10270-8jEAjG6SegY-00008",
+        "id10270-x6uYqmx31kE-00001",
+        "id10300-ize_eiCFEg0-00003",
+    ]
     assert len(read_trials(data / "trials/vox1_o.txt")) == 2
     assert len(read_list(data / "augment/babble.lst")) == 3
     summary = read_json(workdir / "results/tiny/prepare/summary.json")
@@ -530,11 +625,25 @@ def test_snakemake_prepares_voxceleb(tmp_path, workdir):
 def test_script_refuses_without_disk_space(vox2, tmp_path):
     """The entry point turns disk_margin_gb into bytes and exits non-zero with the message."""
     script = runpy.run_path(str(REPO / "workflow/scripts/prepare_corpus.py"))
-    hparams = {"kind": "voxceleb2", "root": str(vox2), "flac_dir": str(tmp_path / "flac"), "size_ratio": 3.0,
-               "disk_margin_gb": 1e9}
+    hparams = {
+        "kind": "voxceleb2",
+        "root": str(vox2),
+        "flac_dir": str(tmp_path / "flac"),
+        "size_ratio": 3.0,
+        "disk_margin_gb": 1e9,
+    }
     with pytest.raises(SystemExit) as exit_:
-        script["main"](["scan", "--hparams", json.dumps(hparams), "--shards", str(tmp_path / "0.tsv"),
-                        "--summary", str(tmp_path / "scan.json")])
+        script["main"](
+            [
+                "scan",
+                "--hparams",
+                json.dumps(hparams),
+                "--shards",
+                str(tmp_path / "0.tsv"),
+                "--summary",
+                str(tmp_path / "scan.json"),
+            ]
+        )
     assert str(exit_.value).startswith(f"error: {tmp_path / 'flac'}: not enough free disk space")
     assert "safety margin of 1000000000000000000 bytes" in str(exit_.value)
     assert not (tmp_path / "0.tsv").exists()
@@ -552,8 +661,9 @@ def _generic_config(workdir: Path, generic: dict) -> Path:
     return write_config(workdir / "generic.yaml", {"corpus": {"kind": "generic", "generic": generic}})
 
 
-GENERIC_DATA = [f"results/tiny/data/{p}" for p in ("train/wav.scp", "test/wav.scp", "augment/noise.lst",
-                                                   "augment/rir.lst")]
+GENERIC_DATA = [
+    f"results/tiny/data/{p}" for p in ("train/wav.scp", "test/wav.scp", "augment/noise.lst", "augment/rir.lst")
+]
 
 
 @pytest.mark.slow
@@ -566,16 +676,23 @@ def test_snakemake_generic_closed_set_with_flac_augmentation(tiny_corpus, tmp_pa
     lines = [f"1 {s}/{s}-00001.flac {s}/{s}-00002.flac" for s in speakers]
     lines += [f"0 {a}/{a}-00001.flac {b}/{b}-00002.flac" for a, b in zip(speakers, speakers[1:])]
     trials = write_trial_list(tmp_path / "closed.txt", lines)
-    cfg = _generic_config(workdir, {"root": str(corpus / "train"), "trials": {"closed": str(trials)},
-                                    "holdout": "utterances", "musan": str(corpus / "musan"),
-                                    "rirs": str(corpus / "RIRS_NOISES")})
+    cfg = _generic_config(
+        workdir,
+        {
+            "root": str(corpus / "train"),
+            "trials": {"closed": str(trials)},
+            "holdout": "utterances",
+            "musan": str(corpus / "musan"),
+            "rirs": str(corpus / "RIRS_NOISES"),
+        },
+    )
     dry = run_snakemake(workdir, "-n", *GENERIC_DATA, configfile=cfg)
     assert any(line.split() == ["prepare_convert", str(len(speakers))] for line in dry.stdout.splitlines()), dry.stdout
     run_snakemake(workdir, "--cores", "2", *GENERIC_DATA, configfile=cfg)
     data = workdir / "results/tiny/data"
     train, test = read_utt2spk(data / "train/utt2spk"), read_utt2spk(data / "test/utt2spk")
     assert sorted(test) == sorted(f"{s}-{s}-0000{i}" for s in speakers for i in (1, 2))
-    assert sorted(train) == sorted(f"{s}-{s}-0000{i}" for s in speakers for i in (3, 4))   # same speakers
+    assert sorted(train) == sorted(f"{s}-{s}-0000{i}" for s in speakers for i in (3, 4))  # same speakers
     assert set(train.values()) == set(speakers)
     noise = read_list(data / "augment/noise.lst")
     assert noise and all(p.endswith(".flac") for p in noise)
@@ -589,10 +706,17 @@ def test_snakemake_generic_explicit_sets_no_augmentation_all_targets(tiny_corpus
     augment: none writes empty lists and the training jobs run with --no-augment."""
     corpus = _demo_tree(tiny_corpus)
     train_list = tmp_path / "train.lst"
-    train_list.write_text("".join(f"{p.name}\n" for p in sorted((corpus / "train").iterdir())[:4]))   # 4 speakers
-    cfg = _generic_config(workdir, {"root": [str(corpus / "train"), str(corpus / "test")],
-                                    "train": str(train_list), "test": str(corpus / "test"), "augment": "none",
-                                    "split": {"name": "all", "target_trials": "all", "nontarget_trials": 20}})
+    train_list.write_text("".join(f"{p.name}\n" for p in sorted((corpus / "train").iterdir())[:4]))  # 4 speakers
+    cfg = _generic_config(
+        workdir,
+        {
+            "root": [str(corpus / "train"), str(corpus / "test")],
+            "train": str(train_list),
+            "test": str(corpus / "test"),
+            "augment": "none",
+            "split": {"name": "all", "target_trials": "all", "nontarget_trials": 20},
+        },
+    )
     run_snakemake(workdir, "--cores", "2", *GENERIC_DATA, configfile=cfg)
     data = workdir / "results/tiny/data"
     test = read_utt2spk(data / "test/utt2spk")
@@ -600,7 +724,7 @@ def test_snakemake_generic_explicit_sets_no_augmentation_all_targets(tiny_corpus
     assert len(set(read_utt2spk(data / "train/utt2spk").values())) == 4
     trials = read_trials(data / "trials/all.txt")
     n_spk = len(set(test.values()))
-    assert trials.labels.sum() == n_spk * 4 * 3 // 2 and len(trials) == trials.labels.sum() + 20   # 4 utts each
+    assert trials.labels.sum() == n_spk * 4 * 3 // 2 and len(trials) == trials.labels.sum() + 20  # 4 utts each
     assert all((data / f"augment/{n}.lst").read_text() == "" for n in ("noise", "music", "babble", "rir"))
     dry = run_snakemake(workdir, "-n", "-p", "results/tiny/dino/model.pt", configfile=cfg)
     assert "--no-augment" in dry.stdout and "--augment-dir" not in dry.stdout

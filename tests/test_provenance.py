@@ -27,7 +27,10 @@ def test_config_hash_ignores_key_order_and_sees_every_value():
     assert P.config_hash(a) == P.config_hash(b) and len(P.config_hash(a)) == 16
     assert P.config_hash({**a, "ssrl": {"lr": 0.1, "queue_len": 4}}) != P.config_hash(a)
     assert P.config_diff(a, {"run": "x", "ssrl": {"lr": 0.2}, "new": [1, 2]}) == [
-        ("new", P.MISSING, [1, 2]), ("ssrl.lr", 0.1, 0.2), ("ssrl.queue_len", 3, P.MISSING)]
+        ("new", P.MISSING, [1, 2]),
+        ("ssrl.lr", 0.1, 0.2),
+        ("ssrl.queue_len", 3, P.MISSING),
+    ]
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -47,9 +50,9 @@ def test_git_state_commit_dirty_flag_and_diff_hash(tmp_path):
     edited = P.git_state(repo)
     assert edited["dirty"] and edited["commit"] == clean["commit"] and len(edited["diff_sha256"]) == 64
     (repo / "a.txt").write_text("three\n")
-    assert P.git_state(repo)["diff_sha256"] != edited["diff_sha256"]     # another change, another hash
+    assert P.git_state(repo)["diff_sha256"] != edited["diff_sha256"]  # another change, another hash
     (repo / "a.txt").write_text("one\n")
-    (repo / "new.py").write_text("x = 1\n")                              # untracked files count too
+    (repo / "new.py").write_text("x = 1\n")  # untracked files count too
     untracked = P.git_state(repo)
     assert untracked["dirty"] and untracked["diff_sha256"] not in (None, edited["diff_sha256"])
     outside = P.git_state(tmp_path / "nowhere")
@@ -70,17 +73,25 @@ def test_profile_and_reproduce_command(tmp_path):
     assert P.profile_from_argv(["snakemake", "--profile=slurm"], {"SNAKEMAKE_PROFILE": "x"}) == "slurm"
     assert P.profile_from_argv(["snakemake"], {"SNAKEMAKE_PROFILE": "x"}) == "x"
     assert P.profile_from_argv(["snakemake"], {}) is None
-    cmd = P.reproduce_command("slurm", [tmp_path / "config" / "voxceleb.yaml", "/elsewhere/my site.yaml"],
-                              ["kmeans.k=10"], tmp_path)
-    assert cmd == ("snakemake --profile slurm --cores all --configfile config/voxceleb.yaml '/elsewhere/my site.yaml'"
-                   " --config kmeans.k=10")
+    cmd = P.reproduce_command(
+        "slurm", [tmp_path / "config" / "voxceleb.yaml", "/elsewhere/my site.yaml"], ["kmeans.k=10"], tmp_path
+    )
+    assert cmd == (
+        "snakemake --profile slurm --cores all --configfile config/voxceleb.yaml '/elsewhere/my site.yaml'"
+        " --config kmeans.k=10"
+    )
 
 
 def test_start_and_finish_records_keep_earlier_invocations(tmp_path):
     config = {"run": "r", "kmeans": {"k": 4}}
     stamp = {"commit": "c1", "dirty": False, "diff_sha256": None, "config_hash": P.config_hash(config)}
-    kwargs = dict(profile=None, argv=["/x/snakemake/__main__.py", "--cores", "1"], reproduce="snakemake --cores all",
-                  executor="local", workdir=tmp_path)
+    kwargs = dict(
+        profile=None,
+        argv=["/x/snakemake/__main__.py", "--cores", "1"],
+        reproduce="snakemake --cores all",
+        executor="local",
+        workdir=tmp_path,
+    )
     P.start_record(tmp_path, stamp=stamp, config=config, **kwargs)
     first = P.read_provenance(tmp_path)
     assert first["status"] == "running" and first["finished"] is None and first["command"] == "snakemake --cores 1"
@@ -91,7 +102,7 @@ def test_start_and_finish_records_keep_earlier_invocations(tmp_path):
     second = P.read_provenance(tmp_path)
     assert second["config"] == config2 and [i["status"] for i in second["invocations"]] == ["succeeded"]
     assert second["invocations"][0]["config_hash"] == stamp["config_hash"]
-    assert P.stored_config(tmp_path, stamp["config_hash"]) == config                 # both configs kept
+    assert P.stored_config(tmp_path, stamp["config_hash"]) == config  # both configs kept
     assert P.stored_config(tmp_path, P.config_hash(config2)) == config2
     with pytest.raises(ValueError, match="not that of the config"):
         P.start_record(tmp_path, stamp=stamp, config=config2, **kwargs)
@@ -118,14 +129,27 @@ def test_add_attempt_sums_seconds_and_keeps_peaks():
 
     from ssrl.train.cost import add_attempt
 
-    usages = [{"wall_s": 10.0, "cpu_s": 5.0, "peak_rss_bytes": 1, "peak_gpu_bytes": 7},
-              {"wall_s": 12.0, "cpu_s": 6.0, "peak_rss_bytes": 3, "peak_gpu_bytes": 4}]      # two ranks
+    usages = [
+        {"wall_s": 10.0, "cpu_s": 5.0, "peak_rss_bytes": 1, "peak_gpu_bytes": 7},
+        {"wall_s": 12.0, "cpu_s": 6.0, "peak_rss_bytes": 3, "peak_gpu_bytes": 4},
+    ]  # two ranks
     before = {"wall_s": 100.0, "cpu_s": 50.0, "gpu_s": 200.0, "peak_rss_bytes": 2, "peak_gpu_bytes": 9, "attempts": 1}
     assert add_attempt(before, usages, torch.device("cuda")) == {
-        "wall_s": 112.0, "cpu_s": 61.0, "gpu_s": 224.0, "peak_rss_bytes": 3, "peak_gpu_bytes": 9, "attempts": 2}
+        "wall_s": 112.0,
+        "cpu_s": 61.0,
+        "gpu_s": 224.0,
+        "peak_rss_bytes": 3,
+        "peak_gpu_bytes": 9,
+        "attempts": 2,
+    }
     assert add_attempt(None, usages, torch.device("cpu")) == {
-        "wall_s": 12.0, "cpu_s": 11.0, "gpu_s": 0.0, "peak_rss_bytes": 3, "peak_gpu_bytes": 7, "attempts": 1}
-
+        "wall_s": 12.0,
+        "cpu_s": 11.0,
+        "gpu_s": 0.0,
+        "peak_rss_bytes": 3,
+        "peak_gpu_bytes": 7,
+        "attempts": 1,
+    }
 
 
 def test_train_record_adds_the_attempts_of_a_resumed_job(tmp_path, monkeypatch):
@@ -136,8 +160,11 @@ def test_train_record_adds_the_attempts_of_a_resumed_job(tmp_path, monkeypatch):
     import ssrl.train.loop as loop
     from ssrl.train import RuntimeConfig, Trainer
 
-    monkeypatch.setattr(loop, "process_usage", lambda device: {"wall_s": 10.0, "cpu_s": 20.0, "peak_rss_bytes": 100,
-                                                               "peak_gpu_bytes": 0})
+    monkeypatch.setattr(
+        loop,
+        "process_usage",
+        lambda device: {"wall_s": 10.0, "cpu_s": 20.0, "peak_rss_bytes": 100, "peak_gpu_bytes": 0},
+    )
     stamp = {"commit": "c" * 40, "dirty": False, "diff_sha256": None, "config_hash": "e" * 16}
     monkeypatch.setenv(P.STAMP_ENV, json.dumps(stamp))
     runtime = RuntimeConfig(**{**RUNTIME, "ckpt_every_steps": 4})
@@ -147,10 +174,30 @@ def test_train_record_adds_the_attempts_of_a_resumed_job(tmp_path, monkeypatch):
     assert not (out / "r.json").exists()
     Trainer(ToyStage(), runtime, out / "ckpt").fit(out / "m.pt", out / "l.tsv", out / "r.json")
     record = json.loads((out / "r.json").read_text())
-    assert {k: record[k] for k in ("optimiser_steps", "global_batch", "examples_seen", "epochs", "steps_per_epoch",
-                                   "processes", "device", "gpu_s", "peak_gpu_bytes")} == {
-        "optimiser_steps": 18, "global_batch": 8, "examples_seen": 144, "epochs": 3, "steps_per_epoch": 6,
-        "processes": 1, "device": "cpu", "gpu_s": None, "peak_gpu_bytes": None}
+    assert {
+        k: record[k]
+        for k in (
+            "optimiser_steps",
+            "global_batch",
+            "examples_seen",
+            "epochs",
+            "steps_per_epoch",
+            "processes",
+            "device",
+            "gpu_s",
+            "peak_gpu_bytes",
+        )
+    } == {
+        "optimiser_steps": 18,
+        "global_batch": 8,
+        "examples_seen": 144,
+        "epochs": 3,
+        "steps_per_epoch": 6,
+        "processes": 1,
+        "device": "cpu",
+        "gpu_s": None,
+        "peak_gpu_bytes": None,
+    }
     assert (record["wall_s"], record["cpu_s"], record["peak_rss_bytes"], record["attempts"]) == (20.0, 40.0, 100, 2)
     assert {k: record[k] for k in P.STAMP_KEYS} == stamp
 
@@ -161,8 +208,10 @@ def test_train_record_adds_the_attempts_of_a_resumed_job(tmp_path, monkeypatch):
 def _settings(workdir: Path) -> dict:
     from conftest import deep_update
 
-    return deep_update(yaml.safe_load((REPO / "config" / "config.yaml").read_text()),
-                       yaml.safe_load((workdir / "config.yaml").read_text()))
+    return deep_update(
+        yaml.safe_load((REPO / "config" / "config.yaml").read_text()),
+        yaml.safe_load((workdir / "config.yaml").read_text()),
+    )
 
 
 def test_the_tiny_run_records_its_provenance(tiny_run):
@@ -206,10 +255,10 @@ def test_a_changed_config_value_shows_in_provenance_tables_and_compare(tiny_run,
     shutil.copytree(tiny_run, second, symlinks=True)
     before = _settings(tiny_run)["tables"]["compare"]["dino"]
     assert before is not None
-    cfg = write_config(second / "config.yaml", {"tables": {"compare": {"dino": None}}},
-                       base=tiny_run / "config.yaml")
-    out = run_snakemake(second, *TINY_RUN_ARGS, "results/tiny/tables/summary.md", "--allowed-rules", "tables",
-                        configfile=cfg).stdout
+    cfg = write_config(second / "config.yaml", {"tables": {"compare": {"dino": None}}}, base=tiny_run / "config.yaml")
+    out = run_snakemake(
+        second, *TINY_RUN_ARGS, "results/tiny/tables/summary.md", "--allowed-rules", "tables", configfile=cfg
+    ).stdout
     assert "rule tables:" in out or "localrule tables:" in out, out[-3000:]
     a, b = P.read_provenance(tiny_run.joinpath(*RUN)), P.read_provenance(second.joinpath(*RUN))
     assert a["config"]["tables"]["compare"]["dino"] == before and b["config"]["tables"]["compare"]["dino"] is None

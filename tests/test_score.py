@@ -46,7 +46,7 @@ def test_eer_hand_examples():
 def test_eer_ref_hand_examples():
     """The reference's EER: (frr + far) / 2 at the operating point minimising |frr - far|, not interpolated."""
     # HAND: points (frr, far) at 0.4 (0, 1/4), 0.5 (1/3, 1/4), 0.6 (1/3, 0): |gap| smallest (1/12) at 0.5
-    assert compute_eer_ref(HAND_SCORES, HAND_LABELS) == pytest.approx((1 / 3 + 1 / 4) / 2)      # 7/24; EER 1/4
+    assert compute_eer_ref(HAND_SCORES, HAND_LABELS) == pytest.approx((1 / 3 + 1 / 4) / 2)  # 7/24; EER 1/4
     # non-targets 0.1 0.2 0.35, targets 0.3 0.4: at 0.3 (0, 1/3), at 0.35 (1/2, 1/3) -> (1/2 + 1/3) / 2
     scores, labels = [0.1, 0.2, 0.3, 0.35, 0.4], [0, 0, 1, 0, 1]
     assert compute_eer_ref(scores, labels) == pytest.approx(5 / 12)
@@ -70,7 +70,7 @@ def test_eer_ties_are_one_threshold():
 def test_eer_constant_and_separated_scores():
     assert compute_eer([0.3] * 6, [1, 0, 1, 0, 0, 1]) == pytest.approx(0.5)
     eer, thr = compute_eer_threshold([3.0, 4.0, 1.0, 2.0], [1, 1, 0, 0])
-    assert eer == 0.0 and thr == 3.0                # lowest target score accepts all targets, no impostor
+    assert eer == 0.0 and thr == 3.0  # lowest target score accepts all targets, no impostor
     assert compute_eer([1.0, 2.0, 3.0, 4.0], [1, 1, 0, 0]) == 1.0
 
 
@@ -96,13 +96,16 @@ def test_eer_threshold_is_an_operating_point_between_the_rates():
     assert abs(frr - eer) <= step and abs(far - eer) <= step
 
 
-@pytest.mark.parametrize("scores, labels, match", [
-    ([0.1, 0.2], [1, 0, 1], "differ in length"),
-    ([0.1, 0.2, 0.3], [1, 1, 1], "both target and non-target"),
-    ([0.1, np.nan, 0.3], [1, 0, 1], "non-finite score.*index 1"),
-    ([0.1, 0.2, 0.3], [1, 2, 0], "labels must be 1 .* index 1"),
-    ([[0.1, 0.2]], [[1, 0]], "1-D"),
-])
+@pytest.mark.parametrize(
+    "scores, labels, match",
+    [
+        ([0.1, 0.2], [1, 0, 1], "differ in length"),
+        ([0.1, 0.2, 0.3], [1, 1, 1], "both target and non-target"),
+        ([0.1, np.nan, 0.3], [1, 0, 1], "non-finite score.*index 1"),
+        ([0.1, 0.2, 0.3], [1, 2, 0], "labels must be 1 .* index 1"),
+        ([[0.1, 0.2]], [[1, 0]], "1-D"),
+    ],
+)
 def test_invalid_input_is_rejected(scores, labels, match):
     with pytest.raises(ValueError, match=match):
         compute_eer(scores, labels)
@@ -123,10 +126,11 @@ def test_min_dcf_hand_example_and_brute_force():
     assert compute_min_dcf(HAND_SCORES, HAND_LABELS, 0.5) == pytest.approx(0.25)
     rng = np.random.default_rng(2)
     labels = rng.integers(0, 2, 600)
-    scores = np.round(rng.normal(labels * 2.0, 1.0), 2)          # with ties
+    scores = np.round(rng.normal(labels * 2.0, 1.0), 2)  # with ties
     for p, c_miss, c_fa in [(0.01, 1, 1), (0.05, 1, 1), (0.3, 2.0, 0.5), (0.9, 1, 10)]:
         assert compute_min_dcf(scores, labels, p, c_miss, c_fa) == pytest.approx(
-            brute_force_min_dcf(scores, labels, p, c_miss, c_fa), rel=1e-12)
+            brute_force_min_dcf(scores, labels, p, c_miss, c_fa), rel=1e-12
+        )
     # a useless system costs as much as the best trivial one
     assert compute_min_dcf([0.2] * 4, [1, 0, 1, 0], 0.01) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="p_target"):
@@ -238,13 +242,13 @@ def test_asnorm_matches_slow_reference():
     emb = rng.normal(size=(30, 8)).astype(np.float32)
     cohort = rng.normal(size=(50, 8)).astype(np.float32)
     pairs = rng.integers(0, 30, size=(60, 2))
-    trials = Trials.from_lists(rng.integers(0, 2, 60), [utts[i] for i in pairs[:, 0]],
-                               [utts[i] for i in pairs[:, 1]])
-    for top_n in (5, 50, 400):                       # 400 > cohort size: the whole cohort is used
+    trials = Trials.from_lists(rng.integers(0, 2, 60), [utts[i] for i in pairs[:, 0]], [utts[i] for i in pairs[:, 1]])
+    for top_n in (5, 50, 400):  # 400 > cohort size: the whole cohort is used
         res = score_trials(utts, emb, trials, cohort=cohort, top_n=top_n)
         assert res.norm == "asnorm"
-        np.testing.assert_allclose(res.scores, slow_asnorm(utts, emb, trials, cohort, top_n),
-                                   rtol=1e-5, atol=1e-5)   # float32 cosines
+        np.testing.assert_allclose(
+            res.scores, slow_asnorm(utts, emb, trials, cohort, top_n), rtol=1e-5, atol=1e-5
+        )  # float32 cosines
     with pytest.raises(ValueError, match="top_n >= 2"):
         score_trials(utts, emb, trials, cohort=cohort, top_n=1)
     with pytest.raises(ValueError, match="does not match embedding dim 8"):
@@ -253,14 +257,15 @@ def test_asnorm_matches_slow_reference():
 
 def test_asnorm_cohort_chunks_agree():
     from ssrl.score import cohort_statistics
+
     rng = np.random.default_rng(5)
     x = rng.normal(size=(37, 16)).astype(np.float32)
     c = rng.normal(size=(90, 16)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     c /= np.linalg.norm(c, axis=1, keepdims=True)
     whole = cohort_statistics(x, c, 10)
-    tiny = cohort_statistics(x, c, 10, chunk_bytes=1)      # one row per chunk
-    np.testing.assert_allclose(whole, tiny, rtol=1e-5)   # float32 matmul blocking differs
+    tiny = cohort_statistics(x, c, 10, chunk_bytes=1)  # one row per chunk
+    np.testing.assert_allclose(whole, tiny, rtol=1e-5)  # float32 matmul blocking differs
 
 
 # --------------------------------------------------------------------------- script and rule
@@ -282,8 +287,9 @@ def make_scoring_inputs(folder, n_spk=6, per_spk=4, dim=16, seed=6):
     write_embeddings(folder / "test.npz", utts, centres[spk] + 0.8 * rng.normal(size=(len(utts), dim)))
     write_embeddings(folder / "train.npz", [f"c{i}" for i in range(40)], rng.normal(size=(40, dim)))
     pairs = [(i, j) for i in range(len(utts)) for j in range(i + 1, len(utts))]
-    trials = Trials.from_lists([int(spk[i] == spk[j]) for i, j in pairs], [utts[i] for i, _ in pairs],
-                               [utts[j] for _, j in pairs])
+    trials = Trials.from_lists(
+        [int(spk[i] == spk[j]) for i, j in pairs], [utts[i] for i, _ in pairs], [utts[j] for _, j in pairs]
+    )
     write_trials(folder / "list.txt", trials)
     return utts, trials
 
@@ -292,10 +298,24 @@ def test_score_script_outputs(tmp_path):
     utts, trials = make_scoring_inputs(tmp_path)
     out = tmp_path / "out"
     hp = {"asnorm": True, "asnorm_top_n": 10, "allow_missing": False, "det_points": 50}
-    load_script("score").main([
-        "--emb", str(tmp_path / "test.npz"), "--trials", str(tmp_path / "list.txt"),
-        "--cohort", str(tmp_path / "train.npz"), "--hparams", json.dumps(hp),
-        "--scores", str(out / "list.tsv"), "--det", str(out / "list.det.tsv"), "--metrics", str(out / "list.json")])
+    load_script("score").main(
+        [
+            "--emb",
+            str(tmp_path / "test.npz"),
+            "--trials",
+            str(tmp_path / "list.txt"),
+            "--cohort",
+            str(tmp_path / "train.npz"),
+            "--hparams",
+            json.dumps(hp),
+            "--scores",
+            str(out / "list.tsv"),
+            "--det",
+            str(out / "list.det.tsv"),
+            "--metrics",
+            str(out / "list.json"),
+        ]
+    )
     rows = [line.split("\t") for line in (out / "list.tsv").read_text().splitlines()]
     assert rows[0] == ["enroll", "test", "label", "score"] and len(rows) == len(trials) + 1
     scores = np.array([float(r[3]) for r in rows[1:]])
@@ -305,7 +325,7 @@ def test_score_script_outputs(tmp_path):
     assert m["trials"] == "list" and m["score_norm"] == "asnorm" and m["asnorm_top_n"] == 10
     assert (m["n_trials"], m["n_target"], m["n_dropped"]) == (len(trials), int(trials.labels.sum()), 0)
     assert m["n_nontarget"] == len(trials) - m["n_target"]
-    assert m["eer"] == pytest.approx(compute_eer(scores, labels), abs=1e-4)       # TSV keeps 6 decimals
+    assert m["eer"] == pytest.approx(compute_eer(scores, labels), abs=1e-4)  # TSV keeps 6 decimals
     assert m["eer_ref"] == pytest.approx(compute_eer_ref(scores, labels), abs=1e-4)
     assert m["min_dcf_0.05"] == pytest.approx(compute_min_dcf(scores, labels, 0.05), abs=1e-3)
     assert 0 <= m["min_dcf_0.01"] <= 1 and 0 < m["eer"] < 0.5
@@ -317,13 +337,27 @@ def test_score_script_outputs(tmp_path):
 
 def test_score_script_missing_utterances(tmp_path):
     utts, trials = make_scoring_inputs(tmp_path)
-    write_trials(tmp_path / "list.txt", Trials.from_lists(np.r_[trials.labels, [1, 0]],
-                                                          np.r_[trials.enroll, ["ghost", utts[0]]],
-                                                          np.r_[trials.test, [utts[1], "nobody"]]))
+    write_trials(
+        tmp_path / "list.txt",
+        Trials.from_lists(
+            np.r_[trials.labels, [1, 0]],
+            np.r_[trials.enroll, ["ghost", utts[0]]],
+            np.r_[trials.test, [utts[1], "nobody"]],
+        ),
+    )
     hp = {"asnorm": False, "asnorm_top_n": 10, "allow_missing": False, "det_points": 50}
-    args = ["--emb", str(tmp_path / "test.npz"), "--trials", str(tmp_path / "list.txt"),
-            "--scores", str(tmp_path / "s.tsv"), "--det", str(tmp_path / "d.tsv"),
-            "--metrics", str(tmp_path / "m.json")]
+    args = [
+        "--emb",
+        str(tmp_path / "test.npz"),
+        "--trials",
+        str(tmp_path / "list.txt"),
+        "--scores",
+        str(tmp_path / "s.tsv"),
+        "--det",
+        str(tmp_path / "d.tsv"),
+        "--metrics",
+        str(tmp_path / "m.json"),
+    ]
     with pytest.raises(SystemExit, match="2 of .* trials name utterances without .*'ghost', 'nobody'"):
         load_script("score").main(args + ["--hparams", json.dumps(hp)])
     assert not (tmp_path / "m.json").exists()
@@ -341,8 +375,16 @@ def test_score_rule(workdir):
     trials.mkdir(parents=True)
     make_scoring_inputs(emb)
     (emb / "list.txt").rename(trials / "demo.txt")
-    run_snakemake(workdir, "--cores", "1", "--allowed-rules", "score", "--printshellcmds",
-                  "results/tiny/dino/metrics/demo.json", configfile=cfg)
+    run_snakemake(
+        workdir,
+        "--cores",
+        "1",
+        "--allowed-rules",
+        "score",
+        "--printshellcmds",
+        "results/tiny/dino/metrics/demo.json",
+        configfile=cfg,
+    )
     m = read_json(workdir / "results" / "tiny" / "dino" / "metrics" / "demo.json")
     assert m["score_norm"] == "asnorm" and m["asnorm_top_n"] == 5
     assert (workdir / "results" / "tiny" / "dino" / "scores" / "demo.det.tsv").exists()

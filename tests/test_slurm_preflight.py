@@ -32,38 +32,59 @@ def test_parse_sinfo():
         preflight.parse_sinfo("cpu|n01|16\n")
 
 
-@pytest.mark.parametrize("text, minutes", [("infinite", None), ("UNLIMITED", None), ("2-00:00:00", 2880),
-                                           ("1-12", 2160), ("4:00:00", 240), ("30:00", 30), ("30:01", 31),
-                                           ("45", 45)])
+@pytest.mark.parametrize(
+    "text, minutes",
+    [
+        ("infinite", None),
+        ("UNLIMITED", None),
+        ("2-00:00:00", 2880),
+        ("1-12", 2160),
+        ("4:00:00", 240),
+        ("30:00", 30),
+        ("30:01", 31),
+        ("45", 45),
+    ],
+)
 def test_parse_time_minutes(text, minutes):
     assert preflight.parse_time_minutes(text) == minutes
 
 
-@pytest.mark.parametrize("text, gpus", [("(null)", 0), ("gpu:4", 4), ("gpu:a100:4(S:0-1)", 4),
-                                        ("gpu:a100:2,gpu:v100:1,shard:8", 3), ("gpu:2(S:0),mps:100", 2)])
+@pytest.mark.parametrize(
+    "text, gpus",
+    [
+        ("(null)", 0),
+        ("gpu:4", 4),
+        ("gpu:a100:4(S:0-1)", 4),
+        ("gpu:a100:2,gpu:v100:1,shard:8", 3),
+        ("gpu:2(S:0),mps:100", 2),
+    ],
+)
 def test_parse_gres_gpus(text, gpus):
     assert preflight.parse_gres_gpus(text) == gpus
 
 
 def test_placeholders_named_by_key_and_rule():
-    resources = {"a": {"slurm_account": "CHANGE_ME_account", "slurm_partition": "cpu", "mem_mb": 100},
-                 "b": {"slurm_account": "CHANGE_ME_account", "slurm_partition": "CHANGE_ME_gpu_partition"}}
+    resources = {
+        "a": {"slurm_account": "CHANGE_ME_account", "slurm_partition": "cpu", "mem_mb": 100},
+        "b": {"slurm_account": "CHANGE_ME_account", "slurm_partition": "CHANGE_ME_gpu_partition"},
+    }
     assert preflight.placeholder_findings(resources) == [
         "slurm_account = CHANGE_ME_account (every rule)",
-        "slurm_partition = CHANGE_ME_gpu_partition (rules: b)"]
+        "slurm_partition = CHANGE_ME_gpu_partition (rules: b)",
+    ]
 
 
 def test_every_unrunnable_rule_is_named_with_its_key():
     nodes = preflight.parse_sinfo(SINFO)
     requests = [
-        Request("fits_default", None, 16, 100000, None, 60),        # n02
+        Request("fits_default", None, 16, 100000, None, 60),  # n02
         Request("fits_gpu", "gpu", 32, 256000, 4, 1440),
-        Request("too_many_cpus", "cpu", 64, 1000, None, 60),        # would pend forever (PartitionConfig)
+        Request("too_many_cpus", "cpu", 64, 1000, None, 60),  # would pend forever (PartitionConfig)
         Request("too_much_mem", "cpu", 4, 500000, None, 60),
         Request("gpu_on_cpu", "cpu", 4, 1000, 1, 60),
         Request("too_long", "gpu", 4, 1000, 1, 2880),
         Request("no_such", "a100", 4, 1000, 1, 60),
-        Request("big_node", "cpu", 16, 100000, None, 60),            # only n02 has the memory
+        Request("big_node", "cpu", 16, 100000, None, 60),  # only n02 has the memory
         Request("placeholder", "CHANGE_ME_gpu_partition", 999, None, None, None),
     ]
     lines = preflight.unrunnable(requests, nodes)
@@ -86,8 +107,8 @@ def test_min_job_age_and_status_problem():
     assert preflight.parse_min_job_age("AuthType = auth/munge\nMinJobAge               = 300 sec\n") == 300
     assert preflight.parse_min_job_age("nothing") is None
     off = "Slurm accounting storage is disabled"
-    assert preflight.status_problem("sacct", None, 10) is None          # accounting works
-    assert preflight.status_problem("squeue", off, 300) is None         # squeue is trusted
+    assert preflight.status_problem("sacct", None, 10) is None  # accounting works
+    assert preflight.status_problem("squeue", off, 300) is None  # squeue is trusted
     assert "slurm-status-command: squeue" in preflight.status_problem("sacct", off, 300)
     assert "MinJobAge is 60 s" in preflight.status_problem("squeue", off, 60)
 
@@ -98,9 +119,12 @@ def _fake_slurm(tmp_path: Path, sinfo: str) -> dict:
     them when it is loaded)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    scripts = {"sinfo": f"cat <<'EOF'\n{sinfo}EOF", "squeue": "exit 0",
-               "sacct": "echo 'Slurm accounting storage is disabled' >&2; exit 1",
-               "scontrol": "echo 'MinJobAge               = 300 sec'"}
+    scripts = {
+        "sinfo": f"cat <<'EOF'\n{sinfo}EOF",
+        "squeue": "exit 0",
+        "sacct": "echo 'Slurm accounting storage is disabled' >&2; exit 1",
+        "scontrol": "echo 'MinJobAge               = 300 sec'",
+    }
     for name, body in scripts.items():
         (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
         (bin_dir / name).chmod(0o755)
@@ -127,15 +151,46 @@ def _profile(tmp_path: Path, edits: dict) -> Path:
 def _run(tmp_path: Path, profile: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
     work = tmp_path / "work"
     work.mkdir(exist_ok=True)
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work), "--profile",
-           str(profile), "--configfile", str(TINY_CONFIG), *args]
-    return subprocess.run(cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          stdin=subprocess.DEVNULL, timeout=300)
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(work),
+        "--profile",
+        str(profile),
+        "--configfile",
+        str(TINY_CONFIG),
+        *args,
+    ]
+    return subprocess.run(
+        cmd,
+        cwd=work,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=300,
+    )
 
 
-GPU_EDITS = {rule: {"slurm_partition": "gpu"} for rule in
-             ("dino_train", "ssrl_train", "iterative_train", "wavlm_step1", "wavlm_step2", "wavlm_ft", "extract",
-              "kmeans", "extract_train_test")}
+GPU_EDITS = {
+    rule: {"slurm_partition": "gpu"}
+    for rule in (
+        "dino_train",
+        "ssrl_train",
+        "iterative_train",
+        "wavlm_step1",
+        "wavlm_step2",
+        "wavlm_ft",
+        "extract",
+        "kmeans",
+        "extract_train_test",
+    )
+}
 
 
 @pytest.mark.slow
@@ -144,8 +199,13 @@ def test_workflow_stops_before_submission(tmp_path):
     run (nothing submitted, no sbatch needed) and are listed by a dry run, naming rule and key."""
     env = _fake_slurm(tmp_path, SINFO)
     # The README's edits, except the account, and scoring asking 64 CPUs (the CPU nodes have 16).
-    profile = _profile(tmp_path, {"default-resources": {"slurm_partition": "cpu"},
-                                  "set-resources": {**GPU_EDITS, "score": {"cpus_per_task": 64}}})
+    profile = _profile(
+        tmp_path,
+        {
+            "default-resources": {"slurm_partition": "cpu"},
+            "set-resources": {**GPU_EDITS, "score": {"cpus_per_task": 64}},
+        },
+    )
     real = _run(tmp_path, profile, env, "--cores", "2")
     assert real.returncode != 0
     out = real.stdout

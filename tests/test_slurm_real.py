@@ -33,14 +33,22 @@ RUN = Path("results") / "tiny"
 def slurm(tmp_path_factory: pytest.TempPathFactory):
     """The environment for Snakemake and the SLURM clients, with a one-node cluster started."""
     if os.environ.get("SSRL_TEST_SLURM") != "1" and not os.environ.get("SSRL_SLURM_DIR"):
-        pytest.skip("the real-SLURM test is opt-in (SSRL_TEST_SLURM=1, or `make test-slurm`): it installs and "
-                    "purges SLURM from the distribution's packages, and it has not yet completed on a 2-core "
-                    "machine within its time limits")
+        pytest.skip(
+            "the real-SLURM test is opt-in (SSRL_TEST_SLURM=1, or `make test-slurm`): it installs and "
+            "purges SLURM from the distribution's packages, and it has not yet completed on a 2-core "
+            "machine within its time limits"
+        )
     reuse = os.environ.get("SSRL_SLURM_DIR")
     cluster = Path(reuse) if reuse else tmp_path_factory.mktemp("slurm")
     if not reuse:
-        proc = subprocess.run(["bash", str(SCRIPTS / "start_slurm.sh"), str(cluster)], stdin=subprocess.DEVNULL,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+        proc = subprocess.run(
+            ["bash", str(SCRIPTS / "start_slurm.sh"), str(cluster)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=600,
+        )
         if proc.returncode == 2:
             pytest.skip(proc.stdout.strip().splitlines()[-1])
         if proc.returncode != 0:
@@ -50,8 +58,14 @@ def slurm(tmp_path_factory: pytest.TempPathFactory):
         yield {**os.environ, "PYTHONUNBUFFERED": "1"}
     finally:
         if not reuse:
-            stop = subprocess.run(["bash", str(SCRIPTS / "stop_slurm.sh"), str(cluster)], stdin=subprocess.DEVNULL,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
+            stop = subprocess.run(
+                ["bash", str(SCRIPTS / "stop_slurm.sh"), str(cluster)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                timeout=900,
+            )
             assert stop.returncode == 0, stop.stdout
 
 
@@ -73,8 +87,9 @@ def readme_profile(path: Path, cpus: int, mem_mb: int, gpus: int) -> Path:
 
 def _node(env: dict) -> tuple[int, int, int]:
     """(CPUs, memory in MB, GPUs) of the cluster's node."""
-    out = subprocess.run(["sinfo", "--Node", "--noheader", "--format=%c %m %G"], env=env, capture_output=True,
-                         text=True, check=True).stdout.split()
+    out = subprocess.run(
+        ["sinfo", "--Node", "--noheader", "--format=%c %m %G"], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
     return int(out[0]), int(out[1]), parse_gres_gpus(out[2])
 
 
@@ -92,10 +107,25 @@ def test_tiny_run_through_slurm_with_sigterm_retry_resume(slurm, tmp_path):
     # More steps than the tiny default, so that the signal lands mid-run (a checkpoint every step).
     cfg = write_config(work / "config.yaml", {"dino": {"epochs": 3}})
     target = str(RUN / "dino" / "model.pt")
-    cmd = [sys.executable, "-m", "snakemake", target, "-s", str(REPO / "Snakefile"), "-d", str(work), "--profile",
-           str(profile), "--cores", "all", "--configfile", str(cfg),
-           # test speed only: the first status query after 2 s, not 40 s (MinJobAge 300 >= 3 x 2)
-           "--slurm-init-seconds-before-status-checks", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        target,
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(work),
+        "--profile",
+        str(profile),
+        "--cores",
+        "all",
+        "--configfile",
+        str(cfg),
+        # test speed only: the first status query after 2 s, not 40 s (MinJobAge 300 >= 3 x 2)
+        "--slurm-init-seconds-before-status-checks",
+        "2",
+    ]
     start = time.monotonic()
     log_out = tmp_path / "snakemake.txt"
     with open(log_out, "w") as out:
@@ -108,10 +138,10 @@ def test_tiny_run_through_slurm_with_sigterm_retry_resume(slurm, tmp_path):
             while proc.poll() is None and time.monotonic() - start < 2400:
                 if _checkpoints(ckpt):
                     # The executor names every job by the run's UUID; the rule is in the comment (rule_<name>).
-                    queue = subprocess.run(["squeue", "--noheader", "--format=%i %k"], env=env, capture_output=True,
-                                           text=True).stdout
-                    job_id = next((line.split()[0] for line in queue.splitlines() if "rule_dino_train" in line),
-                                  None)
+                    queue = subprocess.run(
+                        ["squeue", "--noheader", "--format=%i %k"], env=env, capture_output=True, text=True
+                    ).stdout
+                    job_id = next((line.split()[0] for line in queue.splitlines() if "rule_dino_train" in line), None)
                     if job_id:
                         # SIGTERM to the job's steps, not the batch shell: what the profile's
                         # `--signal=TERM@300` delivers before a time limit (docs/preemption.md).
@@ -141,5 +171,5 @@ def test_tiny_run_through_slurm_with_sigterm_retry_resume(slurm, tmp_path):
     first, second = log.split(starts[1])
     assert "SIGTERM received" in first and "rerun the same command to resume" in first, first[-3000:]
     assert "dino: resuming from" in second, second[-3000:]
-    assert f"gpus={gpus};" in output                       # the GPU count lowered to the node's, as the README says
+    assert f"gpus={gpus};" in output  # the GPU count lowered to the node's, as the README says
     assert (work / RUN / "dino" / "train_log.tsv").is_file()

@@ -72,16 +72,18 @@ def test_phase_table_queue1_and_no_fixed_epochs():
 
 
 def test_vote_known_answers():
-    q = np.array([
-        [3, 3, 1, 1, 2],     # tie 3 vs 1: oldest (3)
-        [1, 2, 2, 1, 1],     # 1 wins 3:2
-        [4, 5, 6, 7, 8],     # all different: oldest
-        [-1, -1, -1, -1, 9],  # single entry
-        [-1, -1, -1, -1, -1],  # empty -> fill
-        [-1, 7, -1, 5, 5],   # fill slots ignored wherever they are
-        [-1, 6, 5, 6, 5],    # tie with fill at front: oldest non-fill (6)
-        [0, 2, 2, 0, -1],    # tie, label 0 is a real label
-    ])
+    q = np.array(
+        [
+            [3, 3, 1, 1, 2],  # tie 3 vs 1: oldest (3)
+            [1, 2, 2, 1, 1],  # 1 wins 3:2
+            [4, 5, 6, 7, 8],  # all different: oldest
+            [-1, -1, -1, -1, 9],  # single entry
+            [-1, -1, -1, -1, -1],  # empty -> fill
+            [-1, 7, -1, 5, 5],  # fill slots ignored wherever they are
+            [-1, 6, 5, 6, 5],  # tie with fill at front: oldest non-fill (6)
+            [0, 2, 2, 0, -1],  # tie, label 0 is a real label
+        ]
+    )
     assert vote(q).tolist() == [3, 1, 4, 9, -1, 5, 6, 0]
     assert vote(np.array([[2, 2, 0], [-5, 1, 1]]), fill=-5).tolist() == [2, 1]
     assert vote(np.array([[4], [-1]])).tolist() == [4, -1]
@@ -174,16 +176,16 @@ def test_removed_class_voted_back_is_live_again():
     """Default (the reference): votes count entries of removed classes; the removed set is recomputed."""
     st = _removed_class_in_old_entries(removed_permanent=False)
     idx = np.array([2])
-    assert st.vote_after_append(idx, np.array([3])).tolist() == [3]       # [3, 0, 1, 1, 3]: 3 and 1 twice, 3 oldest
+    assert st.vote_after_append(idx, np.array([3])).tolist() == [3]  # [3, 0, 1, 1, 3]: 3 and 1 twice, 3 oldest
     stats = st.replace()
     assert st.labels.tolist() == [1, 2, 0]
-    assert st.removed.tolist() == [False, False, False, True]             # 0 held again; 3 held by nobody
+    assert st.removed.tolist() == [False, False, False, True]  # 0 held again; 3 held by nobody
     assert stats.num_live == 3 and stats.num_newly_removed == 1
     # the next replacement: class 3 comes back through item 2's queue, class 0 leaves again
     st.queues[2] = [3, 3, 1, 3, 0]
     st.replace()
     assert st.labels.tolist() == [1, 2, 3] and st.removed.tolist() == [True, False, False, False]
-    with pytest.raises(ValueError, match="removed class"):                # the teacher never names a removed class
+    with pytest.raises(ValueError, match="removed class"):  # the teacher never names a removed class
         st.append(np.array([0]), np.array([0]))
 
 
@@ -193,7 +195,7 @@ def test_removed_permanent_never_votes_a_removed_class_back():
     assert st.labels.tolist() == [1, 2, 1]
     assert st.removed.tolist() == [True, False, False, True]
     # removed only grows; appending a removed class is refused
-    st.queues[2] = [3, 3, 1, 3, 0]          # only removed entries but one: votes 1
+    st.queues[2] = [3, 3, 1, 3, 0]  # only removed entries but one: votes 1
     st.replace()
     assert st.labels.tolist() == [1, 2, 1] and st.removed.tolist() == [True, False, False, True]
     with pytest.raises(ValueError, match="removed class"):
@@ -236,7 +238,7 @@ def test_nlm_target_may_be_a_removed_class_with_infinite_loss():
     st.removed[0] = True
     st.queues[:] = [[0, 0, 0], [2, 2, 2]]
     target = st.nlm_targets(np.array([0, 1]), np.array([1, 2]), replace_this_epoch=True)
-    assert target.tolist() == [0, 2]                                    # [0, 0, 1] votes the removed class 0
+    assert target.tolist() == [0, 2]  # [0, 0, 1] votes the removed class 0
     logits = mask_removed(torch.tensor([[1.0, 3.0, 0.0], [0.0, 0.0, 4.0]]), torch.from_numpy(st.removed))
     loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(target), reduction="none")
     assert torch.isinf(loss[0]) and torch.isfinite(loss[1])
@@ -398,6 +400,7 @@ def test_sinkhorn_global_batch_over_ranks():
             total = torch.maximum(slots[0], slots[1]) if op == "max" else slots[0] + slots[1]
             barrier.wait()
             tensor.copy_(total)
+
         return reduce
 
     def worker(rank, part):
@@ -473,7 +476,7 @@ def test_clean_probability_degenerate():
         clean_probability(np.array([0.1, np.nan, 0.3]))
     with pytest.raises(ValueError, match="NaN or negative"):
         clean_probability(np.array([0.1, -1.0]))
-    assert (clean_probability(np.full(20, np.inf)) == 1).all()           # nothing finite
+    assert (clean_probability(np.full(20, np.inf)) == 1).all()  # nothing finite
 
 
 def test_clean_probability_infinite_losses():

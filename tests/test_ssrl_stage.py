@@ -41,8 +41,16 @@ SCRIPT = REPO / "workflow" / "scripts" / "train_ssrl.py"
 ARCH = {"frontend": {"type": "mel", "n_mels": 20}, "encoder": {"channels": 16, "emb_dim": 8}}
 CLASS_IDS = np.array([0, 2, 3, 5, 6, 7, 9, 11])
 HP = {
-    "ssrl": {"fixed_epochs": 4, "update_epochs": 3, "batch_size": 8, "queue_len": 5, "lr": 0.005,
-             "student_crop_s": 0.5, "teacher_crop_s": 1.0, "val_every": 3},
+    "ssrl": {
+        "fixed_epochs": 4,
+        "update_epochs": 3,
+        "batch_size": 8,
+        "queue_len": 5,
+        "lr": 0.005,
+        "student_crop_s": 0.5,
+        "teacher_crop_s": 1.0,
+        "val_every": 3,
+    },
     "augment": {"snr_db": [0, 20], "babble_count": [3, 8]},
 }
 RUNTIME = dict(device="cpu", workers=0, log_every=1, progress_every_s=1000.0, deterministic=True, bf16=False)
@@ -67,7 +75,7 @@ def inputs(tiny_corpus, tmp_path_factory) -> dict:
     speakers = sorted(set(spk.values()))
     rng = np.random.default_rng(0)
     cls = np.array([speakers.index(spk[u]) for u in utts])
-    cls[(cls < 2) & (np.arange(len(utts)) % 2 == 0)] += 6               # classes 6, 7: halves of speakers 0, 1
+    cls[(cls < 2) & (np.arange(len(utts)) % 2 == 0)] += 6  # classes 6, 7: halves of speakers 0, 1
     noisy = rng.choice(len(utts), 4, replace=False)
     cls[noisy] = rng.integers(0, 8, size=4)
     (root / "labels.txt").write_text("".join(f"{u} {CLASS_IDS[c]}\n" for u, c in zip(utts, cls)))
@@ -75,18 +83,37 @@ def inputs(tiny_corpus, tmp_path_factory) -> dict:
     return {"data": data, "root": root, "utts": utts, "classes": cls}
 
 
-def make_stage(inputs: dict, cls=SSRLStage, ssrl: dict | None = None, system: str = "ssrl",
-               out: Path | None = None, validate: bool = True, **kwargs) -> SSRLStage:
+def make_stage(
+    inputs: dict,
+    cls=SSRLStage,
+    ssrl: dict | None = None,
+    system: str = "ssrl",
+    out: Path | None = None,
+    validate: bool = True,
+    **kwargs,
+) -> SSRLStage:
     data, root = inputs["data"], inputs["root"]
     hp = {**HP, "ssrl": {**HP["ssrl"], **(ssrl or {})}}
     init = kwargs.pop("init_model", root / "init.pt")
-    files = {} if hp["ssrl"].get("init", "encoder") != "encoder" else \
-        {"labels": root / "labels.txt", "centers": root / "centers.npy"}
+    files = (
+        {}
+        if hp["ssrl"].get("init", "encoder") != "encoder"
+        else {"labels": root / "labels.txt", "centers": root / "centers.npy"}
+    )
     val = {"val_scp": data / "test" / "wav.scp", "val_trials": data / "trials" / "demo.txt"} if validate else {}
     outs = {"label_log": out / "label_log.tsv", "live_dir": out / "ckpt"} if out is not None else {}
-    return cls(hp, system, data / "train" / "wav.scp", init, augment_lists={k: data / "augment" / f"{k}.lst"
-                                                                            for k in AUGMENT},
-               utt2spk=data / "train" / "utt2spk", **files, **val, **outs, **kwargs)
+    return cls(
+        hp,
+        system,
+        data / "train" / "wav.scp",
+        init,
+        augment_lists={k: data / "augment" / f"{k}.lst" for k in AUGMENT},
+        utt2spk=data / "train" / "utt2spk",
+        **files,
+        **val,
+        **outs,
+        **kwargs,
+    )
 
 
 def fit(stage: SSRLStage, out: Path, **runtime) -> Path:
@@ -128,8 +155,13 @@ class Recorder(SSRLStage):
             raise KeyboardInterrupt("simulated kill")
         self._rec: dict = {}
         loss, metrics = super().train_step(student, batch, epoch)
-        self._rec.update(epoch=epoch, loss=loss.item(), index=batch["index"].clone(), label=batch["label"].clone(),
-                         p_clean=batch["p_clean"].clone())
+        self._rec.update(
+            epoch=epoch,
+            loss=loss.item(),
+            index=batch["index"].clone(),
+            label=batch["label"].clone(),
+            p_clean=batch["p_clean"].clone(),
+        )
         self.steps.append(self._rec)
         return loss, metrics
 
@@ -156,26 +188,54 @@ def _tsv(path: Path, drop: tuple[str, ...] = ()) -> list[dict]:
 
 # --------------------------------------------------------------------------- schedule and config
 
+
 def test_ssrl_lr_schedule_follows_the_spec_formula():
     def segment(start, final, n):
         return [final + (start - final) * (1 + math.cos(math.pi * i / n)) / 2 for i in range(1, n + 1)]
+
     lr = 1e-3
     s = schedules.ssrl_lr(lr, fixed_steps=5, update_steps=7)
     np.testing.assert_allclose(s, segment(lr / 10, lr / 100, 5) + segment(lr / 2, lr / 100, 7), rtol=1e-12)
     assert s[4] == pytest.approx(lr / 100) and s[-1] == pytest.approx(lr / 100)
     # The stage's per-step array: E_fix and E_upd epochs of steps_per_epoch steps each.
-    stage = SSRLStage({"ssrl": {"fixed_epochs": 2, "update_epochs": 3}}, "ssrl", "train.scp", "init.pt",
-                      labels="l.txt", centers="c.npy")
-    np.testing.assert_allclose(stage.lr_schedule(4), segment(lr / 10, lr / 100, 8) + segment(lr / 2, lr / 100, 12),
-                               rtol=1e-12)
+    stage = SSRLStage(
+        {"ssrl": {"fixed_epochs": 2, "update_epochs": 3}},
+        "ssrl",
+        "train.scp",
+        "init.pt",
+        labels="l.txt",
+        centers="c.npy",
+    )
+    np.testing.assert_allclose(
+        stage.lr_schedule(4), segment(lr / 10, lr / 100, 8) + segment(lr / 2, lr / 100, 12), rtol=1e-12
+    )
     # WavLM step 2-ft: no label-fixed epochs, one cosine lr/20 -> lr/100.
-    ft = SSRLStage({"ssrl": {"fixed_epochs": 0, "update_epochs": 5, "lr_update_start": 0.05, "init": "full"}},
-                   "wavlm_ft", "train.scp", "init.pt")
+    ft = SSRLStage(
+        {"ssrl": {"fixed_epochs": 0, "update_epochs": 5, "lr_update_start": 0.05, "init": "full"}},
+        "wavlm_ft",
+        "train.scp",
+        "init.pt",
+    )
     np.testing.assert_allclose(ft.lr_schedule(2), segment(lr / 20, lr / 100, 10), rtol=1e-12)
     # Iterative round / WavLM step 1: the label-fixed segment alone, or warm-up + cosine.
     np.testing.assert_allclose(schedules.ssrl_lr(lr, 6, 0), segment(lr / 10, lr / 100, 6), rtol=1e-12)
-    step1 = SSRLStage({"ssrl": {"fixed_epochs": 3, "update_epochs": 0, "label_update": False, "nlm": False,
-                                "schedule": "warmup_cosine", "warmup_epochs": 1}}, "wavlm_step1", "t", "i", "l", "c")
+    step1 = SSRLStage(
+        {
+            "ssrl": {
+                "fixed_epochs": 3,
+                "update_epochs": 0,
+                "label_update": False,
+                "nlm": False,
+                "schedule": "warmup_cosine",
+                "warmup_epochs": 1,
+            }
+        },
+        "wavlm_step1",
+        "t",
+        "i",
+        "l",
+        "c",
+    )
     np.testing.assert_allclose(step1.lr_schedule(2), [lr / 2, lr] + segment(lr, lr / 100, 4), rtol=1e-12)
     np.testing.assert_allclose(stage.ema_schedule(4), np.linspace(0.999, 0.9999, 20))
 
@@ -209,7 +269,7 @@ def test_adam_weight_decay_on_all_parameters(inputs):
         p.grad = torch.zeros_like(p)
     opt.param_groups[0]["lr"] = 1e-3
     opt.step()
-    for p, b in zip(trainable, before):     # Adam: grad 0.1 p -> first step -lr * sign(p) (|0.1 p| >> eps)
+    for p, b in zip(trainable, before):  # Adam: grad 0.1 p -> first step -lr * sign(p) (|0.1 p| >> eps)
         big = b.abs() > 1e-3
         torch.testing.assert_close(p.detach()[big], (b - 1e-3 * b.sign())[big], rtol=0, atol=1e-6)
 
@@ -227,7 +287,9 @@ def test_build_renumbers_labels_and_takes_center_rows(inputs):
     centers = np.load(inputs["root"] / "centers.npy")
     torch.testing.assert_close(stage.student.head.weight, torch.from_numpy(centers[CLASS_IDS]))
     # Queue of L = 5: two copies of the k-means label, oldest slots empty; p_clean 1, nothing removed.
-    assert (stage.label_state.queues[:, :3] == FILL).all() and (stage.label_state.queues[:, 3] == inputs["classes"]).all()
+    assert (stage.label_state.queues[:, :3] == FILL).all() and (
+        stage.label_state.queues[:, 3] == inputs["classes"]
+    ).all()
     assert stage.label_state.removed.sum() == 0 and (stage.label_state.p_clean == 1).all()
     assert not stage.label_state.removed_permanent
     assert built(make_stage(inputs, ssrl={"removed_permanent": True}, validate=False)).label_state.removed_permanent
@@ -236,9 +298,13 @@ def test_build_renumbers_labels_and_takes_center_rows(inputs):
 def test_student_loss_uses_p_clean_weights(inputs):
     stage = built(make_stage(inputs, validate=False))
     torch.manual_seed(1)
-    batch = {"student": torch.randn(3, 8000), "label": torch.tensor([0, 4, 7]), "index": torch.tensor([0, 1, 2]),
-             "p_clean": torch.tensor([1.0, 0.0, 0.25])}
-    stage.student.train()                  # as train_step runs it (BatchNorm: this batch's statistics)
+    batch = {
+        "student": torch.randn(3, 8000),
+        "label": torch.tensor([0, 4, 7]),
+        "index": torch.tensor([0, 1, 2]),
+        "p_clean": torch.tensor([1.0, 0.0, 0.25]),
+    }
+    stage.student.train()  # as train_step runs it (BatchNorm: this batch's statistics)
     with torch.no_grad():
         _, logits = stage.student(batch["student"], batch["label"])
     ce = F.cross_entropy(logits, batch["label"], reduction="none")
@@ -256,7 +322,7 @@ def test_relabelling_logits_and_teacher_losses_are_fp32_under_bf16_autocast(inpu
     (the GMM then fits float64 numpy): exactly the fp32 computation on the autocast embeddings,
     and close to the all-fp32 result."""
     stage = built(make_stage(inputs, validate=False))
-    stage.on_epoch_start(1)                                          # a relabelling epoch (teacher crops)
+    stage.on_epoch_start(1)  # a relabelling epoch (teacher crops)
     batch = torch.utils.data.default_collate([stage.train_set[i] for i in range(8)])
     embs = []
     stage.teacher.model.register_forward_hook(lambda module, args, out: embs.append(out))
@@ -268,20 +334,21 @@ def test_relabelling_logits_and_teacher_losses_are_fp32_under_bf16_autocast(inpu
             bf16 = stage.teacher_relabel(batch["teacher"], batch["label"])
             stage._relabel_step(batch, epoch=1)
         loss_bf16 = stage._relabelled[:, 2].clone()
-    assert embs[-1].dtype == torch.bfloat16                          # the network itself did run in bf16
+    assert embs[-1].dtype == torch.bfloat16  # the network itself did run in bf16
     assert bf16.logits.dtype == torch.float32
     head = stage.teacher.head
-    want = relabel_logits(head.cosine(embs[-1].float()), batch["label"], stage.removed, head.scale, head.margin,
-                          stage.cfg.margin_quirk)
+    want = relabel_logits(
+        head.cosine(embs[-1].float()), batch["label"], stage.removed, head.scale, head.margin, stage.cfg.margin_quirk
+    )
     torch.testing.assert_close(bf16.logits, want, rtol=0, atol=1e-5)
-    torch.testing.assert_close(bf16.logits, fp32.logits, rtol=0, atol=0.5)     # bf16 embeddings, scale 32
+    torch.testing.assert_close(bf16.logits, fp32.logits, rtol=0, atol=0.5)  # bf16 embeddings, scale 32
     target = bf16.labels
-    torch.testing.assert_close(loss_bf16.float(), F.cross_entropy(want, target, reduction="none"), rtol=1e-5,
-                               atol=1e-5)
+    torch.testing.assert_close(loss_bf16.float(), F.cross_entropy(want, target, reduction="none"), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(loss_bf16, loss32, rtol=0.1, atol=0.05)
 
 
 # --------------------------------------------------------------------------- one recorded run
+
 
 def test_phases_relabelling_and_replacement(reference, inputs):
     stage, out = reference
@@ -289,8 +356,8 @@ def test_phases_relabelling_and_replacement(reference, inputs):
     assert tuple((out / "label_log.tsv").read_text().splitlines()[0].split("\t")) == LABEL_LOG_COLUMNS
     assert [r["epoch"] for r in log] == [str(e) for e in range(7)]
     assert [r["phase"] for r in log] == ["fixed"] * 4 + ["update"] * 3
-    assert [r["relabelled"] for r in log] == ["0"] + ["1"] * 6           # from E_fix - (L // 2 + 1) = 1
-    assert [r["replaced"] for r in log] == ["0"] * 3 + ["1"] * 4         # from E_fix - 1 = 3
+    assert [r["relabelled"] for r in log] == ["0"] + ["1"] * 6  # from E_fix - (L // 2 + 1) = 1
+    assert [r["replaced"] for r in log] == ["0"] * 3 + ["1"] * 4  # from E_fix - 1 = 3
     # The teacher relabels (and gets a teacher crop) only in relabelling epochs.
     assert [("new" in s) for s in stage.steps] == [s["epoch"] >= 1 for s in stage.steps]
     live = [int(r["live_classes"]) for r in log]
@@ -311,7 +378,7 @@ def test_phases_relabelling_and_replacement(reference, inputs):
         assert (st["labels"] == inputs["classes"]).all()
     final = LabelState.from_state_dict(stage.epoch_states[-1])
     assert (final.labels == np.asarray(stage.epoch_states[-1]["labels"])).all()
-    assert not final.removed[final.labels].any()                     # nobody holds a removed class
+    assert not final.removed[final.labels].any()  # nobody holds a removed class
     # Truth is logged (never trained on): NMI etc. of the current labels, the clean detector.
     assert all(r["nmi"] and r["purity"] and r["clean_tp"] for r in log)
     assert all(sum(int(r[f"clean_{k}"]) for k in ("tp", "fp", "tn", "fn")) == 24 for r in log)
@@ -329,7 +396,7 @@ def test_removed_classes_are_minus_inf_for_student_and_teacher(reference):
             assert torch.isneginf(s["teacher"][:, removed]).all() and torch.isfinite(s["teacher"][:, ~removed]).all()
             assert not removed[s["new"]].any()
         masked_steps += bool(removed.any())
-    assert masked_steps >= 3                              # classes were removed and stayed masked
+    assert masked_steps >= 3  # classes were removed and stayed masked
     # The mask of every epoch is the label state's removed set at its start (refreshed after a replacement).
     for s in stage.steps[3:]:
         assert (s["removed"].numpy() == stage.epoch_states[s["epoch"] - 1]["removed"]).all()
@@ -338,7 +405,7 @@ def test_removed_classes_are_minus_inf_for_student_and_teacher(reference):
 def test_nlm_weights_from_the_gmm_reach_the_loss(reference):
     stage, _ = reference
     after_epoch1 = stage.epoch_states[1]["p_clean"]
-    assert (after_epoch1 < 1).any() and (after_epoch1 > 0.5).any()   # refitted after the first relabelling
+    assert (after_epoch1 < 1).any() and (after_epoch1 > 0.5).any()  # refitted after the first relabelling
     for s in stage.steps:
         if s["epoch"] == 0:
             assert (s["p_clean"] == 1).all()
@@ -347,7 +414,7 @@ def test_nlm_weights_from_the_gmm_reach_the_loss(reference):
         torch.testing.assert_close(s["p_clean"], torch.from_numpy(p_prev[s["index"].numpy()]))
         ce = F.cross_entropy(s["student"], s["label"], reduction="none")
         total = s["p_clean"].sum()
-        want = (s["p_clean"] * ce).sum() / total if total > 0 else torch.tensor(0.0)   # all noisy: no update
+        want = (s["p_clean"] * ce).sum() / total if total > 0 else torch.tensor(0.0)  # all noisy: no update
         assert s["loss"] == pytest.approx(want.item(), rel=1e-5)
 
 
@@ -366,6 +433,7 @@ def test_model_file_holds_teacher_label_state_and_class_map(reference, inputs):
 
 
 # --------------------------------------------------------------------------- resume, DDP, continuation
+
 
 def _assert_same_model_files(a: Path, b: Path, atol: float = 0.0, skip: tuple[str, ...] = ()) -> None:
     x, y = read_model_file(a), read_model_file(b)
@@ -417,8 +485,7 @@ def _child(log_file: str, env: dict, out: str, inputs: dict) -> None:
     for h in list(logging.getLogger().handlers):
         logging.getLogger().removeHandler(h)
     stage = make_stage(inputs, ssrl=DDP_SHORT, out=Path(out), validate=False)
-    code = run(stage, RuntimeConfig(**RUNTIME), Path(out) / "ckpt", Path(out) / "model.pt",
-               Path(out) / "train_log.tsv")
+    code = run(stage, RuntimeConfig(**RUNTIME), Path(out) / "ckpt", Path(out) / "model.pt", Path(out) / "train_log.tsv")
     os._exit(code)
 
 
@@ -434,9 +501,13 @@ def test_two_gloo_processes_match_one_process(inputs, tmp_path):
     out = tmp_path / "ddp"
     common = {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
     ctx = mp.get_context("fork")
-    procs = [ctx.Process(target=_child, args=(str(tmp_path / f"rank{r}.log"),
-                                              {**common, "RANK": str(r), "LOCAL_RANK": str(r)}, str(out), inputs))
-             for r in range(2)]
+    procs = [
+        ctx.Process(
+            target=_child,
+            args=(str(tmp_path / f"rank{r}.log"), {**common, "RANK": str(r), "LOCAL_RANK": str(r)}, str(out), inputs),
+        )
+        for r in range(2)
+    ]
     for p in procs:
         p.start()
     for p in procs:
@@ -455,8 +526,11 @@ def test_two_gloo_processes_match_one_process(inputs, tmp_path):
     exact = [c for c in LABEL_LOG_COLUMNS if c not in ("p_clean_mean", "loss", "acc")]
     assert [{k: r[k] for k in exact} for r in a] == [{k: r[k] for k in exact} for r in b]
     for ra, rb in zip(a, b):
-        np.testing.assert_allclose([float(ra[k]) for k in ("p_clean_mean", "loss", "acc")],
-                                   [float(rb[k]) for k in ("p_clean_mean", "loss", "acc")], rtol=1e-4)
+        np.testing.assert_allclose(
+            [float(ra[k]) for k in ("p_clean_mean", "loss", "acc")],
+            [float(rb[k]) for k in ("p_clean_mean", "loss", "acc")],
+            rtol=1e-4,
+        )
 
 
 def test_continuing_a_model_file(reference, inputs, tmp_path):
@@ -476,19 +550,27 @@ def test_continuing_a_model_file(reference, inputs, tmp_path):
     assert (st.label_state.labels == labels).all() and (st.label_state.queues[:, -1] == labels).all()
     assert not st.label_state.removed.any() and (st.label_state.p_clean == 1).all()
     # init full (WavLM step 2-ft): the whole label state, removed classes masked from the first step.
-    rec = make_stage(inputs, Recorder, ssrl={"init": "full", "fixed_epochs": 0, "update_epochs": 1},
-                     init_model=out / "model.pt", validate=False)
+    rec = make_stage(
+        inputs,
+        Recorder,
+        ssrl={"init": "full", "fixed_epochs": 0, "update_epochs": 1},
+        init_model=out / "model.pt",
+        validate=False,
+    )
     fit(rec, tmp_path / "full")
     removed = saved["extra"]["label_state"]["removed"]
     assert removed.any() and all(torch.equal(s["removed"], removed) for s in rec.steps)
-    assert all("new" in s for s in rec.steps)                       # E_fix = 0: relabels from epoch 0
-    assert (rec.steps[0]["p_clean"].numpy() == saved["extra"]["label_state"]["p_clean"].numpy()[
-        rec.steps[0]["index"].numpy()]).all()
+    assert all("new" in s for s in rec.steps)  # E_fix = 0: relabels from epoch 0
+    assert (
+        rec.steps[0]["p_clean"].numpy()
+        == saved["extra"]["label_state"]["p_clean"].numpy()[rec.steps[0]["index"].numpy()]
+    ).all()
     # A continued label state needs the same training list.
     other = tmp_path / "other.pt"
     obj = dict(saved, extra=dict(saved["extra"], n_utts=23))
-    save_model_file(other, **{k: obj[k] for k in ("system", "arch", "eval_state", "student", "teacher", "head",
-                                                  "hparams", "extra")})
+    save_model_file(
+        other, **{k: obj[k] for k in ("system", "arch", "eval_state", "student", "teacher", "head", "hparams", "extra")}
+    )
     with pytest.raises(ValueError, match="another training list"):
         built(make_stage(inputs, ssrl={"init": "full"}, init_model=other, validate=False))
 
@@ -496,8 +578,14 @@ def test_continuing_a_model_file(reference, inputs, tmp_path):
 def test_no_teacher_trains_validates_and_exports_the_student(inputs, tmp_path):
     """teacher: false (WavLM step 1): a supervised student, no EMA teacher; the validation EER is
     the student's and the model file's eval_state is the student's model."""
-    fixed = {"teacher": False, "label_update": False, "nlm": False, "fixed_epochs": 2, "update_epochs": 0,
-             "val_every": 2}
+    fixed = {
+        "teacher": False,
+        "label_update": False,
+        "nlm": False,
+        "fixed_epochs": 2,
+        "update_epochs": 0,
+        "val_every": 2,
+    }
     stage = make_stage(inputs, ssrl=fixed, out=tmp_path)
     fit(stage, tmp_path)
     assert stage.teacher is None and stage.ema_schedule(3) is None
@@ -505,8 +593,9 @@ def test_no_teacher_trains_validates_and_exports_the_student(inputs, tmp_path):
     assert obj["teacher"] is None
     student = stage.student.model.state_dict()
     assert obj["eval_state"].keys() == student.keys()
-    assert all(torch.equal(obj["eval_state"][k], v) and torch.equal(obj["student"]["model"][k], v)
-               for k, v in student.items())
+    assert all(
+        torch.equal(obj["eval_state"][k], v) and torch.equal(obj["student"]["model"][k], v) for k, v in student.items()
+    )
     val = ValidationSet.from_files(inputs["data"] / "test" / "wav.scp", inputs["data"] / "trials" / "demo.txt")
     eer = validation_eer(load_speaker_model(tmp_path / "model.pt"), val, DistEnv())
     assert float(_tsv(tmp_path / "label_log.tsv")[-1]["teacher_eer"]) == pytest.approx(eer, rel=1e-5)
@@ -523,8 +612,14 @@ def test_wavlm_frozen_and_shared_with_the_teacher(inputs, tmp_path):
     torch.manual_seed(0)
     model = build_speaker_model(arch)
     save_model_file(tmp_path / "wavlm.pt", system="wavlm_step1", arch=model.arch, eval_state=model.state_dict())
-    st = built(make_stage(inputs, ssrl={"freeze_wavlm": True, "teacher_shares_wavlm": True},
-                          init_model=tmp_path / "wavlm.pt", validate=False))
+    st = built(
+        make_stage(
+            inputs,
+            ssrl={"freeze_wavlm": True, "teacher_shares_wavlm": True},
+            init_model=tmp_path / "wavlm.pt",
+            validate=False,
+        )
+    )
     wavlm = st.student.model.frontend.wavlm
     assert st.teacher.model.frontend.wavlm is wavlm
     assert st.teacher.model.frontend.layer_weights is not st.student.model.frontend.layer_weights
@@ -547,23 +642,44 @@ def test_wavlm_frozen_and_shared_with_the_teacher(inputs, tmp_path):
 
 # --------------------------------------------------------------------------- the script
 
+
 def test_train_ssrl_script_reports_bad_input(inputs, tmp_path):
     data, root = inputs["data"], inputs["root"]
     bad = tmp_path / "labels.txt"
-    bad.write_text("".join(f"{u} 1\n" for u in inputs["utts"][:-1]))           # one utterance unlabelled
+    bad.write_text("".join(f"{u} 1\n" for u in inputs["utts"][:-1]))  # one utterance unlabelled
     out = tmp_path / "out"
-    cmd = [sys.executable, str(SCRIPT), "--system", "ssrl", "--train-scp", str(data / "train" / "wav.scp"),
-           "--init-model", str(root / "init.pt"), "--labels", str(bad), "--centers", str(root / "centers.npy"),
-           "--no-augment", "--ckpt-dir", str(out / "ckpt"), "--model-out", str(out / "model.pt"),
-           "--log-out", str(out / "train_log.tsv"), "--label-log-out", str(out / "label_log.tsv"),
-           "--hparams", json.dumps({**HP, "train": {"device": "cpu", "workers": 0}})]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        str(SCRIPT),
+        "--system",
+        "ssrl",
+        "--train-scp",
+        str(data / "train" / "wav.scp"),
+        "--init-model",
+        str(root / "init.pt"),
+        "--labels",
+        str(bad),
+        "--centers",
+        str(root / "centers.npy"),
+        "--no-augment",
+        "--ckpt-dir",
+        str(out / "ckpt"),
+        "--model-out",
+        str(out / "model.pt"),
+        "--log-out",
+        str(out / "train_log.tsv"),
+        "--label-log-out",
+        str(out / "label_log.tsv"),
+        "--hparams",
+        json.dumps({**HP, "train": {"device": "cpu", "workers": 0}}),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 1 and str(bad) in proc.stderr and "have no label" in proc.stderr
     assert "Traceback" not in proc.stderr and not (out / "model.pt").exists()
 
 
 # --------------------------------------------------------------------------- the workflow
+
 
 @pytest.mark.slow
 def test_workflow_builds_ssrl_and_iterative_rounds(tiny_run):
@@ -572,7 +688,12 @@ def test_workflow_builds_ssrl_and_iterative_rounds(tiny_run):
     metrics = json.loads((run_dir / "ssrl" / "metrics" / "demo.json").read_text())
     assert 0.0 <= metrics["eer"] <= 1.0 and metrics["n_trials"] > 0
     log = _tsv(run_dir / "ssrl" / "label_log.tsv")
-    assert [r["relabelled"] for r in log] == ["0", "1", "1", "1"] and [r["replaced"] for r in log] == ["0", "0", "1", "1"]
+    assert [r["relabelled"] for r in log] == ["0", "1", "1", "1"] and [r["replaced"] for r in log] == [
+        "0",
+        "0",
+        "1",
+        "1",
+    ]
     assert all(r["nmi"] for r in log) and log[-1]["teacher_eer"]
     # Round 2 trained on round 1's k-means labels, from round 1's encoder; fixed labels throughout.
     r2 = read_model_file(run_dir / "iter_r2" / "model.pt")

@@ -46,6 +46,7 @@ from ssrl.train.distributed import DistEnv, GlobalBatchNorm, convert_sync_batchn
 
 # --------------------------------------------------------------------------- the toy stage
 
+
 class ToyData(Dataset):
     """Fixed inputs (6-d) and targets (3-d); each epoch adds noise drawn from (seed, epoch, index)."""
 
@@ -71,9 +72,19 @@ class ToyStage(Stage):
     step_metrics = ("gap",)
     epoch_metrics = ("val_mse", "center_norm")
 
-    def __init__(self, epochs: int = 3, batch_size: int = 8, n: int = 48, lr: float = 0.1, seed: int = 3,
-                 nan_at_call: int | None = None, crash_at_call: int | None = None, sleep_after: int | None = None,
-                 marker: Path | None = None, dump_dir: Path | None = None):
+    def __init__(
+        self,
+        epochs: int = 3,
+        batch_size: int = 8,
+        n: int = 48,
+        lr: float = 0.1,
+        seed: int = 3,
+        nan_at_call: int | None = None,
+        crash_at_call: int | None = None,
+        sleep_after: int | None = None,
+        marker: Path | None = None,
+        dump_dir: Path | None = None,
+    ):
         self.epochs, self.batch_size, self.seed, self.n, self.lr = epochs, batch_size, seed, n, lr
         self.hparams = {"epochs": epochs, "batch_size": batch_size, "n": n, "lr": lr, "seed": seed}
         self.val_every = 1
@@ -133,8 +144,9 @@ class ToyStage(Stage):
 
     def on_epoch_end(self, epoch):
         if self.dump_dir is not None and epoch + 1 == self.epochs:
-            torch.save({"student": self.student.state_dict(), "center": self.center},
-                       self.dump_dir / f"rank{self.env.rank}.pt")
+            torch.save(
+                {"student": self.student.state_dict(), "center": self.center}, self.dump_dir / f"rank{self.env.rank}.pt"
+            )
         return {}
 
     def state_dict(self):
@@ -144,8 +156,9 @@ class ToyStage(Stage):
         self.center = state["center"].clone()
 
     def write_model_file(self, path):
-        save_torch(path, {"student": self.student.state_dict(), "teacher": self.teacher.state_dict(),
-                          "center": self.center})
+        save_torch(
+            path, {"student": self.student.state_dict(), "teacher": self.teacher.state_dict(), "center": self.center}
+        )
 
 
 # Tiny models: one intra-op thread (tests/conftest.py).
@@ -190,6 +203,7 @@ def _log_rows(path: Path, drop_timing: bool = True) -> list[list[str]]:
 
 # --------------------------------------------------------------------------- schedules, EMA, optimiser helpers
 
+
 def test_linear_and_cosine_segments_follow_the_spec_formula():
     np.testing.assert_allclose(schedules.linear(0.0, 1.0, 4), [0.25, 0.5, 0.75, 1.0])
     c = schedules.cosine(1.0, 0.1, 4)
@@ -225,7 +239,7 @@ def test_ema_update_known_answer():
     with torch.no_grad():
         student[0].weight.fill_(11.0)
         student[0].bias.requires_grad_(False)
-        student[0].bias.fill_(7.0)                    # frozen parameter: copied, not averaged
+        student[0].bias.fill_(7.0)  # frozen parameter: copied, not averaged
         student[1].running_mean.fill_(10.0)
         student[1].num_batches_tracked.fill_(5)
     ema_update(teacher, student, decay=0.9)
@@ -245,8 +259,8 @@ def test_decay_groups_and_per_tensor_clipping():
     assert decay["weight_decay"] == 5e-5 and no_decay["weight_decay"] == 0.0
     assert [p is m[0].weight for p in decay["params"]] == [True]
     assert {id(p) for p in no_decay["params"]} == {id(m[0].bias), id(m[1].weight), id(m[1].bias)}
-    m[0].weight.grad = torch.full((4, 3), 1.0)       # norm sqrt(12) > 3: scaled to norm 3
-    m[0].bias.grad = torch.full((4,), 0.5)           # norm 1 < 3: unchanged
+    m[0].weight.grad = torch.full((4, 3), 1.0)  # norm sqrt(12) > 3: scaled to norm 3
+    m[0].bias.grad = torch.full((4,), 0.5)  # norm 1 < 3: unchanged
     norms = clip_grad_per_tensor(m.parameters(), 3.0)
     torch.testing.assert_close(norms, torch.tensor([math.sqrt(12), 1.0]))
     assert m[0].weight.grad.norm().item() == pytest.approx(3.0, rel=1e-5)
@@ -255,11 +269,11 @@ def test_decay_groups_and_per_tensor_clipping():
 
 def test_global_batchnorm_is_plain_batchnorm_in_one_process():
     bn = nn.BatchNorm1d(4)
-    g = convert_sync_batchnorm(nn.Sequential(bn), DistEnv(world_size=2))[0]    # CPU -> GlobalBatchNorm
+    g = convert_sync_batchnorm(nn.Sequential(bn), DistEnv(world_size=2))[0]  # CPU -> GlobalBatchNorm
     assert isinstance(g, GlobalBatchNorm) and g.weight is bn.weight and g.running_mean is bn.running_mean
     ref = nn.BatchNorm1d(4)
     x = torch.randn(5, 4, 3)
-    torch.testing.assert_close(g(x), ref(x))         # no process group: plain BatchNorm
+    torch.testing.assert_close(g(x), ref(x))  # no process group: plain BatchNorm
     torch.testing.assert_close(g.running_var, ref.running_var)
 
 
@@ -275,14 +289,15 @@ def test_runtime_config_rejects_bad_keys():
 
 # --------------------------------------------------------------------------- checkpoints and resume
 
+
 def test_checkpoint_manager_keeps_newest_and_skips_unreadable(tmp_path, caplog):
     mgr = CheckpointManager(tmp_path, keep=2)
     for step in (3, 6, 9):
         mgr.save({"global_step": step}, step)
     assert [s for s, _ in mgr.checkpoints()] == [6, 9]
-    (tmp_path / ".ckpt-000000012.pt.abc.tmp.pt").write_bytes(b"partial")    # an interrupted write
+    (tmp_path / ".ckpt-000000012.pt.abc.tmp.pt").write_bytes(b"partial")  # an interrupted write
     assert [s for s, _ in mgr.checkpoints()] == [6, 9]
-    mgr.path_for(12).write_bytes(b"not a checkpoint")                        # e.g. disk full
+    mgr.path_for(12).write_bytes(b"not a checkpoint")  # e.g. disk full
     path, state = mgr.load_latest()
     assert path == mgr.path_for(9) and state["global_step"] == 9
     assert "cannot be loaded" in caplog.text
@@ -298,7 +313,7 @@ def test_resume_after_kill_matches_straight_run(tmp_path, caplog, reference):
     resumed = ToyStage()
     with caplog.at_level("INFO", logger="ssrl.train"):
         _fit(tmp_path, resumed, "resumed", ckpt_every_steps=4)
-    assert not resumed.fresh_start                    # on_train_start runs on fresh starts only
+    assert not resumed.fresh_start  # on_train_start runs on fresh starts only
     assert "resuming from" in caplog.text and "epoch 1, step 2 of 6 in the epoch (global step 8 of 18)" in caplog.text
     a, b = _load(straight / "model.pt"), _load(out / "model.pt")
     _assert_same_state(a["student"], b["student"])
@@ -307,8 +322,18 @@ def test_resume_after_kill_matches_straight_run(tmp_path, caplog, reference):
     # The resumed log is the straight log (no duplicated or missing rows).
     assert _log_rows(out / "log.tsv") == _log_rows(straight / "log.tsv")
     rows = _log_rows(straight / "log.tsv", drop_timing=False)
-    assert rows[0] == ["kind", "epoch", "step", "lr", "loss", "gap", "examples_per_s", "val_mse", "center_norm",
-                       "seconds"]
+    assert rows[0] == [
+        "kind",
+        "epoch",
+        "step",
+        "lr",
+        "loss",
+        "gap",
+        "examples_per_s",
+        "val_mse",
+        "center_norm",
+        "seconds",
+    ]
     kinds = [r[0] for r in rows[1:]]
     assert kinds.count("step") == 9 and kinds.count("epoch") == 3
     assert all(r[7] == "" for r in rows[1:] if r[0] == "step") and all(r[7] for r in rows[1:] if r[0] == "epoch")
@@ -335,18 +360,24 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 # --------------------------------------------------------------------------- child processes: SIGTERM, 2 ranks
 
+
 def _child(log_file: str, env: dict, stage_kwargs: dict, runtime: dict) -> None:
     """Forked training process in its own process group: logs to ``log_file``, exits with run()'s code."""
     os.setpgrp()
-    sys.stdout = sys.stderr = open(log_file, "w", buffering=1)    # pytest's capture objects are the parent's
+    sys.stdout = sys.stderr = open(log_file, "w", buffering=1)  # pytest's capture objects are the parent's
     os.environ.update(env)
     torch.set_num_threads(1)
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
     out = Path(env["TOY_OUT"])
-    code = run(ToyStage(**stage_kwargs), RuntimeConfig(**{**RUNTIME, **runtime}), out / "ckpt", out / "model.pt",
-               out / "log.tsv")
+    code = run(
+        ToyStage(**stage_kwargs),
+        RuntimeConfig(**{**RUNTIME, **runtime}),
+        out / "ckpt",
+        out / "model.pt",
+        out / "log.tsv",
+    )
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
@@ -354,8 +385,9 @@ def _child(log_file: str, env: dict, stage_kwargs: dict, runtime: dict) -> None:
 
 def _start(log_file: Path, out: Path, env: dict | None = None, runtime: dict | None = None, **stage_kwargs):
     # fork: the children reuse this process's imports (torch, ssrl), which keeps the test fast.
-    proc = mp.get_context("fork").Process(target=_child, args=(str(log_file), {"TOY_OUT": str(out), **(env or {})},
-                                                                stage_kwargs, runtime or {}))
+    proc = mp.get_context("fork").Process(
+        target=_child, args=(str(log_file), {"TOY_OUT": str(out), **(env or {})}, stage_kwargs, runtime or {})
+    )
     proc.start()
     return proc
 
@@ -375,14 +407,14 @@ def test_sigterm_saves_checkpoint_and_rerun_resumes(tmp_path, reference):
     while not marker.exists() and proc.is_alive() and time.monotonic() < deadline:
         time.sleep(0.02)
     assert marker.exists(), (tmp_path / "first.log").read_text()
-    os.killpg(proc.pid, signal.SIGTERM)               # during epoch 1 (global steps 7..12 of 18)
+    os.killpg(proc.pid, signal.SIGTERM)  # during epoch 1 (global steps 7..12 of 18)
     proc.join(60)
     first = (tmp_path / "first.log").read_text()
     assert proc.exitcode == 128 + signal.SIGTERM, first
     assert "SIGTERM received" in first and "rerun the same command to resume" in first
     assert not (out / "model.pt").exists() and not (out / "log.tsv").exists()
     steps = [s for s, _ in CheckpointManager(out / "ckpt").checkpoints()]
-    assert steps and 8 <= steps[-1] < 12, steps       # saved mid-epoch, at the step boundary
+    assert steps and 8 <= steps[-1] < 12, steps  # saved mid-epoch, at the step boundary
     proc = _start(tmp_path / "second.log", out)
     proc.join(120)
     second = (tmp_path / "second.log").read_text()
@@ -399,15 +431,17 @@ def test_two_gloo_processes_match_one_process(tmp_path, reference):
     out = tmp_path / "ddp"
     out.mkdir()
     common = {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
-    procs = [_start(tmp_path / f"rank{r}.log", out, {**common, "RANK": str(r), "LOCAL_RANK": str(r)}, dump_dir=out)
-             for r in range(2)]
+    procs = [
+        _start(tmp_path / f"rank{r}.log", out, {**common, "RANK": str(r), "LOCAL_RANK": str(r)}, dump_dir=out)
+        for r in range(2)
+    ]
     for p in procs:
         p.join(120)
     logs = [(tmp_path / f"rank{r}.log").read_text() for r in range(2)]
     assert [p.exitcode for p in procs] == [0, 0], logs
     assert "on 2 process(es)" in logs[0]
     r0, r1 = _load(out / "rank0.pt"), _load(out / "rank1.pt")
-    _assert_same_state(r0["student"], r1["student"])            # DDP keeps the ranks identical
+    _assert_same_state(r0["student"], r1["student"])  # DDP keeps the ranks identical
     assert torch.equal(r0["center"], r1["center"])
     ref = _load(reference.parent / "rank0.pt")
     _assert_same_state(ref["student"], r0["student"], atol=1e-5)  # global batch of 2 x 4 == one batch of 8

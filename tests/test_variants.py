@@ -18,19 +18,31 @@ VOXCELEB = deep_update(DEMO, yaml.safe_load((REPO / "config" / "voxceleb.yaml").
 
 
 def test_every_named_key_is_a_stage_key():
-    named = (set(variants.LABEL_UPDATE_KEYS) | set(variants.TEACHER_KEYS) | set(variants.WAVLM_STEP1_UNUSED)
-             | set(variants.ITERATIVE_ROUND) | set(variants.WAVLM_FT_KEYS)
-             | {key for step in variants.WAVLM_STEPS.values() for key in step})
+    named = (
+        set(variants.LABEL_UPDATE_KEYS)
+        | set(variants.TEACHER_KEYS)
+        | set(variants.WAVLM_STEP1_UNUSED)
+        | set(variants.ITERATIVE_ROUND)
+        | set(variants.WAVLM_FT_KEYS)
+        | {key for step in variants.WAVLM_STEPS.values() for key in step}
+    )
     assert named <= FIELDS, sorted(named - FIELDS)
 
 
 @pytest.mark.parametrize("config", [DEMO, VOXCELEB], ids=["demo", "voxceleb"])
 def test_variants_build_valid_stage_configs(config):
     arch = {"frontend": {"type": "wavlm"}, "encoder": {}}
-    built = {"ssrl": variants.ssrl_hparams(config), "iterative": variants.iterative_hparams(config),
-             **{step: variants.wavlm_hparams(config, step, arch) for step in variants.WAVLM_STEPS}}
-    built.update({name: variants.ssrl_hparams(config, **(overrides or {}))
-                  for name, overrides in (config.get("ablations") or {}).items()})
+    built = {
+        "ssrl": variants.ssrl_hparams(config),
+        "iterative": variants.iterative_hparams(config),
+        **{step: variants.wavlm_hparams(config, step, arch) for step in variants.WAVLM_STEPS},
+    }
+    built.update(
+        {
+            name: variants.ssrl_hparams(config, **(overrides or {}))
+            for name, overrides in (config.get("ablations") or {}).items()
+        }
+    )
     for name, hp in built.items():
         cfg = SSRLConfig.from_dict(hp["ssrl"], name)
         assert set(hp["augment"]) == set(variants.AUGMENT_KEYS)
@@ -43,8 +55,11 @@ def test_variants_build_valid_stage_configs(config):
     step1_own = set(variants.WAVLM_STEPS["step1"]) | set(config["wavlm"]["step1"])
     assert not variants.WAVLM_STEP1_UNUSED & (set(built["step1"]["ssrl"]) - step1_own)
     assert built["step1"]["arch"] == arch and "arch" not in built["step2"]
-    assert [SSRLConfig.from_dict(built[s]["ssrl"]).init for s in ("step1", "step2", "ft")] == \
-        ["scratch", "student", "full"]
+    assert [SSRLConfig.from_dict(built[s]["ssrl"]).init for s in ("step1", "step2", "ft")] == [
+        "scratch",
+        "student",
+        "full",
+    ]
 
 
 def test_iterative_round_epochs_budget_rule():

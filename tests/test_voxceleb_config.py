@@ -32,15 +32,25 @@ PLACEHOLDER = "/path/to/"
 WAVLM = (REPO / "rules" / "wavlm.smk").exists()
 
 # VoxCeleb1 test utterances and the three cleaned lists over them ('1|0 spk/video/seg.wav ...').
-VOX1_UTTS = ["id10270-x6uYqmx31kE-00001", "id10270-8jEAjG6SegY-00008", "id10300-ize_eiCFEg0-00003",
-             "id10309-0cYFdtyWVds-00005"]
+VOX1_UTTS = [
+    "id10270-x6uYqmx31kE-00001",
+    "id10270-8jEAjG6SegY-00008",
+    "id10300-ize_eiCFEg0-00003",
+    "id10309-0cYFdtyWVds-00005",
+]
 TRIAL_LINES = {
-    "vox1_o": ["1 id10270/x6uYqmx31kE/00001.wav id10270/8jEAjG6SegY/00008.wav",
-               "0 id10270/x6uYqmx31kE/00001.wav id10300/ize_eiCFEg0/00003.wav"],
-    "vox1_e": ["0 id10300/ize_eiCFEg0/00003.wav id10309/0cYFdtyWVds/00005.wav",
-               "1 id10270/8jEAjG6SegY/00008.wav id10270/x6uYqmx31kE/00001.wav"],
-    "vox1_h": ["0 id10309/0cYFdtyWVds/00005.wav id10270/8jEAjG6SegY/00008.wav",
-               "1 id10270/x6uYqmx31kE/00001.wav id10270/8jEAjG6SegY/00008.wav"],
+    "vox1_o": [
+        "1 id10270/x6uYqmx31kE/00001.wav id10270/8jEAjG6SegY/00008.wav",
+        "0 id10270/x6uYqmx31kE/00001.wav id10300/ize_eiCFEg0/00003.wav",
+    ],
+    "vox1_e": [
+        "0 id10300/ize_eiCFEg0/00003.wav id10309/0cYFdtyWVds/00005.wav",
+        "1 id10270/8jEAjG6SegY/00008.wav id10270/x6uYqmx31kE/00001.wav",
+    ],
+    "vox1_h": [
+        "0 id10309/0cYFdtyWVds/00005.wav id10270/8jEAjG6SegY/00008.wav",
+        "1 id10270/x6uYqmx31kE/00001.wav id10270/8jEAjG6SegY/00008.wav",
+    ],
 }
 PREPARE_RULES = {"prepare_scan", "prepare_convert", "prepare_train", "prepare_voxceleb1", "prepare_augment"}
 
@@ -57,7 +67,7 @@ def substitute(node, root: Path):
     if isinstance(node, dict):
         return {k: substitute(v, root) for k, v in node.items()}
     if isinstance(node, str) and node.startswith(PLACEHOLDER):
-        return str(root / node[len(PLACEHOLDER):])
+        return str(root / node[len(PLACEHOLDER) :])
     return node
 
 
@@ -66,8 +76,9 @@ def fake_wavlm_checkpoint(path: Path, layers: int) -> None:
     parameters, ``layers`` layers) and no weights: what the workflow's start-up check looks at."""
     import torch
 
-    torch.save({"cfg": {"encoder_layers": layers}, "model": {"encoder.layers.0.self_attn.grep_a": torch.zeros(1)}},
-               path)
+    torch.save(
+        {"cfg": {"encoder_layers": layers}, "model": {"encoder.layers.0.self_attn.grep_a": torch.zeros(1)}}, path
+    )
 
 
 def value_at(cfg: dict, dotted: str):
@@ -120,17 +131,38 @@ def vox(tmp_path_factory) -> dict:
     return {"path": path, "config": merged, "path_ecapa": path_ecapa, "tmp": root}
 
 
-def dry_run(configfile: Path, workdir: Path, *targets: str, profile: bool = True,
-            check: bool = True) -> subprocess.CompletedProcess:
+def dry_run(
+    configfile: Path, workdir: Path, *targets: str, profile: bool = True, check: bool = True
+) -> subprocess.CompletedProcess:
     """`snakemake [--profile slurm] -n -p` from the repository root (where the `slurm` profile link
     is), working directory ``workdir``. --cores 256: the planner caps each rule's threads at --cores,
     while inside a SLURM job Snakemake caps them at the job's CPUs (cpus_per_task); a high value
     prints the threads, and so the OMP_NUM_THREADS, that the jobs run with."""
     workdir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "snakemake", *(["--profile", "slurm"] if profile else []), "-n", "-p",
-           "--cores", "256", "--configfile", str(configfile), "-d", str(workdir), *targets]
-    proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          stdin=subprocess.DEVNULL, timeout=600)
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        *(["--profile", "slurm"] if profile else []),
+        "-n",
+        "-p",
+        "--cores",
+        "256",
+        "--configfile",
+        str(configfile),
+        "-d",
+        str(workdir),
+        *targets,
+    ]
+    proc = subprocess.run(
+        cmd,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=600,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-6000:]}")
     return proc
@@ -158,14 +190,14 @@ def planned_jobs(out: str) -> list[dict]:
             else:
                 jobs[-1][m[1]] = dict(item.split("=", 1) for item in m[2].split(", "))
         elif jobs and line.startswith("Shell command: "):
-            jobs[-1]["shell"] = line[len("Shell command: "):]
+            jobs[-1]["shell"] = line[len("Shell command: ") :]
     return jobs
 
 
 def job_stats(out: str) -> Counter:
     """The dry run's `Job stats` table: rule -> job count."""
     lines = out.splitlines()
-    start = lines.index("Job stats:") + 3                # title, header, rule of dashes
+    start = lines.index("Job stats:") + 3  # title, header, rule of dashes
     stats = Counter()
     for line in lines[start:]:
         name, count = line.split()
@@ -186,8 +218,12 @@ def systems(cfg: dict) -> dict[str, list[str]]:
     ablations = [name for name, overrides in cfg["ablations"].items() if overrides is not None]
     wavlm = ["wavlm_step1", "wavlm_step2", "wavlm_ft"] if WAVLM and (cfg.get("wavlm") or {}).get("enabled") else []
     clustered = ["dino", *rounds, "ssrl", *(ablations if cfg["kmeans"]["ablation_quality"] else [])]
-    return {"all": ["dino", *rounds, "ssrl", *ablations, *wavlm], "clustered": clustered, "ablations": ablations,
-            "wavlm": wavlm}
+    return {
+        "all": ["dino", *rounds, "ssrl", *ablations, *wavlm],
+        "clustered": clustered,
+        "ablations": ablations,
+        "wavlm": wavlm,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -207,23 +243,63 @@ def test_paper_values_and_schema():
     cfg = merged_config()
     validate(cfg, str(REPO / "config" / "schema.yaml"))
     expected = {
-        "corpus.kind": "voxceleb", "model.frontend.n_mels": 80, "model.frontend.n_fft": 512,
-        "model.frontend.win_length": 400, "model.frontend.hop_length": 160, "model.frontend.f_max": 8000,
-        "model.encoder.channels": 1024, "model.encoder.emb_dim": 512,
-        "augment.snr_db": [0, 20], "augment.babble_count": [3, 8], "augment.student_none_is_noise": True,
-        "dino.epochs": 150, "dino.batch_size": 240, "dino.lr": 0.25, "dino.min_lr": 1e-5, "dino.warmup_epochs": 10,
-        "dino.head.n_prototypes": 65536, "dino.head.hidden": 2048, "dino.head.mid": 8192,
-        "dino.head.bottleneck": 256, "dino.n_global": 2, "dino.global_crop_s": 4.0, "dino.n_local": 4,
-        "dino.local_crop_s": 2.0, "dino.ema_start": 0.999, "dino.ema_end": 0.9999, "dino.teacher_temp": 0.04,
-        "dino.student_temp": 0.1, "dino.clip_grad": 3.0, "dino.weight_decay": 5e-5,
-        "kmeans.k": 8000, "kmeans.n_init": 1,
-        "ssrl.fixed_epochs": 5, "ssrl.update_epochs": 100, "ssrl.batch_size": 480, "ssrl.lr": 1e-3,
-        "ssrl.lr_fixed_start": 0.1, "ssrl.lr_update_start": 0.5, "ssrl.lr_final": 0.01, "ssrl.queue_len": 5,
-        "ssrl.nlm": True, "ssrl.margin_quirk": True, "ssrl.sinkhorn_iters": 0, "ssrl.head": "aam",
-        "ssrl.aam_scale": 32.0, "ssrl.aam_margin": 0.2, "ssrl.student_crop_s": 2.0, "ssrl.teacher_crop_s": 6.0,
-        "ssrl.ema_start": 0.999, "ssrl.ema_end": 0.9999, "ssrl.gmm_max_iter": 500,
-        "iterative.rounds": 5, "score.asnorm_top_n": 300, "score.allow_missing": False,
-        "extract.device": "cuda", "extract.max_seconds_wavlm": 100, "train.device": "cuda",
+        "corpus.kind": "voxceleb",
+        "model.frontend.n_mels": 80,
+        "model.frontend.n_fft": 512,
+        "model.frontend.win_length": 400,
+        "model.frontend.hop_length": 160,
+        "model.frontend.f_max": 8000,
+        "model.encoder.channels": 1024,
+        "model.encoder.emb_dim": 512,
+        "augment.snr_db": [0, 20],
+        "augment.babble_count": [3, 8],
+        "augment.student_none_is_noise": True,
+        "dino.epochs": 150,
+        "dino.batch_size": 240,
+        "dino.lr": 0.25,
+        "dino.min_lr": 1e-5,
+        "dino.warmup_epochs": 10,
+        "dino.head.n_prototypes": 65536,
+        "dino.head.hidden": 2048,
+        "dino.head.mid": 8192,
+        "dino.head.bottleneck": 256,
+        "dino.n_global": 2,
+        "dino.global_crop_s": 4.0,
+        "dino.n_local": 4,
+        "dino.local_crop_s": 2.0,
+        "dino.ema_start": 0.999,
+        "dino.ema_end": 0.9999,
+        "dino.teacher_temp": 0.04,
+        "dino.student_temp": 0.1,
+        "dino.clip_grad": 3.0,
+        "dino.weight_decay": 5e-5,
+        "kmeans.k": 8000,
+        "kmeans.n_init": 1,
+        "ssrl.fixed_epochs": 5,
+        "ssrl.update_epochs": 100,
+        "ssrl.batch_size": 480,
+        "ssrl.lr": 1e-3,
+        "ssrl.lr_fixed_start": 0.1,
+        "ssrl.lr_update_start": 0.5,
+        "ssrl.lr_final": 0.01,
+        "ssrl.queue_len": 5,
+        "ssrl.nlm": True,
+        "ssrl.margin_quirk": True,
+        "ssrl.sinkhorn_iters": 0,
+        "ssrl.head": "aam",
+        "ssrl.aam_scale": 32.0,
+        "ssrl.aam_margin": 0.2,
+        "ssrl.student_crop_s": 2.0,
+        "ssrl.teacher_crop_s": 6.0,
+        "ssrl.ema_start": 0.999,
+        "ssrl.ema_end": 0.9999,
+        "ssrl.gmm_max_iter": 500,
+        "iterative.rounds": 5,
+        "score.asnorm_top_n": 300,
+        "score.allow_missing": False,
+        "extract.device": "cuda",
+        "extract.max_seconds_wavlm": 100,
+        "train.device": "cuda",
         "tables.compare.ssrl": None,
     }
     assert {key: value_at(cfg, key) for key in expected} == expected
@@ -236,8 +312,9 @@ def test_paper_values_and_schema():
     assert cfg["dino"]["batch_size"] % gpus == 0 and cfg["ssrl"]["batch_size"] % gpus == 0
 
 
-@pytest.mark.parametrize("run, ok", [("voxceleb", True), ("vox_2-b", True), ("..", False), ("a.b", False),
-                                     ("x/y", False), ("", False)])
+@pytest.mark.parametrize(
+    "run, ok", [("voxceleb", True), ("vox_2-b", True), ("..", False), ("a.b", False), ("x/y", False), ("", False)]
+)
 def test_run_name_is_a_plain_folder_name(run, ok):
     """config `run` names results/<run>/: no dots (so never `..`), no slashes."""
     from snakemake.exceptions import WorkflowError
@@ -255,9 +332,14 @@ def test_run_name_is_a_plain_folder_name(run, ok):
 def test_placeholders_stop_the_workflow_naming_each_key(tmp_path):
     keys = placeholders(yaml.safe_load(VOXCELEB.read_text()))
     corpus_keys = [(k, v) for k, v in keys if k.startswith("corpus.")]
-    assert {k for k, _ in corpus_keys} >= {"corpus.voxceleb.vox2_root", "corpus.voxceleb.vox1_root",
-                                           "corpus.voxceleb.trials.vox1_o", "corpus.voxceleb.musan",
-                                           "corpus.voxceleb.rirs", "corpus.voxceleb.conversion.flac_dir"}
+    assert {k for k, _ in corpus_keys} >= {
+        "corpus.voxceleb.vox2_root",
+        "corpus.voxceleb.vox1_root",
+        "corpus.voxceleb.trials.vox1_o",
+        "corpus.voxceleb.musan",
+        "corpus.voxceleb.rirs",
+        "corpus.voxceleb.conversion.flac_dir",
+    }
     proc = dry_run(VOXCELEB, tmp_path / "work", check=False)
     assert proc.returncode != 0
     assert "set these corpus paths to your local copies (they are still placeholders):" in proc.stdout
@@ -287,17 +369,23 @@ def test_profile_plans_every_stage(vox, full_plan):
     names = systems(cfg)
     lists = list(cfg["corpus"]["voxceleb"]["trials"])
     counts = Counter(job["rule"] for job in jobs)
-    assert counts == job_stats(out)                      # the parser saw every job
+    assert counts == job_stats(out)  # the parser saw every job
     n_shards = cfg["corpus"]["voxceleb"]["conversion"]["n_shards"]
     assert n_shards == 64
     assert {rule: counts[rule] for rule in PREPARE_RULES} == {
-        "prepare_scan": 1, "prepare_convert": n_shards, "prepare_train": 1, "prepare_voxceleb1": 1,
-        "prepare_augment": 1}
+        "prepare_scan": 1,
+        "prepare_convert": n_shards,
+        "prepare_train": 1,
+        "prepare_voxceleb1": 1,
+        "prepare_augment": 1,
+    }
     assert sorted(job["wildcards"]["shard"] for job in by_rule(jobs, "prepare_convert")) == [
-        f"{i:03d}" for i in range(n_shards)]
+        f"{i:03d}" for i in range(n_shards)
+    ]
     assert counts["dino_train"] == 1
     assert sorted(job["wildcards"]["system"] for job in by_rule(jobs, "ssrl_train")) == sorted(
-        ["ssrl", *names["ablations"]])
+        ["ssrl", *names["ablations"]]
+    )
     assert len(names["ablations"]) == 5
     assert sorted(int(job["wildcards"]["r"]) for job in by_rule(jobs, "iterative_train")) == [1, 2, 3, 4, 5]
     # a clustered system embeds its train and test sets in one job, every other system its test set
@@ -323,17 +411,20 @@ def _launch(shell: str) -> tuple[int, str]:
     training command (rules/common.smk train_command: shell variables from threads and gpu) or a
     script_cmd line ``OMP_NUM_THREADS=<n or $(( shell arithmetic ))> python ...``, after the log
     set-up (rules/common.smk LOG_ATTEMPT)."""
-    shell = shell[min(i for i in (shell.find("gpus="), shell.find("OMP_NUM_THREADS="), len(shell)) if i >= 0):]
+    shell = shell[min(i for i in (shell.find("gpus="), shell.find("OMP_NUM_THREADS="), len(shell)) if i >= 0) :]
     if shell.startswith("gpus="):
         setup, sep, _ = shell.partition(" $run ")
         setup, sep_omp, omp = setup.rpartition("; OMP_NUM_THREADS=")
         assert sep and sep_omp, shell[:300]
-        out = subprocess.run(["bash", "-c", f'{setup}; echo "{omp} $run"'], capture_output=True, text=True,
-                             check=True).stdout.split(maxsplit=1)
+        out = subprocess.run(
+            ["bash", "-c", f'{setup}; echo "{omp} $run"'], capture_output=True, text=True, check=True
+        ).stdout.split(maxsplit=1)
         return int(out[0]), out[1].strip()
     m = re.match(r"OMP_NUM_THREADS=(\$\(\(.*?\)\)|\d+) python ", shell)
     assert m, shell[:200]
-    return int(subprocess.run(["bash", "-c", f"echo {m[1]}"], capture_output=True, text=True, check=True).stdout), "python"
+    return int(
+        subprocess.run(["bash", "-c", f"echo {m[1]}"], capture_output=True, text=True, check=True).stdout
+    ), "python"
 
 
 def test_jobs_get_the_profile_resources(full_plan):
@@ -350,7 +441,8 @@ def test_jobs_get_the_profile_resources(full_plan):
         assert {key: res.get(key) for key in want} == {key: str(value) for key, value in want.items()}, job["rule"]
         assert job["threads"] <= int(res["cpus_per_task"]), (
             f"{job['rule']}: {job['threads']} threads but cpus_per_task {res['cpus_per_task']}: give it a "
-            "set-resources entry in profiles/slurm/config.yaml")
+            "set-resources entry in profiles/slurm/config.yaml"
+        )
         gpus = int(res.get("gpu", 0))
         if gpus:
             assert res.get("nodes") == "1" and res["slurm_partition"] != default["slurm_partition"], job["rule"]
@@ -359,7 +451,7 @@ def test_jobs_get_the_profile_resources(full_plan):
             omp = (job["threads"] - gpus * workers) // gpus
             assert omp >= 1 and gpus * (workers + omp) <= int(res["cpus_per_task"]), job["rule"]
             assert _launch(job["shell"]) == (omp, f"torchrun --standalone --nproc_per_node={gpus}"), job["rule"]
-        else:                                            # one process, at most `threads` OpenMP threads
+        else:  # one process, at most `threads` OpenMP threads
             omp, run = _launch(job["shell"])
             assert run == "python" and 1 <= omp <= job["threads"], job["shell"][:200]
 
@@ -368,9 +460,11 @@ def test_jobs_get_the_profile_resources(full_plan):
         for job in by_rule(jobs, rule):
             assert (job["threads"], job["resources"]["gpu"], job["resources"]["cpus_per_task"]) == (32, "4", "32")
             assert _launch(job["shell"]) == (2, "torchrun --standalone --nproc_per_node=4")
-    (extract,) = {(j["threads"], j["resources"]["gpu"], _launch(j["shell"]))
-                  for j in by_rule(jobs, "extract") + by_rule(jobs, "extract_train_test")}
-    assert extract == (8, "1", (2, "python"))   # 8 CPUs = 6 loader workers + 2 threads
+    (extract,) = {
+        (j["threads"], j["resources"]["gpu"], _launch(j["shell"]))
+        for j in by_rule(jobs, "extract") + by_rule(jobs, "extract_train_test")
+    }
+    assert extract == (8, "1", (2, "python"))  # 8 CPUs = 6 loader workers + 2 threads
     (kmeans,) = {(j["threads"], j["resources"]["cpus_per_task"]) for j in by_rule(jobs, "kmeans")}
     assert kmeans == (16, "16")
 
@@ -382,10 +476,17 @@ def test_one_target_plans_only_its_needs(vox):
     cfg = vox["config"]
     n_shards = cfg["corpus"]["voxceleb"]["conversion"]["n_shards"]
     # The DINO model: data preparation and DINO training, nothing downstream (local planning, no profile).
-    out = dry_run(vox["path_ecapa"], vox["tmp"] / "work_dino", "results/voxceleb/dino/model.pt",
-                  profile=False).stdout
-    assert job_stats(out) == Counter({"prepare_scan": 1, "prepare_convert": n_shards, "prepare_train": 1,
-                                      "prepare_voxceleb1": 1, "prepare_augment": 1, "dino_train": 1})
+    out = dry_run(vox["path_ecapa"], vox["tmp"] / "work_dino", "results/voxceleb/dino/model.pt", profile=False).stdout
+    assert job_stats(out) == Counter(
+        {
+            "prepare_scan": 1,
+            "prepare_convert": n_shards,
+            "prepare_train": 1,
+            "prepare_voxceleb1": 1,
+            "prepare_augment": 1,
+            "dino_train": 1,
+        }
+    )
 
     # SSRL's Vox1-O metrics: DINO, its train-set k-means, SSRL itself and SSRL's test embeddings; no
     # ablation, iterative round, other trial list or table. dino and ssrl are clustered systems: each
@@ -394,9 +495,15 @@ def test_one_target_plans_only_its_needs(vox):
     jobs = planned_jobs(out)
     stats = job_stats(out)
     assert {rule: n for rule, n in stats.items() if rule not in PREPARE_RULES} == {
-        "dino_train": 1, "extract_train_test": 2, "kmeans": 1, "ssrl_train": 1, "score": 1}
+        "dino_train": 1,
+        "extract_train_test": 2,
+        "kmeans": 1,
+        "ssrl_train": 1,
+        "score": 1,
+    }
     assert [j["wildcards"]["system"] for j in by_rule(jobs, "ssrl_train")] == ["ssrl"]
     assert sorted(j["wildcards"]["system"] for j in by_rule(jobs, "extract_train_test")) == ["dino", "ssrl"]
     assert [j["wildcards"]["system"] for j in by_rule(jobs, "kmeans")] == ["dino"]
     assert [(j["wildcards"]["system"], j["wildcards"]["trials"]) for j in by_rule(jobs, "score")] == [
-        ("ssrl", "vox1_o")]
+        ("ssrl", "vox1_o")
+    ]

@@ -33,9 +33,15 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def torchaudio_reference(model: WavLM) -> torch.nn.Module:
     """torchaudio's own Wav2Vec2Model with ``model``'s weights."""
-    ref = torchaudio.models.wavlm_model(**model.config, encoder_projection_dropout=0.0,
-                                        encoder_attention_dropout=0.0, encoder_ff_interm_dropout=0.0,
-                                        encoder_dropout=0.0, encoder_layer_drop=0.0, aux_num_out=None)
+    ref = torchaudio.models.wavlm_model(
+        **model.config,
+        encoder_projection_dropout=0.0,
+        encoder_attention_dropout=0.0,
+        encoder_ff_interm_dropout=0.0,
+        encoder_dropout=0.0,
+        encoder_layer_drop=0.0,
+        aux_num_out=None,
+    )
     ref.load_state_dict(model.state_dict())
     return ref.eval()
 
@@ -56,8 +62,11 @@ def to_official(state: dict, dim: int = 1024) -> dict:
         elif key.startswith("encoder.feature_projection.projection."):
             out["post_extract_proj." + parts[-1]] = value
         elif key.startswith("encoder.transformer.pos_conv_embed.conv."):
-            name = {"bias": "bias", "parametrizations.weight.original0": "weight_g",
-                    "parametrizations.weight.original1": "weight_v"}[".".join(parts[4:])]
+            name = {
+                "bias": "bias",
+                "parametrizations.weight.original0": "weight_g",
+                "parametrizations.weight.original1": "weight_v",
+            }[".".join(parts[4:])]
             out["encoder.pos_conv.0." + name] = value
         elif key.startswith("encoder.transformer.layer_norm."):
             out["encoder.layer_norm." + parts[-1]] = value
@@ -69,38 +78,61 @@ def to_official(state: dict, dim: int = 1024) -> dict:
                 for name, piece in zip("qkv", value.chunk(3, dim=0)):
                     out[prefix + f"self_attn.{name}_proj.{kind}"] = piece.clone()
             else:
-                out[prefix + {
-                    "attention.attention.out_proj.weight": "self_attn.out_proj.weight",
-                    "attention.attention.out_proj.bias": "self_attn.out_proj.bias",
-                    "attention.gru_rel_pos_linear.weight": "self_attn.grep_linear.weight",
-                    "attention.gru_rel_pos_linear.bias": "self_attn.grep_linear.bias",
-                    "attention.gru_rel_pos_const": "self_attn.grep_a",
-                    "attention.rel_attn_embed.weight": "self_attn.relative_attention_bias.weight",
-                    "layer_norm.weight": "self_attn_layer_norm.weight",
-                    "layer_norm.bias": "self_attn_layer_norm.bias",
-                    "feed_forward.intermediate_dense.weight": "fc1.weight",
-                    "feed_forward.intermediate_dense.bias": "fc1.bias",
-                    "feed_forward.output_dense.weight": "fc2.weight",
-                    "feed_forward.output_dense.bias": "fc2.bias",
-                    "final_layer_norm.weight": "final_layer_norm.weight",
-                    "final_layer_norm.bias": "final_layer_norm.bias",
-                }[rest]] = value
+                out[
+                    prefix
+                    + {
+                        "attention.attention.out_proj.weight": "self_attn.out_proj.weight",
+                        "attention.attention.out_proj.bias": "self_attn.out_proj.bias",
+                        "attention.gru_rel_pos_linear.weight": "self_attn.grep_linear.weight",
+                        "attention.gru_rel_pos_linear.bias": "self_attn.grep_linear.bias",
+                        "attention.gru_rel_pos_const": "self_attn.grep_a",
+                        "attention.rel_attn_embed.weight": "self_attn.relative_attention_bias.weight",
+                        "layer_norm.weight": "self_attn_layer_norm.weight",
+                        "layer_norm.bias": "self_attn_layer_norm.bias",
+                        "feed_forward.intermediate_dense.weight": "fc1.weight",
+                        "feed_forward.intermediate_dense.bias": "fc1.bias",
+                        "feed_forward.output_dense.weight": "fc2.weight",
+                        "feed_forward.output_dense.bias": "fc2.bias",
+                        "final_layer_norm.weight": "final_layer_norm.weight",
+                        "final_layer_norm.bias": "final_layer_norm.bias",
+                    }[rest]
+                ] = value
     return out
 
 
 OFFICIAL_CFG = {
-    "extractor_mode": "layer_norm", "encoder_layers": 2, "encoder_embed_dim": 1024,
-    "encoder_ffn_embed_dim": 4096, "encoder_attention_heads": 16, "activation_fn": "gelu",
-    "layer_norm_first": True, "conv_feature_layers": "[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2",
-    "conv_bias": False, "normalize": True, "conv_pos": 128, "conv_pos_groups": 16, "relative_position_embedding": True, "num_buckets": 320,
-    "max_distance": 800, "gru_rel_pos": True,
+    "extractor_mode": "layer_norm",
+    "encoder_layers": 2,
+    "encoder_embed_dim": 1024,
+    "encoder_ffn_embed_dim": 4096,
+    "encoder_attention_heads": 16,
+    "activation_fn": "gelu",
+    "layer_norm_first": True,
+    "conv_feature_layers": "[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2",
+    "conv_bias": False,
+    "normalize": True,
+    "conv_pos": 128,
+    "conv_pos_groups": 16,
+    "relative_position_embedding": True,
+    "num_buckets": 320,
+    "max_distance": 800,
+    "gru_rel_pos": True,
     # fine-tuning regularisation (distinct known values, to see each reach its own module)
-    "dropout_input": 0.05, "attention_dropout": 0.15, "activation_dropout": 0.25, "dropout": 0.35,
-    "encoder_layerdrop": 0.45, "feature_grad_mult": 0.55,
+    "dropout_input": 0.05,
+    "attention_dropout": 0.15,
+    "activation_dropout": 0.25,
+    "dropout": 0.35,
+    "encoder_layerdrop": 0.45,
+    "feature_grad_mult": 0.55,
 }
-OFFICIAL_REGULARISATION = {"encoder_projection_dropout": 0.05, "encoder_attention_dropout": 0.15,
-                           "encoder_ff_interm_dropout": 0.25, "encoder_dropout": 0.35, "encoder_layer_drop": 0.45,
-                           "feature_grad_mult": 0.55}
+OFFICIAL_REGULARISATION = {
+    "encoder_projection_dropout": 0.05,
+    "encoder_attention_dropout": 0.15,
+    "encoder_ff_interm_dropout": 0.25,
+    "encoder_dropout": 0.35,
+    "encoder_layer_drop": 0.45,
+    "feature_grad_mult": 0.55,
+}
 
 
 def to_huggingface(state: dict) -> dict:
@@ -110,35 +142,60 @@ def to_huggingface(state: dict) -> dict:
         if key.startswith("feature_extractor."):
             out[key] = value
         elif key.startswith("encoder.feature_projection."):
-            out[key[len("encoder."):]] = value
+            out[key[len("encoder.") :]] = value
         elif key.startswith("encoder.transformer.pos_conv_embed.conv."):
             name = key.split("conv.", 2)[-1]
-            name = {"parametrizations.weight.original0": "weight_g",
-                    "parametrizations.weight.original1": "weight_v"}.get(name, name)
+            name = {
+                "parametrizations.weight.original0": "weight_g",
+                "parametrizations.weight.original1": "weight_v",
+            }.get(name, name)
             out["encoder.pos_conv_embed.conv." + name] = value
         elif ".attention.attention.in_proj_" in key:
             prefix, kind = key.replace("encoder.transformer.", "encoder.").split(".attention.attention.in_proj_")
             for name, piece in zip("qkv", value.chunk(3, dim=0)):
                 out[f"{prefix}.attention.{name}_proj.{kind}"] = piece.clone()
         else:
-            out[key.replace("encoder.transformer.", "encoder.").replace("attention.attention.out_proj",
-                                                                        "attention.out_proj")] = value
+            out[
+                key.replace("encoder.transformer.", "encoder.").replace(
+                    "attention.attention.out_proj", "attention.out_proj"
+                )
+            ] = value
     return out
 
 
 HF_CONFIG = {
-    "model_type": "wavlm", "architectures": ["WavLMModel"], "conv_dim": [512] * 7,
-    "conv_kernel": [10, 3, 3, 3, 3, 2, 2], "conv_stride": [5, 2, 2, 2, 2, 2, 2], "conv_bias": False,
-    "feat_extract_norm": "layer", "feat_extract_activation": "gelu", "hidden_act": "gelu", "hidden_size": 1024,
-    "num_conv_pos_embeddings": 128, "num_conv_pos_embedding_groups": 16, "num_hidden_layers": 2,
-    "num_attention_heads": 16, "num_buckets": 320, "max_bucket_distance": 800, "intermediate_size": 4096,
+    "model_type": "wavlm",
+    "architectures": ["WavLMModel"],
+    "conv_dim": [512] * 7,
+    "conv_kernel": [10, 3, 3, 3, 3, 2, 2],
+    "conv_stride": [5, 2, 2, 2, 2, 2, 2],
+    "conv_bias": False,
+    "feat_extract_norm": "layer",
+    "feat_extract_activation": "gelu",
+    "hidden_act": "gelu",
+    "hidden_size": 1024,
+    "num_conv_pos_embeddings": 128,
+    "num_conv_pos_embedding_groups": 16,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 16,
+    "num_buckets": 320,
+    "max_bucket_distance": 800,
+    "intermediate_size": 4096,
     "do_stable_layer_norm": True,
-    "feat_proj_dropout": 0.01, "attention_dropout": 0.02, "activation_dropout": 0.03, "hidden_dropout": 0.04,
+    "feat_proj_dropout": 0.01,
+    "attention_dropout": 0.02,
+    "activation_dropout": 0.03,
+    "hidden_dropout": 0.04,
     "layerdrop": 0.06,
 }
-HF_REGULARISATION = {"encoder_projection_dropout": 0.01, "encoder_attention_dropout": 0.02,
-                     "encoder_ff_interm_dropout": 0.03, "encoder_dropout": 0.04, "encoder_layer_drop": 0.06,
-                     "feature_grad_mult": 1.0}
+HF_REGULARISATION = {
+    "encoder_projection_dropout": 0.01,
+    "encoder_attention_dropout": 0.02,
+    "encoder_ff_interm_dropout": 0.03,
+    "encoder_dropout": 0.04,
+    "encoder_layer_drop": 0.06,
+    "feature_grad_mult": 1.0,
+}
 
 
 def write_safetensors(path, tensors: dict) -> None:
@@ -159,7 +216,7 @@ def large2(tmp_path_factory):
     """A random 2-layer model with WavLM Large's widths, saved in every supported format."""
     torch.manual_seed(0)
     model = WavLM(dict(LARGE_CONFIG, encoder_num_layers=2)).eval()
-    with torch.no_grad():                                # move every tensor off its default init
+    with torch.no_grad():  # move every tensor off its default init
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
     state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -167,8 +224,13 @@ def large2(tmp_path_factory):
     torch.save({"cfg": OFFICIAL_CFG, "model": to_official(state)}, d / "WavLM-Large.pt")
     torch.save(state, d / "torchaudio.pt")
     torch.save({"state_dict": state}, d / "torchaudio_wrapped.pt")
-    torch.save({"config": dict(LARGE_CONFIG, encoder_num_layers=2, encoder_dropout=0.2, encoder_layer_drop=0.3),
-                "state_dict": state}, d / "torchaudio_config.pt")
+    torch.save(
+        {
+            "config": dict(LARGE_CONFIG, encoder_num_layers=2, encoder_dropout=0.2, encoder_layer_drop=0.3),
+            "state_dict": state,
+        },
+        d / "torchaudio_config.pt",
+    )
     for name in ("hf_bin", "hf_safetensors"):
         (d / name).mkdir()
         (d / name / "config.json").write_text(json.dumps(HF_CONFIG))
@@ -184,9 +246,16 @@ def large2(tmp_path_factory):
 # ------------------------------------------------------------------------- the tests
 
 
-@pytest.mark.parametrize("name,normalize,layers", [("WavLM-Large.pt", True, 2), ("torchaudio.pt", None, 1),
-                                                   ("torchaudio_wrapped.pt", None, 1), ("hf_bin", True, 1),
-                                                   ("hf_safetensors", True, 2)])
+@pytest.mark.parametrize(
+    "name,normalize,layers",
+    [
+        ("WavLM-Large.pt", True, 2),
+        ("torchaudio.pt", None, 1),
+        ("torchaudio_wrapped.pt", None, 1),
+        ("hf_bin", True, 1),
+        ("hf_safetensors", True, 2),
+    ],
+)
 def test_checkpoint_formats_reproduce_hidden_states(large2, name, normalize, layers):
     """Each format imports onto the same weights: full depth, or truncated to the first layer."""
     model = load_wavlm(large2["dir"] / name, num_layers=layers).eval()
@@ -221,10 +290,12 @@ def test_official_export_round_trip(large2, tmp_path):
     assert torch.equal(exported["model"]["mask_emb"], mask)
     # the regularisation is the model's own (here none), under the official names
     own = {"normalize", "conv_feature_layers", *OFFICIAL_NAMES}
-    assert {k: exported["cfg"][k] for k in OFFICIAL_CFG if k not in own} == \
-        {k: v for k, v in OFFICIAL_CFG.items() if k not in own}
-    assert {k: exported["cfg"][k] for k in OFFICIAL_NAMES} == \
-        {official: model.regularisation[ours] for official, ours in OFFICIAL_NAMES.items()}
+    assert {k: exported["cfg"][k] for k in OFFICIAL_CFG if k not in own} == {
+        k: v for k, v in OFFICIAL_CFG.items() if k not in own
+    }
+    assert {k: exported["cfg"][k] for k in OFFICIAL_NAMES} == {
+        official: model.regularisation[ours] for official, ours in OFFICIAL_NAMES.items()
+    }
     assert exported["cfg"]["normalize"] is False and exported["cfg"]["mask_prob"] == 0.65
     torch.save(exported, tmp_path / "exported.pt")
     again = load_wavlm(tmp_path / "exported.pt", 2).eval()
@@ -235,9 +306,15 @@ def test_official_export_round_trip(large2, tmp_path):
         official_checkpoint(model, encoder_layers=3)
 
 
-TINY_OFFICIAL_CFG = dict(OFFICIAL_CFG, encoder_embed_dim=64, encoder_ffn_embed_dim=128, encoder_attention_heads=4,
-                         conv_feature_layers="[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2", conv_pos=16,
-                         conv_pos_groups=4)
+TINY_OFFICIAL_CFG = dict(
+    OFFICIAL_CFG,
+    encoder_embed_dim=64,
+    encoder_ffn_embed_dim=128,
+    encoder_attention_heads=4,
+    conv_feature_layers="[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2",
+    conv_pos=16,
+    conv_pos_groups=4,
+)
 
 
 def test_corrupt_checkpoints_fail_clearly(tmp_path):
@@ -253,8 +330,11 @@ def test_corrupt_checkpoints_fail_clearly(tmp_path):
     broken = dict(state)
     del broken["encoder.transformer.layers.0.final_layer_norm.bias"]
     torch.save(broken, tmp_path / "missing.pt")
-    with pytest.raises(WavLMCheckpointError, match=r"missing.pt \(torchaudio format\): missing keys: "
-                                                   r"encoder.transformer.layers.0.final_layer_norm.bias"):
+    with pytest.raises(
+        WavLMCheckpointError,
+        match=r"missing.pt \(torchaudio format\): missing keys: "
+        r"encoder.transformer.layers.0.final_layer_norm.bias",
+    ):
         load_wavlm(tmp_path / "missing.pt", 2)
     torch.save(dict(state, **{"encoder.transformer.extra.weight": torch.zeros(2)}), tmp_path / "extra.pt")
     with pytest.raises(WavLMCheckpointError, match=r"unexpected keys: encoder.transformer.extra.weight"):
@@ -267,8 +347,11 @@ def test_corrupt_checkpoints_fail_clearly(tmp_path):
     no_k = {k: v for k, v in official.items() if k != "encoder.layers.1.self_attn.k_proj.bias"}
     with pytest.raises(WavLMCheckpointError, match="in_proj_bias lacks its k part"):
         load_wavlm(save_official("no_k.pt", no_k), 2)
-    with pytest.raises(WavLMCheckpointError, match=r"shape mismatches: .*intermediate_dense.weight \(128, 64\) "
-                                                   r"!= \(256, 64\)"):
+    with pytest.raises(
+        WavLMCheckpointError,
+        match=r"shape mismatches: .*intermediate_dense.weight \(128, 64\) "
+        r"!= \(256, 64\)",
+    ):
         load_wavlm(save_official("shape.pt", encoder_ffn_embed_dim=256), 2)
     cfg = {k: v for k, v in TINY_OFFICIAL_CFG.items() if k != "conv_pos"}
     torch.save({"cfg": cfg, "model": official}, tmp_path / "cfg.pt")
@@ -310,12 +393,27 @@ def test_huggingface_task_model_with_prefix(tmp_path):
     torch.manual_seed(0)
     source = load_wavlm(None, 2, tiny=True).eval()
     state = to_huggingface(source.state_dict())
-    state = {k.replace("conv.weight_g", "conv.parametrizations.weight.original0")
-              .replace("conv.weight_v", "conv.parametrizations.weight.original1"): v for k, v in state.items()}
+    state = {
+        k.replace("conv.weight_g", "conv.parametrizations.weight.original0").replace(
+            "conv.weight_v", "conv.parametrizations.weight.original1"
+        ): v
+        for k, v in state.items()
+    }
     state = {**{f"wavlm.{k}": v for k, v in state.items()}, "projector.weight": torch.zeros(3, 64)}
-    (tmp_path / "config.json").write_text(json.dumps(dict(
-        HF_CONFIG, conv_dim=[32] * 7, hidden_size=64, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
-        num_attention_heads=4, intermediate_size=128, architectures=["WavLMForXVector"])))
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            dict(
+                HF_CONFIG,
+                conv_dim=[32] * 7,
+                hidden_size=64,
+                num_conv_pos_embeddings=16,
+                num_conv_pos_embedding_groups=4,
+                num_attention_heads=4,
+                intermediate_size=128,
+                architectures=["WavLMForXVector"],
+            )
+        )
+    )
     write_safetensors(tmp_path / "model.safetensors", state)
     model = load_wavlm(tmp_path, 2).eval()
     assert model.config == source.config and model.checkpoint_normalize is None
@@ -369,9 +467,9 @@ def test_normalize_input_switch():
 
 
 def test_layer_weighting():
-    hidden = torch.randn(3, 2, 5, 4)                     # (L, B, T, D)
+    hidden = torch.randn(3, 2, 5, 4)  # (L, B, T, D)
     weighting = LayerWeighting(3)
-    torch.testing.assert_close(weighting(hidden), hidden.mean(0).transpose(1, 2))     # zeros -> uniform
+    torch.testing.assert_close(weighting(hidden), hidden.mean(0).transpose(1, 2))  # zeros -> uniform
     with torch.no_grad():
         weighting.weights.copy_(torch.tensor([0.0, 1.0, 2.0]))
     w = torch.softmax(torch.tensor([0.0, 1.0, 2.0]), 0)
@@ -388,7 +486,7 @@ def test_frontend_freeze_and_gradient_checkpointing():
     final_norm = list(frontend.wavlm.encoder.transformer.layer_norm.parameters())
 
     frontend.freeze_wavlm(True).train()
-    assert not frontend.wavlm.training                   # frozen WavLM stays in eval mode
+    assert not frontend.wavlm.training  # frozen WavLM stays in eval mode
     frontend(wave)[0].pow(2).sum().backward()
     assert all(p.grad is None for p in frontend.wavlm.parameters())
     assert frontend.layer_weights.weights.grad is not None
@@ -412,16 +510,27 @@ def test_frontend_freeze_and_gradient_checkpointing():
 # --------------------------------------------------------------- fine-tuning regularisation
 
 # torchaudio.models.wavlm_large's own defaults (a bare torchaudio state dict has no config).
-TORCHAUDIO_LARGE = {"encoder_projection_dropout": 0.1, "encoder_attention_dropout": 0.1,
-                    "encoder_ff_interm_dropout": 0.0, "encoder_dropout": 0.1, "encoder_layer_drop": 0.1,
-                    "feature_grad_mult": 1.0}
+TORCHAUDIO_LARGE = {
+    "encoder_projection_dropout": 0.1,
+    "encoder_attention_dropout": 0.1,
+    "encoder_ff_interm_dropout": 0.0,
+    "encoder_dropout": 0.1,
+    "encoder_layer_drop": 0.1,
+    "feature_grad_mult": 1.0,
+}
 
 
-@pytest.mark.parametrize("name,expected", [
-    ("WavLM-Large.pt", OFFICIAL_REGULARISATION), ("hf_bin", HF_REGULARISATION),
-    ("hf_safetensors", HF_REGULARISATION), ("torchaudio.pt", TORCHAUDIO_LARGE),
-    ("torchaudio_wrapped.pt", TORCHAUDIO_LARGE),
-    ("torchaudio_config.pt", dict(TORCHAUDIO_LARGE, encoder_dropout=0.2, encoder_layer_drop=0.3))])
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("WavLM-Large.pt", OFFICIAL_REGULARISATION),
+        ("hf_bin", HF_REGULARISATION),
+        ("hf_safetensors", HF_REGULARISATION),
+        ("torchaudio.pt", TORCHAUDIO_LARGE),
+        ("torchaudio_wrapped.pt", TORCHAUDIO_LARGE),
+        ("torchaudio_config.pt", dict(TORCHAUDIO_LARGE, encoder_dropout=0.2, encoder_layer_drop=0.3)),
+    ],
+)
 def test_regularisation_is_read_from_each_checkpoint_format(large2, name, expected):
     """Dropouts, layer drop and feature_grad_mult come from the checkpoint's config, reach torchaudio's
     dropout modules, and are recorded in the arch, so that a model file rebuilds with the same values."""
@@ -434,12 +543,14 @@ def test_regularisation_is_read_from_each_checkpoint_format(large2, name, expect
     for key in ("encoder.transformer.dropout", layer + "dropout", layer + "feed_forward.output_dropout"):
         assert drop[key] == pytest.approx(expected["encoder_dropout"])
     assert model.encoder.transformer.layers[0].attention.dropout == pytest.approx(expected["encoder_attention_dropout"])
-    assert model.encoder.transformer.layer_drop == 0.0            # layer drop is our own loop's
-    arch = {"frontend": {"type": "wavlm", "checkpoint": str(large2["dir"] / name), "num_layers": 1},
-            "encoder": {"channels": 8, "emb_dim": 4}}
+    assert model.encoder.transformer.layer_drop == 0.0  # layer drop is our own loop's
+    arch = {
+        "frontend": {"type": "wavlm", "checkpoint": str(large2["dir"] / name), "num_layers": 1},
+        "encoder": {"channels": 8, "emb_dim": 4},
+    }
     recorded = build_speaker_model(arch).arch
     assert recorded["frontend"]["regularisation"] == pytest.approx(expected)
-    rebuilt = build_speaker_model(recorded).frontend.wavlm       # from the recorded config, no checkpoint read
+    rebuilt = build_speaker_model(recorded).frontend.wavlm  # from the recorded config, no checkpoint read
     assert rebuilt.regularisation == pytest.approx(expected)
 
 
@@ -454,14 +565,19 @@ def test_missing_regularisation_keys_fail_clearly(tmp_path):
 
 def test_random_wavlm_has_no_regularisation_and_old_dropout_arch_reads():
     assert load_wavlm(None, 2, tiny=True).regularisation == NO_REGULARISATION
-    arch = build_speaker_model({"frontend": {"type": "wavlm", "num_layers": 2, "tiny": True},
-                                "encoder": {"channels": 8, "emb_dim": 4}}).arch
+    arch = build_speaker_model(
+        {"frontend": {"type": "wavlm", "num_layers": 2, "tiny": True}, "encoder": {"channels": 8, "emb_dim": 4}}
+    ).arch
     old = dict(arch["frontend"], dropout=0.2)
-    del old["regularisation"]                        # a model file written before the regularisation dict
+    del old["regularisation"]  # a model file written before the regularisation dict
     wavlm = build_speaker_model({**arch, "frontend": old}).frontend.wavlm
-    assert wavlm.regularisation == dict(NO_REGULARISATION, encoder_projection_dropout=0.2,
-                                        encoder_attention_dropout=0.2, encoder_ff_interm_dropout=0.2,
-                                        encoder_dropout=0.2)
+    assert wavlm.regularisation == dict(
+        NO_REGULARISATION,
+        encoder_projection_dropout=0.2,
+        encoder_attention_dropout=0.2,
+        encoder_ff_interm_dropout=0.2,
+        encoder_dropout=0.2,
+    )
 
 
 def test_layer_drop_passes_the_input_through_in_training_only():
@@ -472,9 +588,9 @@ def test_layer_drop_passes_the_input_through_in_training_only():
         reference, _ = full.eval()(wave)
         always = WavLM(full.config, regularisation={"encoder_layer_drop": 1.0})
         always.load_state_dict(full.state_dict())
-        evaluated, _ = always.eval()(wave)                # eval mode never drops
+        evaluated, _ = always.eval()(wave)  # eval mode never drops
         torch.testing.assert_close(evaluated, reference)
-        dropped, _ = always.train()(wave)                 # every layer dropped: L copies of the layers' input
+        dropped, _ = always.train()(wave)  # every layer dropped: L copies of the layers' input
         assert dropped.shape == reference.shape
         for layer in range(1, 4):
             assert torch.equal(dropped[layer], dropped[0])
@@ -482,7 +598,7 @@ def test_layer_drop_passes_the_input_through_in_training_only():
         half = WavLM(full.config, regularisation={"encoder_layer_drop": 0.5})
         half.load_state_dict(full.state_dict())
         torch.manual_seed(4)
-        draws = (torch.rand(4) < 0.5).tolist()            # the loop draws one number per layer, in order
+        draws = (torch.rand(4) < 0.5).tolist()  # the loop draws one number per layer, in order
         torch.manual_seed(4)
         partial, _ = half.train()(wave)
     assert any(draws) and not all(draws)
@@ -503,14 +619,14 @@ def test_feature_grad_mult_scales_the_cnn_gradient(mult):
     grads = []
     for model in (plain, scaled):
         out, _ = model(wave)
-        torch.testing.assert_close(out, plain(wave)[0])   # the forward is unchanged
+        torch.testing.assert_close(out, plain(wave)[0])  # the forward is unchanged
         out.pow(2).sum().backward()
         grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
     cnn = [n for n in grads[0] if n.startswith("feature_extractor.")]
     assert cnn
     for n in cnn:
         if mult == 0.0:
-            assert n not in grads[1]                       # no gradient into the CNN
+            assert n not in grads[1]  # no gradient into the CNN
         else:
             torch.testing.assert_close(grads[1][n], mult * grads[0][n], rtol=1e-4, atol=1e-7)
     for n in grads[0]:

@@ -42,12 +42,13 @@ def tiny_wavlm(layers: int = 1, seed: int = 0) -> WavLM:
 
 # --------------------------------------------------------------------------- frame grid and masks
 
+
 def test_frame_geometry_is_the_wavlm_frame_grid():
     assert frame_geometry(TINY_CONFIG["extractor_conv_layer_config"]) == (400, 320)
     assert frame_geometry([[8, 5, 1]]) == (5, 1) and frame_geometry([[8, 4, 2], [8, 3, 3]]) == (8, 6)
     wavlm = tiny_wavlm()
     targets = UnitTargets(400, 320)
-    for samples in range(400, 5000, 37):       # MFCC frames = WavLM frames for every length
+    for samples in range(400, 5000, 37):  # MFCC frames = WavLM frames for every length
         assert targets.num_frames(samples) == wavlm.num_frames(samples) == (samples - 400) // 320 + 1
 
 
@@ -77,11 +78,13 @@ def test_span_mask_counts():
 
 # --------------------------------------------------------------------------- unit targets
 
+
 def tone(freq: float, seconds: float, seed: int) -> torch.Tensor:
     rng = np.random.default_rng(seed)
     t = np.arange(int(seconds * SR)) / SR
-    return torch.from_numpy((np.sin(2 * np.pi * freq * t + rng.uniform(0, 6.3))
-                             + 0.01 * rng.standard_normal(len(t))).astype(np.float32))
+    return torch.from_numpy(
+        (np.sin(2 * np.pi * freq * t + rng.uniform(0, 6.3)) + 0.01 * rng.standard_normal(len(t))).astype(np.float32)
+    )
 
 
 def test_units_separate_two_sounds():
@@ -100,6 +103,7 @@ def test_units_separate_two_sounds():
 
 
 # --------------------------------------------------------------------------- masking in WavLM, loss
+
 
 def test_masked_frames_are_replaced_by_the_mask_embedding():
     wavlm = tiny_wavlm(2).eval()
@@ -189,7 +193,10 @@ def test_config_is_validated():
     with pytest.raises(ValueError, match="n_mfcc .* exceeds n_mels"):
         PretrainConfig.from_dict({"n_mfcc": 20, "n_mels": 10})
     assert PretrainConfig().conv_layers == TINY_CONFIG["extractor_conv_layer_config"]
-    assert PretrainConfig.from_dict({"conv_layers": [[8, 80, 16], [8, 21, 20]]}).conv_layers == [[8, 80, 16], [8, 21, 20]]
+    assert PretrainConfig.from_dict({"conv_layers": [[8, 80, 16], [8, 21, 20]]}).conv_layers == [
+        [8, 80, 16],
+        [8, 21, 20],
+    ]
     for bad in ([], [[8, 80]], [[8, 0, 16]], [[8, 80, 16.0]], [[True, 80, 16]]):
         with pytest.raises(ValueError, match="wavlm.pretrain.conv_layers"):
             PretrainConfig.from_dict({"conv_layers": bad})
@@ -197,8 +204,9 @@ def test_config_is_validated():
 
 # --------------------------------------------------------------------------- CNN shape, checkpoint round trip
 
+
 def test_conv_layers_shape_the_cnn_and_round_trip_through_the_official_checkpoint(tmp_path):
-    conv = [[16, 64, 16], [8, 22, 20]]           # 400-sample field, 320-sample hop: WavLM's frame grid
+    conv = [[16, 64, 16], [8, 22, 20]]  # 400-sample field, 320-sample hop: WavLM's frame grid
     assert frame_geometry(conv) == (400, 320)
     torch.manual_seed(0)
     model = load_wavlm(None, 2, tiny=True, conv_layers=conv).eval()
@@ -227,17 +235,35 @@ def test_conv_layers_shape_the_cnn_and_round_trip_through_the_official_checkpoin
 
 # --------------------------------------------------------------------------- the stage
 
+
 def test_stage_writes_an_official_checkpoint_and_resumes(tiny_corpus, tmp_path):
     conv = [[8, 64, 16], [8, 22, 20]]
-    hp = {"pretrain": {"epochs": 2, "batch_size": 8, "crop_s": 0.5, "n_units": 4, "kmeans_frames": 0,
-                       "kmeans_iter": 5, "warmup_epochs": 1, "conv_layers": conv, "unmasked_weight": 0.5},
-          "num_layers": 1, "train": {"device": "cpu", "workers": 0, "log_every": 1, "deterministic": True}}
+    hp = {
+        "pretrain": {
+            "epochs": 2,
+            "batch_size": 8,
+            "crop_s": 0.5,
+            "n_units": 4,
+            "kmeans_frames": 0,
+            "kmeans_iter": 5,
+            "warmup_epochs": 1,
+            "conv_layers": conv,
+            "unmasked_weight": 0.5,
+        },
+        "num_layers": 1,
+        "train": {"device": "cpu", "workers": 0, "log_every": 1, "deterministic": True},
+    }
     scp = tiny_corpus / "data" / "train" / "wav.scp"
     out = tmp_path / "wavlm_tiny.pt"
 
     def train(where):
-        return run(WavLMPretrainStage(hp, scp), RuntimeConfig.from_dict(hp["train"]), where / "ckpt",
-                   where / "wavlm_tiny.pt", where / "log.tsv")
+        return run(
+            WavLMPretrainStage(hp, scp),
+            RuntimeConfig.from_dict(hp["train"]),
+            where / "ckpt",
+            where / "wavlm_tiny.pt",
+            where / "log.tsv",
+        )
 
     assert train(tmp_path) == 0
     ckpt = read_wavlm_checkpoint(out)
@@ -262,6 +288,7 @@ def test_stage_writes_an_official_checkpoint_and_resumes(tiny_corpus, tmp_path):
 
 # --------------------------------------------------------------------------- the tiny workflow run
 
+
 def test_workflow_pretrains_and_step1_imports_the_checkpoint(tiny_run):
     run_dir = tiny_run / "results" / "tiny"
     checkpoint = run_dir / "wavlm_pretrain" / "wavlm_tiny.pt"
@@ -274,16 +301,18 @@ def test_workflow_pretrains_and_step1_imports_the_checkpoint(tiny_run):
     # Step 1 keeps its WavLM frozen: its weights are the pre-trained checkpoint's, read through the import.
     pretrained = load_wavlm(checkpoint, 2).state_dict()
     prefix = "frontend.wavlm."
-    student = {k[len(prefix):]: v for k, v in step1["eval_state"].items() if k.startswith(prefix)}
+    student = {k[len(prefix) :]: v for k, v in step1["eval_state"].items() if k.startswith(prefix)}
     assert student.keys() == pretrained.keys() and all(torch.equal(student[k], pretrained[k]) for k in student)
 
 
 # --------------------------------------------------------------------------- the speaker-ID probe (bench)
 
+
 def test_speaker_probe_pieces():
     import importlib.util
 
     from conftest import REPO
+
     spec = importlib.util.spec_from_file_location("wavlm_probe", REPO / "bench" / "wavlm_probe.py")
     probe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(probe)

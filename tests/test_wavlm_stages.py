@@ -34,7 +34,7 @@ WAVLM_PREFIX = "frontend.wavlm."
 
 def wavlm_state(state: dict) -> dict[str, torch.Tensor]:
     """The WavLM tensors of a SpeakerModel state dict, keyed as in the WavLM module."""
-    return {k[len(WAVLM_PREFIX):]: v for k, v in state.items() if k.startswith(WAVLM_PREFIX)}
+    return {k[len(WAVLM_PREFIX) :]: v for k, v in state.items() if k.startswith(WAVLM_PREFIX)}
 
 
 def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
@@ -46,13 +46,12 @@ def wavlm_run(tiny_corpus, tmp_path_factory) -> dict:
     """The three steps + extraction + scoring of step 2-ft, in one Snakemake run."""
     work = tmp_path_factory.mktemp("wavlm_work")
     run_dir = work / "results" / "tiny"
-    shutil.copytree(tiny_corpus / "data", run_dir / "data")             # absolute audio paths
+    shutil.copytree(tiny_corpus / "data", run_dir / "data")  # absolute audio paths
     # DINO k-means labels (K = 8): speaker index with two speakers split, ids with gaps.
     utts = list(read_wav_scp(run_dir / "data" / "train" / "wav.scp"))
     spk = read_utt2spk(run_dir / "data" / "train" / "utt2spk")
     speakers = sorted(set(spk.values()))
-    labels = [speakers.index(spk[u]) + (2 if speakers.index(spk[u]) < 2 and i % 2 else 0)
-              for i, u in enumerate(utts)]
+    labels = [speakers.index(spk[u]) + (2 if speakers.index(spk[u]) < 2 and i % 2 else 0) for i, u in enumerate(utts)]
     kmeans = run_dir / "dino" / "kmeans_k8"
     kmeans.mkdir(parents=True)
     (kmeans / "labels.txt").write_text("".join(f"{u} {label}\n" for u, label in zip(utts, labels)))
@@ -60,12 +59,19 @@ def wavlm_run(tiny_corpus, tmp_path_factory) -> dict:
     torch.manual_seed(3)
     checkpoint = work / "wavlm_tiny.pt"
     torch.save(load_wavlm(None, 2, tiny=True).state_dict(), checkpoint)
-    cfg = write_config(work / "config.yaml", {"wavlm": {
-        "checkpoint": str(checkpoint), "tiny": False, "gradient_checkpointing": True}})
+    cfg = write_config(
+        work / "config.yaml", {"wavlm": {"checkpoint": str(checkpoint), "tiny": False, "gradient_checkpointing": True}}
+    )
     target = "results/tiny/wavlm_ft/metrics/demo.json"
     run_snakemake(work, "--cores", "2", "--allowed-rules", *TRAIN_RULES, "--", target, configfile=cfg)
-    return {"work": work, "run": run_dir, "config": cfg, "checkpoint": checkpoint, "labels": labels,
-            "models": {s: read_model_file(run_dir / s / "model.pt") for s in STEPS}}
+    return {
+        "work": work,
+        "run": run_dir,
+        "config": cfg,
+        "checkpoint": checkpoint,
+        "labels": labels,
+        "models": {s: read_model_file(run_dir / s / "model.pt") for s in STEPS},
+    }
 
 
 def tsv_rows(path: Path) -> list[dict[str, str]]:
@@ -75,6 +81,7 @@ def tsv_rows(path: Path) -> list[dict[str, str]]:
 
 
 # --------------------------------------------------------------------------- the workflow run
+
 
 def test_steps_chain_and_are_scored(wavlm_run):
     run, models = wavlm_run["run"], wavlm_run["models"]
@@ -137,8 +144,13 @@ def _ft_stage(wavlm_run, **overrides) -> SSRLStage:
     run, ft = wavlm_run["run"], wavlm_run["models"]["wavlm_ft"]
     hp = {**ft["hparams"], "ssrl": {**ft["hparams"]["ssrl"], **overrides}}
     data = run / "data"
-    stage = SSRLStage(hp, "wavlm_ft", data / "train" / "wav.scp", run / "wavlm_step2" / "model.pt",
-                      augment_lists={k: data / "augment" / f"{k}.lst" for k in ("noise", "music", "babble", "rir")})
+    stage = SSRLStage(
+        hp,
+        "wavlm_ft",
+        data / "train" / "wav.scp",
+        run / "wavlm_step2" / "model.pt",
+        augment_lists={k: data / "augment" / f"{k}.lst" for k in ("noise", "music", "babble", "rir")},
+    )
     torch.manual_seed(0)
     stage.env, stage.runtime = DistEnv(), RuntimeConfig(device="cpu", workers=0)
     stage.build()
@@ -168,9 +180,9 @@ def test_q3_switch_shares_or_ema_copies_the_wavlm(wavlm_run, shares):
     student_after = {k: v.detach().clone() for k, v in s_wavlm.state_dict().items()}
     ema_update(st.teacher, st.student, 0.75)
     key = "encoder.transformer.layers.0.feed_forward.intermediate_dense.weight"
-    if shares:      # the same tensors: the teacher sees the student's update, the EMA leaves them alone
+    if shares:  # the same tensors: the teacher sees the student's update, the EMA leaves them alone
         assert torch.equal(t_wavlm.state_dict()[key], student_after[key])
-    else:           # an EMA copy: 0.75 * old teacher + 0.25 * new student
+    else:  # an EMA copy: 0.75 * old teacher + 0.25 * new student
         torch.testing.assert_close(t_wavlm.state_dict()[key], 0.75 * before[key] + 0.25 * student_after[key])
         assert not torch.equal(t_wavlm.state_dict()[key], student_after[key])
 
@@ -185,8 +197,9 @@ def test_step1_has_no_teacher_and_exports_its_student(wavlm_run):
 
 def test_step2_starts_student_and_teacher_from_step1_student(wavlm_run):
     run, step2 = wavlm_run["run"], wavlm_run["models"]["wavlm_step2"]
-    stage = SSRLStage(step2["hparams"], "wavlm_step2", run / "data" / "train" / "wav.scp",
-                      run / "wavlm_step1" / "model.pt")
+    stage = SSRLStage(
+        step2["hparams"], "wavlm_step2", run / "data" / "train" / "wav.scp", run / "wavlm_step1" / "model.pt"
+    )
     torch.manual_seed(0)
     stage.env, stage.runtime = DistEnv(), RuntimeConfig(device="cpu", workers=0)
     stage.build()
@@ -220,8 +233,13 @@ def test_ft_wavlm_modes_per_forward_and_constant_ema(wavlm_run, tmp_path, monkey
     run, ft = wavlm_run["run"], wavlm_run["models"]["wavlm_ft"]
     assert ft["arch"]["frontend"]["regularisation"]["encoder_layer_drop"] == pytest.approx(0.1)
     data = run / "data"
-    stage = ModeRecorder(ft["hparams"], "wavlm_ft", data / "train" / "wav.scp", run / "wavlm_step2" / "model.pt",
-                         augment_lists={k: data / "augment" / f"{k}.lst" for k in ("noise", "music", "babble", "rir")})
+    stage = ModeRecorder(
+        ft["hparams"],
+        "wavlm_ft",
+        data / "train" / "wav.scp",
+        run / "wavlm_step2" / "model.pt",
+        augment_lists={k: data / "augment" / f"{k}.lst" for k in ("noise", "music", "babble", "rir")},
+    )
     decays = []
 
     def recording_ema_update(teacher, student, decay):
@@ -236,25 +254,45 @@ def test_ft_wavlm_modes_per_forward_and_constant_ema(wavlm_run, tmp_path, monkey
     assert decays == [0.9999] * steps and steps >= 3
     student = [training for caller, training in stage.calls if caller == "student"]
     teacher = [training for caller, training in stage.calls if caller == "teacher"]
-    assert len(student) == len(teacher) == steps            # relabelling in every 2-ft step
+    assert len(student) == len(teacher) == steps  # relabelling in every 2-ft step
     assert all(student) and not any(teacher)
 
 
 def test_nothing_left_to_run(wavlm_run):
-    dry = run_snakemake(wavlm_run["work"], "-n", "--allowed-rules", *TRAIN_RULES, "--",
-                        "results/tiny/wavlm_ft/metrics/demo.json", configfile=wavlm_run["config"])
+    dry = run_snakemake(
+        wavlm_run["work"],
+        "-n",
+        "--allowed-rules",
+        *TRAIN_RULES,
+        "--",
+        "results/tiny/wavlm_ft/metrics/demo.json",
+        configfile=wavlm_run["config"],
+    )
     assert "Nothing to be done" in dry.stdout
 
 
 # --------------------------------------------------------------------------- schedule
 
+
 def test_step1_lr_is_linear_warmup_then_cosine():
     """docs/method.md §9 step 1: linear 0 -> lr over the warm-up epochs, then cosine lr -> lr/100 (value at the end
     of step i of an n-step segment: final + (start - final) (1 + cos(pi i / n)) / 2)."""
     lr, spe, warm, total = 1e-3, 4, 2, 5
-    hp = {"ssrl": {"init": "scratch", "head_init": "random", "label_update": False, "nlm": False,
-                   "fixed_epochs": total, "update_epochs": 0, "schedule": "warmup_cosine", "warmup_epochs": warm,
-                   "lr": lr, "lr_final": 0.01}, "arch": {}}
+    hp = {
+        "ssrl": {
+            "init": "scratch",
+            "head_init": "random",
+            "label_update": False,
+            "nlm": False,
+            "fixed_epochs": total,
+            "update_epochs": 0,
+            "schedule": "warmup_cosine",
+            "warmup_epochs": warm,
+            "lr": lr,
+            "lr_final": 0.01,
+        },
+        "arch": {},
+    }
     got = SSRLStage(hp, "wavlm_step1", "train.scp", None, labels="labels.txt").lr_schedule(spe)
     n_warm, n_cos = warm * spe, (total - warm) * spe
     want = [lr * i / n_warm for i in range(1, n_warm + 1)]
@@ -264,18 +302,23 @@ def test_step1_lr_is_linear_warmup_then_cosine():
 
 
 def test_scratch_init_needs_arch_and_no_init_model():
-    hp = {"ssrl": {"init": "scratch", "head_init": "random", "label_update": False, "nlm": False,
-                   "update_epochs": 0}}
+    hp = {"ssrl": {"init": "scratch", "head_init": "random", "label_update": False, "nlm": False, "update_epochs": 0}}
     with pytest.raises(ValueError, match="needs the model architecture under 'arch'"):
         SSRLStage(hp, "wavlm_step1", "train.scp", None, labels="labels.txt")
     with pytest.raises(ValueError, match="takes no init model file"):
         SSRLStage({**hp, "arch": {}}, "wavlm_step1", "train.scp", "init.pt", labels="labels.txt")
     with pytest.raises(ValueError, match="use head_init: random"):
-        SSRLStage({"ssrl": {**hp["ssrl"], "head_init": "centers"}, "arch": {}}, "wavlm_step1", "train.scp", None,
-                  labels="labels.txt")
+        SSRLStage(
+            {"ssrl": {**hp["ssrl"], "head_init": "centers"}, "arch": {}},
+            "wavlm_step1",
+            "train.scp",
+            None,
+            labels="labels.txt",
+        )
 
 
 # --------------------------------------------------------------------------- start-up check
+
 
 def _dry_run(workdir: Path, checkpoint: str):
     cfg = write_config(workdir / "config.yaml", {"wavlm": {"checkpoint": checkpoint, "tiny": False}})

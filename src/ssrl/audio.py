@@ -241,8 +241,9 @@ def audio_problems(path: str | os.PathLike, x: np.ndarray | None = None) -> list
         problems.append(f"near-silent: RMS level {level:.1f} dBFS (below {SILENCE_DBFS:.0f} dBFS)")
     stated, decoded = declared_seconds(path), x.shape[0] / SAMPLE_RATE
     if decoded < stated - SHORT_TOLERANCE_S:
-        problems.append(f"shorter than its header says: {decoded:.2f} s of audio, the header states "
-                        f"{stated:.2f} s (truncated?)")
+        problems.append(
+            f"shorter than its header says: {decoded:.2f} s of audio, the header states {stated:.2f} s (truncated?)"
+        )
     return problems
 
 
@@ -271,7 +272,7 @@ def random_crop(x: np.ndarray, num_samples: int, rng: np.random.Generator) -> np
         raise ValueError(f"random_crop expects a non-empty (samples,) array, got shape {x.shape}")
     offset = _crop_offset(x.shape[0], num_samples, rng)
     if x.shape[0] >= num_samples:
-        return np.array(x[offset: offset + num_samples], dtype=np.float32)
+        return np.array(x[offset : offset + num_samples], dtype=np.float32)
     return _tile(x, offset, num_samples).astype(np.float32, copy=False)
 
 
@@ -293,8 +294,10 @@ def read_random_crop(path: str | os.PathLike, num_samples: int, rng: np.random.G
                 fh.seek(offset)
                 frames = _read_frames(fh, num_samples)
                 if frames.shape[0] != num_samples:
-                    raise AudioError(f"{path}: header says {fh.frames} samples but reading "
-                                     f"{num_samples} at offset {offset} returned {frames.shape[0]}")
+                    raise AudioError(
+                        f"{path}: header says {fh.frames} samples but reading "
+                        f"{num_samples} at offset {offset} returned {frames.shape[0]}"
+                    )
                 x = _to_mono(frames)
                 if not np.isfinite(x).all():
                     raise AudioError(f"{path}: audio contains NaN or infinite samples")
@@ -319,8 +322,9 @@ def pre_emphasis(x: np.ndarray, coef: float = 0.97) -> np.ndarray:
     return y
 
 
-def write_audio(path: str | os.PathLike, x: np.ndarray, sample_rate: int = SAMPLE_RATE,
-                subtype: str = "PCM_16") -> None:
+def write_audio(
+    path: str | os.PathLike, x: np.ndarray, sample_rate: int = SAMPLE_RATE, subtype: str = "PCM_16"
+) -> None:
     """Write ``(samples,)`` (or ``(samples, channels)``) audio atomically; FLAC or WAV by extension.
 
     ``subtype`` is a soundfile subtype (``PCM_16``, ``PCM_24``; WAV also
@@ -337,7 +341,9 @@ def write_audio(path: str | os.PathLike, x: np.ndarray, sample_rate: int = SAMPL
     if not np.isfinite(x).all():
         raise AudioError(f"{path}: refusing to write NaN or infinite samples")
     if subtype.startswith("PCM") and float(np.max(np.abs(x))) > 1.0:
-        raise AudioError(f"{path}: samples exceed [-1, 1] (peak {float(np.max(np.abs(x))):.3f}); "
-                         f"normalise first or write WAV with subtype='FLOAT'")
+        raise AudioError(
+            f"{path}: samples exceed [-1, 1] (peak {float(np.max(np.abs(x))):.3f}); "
+            f"normalise first or write WAV with subtype='FLOAT'"
+        )
     with atomic_path(path) as tmp:
         sf.write(str(tmp), x, sample_rate, subtype=subtype, format=fmt)

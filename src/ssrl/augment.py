@@ -174,24 +174,37 @@ class Augmenter:
     """
 
     @classmethod
-    def from_lists(cls, lists: Mapping[str, str | os.PathLike] | None, ranges: Mapping[str, Any] | None,
-                   where: str) -> Augmenter | None:
+    def from_lists(
+        cls, lists: Mapping[str, str | os.PathLike] | None, ranges: Mapping[str, Any] | None, where: str
+    ) -> Augmenter | None:
         """An Augmenter from the list file of every :data:`AUGMENT_SOURCES` (``lists``; None: no
         augmentation, returns None) and the config's ``snr_db`` / ``babble_count`` ranges (``ranges``,
         those given); ValueError naming ``where`` when the lists are not exactly the four sources."""
         if lists is None:
             return None
         if sorted(lists) != sorted(AUGMENT_SOURCES):
-            raise ValueError(f"{where}: augmentation lists must be exactly {list(AUGMENT_SOURCES)}, got {sorted(lists)}")
+            raise ValueError(
+                f"{where}: augmentation lists must be exactly {list(AUGMENT_SOURCES)}, got {sorted(lists)}"
+            )
         kwargs = {k: tuple(ranges[k]) for k in ("snr_db", "babble_count") if k in (ranges or {})}
         return cls(**{k: read_list(lists[k]) for k in AUGMENT_SOURCES}, **kwargs)
 
-    def __init__(self, noise: Sequence[str | os.PathLike], music: Sequence[str | os.PathLike],
-                 babble: Sequence[str | os.PathLike], rir: Sequence[str | os.PathLike],
-                 snr_db: tuple[float, float] = (0.0, 20.0), babble_count: tuple[int, int] = (3, 8),
-                 rir_cache_items: int = 2048):
-        self.sources = {"noise": [str(p) for p in noise], "music": [str(p) for p in music],
-                        "babble": [str(p) for p in babble], "rir": [str(p) for p in rir]}
+    def __init__(
+        self,
+        noise: Sequence[str | os.PathLike],
+        music: Sequence[str | os.PathLike],
+        babble: Sequence[str | os.PathLike],
+        rir: Sequence[str | os.PathLike],
+        snr_db: tuple[float, float] = (0.0, 20.0),
+        babble_count: tuple[int, int] = (3, 8),
+        rir_cache_items: int = 2048,
+    ):
+        self.sources = {
+            "noise": [str(p) for p in noise],
+            "music": [str(p) for p in music],
+            "babble": [str(p) for p in babble],
+            "rir": [str(p) for p in rir],
+        }
         empty = [name for name, files in self.sources.items() if not files]
         if empty:
             raise ValueError(f"Augmenter: no files for {', '.join(empty)} (every source list must be non-empty)")

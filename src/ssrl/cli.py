@@ -104,6 +104,7 @@ def _finite_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
     return value
 
+
 COMPARE_HELP = """\
 Compare two runs of the workflow: how they were made and what came out.
 
@@ -120,65 +121,115 @@ example:
 
 
 def _add_model_options(p: argparse.ArgumentParser, device: bool = True) -> None:
-    p.add_argument("--model", "-m", required=True, metavar="MODEL.pt",
-                   help="model file of a trained system (<run>/<system>/model.pt)")
-    p.add_argument("--which", choices=("eval_state", "teacher", "student"), default="eval_state",
-                   help="network in the model file to use (default: eval_state, the EMA teacher)")
+    p.add_argument(
+        "--model",
+        "-m",
+        required=True,
+        metavar="MODEL.pt",
+        help="model file of a trained system (<run>/<system>/model.pt)",
+    )
+    p.add_argument(
+        "--which",
+        choices=("eval_state", "teacher", "student"),
+        default="eval_state",
+        help="network in the model file to use (default: eval_state, the EMA teacher)",
+    )
     if device:
-        p.add_argument("--device", default="auto", metavar="{auto,cpu,cuda,cuda:N}",
-                       help="where to run the model (default: auto = CUDA when available, else CPU)")
-        p.add_argument("--max-seconds", type=_positive_float, metavar="S",
-                       help="embed only the first S seconds of each file (default: whole files; "
-                            "100 s for WavLM systems)")
+        p.add_argument(
+            "--device",
+            default="auto",
+            metavar="{auto,cpu,cuda,cuda:N}",
+            help="where to run the model (default: auto = CUDA when available, else CPU)",
+        )
+        p.add_argument(
+            "--max-seconds",
+            type=_positive_float,
+            metavar="S",
+            help="embed only the first S seconds of each file (default: whole files; 100 s for WavLM systems)",
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``ssrl`` argument parser (subcommands embed, verify, export, compare)."""
-    ap = argparse.ArgumentParser(prog="ssrl", description=__doc__, epilog=EPILOG,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="ssrl", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--version", action="version", version=f"ssrl {__version__}")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
     raw = argparse.RawDescriptionHelpFormatter
 
-    p = sub.add_parser("embed", help="embed audio files into an .npz file", description=EMBED_HELP,
-                       formatter_class=raw)
+    p = sub.add_parser("embed", help="embed audio files into an .npz file", description=EMBED_HELP, formatter_class=raw)
     _add_model_options(p)
     p.add_argument("files", nargs="*", metavar="FILE", help="audio files (wav, flac, m4a, ...)")
     p.add_argument("--scp", metavar="WAV.SCP", help="Kaldi wav.scp ('utt path' per line) instead of FILEs")
-    p.add_argument("--output", "-o", default="embeddings.npz", metavar="OUT.npz",
-                   help="embedding file to write (default: embeddings.npz)")
-    p.add_argument("--batch-seconds", type=_positive_float, default=240.0, metavar="S",
-                   help="padded audio per batch, seconds (default: 240)")
-    p.add_argument("--batch-size", type=_positive_int, default=64, metavar="N",
-                   help="files per batch at most (default: 64)")
-    p.add_argument("--workers", type=int, default=0, metavar="N",
-                   help="DataLoader worker processes reading audio (default: 0, in the main process)")
+    p.add_argument(
+        "--output",
+        "-o",
+        default="embeddings.npz",
+        metavar="OUT.npz",
+        help="embedding file to write (default: embeddings.npz)",
+    )
+    p.add_argument(
+        "--batch-seconds",
+        type=_positive_float,
+        default=240.0,
+        metavar="S",
+        help="padded audio per batch, seconds (default: 240)",
+    )
+    p.add_argument(
+        "--batch-size", type=_positive_int, default=64, metavar="N", help="files per batch at most (default: 64)"
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="DataLoader worker processes reading audio (default: 0, in the main process)",
+    )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress lines on stderr")
     p.set_defaults(handler=_cmd_embed, parser=p)
 
-    p = sub.add_parser("verify", help="score two audio files and decide same/different speaker",
-                       description=VERIFY_HELP, formatter_class=raw)
+    p = sub.add_parser(
+        "verify",
+        help="score two audio files and decide same/different speaker",
+        description=VERIFY_HELP,
+        formatter_class=raw,
+    )
     _add_model_options(p)
     p.add_argument("enroll", metavar="A", help="first audio file")
     p.add_argument("test", metavar="B", help="second audio file")
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--trials", metavar="LIST",
-                       help="use the EER threshold of trial list LIST (<model dir>/metrics/LIST.json)")
-    which.add_argument("--threshold", type=_finite_float, metavar="X",
-                       help="accept when the cosine score >= X (ignores the metrics files)")
+    which.add_argument(
+        "--trials", metavar="LIST", help="use the EER threshold of trial list LIST (<model dir>/metrics/LIST.json)"
+    )
+    which.add_argument(
+        "--threshold",
+        type=_finite_float,
+        metavar="X",
+        help="accept when the cosine score >= X (ignores the metrics files)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.set_defaults(handler=_cmd_verify, parser=p)
 
-    p = sub.add_parser("export", help="export an ECAPA system to ONNX (checked with onnxruntime)",
-                       description=EXPORT_HELP, formatter_class=raw)
+    p = sub.add_parser(
+        "export",
+        help="export an ECAPA system to ONNX (checked with onnxruntime)",
+        description=EXPORT_HELP,
+        formatter_class=raw,
+    )
     _add_model_options(p, device=False)
     p.add_argument("--onnx", required=True, metavar="OUT.onnx", help="ONNX file to write")
-    p.add_argument("--opset", type=_positive_int, default=None, metavar="N",
-                   help="ONNX opset version, 11 to 20 (default: 17)")
+    p.add_argument(
+        "--opset", type=_positive_int, default=None, metavar="N", help="ONNX opset version, 11 to 20 (default: 17)"
+    )
     p.set_defaults(handler=_cmd_export, parser=p)
 
-    p = sub.add_parser("compare", help="two runs: config differences and results side by side",
-                       description=COMPARE_HELP, formatter_class=raw)
+    p = sub.add_parser(
+        "compare",
+        help="two runs: config differences and results side by side",
+        description=COMPARE_HELP,
+        formatter_class=raw,
+    )
     p.add_argument("run_a", metavar="RUN_A", help="run folder (results/<run>) or run name")
     p.add_argument("run_b", metavar="RUN_B", help="run folder (results/<run>) or run name")
     p.set_defaults(handler=_cmd_compare, parser=p)
@@ -218,12 +269,19 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         utts, paths = utterance_ids(args.files), list(args.files)
     device = resolve_device(args.device)
     model = _load(args, device)
-    emb = embed_files(model, utts, paths, device=device, max_batch_seconds=args.batch_seconds,
-                      max_batch_size=args.batch_size, workers=args.workers, max_seconds=_max_seconds(args, model),
-                      progress=not args.quiet)
+    emb = embed_files(
+        model,
+        utts,
+        paths,
+        device=device,
+        max_batch_seconds=args.batch_seconds,
+        max_batch_size=args.batch_size,
+        workers=args.workers,
+        max_seconds=_max_seconds(args, model),
+        progress=not args.quiet,
+    )
     write_embeddings(args.output, utts, emb)
-    print(f"ssrl embed: wrote {emb.shape[0]} embeddings of dimension {emb.shape[1]} to {args.output}",
-          file=sys.stderr)
+    print(f"ssrl embed: wrote {emb.shape[0]} embeddings of dimension {emb.shape[1]} to {args.output}", file=sys.stderr)
     return 0
 
 
@@ -239,8 +297,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     warnings = _verify_input_warnings(args.enroll, args.test)
     device = resolve_device(args.device)
     model = _load(args, device)
-    result = verify_pair(model, args.enroll, args.test, threshold, device=device, cohort=cohort,
-                         max_seconds=_max_seconds(args, model))
+    result = verify_pair(
+        model, args.enroll, args.test, threshold, device=device, cohort=cohort, max_seconds=_max_seconds(args, model)
+    )
     if args.json:
         print(json.dumps({**result.as_dict(), "warnings": warnings}))
         return 0
@@ -282,8 +341,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
     system = read_model_file(args.model)["system"]
     report = export_onnx(model, args.onnx, opset=args.opset or DEFAULT_OPSET, system=system)
     shapes = ", ".join(f"({b}, {n})" for b, n in report.shapes)
-    print(f"ssrl export: wrote {report.path} (opset {report.opset}); onnxruntime vs PyTorch: max abs "
-          f"difference {report.max_abs_diff:.3g} on inputs {shapes}")
+    print(
+        f"ssrl export: wrote {report.path} (opset {report.opset}); onnxruntime vs PyTorch: max abs "
+        f"difference {report.max_abs_diff:.3g} on inputs {shapes}"
+    )
     return 0
 
 

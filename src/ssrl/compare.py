@@ -15,8 +15,15 @@ from .provenance import PROVENANCE_FILE, config_diff, flatten, format_value, har
 RESULT_TABLES = ("main", "ablations", "wavlm")
 """Result tables compared (tables/<name>.csv), each keyed by its ``system`` column."""
 
-RESULT_PREFIXES = ("EER %", "minDCF", "label NMI", "label clusters", "train steps × batch", "train CPU-s",
-                   "train GPU-s")
+RESULT_PREFIXES = (
+    "EER %",
+    "minDCF",
+    "label NMI",
+    "label clusters",
+    "train steps × batch",
+    "train CPU-s",
+    "train GPU-s",
+)
 """Columns compared: those whose name starts with one of these."""
 
 
@@ -26,8 +33,9 @@ def resolve_run(arg: str | os.PathLike) -> Path:
     for candidate in (path, Path("results") / path):
         if (candidate / PROVENANCE_FILE).exists():
             return candidate
-    raise FileNotFoundError(f"{arg}: no {PROVENANCE_FILE} here or in results/{arg} (a run folder is "
-                            f"results/<run>, written by the workflow)")
+    raise FileNotFoundError(
+        f"{arg}: no {PROVENANCE_FILE} here or in results/{arg} (a run folder is results/<run>, written by the workflow)"
+    )
 
 
 def _commit(p: dict[str, Any]) -> str:
@@ -64,24 +72,31 @@ def compare_runs(run_a: str | os.PathLike, run_b: str | os.PathLike) -> str:
     a, b = read_provenance(a_dir), read_provenance(b_dir)
     lines = [f"A: {a_dir}", f"B: {b_dir}", ""]
     lines += _columns(
-        [("run", str(a.get("run")), str(b.get("run"))),
-         ("commit", _commit(a), _commit(b)),
-         ("config hash", str(a.get("config_hash")), str(b.get("config_hash"))),
-         ("started", str(a.get("started")), str(b.get("started"))),
-         ("finished", f"{a.get('finished')} ({a.get('status')})", f"{b.get('finished')} ({b.get('status')})"),
-         ("profile", str(a.get("profile")), str(b.get("profile"))),
-         ("hardware", hardware_line(a.get("hardware") or {}), hardware_line(b.get("hardware") or {}))],
-        ("", "A", "B"))
+        [
+            ("run", str(a.get("run")), str(b.get("run"))),
+            ("commit", _commit(a), _commit(b)),
+            ("config hash", str(a.get("config_hash")), str(b.get("config_hash"))),
+            ("started", str(a.get("started")), str(b.get("started"))),
+            ("finished", f"{a.get('finished')} ({a.get('status')})", f"{b.get('finished')} ({b.get('status')})"),
+            ("profile", str(a.get("profile")), str(b.get("profile"))),
+            ("hardware", hardware_line(a.get("hardware") or {}), hardware_line(b.get("hardware") or {})),
+        ],
+        ("", "A", "B"),
+    )
     diff = config_diff(a.get("config") or {}, b.get("config") or {})
     lines += ["", f"Config differences (A -> B): {len(diff) or 'none'}"]
     if diff:
-        lines += ["  " + line for line in _columns(
-            [(k, format_value(x), format_value(y)) for k, x, y in diff], ("key", "A", "B"))]
+        lines += [
+            "  " + line
+            for line in _columns([(k, format_value(x), format_value(y)) for k, x, y in diff], ("key", "A", "B"))
+        ]
     soft = config_diff(flatten(a.get("software") or {}), flatten(b.get("software") or {}))
     lines += ["", f"Software differences: {len(soft) or 'none'}"]
     if soft:
-        lines += ["  " + line for line in _columns(
-            [(k, format_value(x), format_value(y)) for k, x, y in soft], ("package", "A", "B"))]
+        lines += [
+            "  " + line
+            for line in _columns([(k, format_value(x), format_value(y)) for k, x, y in soft], ("package", "A", "B"))
+        ]
     for table in RESULT_TABLES:
         ra, rb = _results(a_dir, table), _results(b_dir, table)
         lines += ["", f"Results: {table} table (A, B, B - A)"]

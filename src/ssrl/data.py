@@ -57,8 +57,9 @@ def normalise_waveform(x: np.ndarray) -> np.ndarray:
     return pre_emphasis(peak_normalise(x))
 
 
-def finish_crop(crop: np.ndarray, rng: np.random.Generator, augmenter: Augmenter | None = None,
-                policy: AugmentPolicy | None = None) -> np.ndarray:
+def finish_crop(
+    crop: np.ndarray, rng: np.random.Generator, augmenter: Augmenter | None = None, policy: AugmentPolicy | None = None
+) -> np.ndarray:
     """docs/method.md §2 steps 2-4 on a crop ``(samples,)``: augmentation (when ``augmenter`` and
     ``policy`` are given) -> peak normalisation -> pre-emphasis. Returns float32."""
     if augmenter is not None and policy is not None and policy.augments:
@@ -66,8 +67,13 @@ def finish_crop(crop: np.ndarray, rng: np.random.Generator, augmenter: Augmenter
     return normalise_waveform(crop)
 
 
-def make_crop(wave: np.ndarray, num_samples: int, rng: np.random.Generator,
-              augmenter: Augmenter | None = None, policy: AugmentPolicy | None = None) -> np.ndarray:
+def make_crop(
+    wave: np.ndarray,
+    num_samples: int,
+    rng: np.random.Generator,
+    augmenter: Augmenter | None = None,
+    policy: AugmentPolicy | None = None,
+) -> np.ndarray:
     """docs/method.md §2 steps 1-4 for one network input: random crop of ``wave`` (tiled when
     short), then :func:`finish_crop`. Returns ``(num_samples,)`` float32."""
     return finish_crop(random_crop(wave, num_samples, rng), rng, augmenter, policy)
@@ -112,9 +118,17 @@ class MultiCropDataset(EpochDataset):
     Without ``augmenter`` the crops are clean.
     """
 
-    def __init__(self, paths: Sequence[str | os.PathLike], seed: int = 0, augmenter: Augmenter | None = None,
-                 policy: AugmentPolicy | None = None, n_global: int = 2, global_s: float = 4.0,
-                 n_local: int = 4, local_s: float = 2.0):
+    def __init__(
+        self,
+        paths: Sequence[str | os.PathLike],
+        seed: int = 0,
+        augmenter: Augmenter | None = None,
+        policy: AugmentPolicy | None = None,
+        n_global: int = 2,
+        global_s: float = 4.0,
+        n_local: int = 4,
+        local_s: float = 2.0,
+    ):
         super().__init__(paths, seed)
         if n_global < 1 or n_local < 0:
             raise ValueError(f"MultiCropDataset: need n_global >= 1 and n_local >= 0, got {n_global}, {n_local}")
@@ -127,10 +141,12 @@ class MultiCropDataset(EpochDataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = self._rng(index)
         wave = load_audio(self.paths[index])
-        views = [make_crop(wave, n, rng, self.augmenter, self.policy)
-                 for n in [self.global_samples] * self.n_global + [self.local_samples] * self.n_local]
+        views = [
+            make_crop(wave, n, rng, self.augmenter, self.policy)
+            for n in [self.global_samples] * self.n_global + [self.local_samples] * self.n_local
+        ]
         glob = np.stack(views[: self.n_global])
-        loc = np.stack(views[self.n_global:]) if self.n_local else np.zeros((0, self.local_samples), np.float32)
+        loc = np.stack(views[self.n_global :]) if self.n_local else np.zeros((0, self.local_samples), np.float32)
         return torch.from_numpy(glob), torch.from_numpy(loc)
 
 
@@ -149,9 +165,17 @@ class LabelledCropDataset(EpochDataset):
     ``labels`` ``(N,)`` non-negative ints; ``p_clean`` ``(N,)`` in [0, 1] (default 1).
     """
 
-    def __init__(self, paths: Sequence[str | os.PathLike], labels: np.ndarray, seed: int = 0,
-                 student_s: float = 2.0, teacher_s: float | None = 6.0, augmenter: Augmenter | None = None,
-                 policy: AugmentPolicy | None = None, p_clean: np.ndarray | None = None):
+    def __init__(
+        self,
+        paths: Sequence[str | os.PathLike],
+        labels: np.ndarray,
+        seed: int = 0,
+        student_s: float = 2.0,
+        teacher_s: float | None = 6.0,
+        augmenter: Augmenter | None = None,
+        policy: AugmentPolicy | None = None,
+        p_clean: np.ndarray | None = None,
+    ):
         super().__init__(paths, seed)
         self.augmenter = augmenter
         self.policy = policy if policy is not None else AugmentPolicy.ssrl_student()
@@ -234,8 +258,9 @@ class EvalDataset(Dataset):
         return index, torch.from_numpy(normalise_waveform(wave))
 
 
-def length_bucketed_batches(lengths: Sequence[int] | np.ndarray, max_batch_samples: int,
-                            max_batch_size: int) -> list[list[int]]:
+def length_bucketed_batches(
+    lengths: Sequence[int] | np.ndarray, max_batch_samples: int, max_batch_size: int
+) -> list[list[int]]:
     """Group item indices into batches of similar length (deterministic).
 
     Items are sorted by length, longest first (ties by index), and cut greedily:
@@ -248,8 +273,9 @@ def length_bucketed_batches(lengths: Sequence[int] | np.ndarray, max_batch_sampl
     if lengths.ndim != 1:
         raise ValueError(f"lengths must be 1-D, got shape {lengths.shape}")
     if max_batch_samples <= 0 or max_batch_size <= 0:
-        raise ValueError(f"max_batch_samples and max_batch_size must be positive, got "
-                         f"{max_batch_samples}, {max_batch_size}")
+        raise ValueError(
+            f"max_batch_samples and max_batch_size must be positive, got {max_batch_samples}, {max_batch_size}"
+        )
     order = np.argsort(-lengths, kind="stable")
     batches: list[list[int]] = []
     current: list[int] = []
@@ -299,14 +325,16 @@ class EpochSampler(Sampler[list[int]]):
     is the number of batches in a full epoch.
     """
 
-    def __init__(self, n_items: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
-                 drop_last: bool = True):
+    def __init__(
+        self, n_items: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1, drop_last: bool = True
+    ):
         super().__init__()
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"EpochSampler: need 0 <= rank < world_size, got rank {rank}, world_size {world_size}")
         if batch_size < 1 or batch_size % world_size:
-            raise ValueError(f"EpochSampler: global batch_size {batch_size} must be a positive multiple of "
-                             f"world_size {world_size}")
+            raise ValueError(
+                f"EpochSampler: global batch_size {batch_size} must be a positive multiple of world_size {world_size}"
+            )
         if seed < 0:
             raise ValueError(f"EpochSampler: seed must be >= 0, got {seed}")
         if n_items < (batch_size if drop_last else 1):
@@ -324,8 +352,10 @@ class EpochSampler(Sampler[list[int]]):
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Select ``epoch`` and skip its first ``start_batch`` batches (already trained)."""
         if epoch < 0 or not 0 <= start_batch <= len(self):
-            raise ValueError(f"EpochSampler.set_epoch: need epoch >= 0 and 0 <= start_batch <= {len(self)}, "
-                             f"got {epoch}, {start_batch}")
+            raise ValueError(
+                f"EpochSampler.set_epoch: need epoch >= 0 and 0 <= start_batch <= {len(self)}, "
+                f"got {epoch}, {start_batch}"
+            )
         self.epoch, self.start_batch = int(epoch), int(start_batch)
 
     def __len__(self) -> int:
@@ -335,11 +365,11 @@ class EpochSampler(Sampler[list[int]]):
 
     def _global_batches(self) -> list[np.ndarray]:
         perm = np.random.default_rng([self.seed, self.epoch, *_SAMPLER_ENTROPY_TAG]).permutation(self.n_items)
-        batches = [perm[b * self.batch_size: (b + 1) * self.batch_size] for b in range(len(self))]
+        batches = [perm[b * self.batch_size : (b + 1) * self.batch_size] for b in range(len(self))]
         if batches and len(batches[-1]) < self.world_size:
             batches[-1] = np.concatenate([batches[-1], perm[: self.world_size - len(batches[-1])]])
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
-        for batch in self._global_batches()[self.start_batch:]:
+        for batch in self._global_batches()[self.start_batch :]:
             yield np.array_split(batch, self.world_size)[self.rank].tolist()

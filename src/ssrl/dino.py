@@ -21,8 +21,13 @@ from torch.nn import functional as F
 from .models import DINOHead, SpeakerModel
 
 
-def dino_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, center: torch.Tensor,
-              student_temp: float = 0.1, teacher_temp: float = 0.04) -> torch.Tensor:
+def dino_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    center: torch.Tensor,
+    student_temp: float = 0.1,
+    teacher_temp: float = 0.04,
+) -> torch.Tensor:
     """DINO loss (docs/method.md §4), a scalar.
 
     ``student_logits`` ``(batch, n_views, K)``, the global views first;
@@ -35,13 +40,17 @@ def dino_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, center
     Computed in float32.
     """
     if student_logits.dim() != 3 or teacher_logits.dim() != 3:
-        raise ValueError(f"dino_loss: expected (batch, views, K) logits, got student "
-                         f"{tuple(student_logits.shape)} and teacher {tuple(teacher_logits.shape)}")
+        raise ValueError(
+            f"dino_loss: expected (batch, views, K) logits, got student "
+            f"{tuple(student_logits.shape)} and teacher {tuple(teacher_logits.shape)}"
+        )
     b, n_views, k = student_logits.shape
     n_global = teacher_logits.shape[1]
     if teacher_logits.shape[0] != b or teacher_logits.shape[2] != k or not 1 <= n_global <= n_views:
-        raise ValueError(f"dino_loss: teacher logits {tuple(teacher_logits.shape)} do not match student "
-                         f"{tuple(student_logits.shape)} (need the same batch and K, n_global <= n_views)")
+        raise ValueError(
+            f"dino_loss: teacher logits {tuple(teacher_logits.shape)} do not match student "
+            f"{tuple(student_logits.shape)} (need the same batch and K, n_global <= n_views)"
+        )
     if center.shape != (k,):
         raise ValueError(f"dino_loss: center has shape {tuple(center.shape)}, expected ({k},)")
     pairs = torch.ones(n_global, n_views, dtype=torch.float32, device=student_logits.device)
@@ -51,7 +60,7 @@ def dino_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, center
         raise ValueError("dino_loss: a single global view and no local view leave no view pair")
     p_teacher = F.softmax((teacher_logits.detach().float() - center.float()) / teacher_temp, dim=-1)
     log_q = F.log_softmax(student_logits.float() / student_temp, dim=-1)
-    ce = -torch.einsum("bik,bjk->bij", p_teacher, log_q)                 # (batch, n_global, n_views)
+    ce = -torch.einsum("bik,bjk->bij", p_teacher, log_q)  # (batch, n_global, n_views)
     return (ce * pairs).sum(dim=(1, 2)).mean() / n_pairs
 
 
@@ -83,8 +92,9 @@ class DINOCenter:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         center = state["center"]
         if center.shape != self.value.shape:
-            raise ValueError(f"DINOCenter: stored centre has shape {tuple(center.shape)}, "
-                             f"expected {tuple(self.value.shape)}")
+            raise ValueError(
+                f"DINOCenter: stored centre has shape {tuple(center.shape)}, expected {tuple(self.value.shape)}"
+            )
         self.value.copy_(center)
 
 
@@ -114,7 +124,7 @@ class DINOModel(nn.Module):
             if g.dim() != 3 or g.shape[0] != b:
                 raise ValueError(f"DINOModel: each group must be (batch={b}, views, samples), got {tuple(g.shape)}")
             if g.shape[1]:
-                emb = self.model(g.reshape(b * g.shape[1], g.shape[2]))      # (batch * n_i, emb_dim)
+                emb = self.model(g.reshape(b * g.shape[1], g.shape[2]))  # (batch * n_i, emb_dim)
                 embs.append(emb.reshape(b, g.shape[1], -1))
                 logits.append(self.head(emb).reshape(b, g.shape[1], -1))
         return torch.cat(embs, dim=1), torch.cat(logits, dim=1)

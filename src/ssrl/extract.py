@@ -49,7 +49,7 @@ def min_samples(model: SpeakerModel) -> int:
     hi = 1
     while model.frontend.num_frames(hi) < need:
         hi *= 2
-    lo = hi // 2                    # num_frames(lo) < need <= num_frames(hi) (lo may be 0)
+    lo = hi // 2  # num_frames(lo) < need <= num_frames(hi) (lo may be 0)
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if model.frontend.num_frames(mid) >= need:
@@ -73,15 +73,25 @@ def utterance_ids(paths: Sequence[str | os.PathLike]) -> list[str]:
         if not stem:
             raise ValueError(f"{path}: no file name to use as utterance id")
         if stem in seen:
-            raise ValueError(f"{path}: utterance id {stem!r} (file stem) is also the id of {seen[stem]}; "
-                             f"rename one file or list them in a wav.scp with distinct ids")
+            raise ValueError(
+                f"{path}: utterance id {stem!r} (file stem) is also the id of {seen[stem]}; "
+                f"rename one file or list them in a wav.scp with distinct ids"
+            )
         seen[stem] = os.fspath(path)
     return list(seen)
 
 
-def embed_files(model: SpeakerModel, utts: Sequence[str], paths: Sequence[str | os.PathLike],
-                device: str | torch.device = "cpu", max_batch_seconds: float = 240.0, max_batch_size: int = 64,
-                workers: int = 0, max_seconds: float | None = None, progress: bool = True) -> np.ndarray:
+def embed_files(
+    model: SpeakerModel,
+    utts: Sequence[str],
+    paths: Sequence[str | os.PathLike],
+    device: str | torch.device = "cpu",
+    max_batch_seconds: float = 240.0,
+    max_batch_size: int = 64,
+    workers: int = 0,
+    max_seconds: float | None = None,
+    progress: bool = True,
+) -> np.ndarray:
     """Embeddings ``(N, emb_dim)`` float32 of whole audio files, in the order of ``paths``.
 
     Same path as the pipeline's extraction (docs/method.md §5): each file is loaded whole
@@ -94,28 +104,37 @@ def embed_files(model: SpeakerModel, utts: Sequence[str], paths: Sequence[str | 
     :func:`min_samples` are a ValueError naming them.
     """
     if max_batch_seconds <= 0 or max_batch_size <= 0 or workers < 0:
-        raise ValueError(f"max_batch_seconds and max_batch_size must be positive and workers >= 0, got "
-                         f"{max_batch_seconds}, {max_batch_size}, {workers}")
+        raise ValueError(
+            f"max_batch_seconds and max_batch_size must be positive and workers >= 0, got "
+            f"{max_batch_seconds}, {max_batch_size}, {workers}"
+        )
     dataset = EvalDataset(utts, paths, max_seconds=max_seconds)
     lengths = dataset.num_samples(progress=progress)
     shortest = min_samples(model)
     short = np.flatnonzero(lengths < shortest)
     if short.size:
         names = ", ".join(f"{dataset.paths[i]} ({lengths[i]} samples)" for i in short[:5])
-        raise ValueError(f"{short.size} file(s) shorter than the {shortest} samples ({shortest / SAMPLE_RATE:.3f} s "
-                         f"at 16 kHz) this model needs: {names}")
+        raise ValueError(
+            f"{short.size} file(s) shorter than the {shortest} samples ({shortest / SAMPLE_RATE:.3f} s "
+            f"at 16 kHz) this model needs: {names}"
+        )
     batches = length_bucketed_batches(lengths, max(1, round(max_batch_seconds * SAMPLE_RATE)), max_batch_size)
     device = torch.device(device)
-    loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate_padded, num_workers=workers,
-                        pin_memory=device.type == "cuda")
+    loader = DataLoader(
+        dataset, batch_sampler=batches, collate_fn=collate_padded, num_workers=workers, pin_memory=device.type == "cuda"
+    )
     meter = Progress(len(dataset), "embed", unit="files", every_s=10.0, enabled=progress)
     return extract_embeddings(model.to(device), loader, dataset.utts, device=device, progress=meter)
 
 
 @torch.no_grad()
-def extract_embeddings(model: SpeakerModel, batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
-                       utts: list[str], device: str | torch.device = "cpu",
-                       progress: Progress | None = None) -> np.ndarray:
+def extract_embeddings(
+    model: SpeakerModel,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    utts: list[str],
+    device: str | torch.device = "cpu",
+    progress: Progress | None = None,
+) -> np.ndarray:
     """Embeddings ``(N, emb_dim)`` float32 of ``utts`` in their order (docs/method.md §5).
 
     ``batches`` yields ``(indices (B,), padded waves (B, S), lengths (B,))`` as

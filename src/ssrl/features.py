@@ -24,10 +24,10 @@ def reflect_pad_ends(wave: torch.Tensor, pad: int, lengths: torch.Tensor | None 
     """
     if lengths is None:
         return F.pad(wave.unsqueeze(1), (pad, pad), mode="reflect").squeeze(1)
-    n = lengths.to(device=wave.device, dtype=torch.long)[:, None]                 # (B, 1)
-    pos = torch.arange(wave.shape[1] + 2 * pad, device=wave.device)[None, :] - pad   # (1, S + 2 pad)
-    src = pos.abs()                                                                 # reflect at the start
-    src = torch.where(src >= n, 2 * (n - 1) - src, src)                             # reflect at the end
+    n = lengths.to(device=wave.device, dtype=torch.long)[:, None]  # (B, 1)
+    pos = torch.arange(wave.shape[1] + 2 * pad, device=wave.device)[None, :] - pad  # (1, S + 2 pad)
+    src = pos.abs()  # reflect at the start
+    src = torch.where(src >= n, 2 * (n - 1) - src, src)  # reflect at the end
     out = wave.gather(1, src.clamp(0, wave.shape[1] - 1))
     return out.masked_fill(pos >= n + pad, 0.0)
 
@@ -46,17 +46,33 @@ class MelFrontend(nn.Module):
     utterance alone.
     """
 
-    def __init__(self, n_fft: int = 512, win_length: int = 400, hop_length: int = 160, n_mels: int = 80,
-                 f_min: float = 0.0, f_max: float = 8000.0, sample_rate: int = SAMPLE_RATE):
+    def __init__(
+        self,
+        n_fft: int = 512,
+        win_length: int = 400,
+        hop_length: int = 160,
+        n_mels: int = 80,
+        f_min: float = 0.0,
+        f_max: float = 8000.0,
+        sample_rate: int = SAMPLE_RATE,
+    ):
         super().__init__()
         self.n_fft = n_fft
         self.hop_length = hop_length
         self.n_mels = n_mels
         # The centre padding is done by reflect_pad_ends (per utterance), not by torchaudio.
         self.mel = torchaudio.transforms.MelSpectrogram(
-            sample_rate=sample_rate, n_fft=n_fft, win_length=win_length, hop_length=hop_length,
-            f_min=f_min, f_max=f_max, n_mels=n_mels, window_fn=torch.hann_window, power=2.0,
-            center=False, pad=0,
+            sample_rate=sample_rate,
+            n_fft=n_fft,
+            win_length=win_length,
+            hop_length=hop_length,
+            f_min=f_min,
+            f_max=f_max,
+            n_mels=n_mels,
+            window_fn=torch.hann_window,
+            power=2.0,
+            center=False,
+            pad=0,
         )
 
     @property
@@ -81,7 +97,9 @@ class MelFrontend(nn.Module):
             raise ValueError(f"MelFrontend expects (batch, samples), got shape {tuple(wave.shape)}")
         shortest = wave.shape[1] if lengths is None else int(lengths.min())
         if shortest <= self.pad:
-            raise ValueError(f"waveform of {shortest} samples is too short for one frame (needs more than "
-                             f"{self.pad} samples for the reflect padding)")
+            raise ValueError(
+                f"waveform of {shortest} samples is too short for one frame (needs more than "
+                f"{self.pad} samples for the reflect padding)"
+            )
         with torch.autocast(device_type=wave.device.type, enabled=False):
             return self.mel(reflect_pad_ends(wave.float(), self.pad, lengths))

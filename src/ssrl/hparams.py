@@ -9,8 +9,14 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-KIND_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string", dict: "a mapping",
-              list: "a list"}
+KIND_NAMES = {
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+    str: "a string",
+    dict: "a mapping",
+    list: "a list",
+}
 """The value types a script may declare (``float``: any number, ``int`` included), as the errors name them."""
 
 
@@ -40,8 +46,10 @@ def read_hparams(text: str, schema: Mapping[str, type], optional: Iterable[str] 
     if not required <= set(hp) <= set(schema):
         also = f" and optionally {sorted(optional)}" if optional else ""
         missing, unknown = sorted(required - set(hp)), sorted(set(hp) - set(schema))
-        raise SystemExit(f"--hparams: expected keys {sorted(required)}{also}, got {sorted(hp)} "
-                         f"(missing keys {missing}, unknown keys {unknown})")
+        raise SystemExit(
+            f"--hparams: expected keys {sorted(required)}{also}, got {sorted(hp)} "
+            f"(missing keys {missing}, unknown keys {unknown})"
+        )
     for key, kind in schema.items():
         if key in hp and not _is(hp[key], kind) and not (key in optional and hp[key] is None):
             raise SystemExit(f"--hparams: {key} must be {KIND_NAMES[kind]}, got {hp[key]!r}")

@@ -95,15 +95,20 @@ def find_threshold(model_path: str | os.PathLike, trials: str | None = None) -> 
     if trials is not None:
         if trials not in found:
             have = f"available: {', '.join(found)}" if found else "the system has no metrics files"
-            raise ThresholdError(f"{folder / (trials + '.json')}: no metrics for trial list {trials!r} ({have}); "
-                                 f"score the system on it or give --threshold")
+            raise ThresholdError(
+                f"{folder / (trials + '.json')}: no metrics for trial list {trials!r} ({have}); "
+                f"score the system on it or give --threshold"
+            )
         path = found[trials]
     elif not found:
-        raise ThresholdError(f"{folder}: no metrics file (<list>.json written by the scoring stage) beside "
-                             f"{model_path}; score the system first or give a threshold with --threshold")
+        raise ThresholdError(
+            f"{folder}: no metrics file (<list>.json written by the scoring stage) beside "
+            f"{model_path}; score the system first or give a threshold with --threshold"
+        )
     elif len(found) > 1:
-        raise ThresholdError(f"{folder}: metrics for several trial lists ({', '.join(found)}); choose one "
-                             f"with --trials")
+        raise ThresholdError(
+            f"{folder}: metrics for several trial lists ({', '.join(found)}); choose one with --trials"
+        )
     else:
         path = next(iter(found.values()))
     try:
@@ -120,9 +125,14 @@ def find_threshold(model_path: str | os.PathLike, trials: str | None = None) -> 
     if norm == "asnorm" and (isinstance(top_n, bool) or not isinstance(top_n, int)):
         raise ThresholdError(f"{path}: score_norm is 'asnorm' but 'asnorm_top_n' is {top_n!r}, not an integer")
     eer = metrics.get("eer")
-    return Threshold(value=float(value), source=os.fspath(path), trials=path.stem,
-                     eer=float(eer) if isinstance(eer, (int, float)) else None, score_norm=norm,
-                     asnorm_top_n=top_n if norm == "asnorm" else None)
+    return Threshold(
+        value=float(value),
+        source=os.fspath(path),
+        trials=path.stem,
+        eer=float(eer) if isinstance(eer, (int, float)) else None,
+        score_norm=norm,
+        asnorm_top_n=top_n if norm == "asnorm" else None,
+    )
 
 
 def cohort_path(model_path: str | os.PathLike) -> Path:
@@ -143,14 +153,29 @@ class Verification:
 
     def as_dict(self) -> dict:
         t = self.threshold
-        return {"enroll": self.enroll, "test": self.test, "score": self.score, "score_norm": t.score_norm,
-                "threshold": t.value, "threshold_source": t.source, "trials": t.trials, "eer": t.eer,
-                "decision": "accept" if self.accept else "reject", "accept": self.accept}
+        return {
+            "enroll": self.enroll,
+            "test": self.test,
+            "score": self.score,
+            "score_norm": t.score_norm,
+            "threshold": t.value,
+            "threshold_source": t.source,
+            "trials": t.trials,
+            "eer": t.eer,
+            "decision": "accept" if self.accept else "reject",
+            "accept": self.accept,
+        }
 
 
-def verify_pair(model: SpeakerModel, enroll: str | os.PathLike, test: str | os.PathLike, threshold: Threshold,
-                device: str | torch.device = "cpu", cohort: np.ndarray | None = None,
-                max_seconds: float | None = None) -> Verification:
+def verify_pair(
+    model: SpeakerModel,
+    enroll: str | os.PathLike,
+    test: str | os.PathLike,
+    threshold: Threshold,
+    device: str | torch.device = "cpu",
+    cohort: np.ndarray | None = None,
+    max_seconds: float | None = None,
+) -> Verification:
     """Score two audio files with ``model`` and decide at ``threshold``.
 
     Both files go through :func:`embed_files`; the score is the cosine of the two
@@ -160,13 +185,17 @@ def verify_pair(model: SpeakerModel, enroll: str | os.PathLike, test: str | os.P
     """
     if threshold.score_norm == "asnorm" and cohort is None:
         raise ValueError(f"{threshold.source}: the threshold is for AS-norm scores; a cohort is required")
-    emb = embed_files(model, ["enroll", "test"], [enroll, test], device=device, max_seconds=max_seconds,
-                      progress=False)
+    emb = embed_files(model, ["enroll", "test"], [enroll, test], device=device, max_seconds=max_seconds, progress=False)
     trial = Trials.from_lists([1], ["enroll"], ["test"])
     norm = {"cohort": cohort, "top_n": threshold.asnorm_top_n} if threshold.score_norm == "asnorm" else {}
     score = float(score_trials(["enroll", "test"], emb, trial, **norm).scores[0])
-    return Verification(enroll=os.fspath(enroll), test=os.fspath(test), score=score, threshold=threshold,
-                        accept=score >= threshold.value)
+    return Verification(
+        enroll=os.fspath(enroll),
+        test=os.fspath(test),
+        score=score,
+        threshold=threshold,
+        accept=score >= threshold.value,
+    )
 
 
 def load_cohort(model_path: str | os.PathLike, threshold: Threshold) -> np.ndarray | None:
@@ -176,8 +205,10 @@ def load_cohort(model_path: str | os.PathLike, threshold: Threshold) -> np.ndarr
         return None
     path = cohort_path(model_path)
     if not path.is_file():
-        raise ThresholdError(f"{path}: missing; {threshold.source} is an AS-norm threshold and needs the system's "
-                             f"train-set embeddings as cohort (or give --threshold for a cosine threshold)")
+        raise ThresholdError(
+            f"{path}: missing; {threshold.source} is an AS-norm threshold and needs the system's "
+            f"train-set embeddings as cohort (or give --threshold for a cosine threshold)"
+        )
     return read_embeddings(path)[1]
 
 
@@ -201,24 +232,24 @@ class ConvMelFrontend(nn.Module):
         if spec.power != 2.0 or spec.normalized or spec.center or spec.pad:
             raise ExportError("ConvMelFrontend supports power 2, no normalisation, no centre padding")
         n_fft, window = spec.n_fft, spec.window.detach().double().cpu()
-        offset = (n_fft - window.shape[0]) // 2                    # torch.stft centres a shorter window
+        offset = (n_fft - window.shape[0]) // 2  # torch.stft centres a shorter window
         padded = torch.zeros(n_fft, dtype=torch.float64)
-        padded[offset:offset + window.shape[0]] = window
+        padded[offset : offset + window.shape[0]] = window
         k = torch.arange(n_fft // 2 + 1, dtype=torch.float64)[:, None]
         n = torch.arange(n_fft, dtype=torch.float64)[None, :]
-        angle = 2.0 * math.pi * ((k * n) % n_fft) / n_fft          # exact phase before the cosine
-        basis = torch.cat([torch.cos(angle) * padded, -torch.sin(angle) * padded])   # (2F, n_fft)
-        self.register_buffer("basis", basis.float().unsqueeze(1))                    # (2F, 1, n_fft)
-        self.register_buffer("mel_fb", mel_scale.fb.detach().float().cpu().T.contiguous())   # (n_mels, F)
+        angle = 2.0 * math.pi * ((k * n) % n_fft) / n_fft  # exact phase before the cosine
+        basis = torch.cat([torch.cos(angle) * padded, -torch.sin(angle) * padded])  # (2F, n_fft)
+        self.register_buffer("basis", basis.float().unsqueeze(1))  # (2F, 1, n_fft)
+        self.register_buffer("mel_fb", mel_scale.fb.detach().float().cpu().T.contiguous())  # (n_mels, F)
         self.hop_length = spec.hop_length
         self.n_fft = n_fft
         self.pad = frontend.pad
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         wave = reflect_pad_ends(wave, self.pad)
-        spec = F.conv1d(wave.unsqueeze(1), self.basis, stride=self.hop_length)      # (B, 2F, T)
+        spec = F.conv1d(wave.unsqueeze(1), self.basis, stride=self.hop_length)  # (B, 2F, T)
         real, imag = spec.chunk(2, dim=1)
-        return torch.matmul(self.mel_fb, real * real + imag * imag)                 # (B, n_mels, T)
+        return torch.matmul(self.mel_fb, real * real + imag * imag)  # (B, n_mels, T)
 
 
 class ExportableSpeakerModel(nn.Module):
@@ -228,8 +259,10 @@ class ExportableSpeakerModel(nn.Module):
     def __init__(self, model: SpeakerModel):
         super().__init__()
         if not isinstance(model.frontend, MelFrontend):
-            raise ExportError("ONNX export supports ECAPA systems with the log-mel front-end only, "
-                              f"not a {type(model.frontend).__name__} (WavLM) system")
+            raise ExportError(
+                "ONNX export supports ECAPA systems with the log-mel front-end only, "
+                f"not a {type(model.frontend).__name__} (WavLM) system"
+            )
         self.frontend = ConvMelFrontend(model.frontend)
         self.encoder = model.encoder
 
@@ -253,8 +286,10 @@ def _import_onnx():
         import onnx
         import onnxruntime
     except ImportError as err:
-        raise ExportError(f"ONNX export needs the onnx and onnxruntime packages ({err}); install them with "
-                          f"`pip install 'ssrl[export]'`") from None
+        raise ExportError(
+            f"ONNX export needs the onnx and onnxruntime packages ({err}); install them with "
+            f"`pip install 'ssrl[export]'`"
+        ) from None
     return onnx, onnxruntime
 
 
@@ -285,16 +320,22 @@ def check_onnx(path: str | os.PathLike, model: SpeakerModel, waves: Sequence[tor
         got = session.run(None, {name: wave.numpy()})[0]
         want = model(wave.to(device)).cpu().numpy()
         if got.shape != want.shape:
-            raise ExportError(f"{path}: onnxruntime output shape {got.shape} for input {tuple(wave.shape)}, "
-                              f"PyTorch gives {want.shape}")
+            raise ExportError(
+                f"{path}: onnxruntime output shape {got.shape} for input {tuple(wave.shape)}, "
+                f"PyTorch gives {want.shape}"
+            )
         worst = max(worst, float(np.abs(got - want).max()))
     return worst
 
 
-def export_onnx(model: SpeakerModel, path: str | os.PathLike, opset: int = DEFAULT_OPSET,
-                system: str | None = None, tolerance: float = EXPORT_TOLERANCE,
-                check_shapes: Sequence[tuple[int, int]] = ((2, 2 * SAMPLE_RATE), (1, 3 * SAMPLE_RATE + 1237))
-                ) -> ExportReport:
+def export_onnx(
+    model: SpeakerModel,
+    path: str | os.PathLike,
+    opset: int = DEFAULT_OPSET,
+    system: str | None = None,
+    tolerance: float = EXPORT_TOLERANCE,
+    check_shapes: Sequence[tuple[int, int]] = ((2, 2 * SAMPLE_RATE), (1, 3 * SAMPLE_RATE + 1237)),
+) -> ExportReport:
     """Export a log-mel ECAPA ``model`` to ONNX at ``path`` and check it with onnxruntime.
 
     Graph: input ``wave`` (batch, samples) float32, pre-processed (peak
@@ -326,26 +367,39 @@ def export_onnx(model: SpeakerModel, path: str | os.PathLike, opset: int = DEFAU
             warnings.filterwarnings("ignore", message="The feature will be removed")
             warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
             try:
-                torch.onnx.export(exportable, (example,), os.fspath(tmp), dynamo=False, opset_version=opset,
-                                  input_names=["wave"], output_names=["embedding"],
-                                  dynamic_axes={"wave": {0: "batch", 1: "samples"}, "embedding": {0: "batch"}})
+                torch.onnx.export(
+                    exportable,
+                    (example,),
+                    os.fspath(tmp),
+                    dynamo=False,
+                    opset_version=opset,
+                    input_names=["wave"],
+                    output_names=["embedding"],
+                    dynamic_axes={"wave": {0: "batch", 1: "samples"}, "embedding": {0: "batch"}},
+                )
             except (RuntimeError, ValueError) as err:
                 first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
                 raise ExportError(f"{path}: torch.onnx.export failed at opset {opset}: {first}") from None
         graph = onnx.load(os.fspath(tmp))
         onnx.checker.check_model(graph)
         props = {
-            "ssrl_version": __version__, "system": system or "", "sample_rate": str(SAMPLE_RATE),
-            "emb_dim": str(model.emb_dim), "min_samples": str(shortest),
+            "ssrl_version": __version__,
+            "system": system or "",
+            "sample_rate": str(SAMPLE_RATE),
+            "emb_dim": str(model.emb_dim),
+            "min_samples": str(shortest),
             "input": "wave (batch, samples) float32, 16 kHz mono, rows of equal length (no padding); each row "
-                     "peak-normalised (x / max|x|) then pre-emphasised (y[n] = x[n] - 0.97 x[n-1], y[0] = x[0])",
+            "peak-normalised (x / max|x|) then pre-emphasised (y[n] = x[n] - 0.97 x[n-1], y[0] = x[0])",
             "output": "embedding (batch, emb_dim) float32, not L2-normalised; score pairs by cosine similarity",
         }
         onnx.helper.set_model_props(graph, props)
         onnx.save(graph, os.fspath(tmp))
         diff = check_onnx(tmp, model, waves)
         if not diff <= tolerance:
-            raise ExportError(f"{path}: onnxruntime and PyTorch embeddings differ by up to {diff:.3g} "
-                              f"(tolerance {tolerance:g}); the file was not written")
-    return ExportReport(path=os.fspath(path), opset=opset, max_abs_diff=diff,
-                        shapes=tuple(tuple(w.shape) for w in waves))
+            raise ExportError(
+                f"{path}: onnxruntime and PyTorch embeddings differ by up to {diff:.3g} "
+                f"(tolerance {tolerance:g}); the file was not written"
+            )
+    return ExportReport(
+        path=os.fspath(path), opset=opset, max_abs_diff=diff, shapes=tuple(tuple(w.shape) for w in waves)
+    )

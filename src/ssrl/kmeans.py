@@ -78,8 +78,7 @@ def normalise_rows(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def cluster_means(x: np.ndarray, labels: np.ndarray, previous: np.ndarray, block: int = 1 << 16
-                  ) -> np.ndarray:
+def cluster_means(x: np.ndarray, labels: np.ndarray, previous: np.ndarray, block: int = 1 << 16) -> np.ndarray:
     """Per-cluster means of the rows of ``x`` (n, dim), accumulated in float64.
 
     ``labels`` (n,) in [0, k); ``previous`` (k, dim): centers kept for empty
@@ -89,14 +88,13 @@ def cluster_means(x: np.ndarray, labels: np.ndarray, previous: np.ndarray, block
     return _means(sums, counts, previous)
 
 
-def _cluster_sums(x: np.ndarray, labels: np.ndarray, k: int, block: int = 1 << 16
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def _cluster_sums(x: np.ndarray, labels: np.ndarray, k: int, block: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
     """Per-cluster sums (k, dim) float64 and counts (k,) int64 of the rows of ``x`` (n, dim)."""
     sums = np.zeros((k, x.shape[1]), dtype=np.float64)
     for start in range(0, len(x), block):
-        lab = labels[start:start + block]
+        lab = labels[start : start + block]
         onehot = scipy.sparse.csr_matrix((np.ones(len(lab)), (lab, np.arange(len(lab)))), shape=(k, len(lab)))
-        sums += onehot @ x[start:start + block].astype(np.float64)
+        sums += onehot @ x[start : start + block].astype(np.float64)
     return sums, np.bincount(labels, minlength=k)
 
 
@@ -111,7 +109,7 @@ def _means(sums: np.ndarray, counts: np.ndarray, previous: np.ndarray) -> np.nda
 def _inertia(x: np.ndarray, labels: np.ndarray, centers: np.ndarray, block: int = 1 << 16) -> float:
     total = 0.0
     for start in range(0, len(x), block):
-        diff = x[start:start + block] - centers[labels[start:start + block]]
+        diff = x[start : start + block] - centers[labels[start : start + block]]
         total += float(np.einsum("ij,ij->", diff, diff, dtype=np.float64))
     return total
 
@@ -175,10 +173,19 @@ class _Yinyang:
 
         step = max(1, CHUNK_BYTES // (4 * len(self.centers)))
         for s in range(0, len(rows), step):
-            idx = rows[s:s + step]
-            x = self.xn[s:s + step] if len(rows) == len(self.xn) else self.xn[idx]      # all rows: no copy
-            assign_rows(x @ self.centers.T, idx, self.x_sq, self.c_sq, self.bounds, self.slack,
-                        self.labels, self.upper, self.lower)
+            idx = rows[s : s + step]
+            x = self.xn[s : s + step] if len(rows) == len(self.xn) else self.xn[idx]  # all rows: no copy
+            assign_rows(
+                x @ self.centers.T,
+                idx,
+                self.x_sq,
+                self.c_sq,
+                self.bounds,
+                self.slack,
+                self.labels,
+                self.upper,
+                self.lower,
+            )
 
     def set_centers(self, centers: np.ndarray) -> None:
         self.centers = centers
@@ -195,8 +202,21 @@ class _Yinyang:
         self.set_centers(centers)
         old = self.labels.copy()
         dense = np.zeros(len(old), dtype=bool)
-        computed = yinyang_pass(self.xn, self.x_sq, self.centers, self.c_sq, self.bounds, drift, shift, self.slack,
-                                int(DENSE_CENTERS * len(centers)), self.labels, self.upper, self.lower, dense)
+        computed = yinyang_pass(
+            self.xn,
+            self.x_sq,
+            self.centers,
+            self.c_sq,
+            self.bounds,
+            drift,
+            shift,
+            self.slack,
+            int(DENSE_CENTERS * len(centers)),
+            self.labels,
+            self.upper,
+            self.lower,
+            dense,
+        )
         rows_d = np.flatnonzero(dense)
         self.assign_all(rows_d)
         computed += len(rows_d) * len(centers)
@@ -204,8 +224,13 @@ class _Yinyang:
         return moved, old[moved], self.labels[moved], computed
 
 
-def _lloyd_cpu(xn: np.ndarray, centers: np.ndarray, max_iter: int, on_iter: Callable[[int, float], None],
-               bound_bytes: int = BOUND_BYTES) -> tuple[np.ndarray, np.ndarray, int, bool, float]:
+def _lloyd_cpu(
+    xn: np.ndarray,
+    centers: np.ndarray,
+    max_iter: int,
+    on_iter: Callable[[int, float], None],
+    bound_bytes: int = BOUND_BYTES,
+) -> tuple[np.ndarray, np.ndarray, int, bool, float]:
     """Lloyd iterations from ``centers`` (k, dim) on the unit rows ``xn`` (n, dim) on the CPU, pruned by
     Yinyang bounds (Ding et al., ICML 2015).
 
@@ -242,7 +267,7 @@ def _lloyd_cpu(xn: np.ndarray, centers: np.ndarray, max_iter: int, on_iter: Call
     group = _center_groups(centers, n_groups) if n_groups > 1 else np.zeros(k, dtype=np.int64)
     order = np.argsort(group, kind="stable")
     starts = np.flatnonzero(np.diff(group[order], prepend=-1))
-    state = _Yinyang(xn, centers[order], starts, slack=dim * 2.0 ** -21)
+    state = _Yinyang(xn, centers[order], starts, slack=dim * 2.0**-21)
     computed = float(n) * k
     n_iter, converged = 1, False
     on_iter(n, time.monotonic() - t0)
@@ -298,9 +323,14 @@ def resolve_device(device: str) -> str:
     return "cuda" if device == "auto" else device
 
 
-def _lloyd_torch(xn: np.ndarray, centers: np.ndarray, max_iter: int, device: str,
-                 on_iter: Callable[[int, float], None], chunk_rows: int | None = None
-                 ) -> tuple[np.ndarray, np.ndarray, int, bool, float]:
+def _lloyd_torch(
+    xn: np.ndarray,
+    centers: np.ndarray,
+    max_iter: int,
+    device: str,
+    on_iter: Callable[[int, float], None],
+    chunk_rows: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, int, bool, float]:
     """Plain Lloyd iterations in torch on ``device`` (any torch device; CUDA in the pipeline, CPU in the tests).
 
     Same iteration and stopping rule as :func:`_lloyd_cpu`: each assignment is
@@ -330,8 +360,12 @@ def _lloyd_torch(xn: np.ndarray, centers: np.ndarray, max_iter: int, device: str
             while n_iter < max_iter:
                 t0 = time.monotonic()
                 c_sq = (c * c).sum(dim=1)
-                new = torch.cat([torch.argmin(torch.addmm(c_sq, x[s:s + chunk_rows], c.T, alpha=-2.0), dim=1)
-                                 for s in range(0, n, chunk_rows)])
+                new = torch.cat(
+                    [
+                        torch.argmin(torch.addmm(c_sq, x[s : s + chunk_rows], c.T, alpha=-2.0), dim=1)
+                        for s in range(0, n, chunk_rows)
+                    ]
+                )
                 changed = int((new != labels).sum())
                 labels = new
                 n_iter += 1
@@ -353,8 +387,15 @@ def _lloyd_torch(xn: np.ndarray, centers: np.ndarray, max_iter: int, device: str
 # --------------------------------------------------------------------------- k-means
 
 
-def kmeans(x: np.ndarray, k: int, seed: int = 0, max_iter: int = 100, n_init: int = 1,
-           progress: bool = True, device: str = "auto") -> KMeansResult:
+def kmeans(
+    x: np.ndarray,
+    k: int,
+    seed: int = 0,
+    max_iter: int = 100,
+    n_init: int = 1,
+    progress: bool = True,
+    device: str = "auto",
+) -> KMeansResult:
     """Lloyd k-means of the L2-normalised rows of ``x`` (n, dim) into ``k`` clusters (docs/method.md §6).
 
     The rows are normalised here (a copy; ``x`` is untouched). Each init picks
@@ -379,8 +420,9 @@ def kmeans(x: np.ndarray, k: int, seed: int = 0, max_iter: int = 100, n_init: in
     t0 = time.monotonic()
     best: tuple | None = None
     for init in range(n_init):
-        bar = Progress(max_iter, f"k-means k={k} init {init + 1}/{n_init} on {device}", unit="iter",
-                       every_s=30.0, enabled=progress)
+        bar = Progress(
+            max_iter, f"k-means k={k} init {init + 1}/{n_init} on {device}", unit="iter", every_s=30.0, enabled=progress
+        )
         state = {"changed": n}
 
         def on_iter(changed: int, seconds: float, state: dict = state, bar: Progress = bar) -> None:
@@ -398,8 +440,16 @@ def kmeans(x: np.ndarray, k: int, seed: int = 0, max_iter: int = 100, n_init: in
         if best is None or inertia < best[0]:
             best = (inertia, labels, centers, n_iter, converged, work)
     inertia, labels, centers, n_iter, converged, work = best
-    return KMeansResult(labels=labels, centers=centers, n_iter=n_iter, converged=converged, inertia=inertia,
-                        seconds=time.monotonic() - t0, device=device, work=work)
+    return KMeansResult(
+        labels=labels,
+        centers=centers,
+        n_iter=n_iter,
+        converged=converged,
+        inertia=inertia,
+        seconds=time.monotonic() - t0,
+        device=device,
+        work=work,
+    )
 
 
 # --------------------------------------------------------------------------- quality
@@ -425,11 +475,10 @@ def cluster_quality(pred: Sequence[int] | np.ndarray, true: Sequence | np.ndarra
     pred = np.asarray(pred)
     true = np.asarray(true)
     if pred.ndim != 1 or pred.shape != true.shape or len(pred) == 0:
-        raise ValueError(f"pred and true must be non-empty 1-D arrays of equal length, got {pred.shape}, "
-                         f"{true.shape}")
+        raise ValueError(f"pred and true must be non-empty 1-D arrays of equal length, got {pred.shape}, {true.shape}")
     _, p = np.unique(pred, return_inverse=True)
     _, t = np.unique(true, return_inverse=True)
-    counts = scipy.sparse.coo_matrix((np.ones(len(p)), (p, t))).toarray()    # (clusters, speakers)
+    counts = scipy.sparse.coo_matrix((np.ones(len(p)), (p, t))).toarray()  # (clusters, speakers)
     from scipy.optimize import linear_sum_assignment  # not at module level: kmeans.py starts faster
 
     rows, cols = linear_sum_assignment(counts, maximize=True)

@@ -43,8 +43,27 @@ def _lo(d_sq: float, slack: float) -> np.float32:
 
 
 @numba.njit(cache=True)
-def _point(i, xn, x_sq, centers, c_sq, starts, drift, shift, slack, dense_centers, labels, upper, lower,
-           dense, old_lb, new_lb, first_v, first_j, second_v):
+def _point(
+    i,
+    xn,
+    x_sq,
+    centers,
+    c_sq,
+    starts,
+    drift,
+    shift,
+    slack,
+    dense_centers,
+    labels,
+    upper,
+    lower,
+    dense,
+    old_lb,
+    new_lb,
+    first_v,
+    first_j,
+    second_v,
+):
     """One Yinyang step of point ``i`` (see :func:`yinyang_pass`); returns the distances computed."""
     n_groups = len(starts) - 1
     lab = labels[i]
@@ -54,7 +73,7 @@ def _point(i, xn, x_sq, centers, c_sq, starts, drift, shift, slack, dense_center
         old_lb[g] = lower[i, g]
         new_lb[g] = lower[i, g] - shift[g]
         glb = min(glb, new_lb[g])
-    if ub <= glb:                                        # global filter with the loose upper bound
+    if ub <= glb:  # global filter with the loose upper bound
         upper[i] = ub
         lower[i, :] = new_lb
         return 0
@@ -69,16 +88,16 @@ def _point(i, xn, x_sq, centers, c_sq, starts, drift, shift, slack, dense_center
     lower[i, :] = new_lb
     if n_open == 0:
         return computed
-    n_cand = 0                                           # centers that pass neither filter
+    n_cand = 0  # centers that pass neither filter
     for g in range(n_groups):
         if new_lb[g] < ub:
             for j in range(starts[g], starts[g + 1]):
                 n_cand += old_lb[g] - drift[j] < ub
-    if n_cand > dense_centers:                           # cheaper as a full BLAS assignment
+    if n_cand > dense_centers:  # cheaper as a full BLAS assignment
         dense[i] = True
         return computed
     best_j, best_e, best_ub = lab, e_own, ub
-    for g in range(n_groups):                            # group filter
+    for g in range(n_groups):  # group filter
         if new_lb[g] >= ub:
             continue
         f_v, f_j, s_v = np.float32(np.inf), -1, np.float32(np.inf)
@@ -86,7 +105,7 @@ def _point(i, xn, x_sq, centers, c_sq, starts, drift, shift, slack, dense_center
             if j == lab:
                 v = _lo(xs + e_own, slack)
             else:
-                bound = old_lb[g] - drift[j]             # local filter: d(x, c_j) >= bound
+                bound = old_lb[g] - drift[j]  # local filter: d(x, c_j) >= bound
                 if bound >= best_ub:
                     v = np.float32(bound - 1e-6)
                 else:
@@ -107,16 +126,28 @@ def _point(i, xn, x_sq, centers, c_sq, starts, drift, shift, slack, dense_center
     if best_j != lab:
         upper[i] = best_ub
         g_old = np.searchsorted(starts, lab, side="right") - 1
-        if new_lb[g_old] >= ub:                          # the old center joins the "other" centers of its group
+        if new_lb[g_old] >= ub:  # the old center joins the "other" centers of its group
             lower[i, g_old] = min(lower[i, g_old], _lo(xs + e_own, slack))
         labels[i] = best_j
     return computed
 
 
 @numba.njit(cache=True, parallel=True)
-def yinyang_pass(xn: np.ndarray, x_sq: np.ndarray, centers: np.ndarray, c_sq: np.ndarray, starts: np.ndarray,
-                 drift: np.ndarray, shift: np.ndarray, slack: float, dense_centers: int, labels: np.ndarray,
-                 upper: np.ndarray, lower: np.ndarray, dense: np.ndarray) -> int:
+def yinyang_pass(
+    xn: np.ndarray,
+    x_sq: np.ndarray,
+    centers: np.ndarray,
+    c_sq: np.ndarray,
+    starts: np.ndarray,
+    drift: np.ndarray,
+    shift: np.ndarray,
+    slack: float,
+    dense_centers: int,
+    labels: np.ndarray,
+    upper: np.ndarray,
+    lower: np.ndarray,
+    dense: np.ndarray,
+) -> int:
     """Re-assign every point after the centers moved, in place; returns the point-center distances computed.
 
     xn (n, dim) float32 unit rows, x_sq (n,) float32 their squared norms;
@@ -146,15 +177,35 @@ def yinyang_pass(xn: np.ndarray, x_sq: np.ndarray, centers: np.ndarray, c_sq: np
         second_v = np.empty(n_groups, dtype=np.float32)
         local = 0
         for i in range(b * BLOCK, min(n, (b + 1) * BLOCK)):
-            local += _point(i, xn, x_sq, centers, c_sq, starts, drift, shift, slack, dense_centers, labels, upper,
-                            lower, dense, old_lb, new_lb, first_v, first_j, second_v)
+            local += _point(
+                i,
+                xn,
+                x_sq,
+                centers,
+                c_sq,
+                starts,
+                drift,
+                shift,
+                slack,
+                dense_centers,
+                labels,
+                upper,
+                lower,
+                dense,
+                old_lb,
+                new_lb,
+                first_v,
+                first_j,
+                second_v,
+            )
         computed += local
     return computed
 
 
 @numba.njit(cache=True)
-def move_points(xn: np.ndarray, rows: np.ndarray, old: np.ndarray, new: np.ndarray, sums: np.ndarray,
-                counts: np.ndarray) -> None:
+def move_points(
+    xn: np.ndarray, rows: np.ndarray, old: np.ndarray, new: np.ndarray, sums: np.ndarray, counts: np.ndarray
+) -> None:
     """Move the points ``rows`` (m,) from clusters ``old`` (m,) to ``new`` (m,) in the float64 cluster
     ``sums`` (k, dim) and ``counts`` (k,), in place."""
     for r in range(len(rows)):
@@ -168,8 +219,17 @@ def move_points(xn: np.ndarray, rows: np.ndarray, old: np.ndarray, new: np.ndarr
 
 
 @numba.njit(cache=True, parallel=True)
-def assign_rows(dots: np.ndarray, rows: np.ndarray, x_sq: np.ndarray, c_sq: np.ndarray, starts: np.ndarray,
-                slack: float, labels: np.ndarray, upper: np.ndarray, lower: np.ndarray) -> None:
+def assign_rows(
+    dots: np.ndarray,
+    rows: np.ndarray,
+    x_sq: np.ndarray,
+    c_sq: np.ndarray,
+    starts: np.ndarray,
+    slack: float,
+    labels: np.ndarray,
+    upper: np.ndarray,
+    lower: np.ndarray,
+) -> None:
     """Full assignment of the points ``rows`` (m,) from their dot products ``dots`` (m, k) float32 with every
     center: label = nearest center (least ``||c||^2 - 2 x.c``, the first on a tie), ``upper`` its distance and
     ``lower[:, g]`` the distance to the nearest other center of group g (``starts`` (G + 1,) group
@@ -183,7 +243,7 @@ def assign_rows(dots: np.ndarray, rows: np.ndarray, x_sq: np.ndarray, c_sq: np.n
             i = rows[r]
             _offsets(dots[r], c_sq, e)
             best_g = 0
-            for g in range(n_groups):                      # nearest center of each group
+            for g in range(n_groups):  # nearest center of each group
                 v = np.float32(np.inf)
                 for j in range(starts[g], starts[g + 1]):
                     v = min(v, e[j])
@@ -191,7 +251,7 @@ def assign_rows(dots: np.ndarray, rows: np.ndarray, x_sq: np.ndarray, c_sq: np.n
                 if v < low[best_g]:
                     best_g = g
             best_j = starts[best_g]
-            while e[best_j] != low[best_g]:                # the first nearest center of the nearest group
+            while e[best_j] != low[best_g]:  # the first nearest center of the nearest group
                 best_j += 1
             xs = np.float64(x_sq[i])
             labels[i] = best_j

@@ -40,7 +40,6 @@ FILL = -1
 """Marks an empty queue slot (labels are >= 0)."""
 
 
-
 # --------------------------------------------------------------------------- phases
 
 
@@ -161,25 +160,34 @@ class LabelState:
     comes back).
     """
 
-    def __init__(self, initial_labels: np.ndarray, n_classes: int | None = None, queue_len: int = 5,
-                 removed_permanent: bool = False):
+    def __init__(
+        self,
+        initial_labels: np.ndarray,
+        n_classes: int | None = None,
+        queue_len: int = 5,
+        removed_permanent: bool = False,
+    ):
         labels = np.asarray(initial_labels)
         if labels.ndim != 1 or labels.size == 0 or not np.issubdtype(labels.dtype, np.integer):
-            raise ValueError(f"LabelState: initial labels must be a non-empty 1-D integer array, "
-                             f"got shape {labels.shape} dtype {labels.dtype}")
+            raise ValueError(
+                f"LabelState: initial labels must be a non-empty 1-D integer array, "
+                f"got shape {labels.shape} dtype {labels.dtype}"
+            )
         if queue_len < 1:
             raise ValueError(f"LabelState: queue length must be >= 1, got {queue_len}")
         if n_classes is None:
             n_classes = int(labels.max()) + 1
         bad = np.flatnonzero((labels < 0) | (labels >= n_classes))
         if bad.size:
-            raise ValueError(f"LabelState: initial label {labels[bad[0]]} of item {bad[0]} is outside "
-                             f"[0, {n_classes}) ({bad.size} such items)")
+            raise ValueError(
+                f"LabelState: initial label {labels[bad[0]]} of item {bad[0]} is outside "
+                f"[0, {n_classes}) ({bad.size} such items)"
+            )
         self.labels = labels.astype(np.int64)
         self.queues = np.full((labels.size, queue_len), FILL, dtype=np.int64)
         n_init = queue_len // 2
         if n_init:
-            self.queues[:, queue_len - n_init:] = self.labels[:, None]
+            self.queues[:, queue_len - n_init :] = self.labels[:, None]
         self.removed = np.zeros(n_classes, dtype=bool)
         self.p_clean = np.ones(labels.size, dtype=np.float32)
         self.num_replacements = 0
@@ -303,15 +311,18 @@ class LabelState:
         for key, (shape, kind) in expected.items():
             arr = np.asarray(state[key])
             if arr.shape != shape or not np.issubdtype(arr.dtype, kind):
-                raise ValueError(f"LabelState.load_state_dict: state['{key}'] has shape {arr.shape} dtype "
-                                 f"{arr.dtype}, expected shape {shape} of {kind.__name__}")
+                raise ValueError(
+                    f"LabelState.load_state_dict: state['{key}'] has shape {arr.shape} dtype "
+                    f"{arr.dtype}, expected shape {shape} of {kind.__name__}"
+                )
             arrays[key] = arr
         for key, allowed_below in (("queues", FILL), ("labels", 0)):
             arr = arrays[key]
             bad = (arr >= self.n_classes) | ((arr < 0) & (arr != allowed_below))
             if bad.any():
-                raise ValueError(f"LabelState.load_state_dict: state['{key}'] holds labels outside "
-                                 f"[0, {self.n_classes})")
+                raise ValueError(
+                    f"LabelState.load_state_dict: state['{key}'] holds labels outside [0, {self.n_classes})"
+                )
         self.queues = arrays["queues"].astype(np.int64)
         self.labels = arrays["labels"].astype(np.int64)
         self.removed = arrays["removed"].copy()
@@ -324,8 +335,12 @@ class LabelState:
         queues = np.asarray(state["queues"])
         if queues.ndim != 2:
             raise ValueError(f"LabelState.from_state_dict: state['queues'] must be 2-D, got shape {queues.shape}")
-        out = cls(np.zeros(queues.shape[0], dtype=np.int64), n_classes=np.asarray(state["removed"]).size,
-                  queue_len=queues.shape[1], removed_permanent=removed_permanent)
+        out = cls(
+            np.zeros(queues.shape[0], dtype=np.int64),
+            n_classes=np.asarray(state["removed"]).size,
+            queue_len=queues.shape[1],
+            removed_permanent=removed_permanent,
+        )
         out.load_state_dict(state)
         return out
 
@@ -343,8 +358,9 @@ class LabelState:
     def _check_indices(self, indices: np.ndarray, where: str) -> np.ndarray:
         idx = np.asarray(indices)
         if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
-            raise ValueError(f"LabelState.{where}: indices must be a 1-D integer array, "
-                             f"got shape {idx.shape} dtype {idx.dtype}")
+            raise ValueError(
+                f"LabelState.{where}: indices must be a 1-D integer array, got shape {idx.shape} dtype {idx.dtype}"
+            )
         bad = np.flatnonzero((idx < 0) | (idx >= self.n_utts))
         if bad.size:
             raise ValueError(f"LabelState.{where}: index {idx[bad[0]]} is outside [0, {self.n_utts})")
@@ -353,20 +369,25 @@ class LabelState:
     def _check_new_labels(self, new_labels: np.ndarray, n: int, where: str) -> np.ndarray:
         new = np.asarray(new_labels)
         if new.shape != (n,) or not np.issubdtype(new.dtype, np.integer):
-            raise ValueError(f"LabelState.{where}: new labels must be ({n},) integers, "
-                             f"got shape {new.shape} dtype {new.dtype}")
+            raise ValueError(
+                f"LabelState.{where}: new labels must be ({n},) integers, got shape {new.shape} dtype {new.dtype}"
+            )
         bad = np.flatnonzero((new < 0) | (new >= self.n_classes))
         if bad.size:
-            raise ValueError(f"LabelState.{where}: new label {new[bad[0]]} (position {bad[0]}) is outside "
-                             f"[0, {self.n_classes})")
+            raise ValueError(
+                f"LabelState.{where}: new label {new[bad[0]]} (position {bad[0]}) is outside [0, {self.n_classes})"
+            )
         dead = np.flatnonzero(self.removed[new])
         if dead.size:
-            raise ValueError(f"LabelState.{where}: new label {new[dead[0]]} (position {dead[0]}) is a removed "
-                             f"class ({dead.size} such labels); mask removed classes before the argmax")
+            raise ValueError(
+                f"LabelState.{where}: new label {new[dead[0]]} (position {dead[0]}) is a removed "
+                f"class ({dead.size} such labels); mask removed classes before the argmax"
+            )
         return new.astype(np.int64, copy=False)
 
-    def _unique_items(self, indices: np.ndarray, values: np.ndarray, where: str,
-                      labels: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    def _unique_items(
+        self, indices: np.ndarray, values: np.ndarray, where: str, labels: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Validate and deduplicate ``(indices, values)``, keeping each index's last value."""
         idx = self._check_indices(indices, where)
         if labels:
@@ -374,8 +395,9 @@ class LabelState:
         else:
             vals = np.asarray(values)
             if vals.shape != idx.shape:
-                raise ValueError(f"LabelState.{where}: values of shape {vals.shape} do not match "
-                                 f"indices of shape {idx.shape}")
+                raise ValueError(
+                    f"LabelState.{where}: values of shape {vals.shape} do not match indices of shape {idx.shape}"
+                )
         if idx.size < 2 or np.bincount(idx, minlength=self.n_utts).max() < 2:
             return idx, vals
         # Last occurrence of each index: first occurrence in the reversed arrays.

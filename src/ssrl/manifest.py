@@ -102,7 +102,8 @@ def _records(path: PathLike, n_fields: int | None, what: str) -> Iterator[tuple[
         fields = stripped.split()
         if len(fields) != n_fields:
             raise ManifestError(
-                f"{path}:{lineno}: expected {n_fields} fields ({what}), got {len(fields)}: {stripped!r}")
+                f"{path}:{lineno}: expected {n_fields} fields ({what}), got {len(fields)}: {stripped!r}"
+            )
         yield lineno, fields
     if not found:
         raise ManifestError(f"{path}: empty {what} file (no records)")
@@ -158,7 +159,7 @@ def _fields_per_line(data: bytes) -> tuple[np.ndarray, int]:
     """Number of ASCII-whitespace-separated fields on each ``\\n``-terminated line of ``data`` (vectorised),
     and the length in bytes of the longest field."""
     b = np.frombuffer(data, dtype=np.uint8)
-    space = (b == 32) | ((b >= 9) & (b <= 13))                # " \t\n\v\f\r"
+    space = (b == 32) | ((b >= 9) & (b <= 13))  # " \t\n\v\f\r"
     edge = np.flatnonzero(np.diff(space, prepend=True, append=True))  # field starts and ends, alternating
     starts, ends = edge[0::2], edge[1::2]
     line = np.searchsorted(np.flatnonzero(b == ord("\n")), starts)
@@ -178,13 +179,13 @@ def read_trials(path: PathLike) -> Trials:
             data = fh.read()
         tokens = data.decode("utf-8").split()
     except (OSError, UnicodeDecodeError):
-        tokens = None                                      # the line reader raises the error
+        tokens = None  # the line reader raises the error
     if tokens:
-        fields, width = _fields_per_line(data)    # agrees with str.split() unless non-ASCII whitespace
+        fields, width = _fields_per_line(data)  # agrees with str.split() unless non-ASCII whitespace
         flags = tokens[0::3]
         if np.isin(fields, (0, 3)).all() and fields.sum() == len(tokens) and set(flags) <= {"0", "1"}:
             labels = np.frombuffer("".join(flags).encode("ascii"), dtype=np.int8) - np.int8(ord("0"))
-            ids = f"U{width}"                              # bytes >= characters: wide enough, found in one pass
+            ids = f"U{width}"  # bytes >= characters: wide enough, found in one pass
             return Trials(labels, np.array(tokens[1::3], dtype=ids), np.array(tokens[2::3], dtype=ids))
     labels: list[int] = []
     enroll: list[str] = []
@@ -219,8 +220,14 @@ def _write_lines(path: PathLike, lines: Iterable[str], what: str, allow_empty: b
 
 
 def _write_pairs(path: PathLike, mapping: Mapping[str, str], key_what: str, value_what: str) -> None:
-    _write_lines(path, (f"{_check_field(path, i, key_what, k)} {_check_field(path, i, value_what, v)}"
-                        for i, (k, v) in enumerate(mapping.items(), start=1)), f"{key_what} {value_what}")
+    _write_lines(
+        path,
+        (
+            f"{_check_field(path, i, key_what, k)} {_check_field(path, i, value_what, v)}"
+            for i, (k, v) in enumerate(mapping.items(), start=1)
+        ),
+        f"{key_what} {value_what}",
+    )
 
 
 def write_wav_scp(path: PathLike, mapping: Mapping[str, str | os.PathLike]) -> None:
@@ -248,8 +255,14 @@ def write_labels(path: PathLike, utts: Sequence[str], labels: Sequence[int] | np
         if utt in seen:
             raise ManifestError(f"{path}: record {i}: duplicate utterance id {utt!r} (first at record {seen[utt]})")
         seen[utt] = i
-    _write_lines(path, (f"{_check_field(path, i, 'utterance id', u)} {int(lab)}"
-                        for i, (u, lab) in enumerate(zip(utts, labels), start=1)), "label")
+    _write_lines(
+        path,
+        (
+            f"{_check_field(path, i, 'utterance id', u)} {int(lab)}"
+            for i, (u, lab) in enumerate(zip(utts, labels), start=1)
+        ),
+        "label",
+    )
 
 
 def write_list(path: PathLike, entries: Iterable[str | os.PathLike], allow_empty: bool = False) -> None:
@@ -263,8 +276,9 @@ def write_list(path: PathLike, entries: Iterable[str | os.PathLike], allow_empty
     for i, entry in enumerate(entries, start=1):
         entry = os.fspath(entry)
         if not entry or entry != entry.strip() or len(entry.splitlines()) != 1:
-            raise ManifestError(f"{path}: record {i}: entry {entry!r} is empty, has surrounding whitespace "
-                                f"or a line break")
+            raise ManifestError(
+                f"{path}: record {i}: entry {entry!r} is empty, has surrounding whitespace or a line break"
+            )
         lines.append(entry)
     _write_lines(path, lines, "list", allow_empty)
 
@@ -272,8 +286,7 @@ def write_list(path: PathLike, entries: Iterable[str | os.PathLike], allow_empty
 def write_trials(path: PathLike, trials: Trials) -> None:
     """Write ``1|0 enroll test`` lines, atomically."""
     lines = []
-    for i, (lab, e, t) in enumerate(zip(trials.labels.tolist(), trials.enroll.tolist(), trials.test.tolist()),
-                                    start=1):
+    for i, (lab, e, t) in enumerate(zip(trials.labels.tolist(), trials.enroll.tolist(), trials.test.tolist()), start=1):
         if lab not in (0, 1):
             raise ManifestError(f"{path}: record {i}: target flag must be 1 or 0, got {lab!r}")
         lines.append(f"{lab} {_check_field(path, i, 'enroll id', e)} {_check_field(path, i, 'test id', t)}")
@@ -304,7 +317,8 @@ def check_trials_cover(trials: Trials, utts: Iterable[str], path: PathLike) -> N
     first = [f"trial {i + 1} ({trials.enroll[i]} {trials.test[i]})" for i in bad[:MAX_SHOWN]]
     raise ManifestError(
         f"{path}: {bad.size} of {len(trials)} trials name utterances without audio/embedding "
-        f"({len(unknown)} unknown: {_examples([repr(u) for u in unknown])}); first: {_examples(first)}")
+        f"({len(unknown)} unknown: {_examples([repr(u) for u in unknown])}); first: {_examples(first)}"
+    )
 
 
 def check_labels_cover(labels: Mapping[str, int], utts: Iterable[str], path: PathLike) -> None:
@@ -319,11 +333,13 @@ def check_labels_cover(labels: Mapping[str, int], utts: Iterable[str], path: Pat
     extra = [u for u in labels if u not in known]
     problems = []
     if missing:
-        problems.append(f"{len(missing)} of {len(utts)} utterances have no label "
-                        f"({_examples([repr(u) for u in missing])})")
+        problems.append(
+            f"{len(missing)} of {len(utts)} utterances have no label ({_examples([repr(u) for u in missing])})"
+        )
     if extra:
-        problems.append(f"{len(extra)} labelled utterances are not in the utterance list "
-                        f"({_examples([repr(u) for u in extra])})")
+        problems.append(
+            f"{len(extra)} labelled utterances are not in the utterance list ({_examples([repr(u) for u in extra])})"
+        )
     if problems:
         raise ManifestError(f"{path}: " + "; ".join(problems))
 
@@ -336,5 +352,7 @@ def check_audio_exists(wav_scp: Mapping[str, str], path: PathLike) -> None:
     """
     missing = [f"{utt!r} -> {p}" for utt, p in wav_scp.items() if not Path(p).is_file()]
     if missing:
-        raise ManifestError(f"{path}: {len(missing)} of {len(wav_scp)} audio files do not exist "
-                            f"(relative paths are taken from {os.getcwd()}): {_examples(missing)}")
+        raise ManifestError(
+            f"{path}: {len(missing)} of {len(wav_scp)} audio files do not exist "
+            f"(relative paths are taken from {os.getcwd()}): {_examples(missing)}"
+        )

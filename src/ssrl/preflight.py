@@ -40,6 +40,7 @@ def placeholder_keys(node: object, where: str) -> list[tuple[str, str]]:
         return [hit for i, value in enumerate(node) for hit in placeholder_keys(value, f"{where}[{i}]")]
     return [(where, node)] if isinstance(node, str) and node.startswith(PLACEHOLDER_PREFIX) else []
 
+
 SINFO_ARGS = ("sinfo", "--Node", "--noheader", "--format=%P|%N|%c|%m|%G|%l")
 """One line per (partition, node): partition (``*`` marks the default), node, CPUs, memory (MB),
 generic resources, partition time limit."""
@@ -89,8 +90,14 @@ class Request:
             return int(value) if isinstance(value, int) or (isinstance(value, str) and value.isdigit()) else None
 
         partition = resources.get("slurm_partition")
-        return cls(rule, str(partition) if partition else None, number("cpus_per_task"), number("mem_mb"),
-                   number("gpu"), number("runtime"))
+        return cls(
+            rule,
+            str(partition) if partition else None,
+            number("cpus_per_task"),
+            number("mem_mb"),
+            number("gpu"),
+            number("runtime"),
+        )
 
 
 def parse_time_minutes(text: str) -> int | None:
@@ -142,8 +149,17 @@ def parse_sinfo(text: str) -> list[Node]:
             raise ValueError(f"sinfo line {lineno}: expected 6 '|'-separated fields, got {line!r}")
         partition, name, cpus, mem, gres, limit = fields
         try:
-            nodes.append(Node(partition.rstrip("*"), partition.endswith("*"), name, int(cpus.rstrip("+")),
-                              int(mem.rstrip("+")), parse_gres_gpus(gres), parse_time_minutes(limit)))
+            nodes.append(
+                Node(
+                    partition.rstrip("*"),
+                    partition.endswith("*"),
+                    name,
+                    int(cpus.rstrip("+")),
+                    int(mem.rstrip("+")),
+                    parse_gres_gpus(gres),
+                    parse_time_minutes(limit),
+                )
+            )
         except ValueError as err:
             raise ValueError(f"sinfo line {lineno}: {err} in {line!r}") from None
     return nodes
@@ -157,14 +173,20 @@ def placeholder_findings(resources: Mapping[str, Mapping[str, object]]) -> list[
         for key, value in res.items():
             if isinstance(value, str) and PLACEHOLDER in value:
                 rules_of.setdefault((key, value), []).append(rule)
-    return [f"{key} = {value} ({'every rule' if len(rules) == len(resources) > 1 else 'rules: ' + ', '.join(rules)})"
-            for (key, value), rules in rules_of.items()]
+    return [
+        f"{key} = {value} ({'every rule' if len(rules) == len(resources) > 1 else 'rules: ' + ', '.join(rules)})"
+        for (key, value), rules in rules_of.items()
+    ]
 
 
 def _short(request: Request) -> str:
     asks = [f"partition {request.partition or '(default)'}"]
-    for label, value in (("CPUs", request.cpus), ("MB memory", request.mem_mb), ("GPUs", request.gpus),
-                         ("min runtime", request.runtime_min)):
+    for label, value in (
+        ("CPUs", request.cpus),
+        ("MB memory", request.mem_mb),
+        ("GPUs", request.gpus),
+        ("min runtime", request.runtime_min),
+    ):
         if value:
             asks.append(f"{value} {label}")
     return ", ".join(asks)
@@ -172,9 +194,12 @@ def _short(request: Request) -> str:
 
 def _fits(req: Request, node: Node) -> bool:
     """Whether ``node`` has the CPUs, memory, GPUs and time limit that ``req`` asks for."""
-    return ((req.cpus or 1) <= node.cpus and (req.mem_mb or 0) <= node.mem_mb
-            and (req.gpus or 0) <= node.gpus
-            and (node.time_limit_min is None or (req.runtime_min or 0) <= node.time_limit_min))
+    return (
+        (req.cpus or 1) <= node.cpus
+        and (req.mem_mb or 0) <= node.mem_mb
+        and (req.gpus or 0) <= node.gpus
+        and (node.time_limit_min is None or (req.runtime_min or 0) <= node.time_limit_min)
+    )
 
 
 def unrunnable(requests: Iterable[Request], nodes: Sequence[Node]) -> list[str]:
@@ -194,8 +219,10 @@ def unrunnable(requests: Iterable[Request], nodes: Sequence[Node]) -> list[str]:
         members = partitions.get(name or "")
         if not members:
             known = ", ".join(sorted(partitions)) or "none"
-            out.append(f"{req.rule} ({_short(req)}): slurm_partition = {req.partition or '(cluster default)'} is not a partition "
-                       f"of this cluster (partitions: {known})")
+            out.append(
+                f"{req.rule} ({_short(req)}): slurm_partition = {req.partition or '(cluster default)'} is not a partition "
+                f"of this cluster (partitions: {known})"
+            )
             continue
 
         if any(_fits(req, n) for n in members):
@@ -207,8 +234,11 @@ def unrunnable(requests: Iterable[Request], nodes: Sequence[Node]) -> list[str]:
         }
         unlimited = any(n.time_limit_min is None for n in members)
         limit_min = None if unlimited else max(n.time_limit_min for n in members)  # type: ignore[type-var]
-        reasons = [f"{key} = {want} but its nodes have at most {most} {unit}"
-                   for key, (want, most, unit) in limits.items() if want and want > most]
+        reasons = [
+            f"{key} = {want} but its nodes have at most {most} {unit}"
+            for key, (want, most, unit) in limits.items()
+            if want and want > most
+        ]
         if limit_min is not None and req.runtime_min and req.runtime_min > limit_min:
             reasons.append(f"runtime = {req.runtime_min} min but the partition's time limit is {limit_min} min")
         if not reasons:
@@ -226,8 +256,9 @@ def parse_min_job_age(scontrol_config: str) -> int | None:
     return value * 3600 if unit.startswith("h") else value * 60 if unit.startswith("min") else value
 
 
-def status_problem(status_command: str | None, sacct_error: str | None, min_job_age_s: int | None,
-                   interval_s: int = STATUS_INTERVAL_S) -> str | None:
+def status_problem(
+    status_command: str | None, sacct_error: str | None, min_job_age_s: int | None, interval_s: int = STATUS_INTERVAL_S
+) -> str | None:
     """Why the executor plugin could not follow jobs, or None. ``status_command`` is the profile's
     ``slurm-status-command`` (None: the plugin chooses, i.e. ``sacct`` where it exists);
     ``sacct_error`` the error of a trial ``sacct`` call (None: it works); ``min_job_age_s`` the
@@ -235,15 +266,19 @@ def status_problem(status_command: str | None, sacct_error: str | None, min_job_
     if sacct_error is None:
         return None
     floor = 3 * interval_s
-    fix = (f"set `slurm-status-command: squeue` in the profile (profiles/slurm/config.yaml does) and make sure "
-           f"the cluster keeps finished jobs visible to squeue for at least {floor} s (slurm.conf MinJobAge >= {floor}; "
-           f"SLURM's default is 300)")
+    fix = (
+        f"set `slurm-status-command: squeue` in the profile (profiles/slurm/config.yaml does) and make sure "
+        f"the cluster keeps finished jobs visible to squeue for at least {floor} s (slurm.conf MinJobAge >= {floor}; "
+        f"SLURM's default is 300)"
+    )
     if status_command != "squeue":
         return f"`sacct` fails on this cluster ({sacct_error}), so job states cannot be read from it: {fix}"
     if min_job_age_s is None or min_job_age_s < floor:
-        return (f"`sacct` fails on this cluster ({sacct_error}) and MinJobAge is {min_job_age_s} s, below the "
-                f"{floor} s at which the SLURM executor trusts squeue (it would fall back to sacct and wait "
-                f"forever): raise MinJobAge in slurm.conf to >= {floor}, or enable accounting (slurmdbd)")
+        return (
+            f"`sacct` fails on this cluster ({sacct_error}) and MinJobAge is {min_job_age_s} s, below the "
+            f"{floor} s at which the SLURM executor trusts squeue (it would fall back to sacct and wait "
+            f"forever): raise MinJobAge in slurm.conf to >= {floor}, or enable accounting (slurmdbd)"
+        )
     return None
 
 
@@ -252,8 +287,9 @@ def _run(args: Sequence[str]) -> tuple[int, str]:
     if shutil.which(args[0]) is None:
         return 127, f"{args[0]} not found"
     try:
-        proc = subprocess.run(list(args), capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S,
-                              stdin=subprocess.DEVNULL)
+        proc = subprocess.run(
+            list(args), capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, stdin=subprocess.DEVNULL
+        )
     except subprocess.TimeoutExpired:
         return 124, f"{' '.join(args)} did not answer within {COMMAND_TIMEOUT_S} s"
     return proc.returncode, (proc.stdout if proc.returncode == 0 else (proc.stderr or proc.stdout).strip())
@@ -283,12 +319,15 @@ def report(placeholders: Sequence[str], problems: Sequence[str], status: str | N
     """The preflight's message (empty when nothing is wrong)."""
     parts = []
     if placeholders:
-        parts.append("placeholders left in the SLURM profile (key = value (rules); edit the profile, e.g. "
-                     "profiles/slurm/config.yaml):\n"
-                     + "\n".join(f"  {p}" for p in placeholders))
+        parts.append(
+            "placeholders left in the SLURM profile (key = value (rules); edit the profile, e.g. "
+            "profiles/slurm/config.yaml):\n" + "\n".join(f"  {p}" for p in placeholders)
+        )
     if problems:
-        parts.append("rules that no node of their partition can run (change the rule's set-resources entry):\n"
-                     + "\n".join(f"  {p}" for p in problems))
+        parts.append(
+            "rules that no node of their partition can run (change the rule's set-resources entry):\n"
+            + "\n".join(f"  {p}" for p in problems)
+        )
     if status:
         parts.append(f"job status: {status}")
     return "\n".join(parts)

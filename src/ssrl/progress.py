@@ -26,8 +26,16 @@ class Progress:
     appended to the line. ``total`` may be None for open-ended loops.
     """
 
-    def __init__(self, total: int | None, desc: str, unit: str = "it", every_s: float = 10.0,
-                 start: int = 0, stream: TextIO | None = None, enabled: bool = True):
+    def __init__(
+        self,
+        total: int | None,
+        desc: str,
+        unit: str = "it",
+        every_s: float = 10.0,
+        start: int = 0,
+        stream: TextIO | None = None,
+        enabled: bool = True,
+    ):
         self.total = total
         self.desc = desc
         self.unit = unit

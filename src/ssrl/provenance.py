@@ -50,12 +50,17 @@ STAMP_KEYS = ("commit", "dirty", "diff_sha256", "config_hash")
 PROVENANCE_FILE = "provenance.json"
 CONFIG_STORE = "provenance"
 
-PACKAGES = {"torch": "torch", "torchaudio": "torchaudio", "snakemake": "snakemake", "numpy": "numpy",
-            "scikit-learn": "scikit-learn"}
+PACKAGES = {
+    "torch": "torch",
+    "torchaudio": "torchaudio",
+    "snakemake": "snakemake",
+    "numpy": "numpy",
+    "scikit-learn": "scikit-learn",
+}
 """Recorded software: name in the record -> distribution name."""
 
 _GIT_TIMEOUT_S = 20
-_UNTRACKED_HASH_LIMIT = 1 << 20   # bytes: larger untracked files enter the diff hash by size only
+_UNTRACKED_HASH_LIMIT = 1 << 20  # bytes: larger untracked files enter the diff hash by size only
 
 
 def now_iso() -> str:
@@ -78,8 +83,9 @@ def config_hash(config: Mapping[str, Any]) -> str:
 
 
 def _git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
-                          timeout=_GIT_TIMEOUT_S).stdout.decode(errors="replace")
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], check=True, capture_output=True, timeout=_GIT_TIMEOUT_S
+    ).stdout.decode(errors="replace")
 
 
 def git_state(repo: str | os.PathLike) -> dict[str, Any]:
@@ -90,8 +96,12 @@ def git_state(repo: str | os.PathLike) -> dict[str, Any]:
     repo = Path(repo)
     try:
         commit = _git(repo, "rev-parse", "HEAD").strip()
-        diff = subprocess.run(["git", "-C", str(repo), "diff", "HEAD", "--binary"], check=True,
-                              capture_output=True, timeout=_GIT_TIMEOUT_S).stdout
+        diff = subprocess.run(
+            ["git", "-C", str(repo), "diff", "HEAD", "--binary"],
+            check=True,
+            capture_output=True,
+            timeout=_GIT_TIMEOUT_S,
+        ).stdout
         untracked = sorted(p for p in _git(repo, "ls-files", "--others", "--exclude-standard", "-z").split("\0") if p)
     except (OSError, subprocess.SubprocessError) as exc:
         return {"commit": None, "dirty": None, "diff_sha256": None, "error": f"git: {exc}"}
@@ -102,8 +112,9 @@ def git_state(repo: str | os.PathLike) -> dict[str, Any]:
         digest.update(b"\0untracked\0" + rel.encode())
         try:
             size = path.stat().st_size
-            digest.update(hashlib.sha256(path.read_bytes()).digest() if size <= _UNTRACKED_HASH_LIMIT
-                          else f"size={size}".encode())
+            digest.update(
+                hashlib.sha256(path.read_bytes()).digest() if size <= _UNTRACKED_HASH_LIMIT else f"size={size}".encode()
+            )
         except OSError:
             continue
     dirty = bool(diff or untracked)
@@ -140,13 +151,18 @@ def software_versions(executor: str | None = None) -> dict[str, Any]:
     build = _torch_build()
     out["torch_cuda"] = build.get("cuda")
     out["torch_hip"] = build.get("hip")
-    cudnn = sorted((d.metadata["Name"], d.version) for d in md.distributions()
-                   if (d.metadata["Name"] or "").lower().startswith("nvidia-cudnn"))
+    cudnn = sorted(
+        (d.metadata["Name"], d.version)
+        for d in md.distributions()
+        if (d.metadata["Name"] or "").lower().startswith("nvidia-cudnn")
+    )
     out["cudnn"] = f"{cudnn[0][0]} {cudnn[0][1]}" if cudnn else None
     if executor is not None:
         plugin = _version(f"snakemake-executor-plugin-{executor}")
-        out["executor"] = {"name": executor,
-                           "version": plugin if plugin is not None else f"built into snakemake {out['snakemake']}"}
+        out["executor"] = {
+            "name": executor,
+            "version": plugin if plugin is not None else f"built into snakemake {out['snakemake']}",
+        }
     return out
 
 
@@ -177,8 +193,13 @@ def gpus() -> list[dict[str, str]]:
     if smi is None:
         return []
     try:
-        text = subprocess.run([smi, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-                              check=True, capture_output=True, text=True, timeout=30).stdout
+        text = subprocess.run(
+            [smi, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return []
     rows = [[c.strip() for c in line.split(",")] for line in text.splitlines() if line.strip()]
@@ -194,9 +215,16 @@ def hardware() -> dict[str, Any]:
     except AttributeError:
         usable = os.cpu_count()
     found = gpus()
-    return {"host": socket.gethostname(), "os": platform.platform(), "cpu_model": cpu_model(),
-            "cpu_count": os.cpu_count(), "cpus_usable": usable, "memory_gib": _memory_gib(),
-            "gpu_count": len(found), "gpus": found}
+    return {
+        "host": socket.gethostname(),
+        "os": platform.platform(),
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": usable,
+        "memory_gib": _memory_gib(),
+        "gpu_count": len(found),
+        "gpus": found,
+    }
 
 
 def hardware_line(hw: Mapping[str, Any]) -> str:
@@ -228,10 +256,15 @@ def profile_from_argv(argv: Sequence[str], environ: Mapping[str, str]) -> str | 
     return found or environ.get("SNAKEMAKE_PROFILE") or None
 
 
-def reproduce_command(profile: str | None, configfiles: Iterable[str | os.PathLike], config_args: Sequence[str],
-                      workdir: str | os.PathLike) -> str:
+def reproduce_command(
+    profile: str | None,
+    configfiles: Iterable[str | os.PathLike],
+    config_args: Sequence[str],
+    workdir: str | os.PathLike,
+) -> str:
     """``snakemake [--profile P] --cores all [--configfile F ...] [--config K=V ...]``: paths inside
     ``workdir`` relative to it, others absolute."""
+
     def rel(path: str | os.PathLike) -> str:
         p = Path(path).absolute()
         try:
@@ -254,8 +287,12 @@ def reproduce_command(profile: str | None, configfiles: Iterable[str | os.PathLi
 def make_stamp(repo: str | os.PathLike, config: Mapping[str, Any]) -> dict[str, Any]:
     """The job stamp (:data:`STAMP_KEYS`) of an invocation of the workflow in ``repo`` with ``config``."""
     git = git_state(repo)
-    return {"commit": git["commit"], "dirty": git["dirty"], "diff_sha256": git["diff_sha256"],
-            "config_hash": config_hash(config)}
+    return {
+        "commit": git["commit"],
+        "dirty": git["dirty"],
+        "diff_sha256": git["diff_sha256"],
+        "config_hash": config_hash(config),
+    }
 
 
 def job_stamp(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -276,9 +313,17 @@ def config_path(run_dir: str | os.PathLike, chash: str) -> Path:
     return Path(run_dir) / CONFIG_STORE / f"config-{chash}.json"
 
 
-def start_record(run_dir: str | os.PathLike, *, stamp: Mapping[str, Any], config: Mapping[str, Any],
-                 profile: str | None, argv: Sequence[str], reproduce: str, executor: str | None,
-                 workdir: str | os.PathLike) -> dict[str, Any]:
+def start_record(
+    run_dir: str | os.PathLike,
+    *,
+    stamp: Mapping[str, Any],
+    config: Mapping[str, Any],
+    profile: str | None,
+    argv: Sequence[str],
+    reproduce: str,
+    executor: str | None,
+    workdir: str | os.PathLike,
+) -> dict[str, Any]:
     """Write ``<run_dir>/provenance.json`` for an invocation starting now (status ``running``) and
     keep its config in the config store; earlier invocations stay as short lines in
     ``invocations``. Returns the record."""
@@ -286,12 +331,16 @@ def start_record(run_dir: str | os.PathLike, *, stamp: Mapping[str, Any], config
     path = run_dir / PROVENANCE_FILE
     try:
         previous = read_provenance(run_dir) if path.exists() else None
-    except ValueError:                          # a damaged record is replaced, not a reason to stop the run
+    except ValueError:  # a damaged record is replaced, not a reason to stop the run
         previous = None
     history = list(previous.get("invocations", [])) if previous else []
     if previous:
-        history.append({key: previous.get(key) for key in ("started", "finished", "status", "commit", "dirty",
-                                                           "config_hash", "command")})
+        history.append(
+            {
+                key: previous.get(key)
+                for key in ("started", "finished", "status", "commit", "dirty", "config_hash", "command")
+            }
+        )
     if stamp["config_hash"] != config_hash(config):
         raise ValueError(f"{path}: the stamp's config hash {stamp['config_hash']} is not that of the config")
     stored = config_path(run_dir, stamp["config_hash"])
@@ -299,7 +348,9 @@ def start_record(run_dir: str | os.PathLike, *, stamp: Mapping[str, Any], config
         write_json(stored, dict(config))
     record = {
         "run": config.get("run"),
-        "started": now_iso(), "finished": None, "status": "running",
+        "started": now_iso(),
+        "finished": None,
+        "status": "running",
         **{key: stamp[key] for key in STAMP_KEYS},
         "profile": profile,
         "command": shlex.join(["snakemake", *argv[1:]]),
@@ -360,8 +411,11 @@ def config_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[tuple[str, A
     """``(dotted key, value in a, value in b)`` for every key whose value differs, sorted by key;
     :data:`MISSING` stands for a key one side lacks."""
     fa, fb = flatten(a), flatten(b)
-    return [(k, fa.get(k, MISSING), fb.get(k, MISSING)) for k in sorted(set(fa) | set(fb))
-            if fa.get(k, MISSING) != fb.get(k, MISSING)]
+    return [
+        (k, fa.get(k, MISSING), fb.get(k, MISSING))
+        for k in sorted(set(fa) | set(fb))
+        if fa.get(k, MISSING) != fb.get(k, MISSING)
+    ]
 
 
 def format_value(value: Any) -> str:

@@ -32,14 +32,21 @@ def mask_removed(logits: torch.Tensor, removed: torch.Tensor | np.ndarray | None
         return logits
     removed = torch.as_tensor(removed, dtype=torch.bool, device=logits.device)
     if logits.dim() != 2 or removed.shape != (logits.shape[1],):
-        raise ValueError(f"mask_removed: logits {tuple(logits.shape)} and removed mask {tuple(removed.shape)} "
-                         f"do not match (batch, n_classes) / (n_classes,)")
+        raise ValueError(
+            f"mask_removed: logits {tuple(logits.shape)} and removed mask {tuple(removed.shape)} "
+            f"do not match (batch, n_classes) / (n_classes,)"
+        )
     return logits.masked_fill(removed, float("-inf"))
 
 
-def relabel_logits(cosine: torch.Tensor, current_labels: torch.Tensor,
-                   removed: torch.Tensor | np.ndarray | None, scale: float, margin: float,
-                   margin_quirk: bool = True) -> torch.Tensor:
+def relabel_logits(
+    cosine: torch.Tensor,
+    current_labels: torch.Tensor,
+    removed: torch.Tensor | np.ndarray | None,
+    scale: float,
+    margin: float,
+    margin_quirk: bool = True,
+) -> torch.Tensor:
     """Teacher relabelling logits (docs/method.md §7): (batch, n_classes) float32.
 
     ``cosine`` (batch, n_classes): cosines between the L2-normalised teacher
@@ -50,8 +57,10 @@ def relabel_logits(cosine: torch.Tensor, current_labels: torch.Tensor,
     where ``cos <= cos(pi - margin)``. Removed classes are -inf.
     """
     if cosine.dim() != 2 or current_labels.shape != (cosine.shape[0],):
-        raise ValueError(f"relabel_logits: cosine {tuple(cosine.shape)} must be (batch, n_classes) and labels "
-                         f"{tuple(current_labels.shape)} (batch,)")
+        raise ValueError(
+            f"relabel_logits: cosine {tuple(cosine.shape)} must be (batch, n_classes) and labels "
+            f"{tuple(current_labels.shape)} (batch,)"
+        )
     cos = cosine.float()
     logits = scale * cos
     if margin_quirk:
@@ -64,9 +73,13 @@ def relabel_logits(cosine: torch.Tensor, current_labels: torch.Tensor,
     return mask_removed(logits, removed)
 
 
-def sinkhorn(scores: torch.Tensor, n_iters: int = 3, epsilon: float = 0.05,
-             removed: torch.Tensor | np.ndarray | None = None,
-             all_reduce: AllReduce | None = None) -> torch.Tensor:
+def sinkhorn(
+    scores: torch.Tensor,
+    n_iters: int = 3,
+    epsilon: float = 0.05,
+    removed: torch.Tensor | np.ndarray | None = None,
+    all_reduce: AllReduce | None = None,
+) -> torch.Tensor:
     """SwAV-style Sinkhorn-Knopp balancing of (batch, n_classes) scores -> (batch, n_classes) assignments.
 
     Starting from ``exp(scores / epsilon)``, each iteration rescales every live class
@@ -133,9 +146,17 @@ class Relabelled(NamedTuple):
     """(batch, n_classes) float32 relabelling logits (:func:`relabel_logits`), for the NLM teacher loss."""
 
 
-def relabel(cosine: torch.Tensor, current_labels: torch.Tensor, removed: torch.Tensor | np.ndarray | None,
-            scale: float, margin: float, margin_quirk: bool = True, sinkhorn_iters: int = 0,
-            epsilon: float = 0.05, all_reduce: AllReduce | None = None) -> Relabelled:
+def relabel(
+    cosine: torch.Tensor,
+    current_labels: torch.Tensor,
+    removed: torch.Tensor | np.ndarray | None,
+    scale: float,
+    margin: float,
+    margin_quirk: bool = True,
+    sinkhorn_iters: int = 0,
+    epsilon: float = 0.05,
+    all_reduce: AllReduce | None = None,
+) -> Relabelled:
     """Online clustering step of docs/method.md §7: teacher cosines (batch, n_classes) -> new labels + logits.
 
     ``sinkhorn_iters = 0`` (the default configuration) takes the argmax of
@@ -152,8 +173,9 @@ def relabel(cosine: torch.Tensor, current_labels: torch.Tensor, removed: torch.T
 # --------------------------------------------------------------------------- noisy-label modelling
 
 
-def clean_probability(teacher_losses: np.ndarray, max_iter: int = 500, tol: float = 1e-5, seed: int = 0,
-                      min_points: int = 10) -> np.ndarray:
+def clean_probability(
+    teacher_losses: np.ndarray, max_iter: int = 500, tol: float = 1e-5, seed: int = 0, min_points: int = 10
+) -> np.ndarray:
     """p_clean (n,) float32 in [0, 1] from per-utterance teacher losses (n,) (docs/method.md §7, NLM).
 
     x = log(loss + 1e-12); lo = max(0.1th percentile of x, -20), hi = 99.9th
@@ -177,8 +199,9 @@ def clean_probability(teacher_losses: np.ndarray, max_iter: int = 500, tol: floa
         raise ValueError(f"clean_probability: teacher losses must be 1-D, got shape {losses.shape}")
     bad = np.flatnonzero(np.isnan(losses) | (losses < 0))
     if bad.size:
-        raise ValueError(f"clean_probability: loss {losses[bad[0]]} at position {bad[0]} is NaN or negative "
-                         f"({bad.size} such losses)")
+        raise ValueError(
+            f"clean_probability: loss {losses[bad[0]]} at position {bad[0]} is NaN or negative ({bad.size} such losses)"
+        )
     ones = np.ones(losses.size, dtype=np.float32)
     finite = np.isfinite(losses)
     if losses.size < min_points or not finite.any():
@@ -197,8 +220,9 @@ def clean_probability(teacher_losses: np.ndarray, max_iter: int = 500, tol: floa
     return np.clip(post, 0.0, 1.0).astype(np.float32)
 
 
-def weighted_ce(per_item_ce: torch.Tensor, p_clean: torch.Tensor, nlm: bool = True,
-                p_sum: torch.Tensor | None = None) -> torch.Tensor:
+def weighted_ce(
+    per_item_ce: torch.Tensor, p_clean: torch.Tensor, nlm: bool = True, p_sum: torch.Tensor | None = None
+) -> torch.Tensor:
     """Student loss from per-item CE (batch,): sum(p * CE) / sum(p) with NLM, else mean(CE).
 
     A batch whose p_clean are all 0 gives loss 0 (with zero gradient). By default this
@@ -257,8 +281,7 @@ def clean_detector_stats(p_clean: np.ndarray, label_correct: np.ndarray, thresho
     p = np.asarray(p_clean)
     correct = np.asarray(label_correct, dtype=bool)
     if p.shape != correct.shape or p.ndim != 1:
-        raise ValueError(f"clean_detector_stats: p_clean {p.shape} and label_correct {correct.shape} "
-                         f"must be equal 1-D")
+        raise ValueError(f"clean_detector_stats: p_clean {p.shape} and label_correct {correct.shape} must be equal 1-D")
     pred = p > threshold
     tp = int(np.count_nonzero(pred & correct))
     fp = int(np.count_nonzero(pred & ~correct))
@@ -268,6 +291,13 @@ def clean_detector_stats(p_clean: np.ndarray, label_correct: np.ndarray, thresho
     def rate(num: int, den: int) -> float:
         return num / den if den else float("nan")
 
-    return {"tp": tp, "fp": fp, "tn": tn, "fn": fn,
-            "tpr": rate(tp, tp + fn), "fpr": rate(fp, fp + tn),
-            "tnr": rate(tn, fp + tn), "fnr": rate(fn, tp + fn)}
+    return {
+        "tp": tp,
+        "fp": fp,
+        "tn": tn,
+        "fn": fn,
+        "tpr": rate(tp, tp + fn),
+        "fpr": rate(fp, fp + tn),
+        "tnr": rate(tn, fp + tn),
+        "fnr": rate(fn, tp + fn),
+    }

@@ -45,8 +45,16 @@ log = logging.getLogger(__name__)
 METRIC_KEYS = ("eer", "min_dcf_0.01", "min_dcf_0.05", "n_trials", "n_target", "n_nontarget")
 LABEL_LOG_REQUIRED = ("epoch", "phase", "live_classes", "nmi", "accuracy", "purity")
 TRAIN_LOG_COLUMNS = ("kind", "epoch", "step", "lr", "loss")
-TRAIN_RECORD_NUMBERS = ("optimiser_steps", "global_batch", "examples_seen", "processes", "wall_s", "cpu_s",
-                        "peak_rss_bytes", "attempts")
+TRAIN_RECORD_NUMBERS = (
+    "optimiser_steps",
+    "global_batch",
+    "examples_seen",
+    "processes",
+    "wall_s",
+    "cpu_s",
+    "peak_rss_bytes",
+    "attempts",
+)
 TRAIN_RECORD_KEYS = (*TRAIN_RECORD_NUMBERS, "device", "gpu_s", "peak_gpu_bytes", *STAMP_KEYS)
 
 
@@ -57,9 +65,27 @@ class ResultsError(ValueError):
 # ---------------------------------------------------------------------------------------
 # the training logs (ssrl.train): train_log.tsv, label_log.tsv
 
-LABEL_LOG_COLUMNS = ("epoch", "phase", "relabelled", "replaced", "live_classes", "changed", "nmi", "accuracy",
-                     "purity", "p_clean_mean", "clean_tp", "clean_fp", "clean_tn", "clean_fn", "clean_tpr",
-                     "clean_fpr", "loss", "acc", "teacher_eer")
+LABEL_LOG_COLUMNS = (
+    "epoch",
+    "phase",
+    "relabelled",
+    "replaced",
+    "live_classes",
+    "changed",
+    "nmi",
+    "accuracy",
+    "purity",
+    "p_clean_mean",
+    "clean_tp",
+    "clean_fp",
+    "clean_tn",
+    "clean_fn",
+    "clean_tpr",
+    "clean_fpr",
+    "loss",
+    "acc",
+    "teacher_eer",
+)
 """Columns of ``<system>/label_log.tsv`` (empty cell: not applicable, e.g. no truth / not validated)."""
 
 
@@ -152,8 +178,9 @@ DET_COLUMNS = ("far", "frr")
 """Header of ``<system>/scores/<list>.det.tsv``."""
 
 
-def write_scores(path: str | os.PathLike, enroll: Sequence[str], test: Sequence[str], labels: Sequence[int],
-                 scores: Sequence[float]) -> None:
+def write_scores(
+    path: str | os.PathLike, enroll: Sequence[str], test: Sequence[str], labels: Sequence[int], scores: Sequence[float]
+) -> None:
     """Write the trial scores (one row per trial, :data:`SCORE_COLUMNS`, scores ``%.6f``) atomically."""
     with atomic_open(path) as fh:
         fh.write("\t".join(SCORE_COLUMNS) + "\n")
@@ -274,6 +301,7 @@ def read_train_record(path: str | os.PathLike) -> dict[str, Any]:
 
 def _read_tsv(path: str | os.PathLike, required: Sequence[str]) -> pd.DataFrame:
     import pandas as pd  # not at module level (module docstring)
+
     try:
         df = pd.read_csv(path, sep="\t")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
@@ -287,6 +315,7 @@ def _read_tsv(path: str | os.PathLike, required: Sequence[str]) -> pd.DataFrame:
 def _numeric_columns(df: pd.DataFrame, path: str | os.PathLike, columns: Iterable[str]) -> pd.DataFrame:
     """Columns as float (empty cells NaN); a non-numeric cell raises naming its line."""
     import pandas as pd  # not at module level (module docstring)
+
     for col in columns:
         if col not in df.columns:
             continue
@@ -310,8 +339,9 @@ def read_label_log(path: str | os.PathLike) -> pd.DataFrame:
     df = _numeric_columns(df, path, [c for c in LABEL_LOG_REQUIRED if c != "phase"])
     for col in ("epoch", "live_classes"):
         if df[col].isna().any():
-            raise ResultsError(f"{path}:{int(np.flatnonzero(df[col].isna().to_numpy())[0]) + 2}: "
-                              f"column {col!r} is empty")
+            raise ResultsError(
+                f"{path}:{int(np.flatnonzero(df[col].isna().to_numpy())[0]) + 2}: column {col!r} is empty"
+            )
     return df.sort_values("epoch", kind="stable").reset_index(drop=True)
 
 
@@ -335,6 +365,7 @@ def read_det(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
 def read_scores(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """A ``scores/<list>.tsv`` (enroll, test, label, score) -> ``(labels (n,) int, scores (n,) float64)``."""
     import pandas as pd  # not at module level (module docstring)
+
     try:
         df = pd.read_csv(path, sep="\t", usecols=lambda c: c in ("label", "score"))
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:

@@ -31,8 +31,9 @@ from .manifest import Trials, check_trials_cover, read_trials
 # error rates, EER, minDCF, DET
 
 
-def _check_scores(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def _check_scores(
+    scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Validate and convert -> (scores (n,) float64, is_target (n,) bool)."""
     s = np.asarray(scores, dtype=np.float64)
     y = np.asarray(labels)
@@ -50,13 +51,13 @@ def _check_scores(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | 
     is_target = y == 1
     n_tar = int(is_target.sum())
     if n_tar == 0 or n_tar == len(y):
-        raise ValueError(f"need both target and non-target trials, got {n_tar} target and "
-                         f"{len(y) - n_tar} non-target")
+        raise ValueError(f"need both target and non-target trials, got {n_tar} target and {len(y) - n_tar} non-target")
     return s, is_target
 
 
-def error_rates(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def error_rates(
+    scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Miss and false-alarm rates at every operating point.
 
     Returns ``(thresholds, frr, far)``, each ``(m + 1,)`` float64 for ``m``
@@ -77,8 +78,9 @@ def error_rates(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np
     return thresholds, tar_below / n_tar, (n_non - non_below) / n_non
 
 
-def compute_eer_threshold(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray
-                          ) -> tuple[float, float]:
+def compute_eer_threshold(
+    scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray
+) -> tuple[float, float]:
     """Equal error rate and the threshold where it occurs -> ``(eer, threshold)``.
 
     The (far, frr) operating points of :func:`error_rates` are joined by
@@ -89,9 +91,9 @@ def compute_eer_threshold(scores: Sequence[float] | np.ndarray, labels: Sequence
     give 0.5.
     """
     thresholds, frr, far = error_rates(scores, labels)
-    gap = frr - far                                   # non-decreasing, -1 at j = 0, +1 at the end
-    j = int(np.argmax(gap >= 0))                      # first point at or past the crossing (j >= 1)
-    alpha = -gap[j - 1] / (gap[j] - gap[j - 1])       # position of the crossing on segment j-1 -> j
+    gap = frr - far  # non-decreasing, -1 at j = 0, +1 at the end
+    j = int(np.argmax(gap >= 0))  # first point at or past the crossing (j >= 1)
+    alpha = -gap[j - 1] / (gap[j] - gap[j - 1])  # position of the crossing on segment j-1 -> j
     eer = frr[j - 1] + alpha * (frr[j] - frr[j - 1])
     threshold = thresholds[j - 1] + alpha * (thresholds[j] - thresholds[j - 1])
     return float(eer), float(threshold)
@@ -119,8 +121,13 @@ def compute_eer_ref(scores: Sequence[float] | np.ndarray, labels: Sequence[int] 
     return float((frr[j] + far[j]) / 2)
 
 
-def compute_min_dcf(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray,
-                    p_target: float, c_miss: float = 1.0, c_fa: float = 1.0) -> float:
+def compute_min_dcf(
+    scores: Sequence[float] | np.ndarray,
+    labels: Sequence[int] | np.ndarray,
+    p_target: float,
+    c_miss: float = 1.0,
+    c_fa: float = 1.0,
+) -> float:
     """Normalised minimum detection cost over all thresholds of :func:`error_rates`.
 
     DCF(t) = c_miss * p_target * frr(t) + c_fa * (1 - p_target) * far(t),
@@ -137,8 +144,9 @@ def compute_min_dcf(scores: Sequence[float] | np.ndarray, labels: Sequence[int] 
     return float(dcf.min() / min(c_miss * p_target, c_fa * (1.0 - p_target)))
 
 
-def det_curve(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray,
-              max_points: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+def det_curve(
+    scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray, max_points: int = 1000
+) -> tuple[np.ndarray, np.ndarray]:
     """Points of the DET curve -> ``(far, frr)``, each (p,) float64, p <= max_points.
 
     Ordered by increasing threshold (far falling, frr rising), first point
@@ -197,8 +205,11 @@ def _normalised_rows(embeddings: np.ndarray, utts: Sequence[str] | None, what: s
     """Check an (N, dim) embedding matrix (against its ids, when given) and L2-normalise its rows (float32)."""
     x = np.asarray(embeddings, dtype=np.float32)
     if x.ndim != 2 or (utts is not None and x.shape[0] != len(utts)):
-        raise ValueError(f"{what}: embeddings of shape {x.shape} do not match {len(utts)} utterance ids"
-                         if utts is not None else f"{what}: expected an (N, dim) matrix, got shape {x.shape}")
+        raise ValueError(
+            f"{what}: embeddings of shape {x.shape} do not match {len(utts)} utterance ids"
+            if utts is not None
+            else f"{what}: expected an (N, dim) matrix, got shape {x.shape}"
+        )
 
     def name(i: int) -> str:
         return repr(utts[i]) if utts is not None else f"row {i}"
@@ -214,8 +225,9 @@ def _normalised_rows(embeddings: np.ndarray, utts: Sequence[str] | None, what: s
     return x / norms[:, None]
 
 
-def cohort_statistics(x: np.ndarray, cohort: np.ndarray, top_n: int, chunk_bytes: int = 256 << 20
-                      ) -> tuple[np.ndarray, np.ndarray]:
+def cohort_statistics(
+    x: np.ndarray, cohort: np.ndarray, top_n: int, chunk_bytes: int = 256 << 20
+) -> tuple[np.ndarray, np.ndarray]:
     """Mean and standard deviation of each row's ``top_n`` largest cohort scores.
 
     ``x`` (u, dim) and ``cohort`` (m, dim) L2-normalised float32 rows; scores are
@@ -225,23 +237,30 @@ def cohort_statistics(x: np.ndarray, cohort: np.ndarray, top_n: int, chunk_bytes
     """
     m = cohort.shape[0]
     if top_n < 2 or m < 2:
-        raise ValueError(f"AS-norm needs top_n >= 2 and at least 2 cohort embeddings, got top_n={top_n}, "
-                         f"{m} cohort embedding(s)")
+        raise ValueError(
+            f"AS-norm needs top_n >= 2 and at least 2 cohort embeddings, got top_n={top_n}, {m} cohort embedding(s)"
+        )
     k = min(top_n, m)
     rows = max(1, chunk_bytes // (4 * m))
     mean = np.empty(len(x), dtype=np.float64)
     std = np.empty(len(x), dtype=np.float64)
     for start in range(0, len(x), rows):
-        scores = x[start:start + rows] @ cohort.T
-        top = np.partition(scores, m - k, axis=1)[:, m - k:].astype(np.float64)
-        mean[start:start + rows] = top.mean(axis=1)
-        std[start:start + rows] = top.std(axis=1, ddof=1)
+        scores = x[start : start + rows] @ cohort.T
+        top = np.partition(scores, m - k, axis=1)[:, m - k :].astype(np.float64)
+        mean[start : start + rows] = top.mean(axis=1)
+        std[start : start + rows] = top.std(axis=1, ddof=1)
     return mean, std
 
 
-def score_trials(utts: Sequence[str], embeddings: np.ndarray, trials: str | os.PathLike | Trials,
-                 cohort: np.ndarray | None = None, top_n: int = 300, allow_missing: bool = False,
-                 chunk: int = 256) -> TrialScores:
+def score_trials(
+    utts: Sequence[str],
+    embeddings: np.ndarray,
+    trials: str | os.PathLike | Trials,
+    cohort: np.ndarray | None = None,
+    top_n: int = 300,
+    allow_missing: bool = False,
+    chunk: int = 256,
+) -> TrialScores:
     """Score a trial list by cosine similarity, optionally AS-normalised (docs/method.md §10).
 
     ``utts`` (N,) ids of the rows of ``embeddings`` (N, dim); ``trials`` a trials
@@ -282,14 +301,14 @@ def score_trials(utts: Sequence[str], embeddings: np.ndarray, trials: str | os.P
     n_dropped = int(missing.sum())
     if n_dropped:
         if not allow_missing:
-            check_trials_cover(trials, utts, source)      # raises, naming the first trials and utterances
+            check_trials_cover(trials, utts, source)  # raises, naming the first trials and utterances
         if n_dropped == len(labels):
             raise ValueError(f"{source}: every trial names an utterance without an embedding")
         keep = ~missing
         enroll, test, labels, e_rows, t_rows = enroll[keep], test[keep], labels[keep], e_rows[keep], t_rows[keep]
 
     scores = np.empty(len(labels), dtype=np.float64)
-    for start in range(0, len(labels), chunk):        # gathered rows stay in cache: one product per chunk
+    for start in range(0, len(labels), chunk):  # gathered rows stay in cache: one product per chunk
         sl = slice(start, start + chunk)
         scores[sl] = np.einsum("ij,ij->i", x.take(e_rows[sl], axis=0), x.take(t_rows[sl], axis=0))
 
@@ -301,7 +320,7 @@ def score_trials(utts: Sequence[str], embeddings: np.ndarray, trials: str | os.P
         c = _normalised_rows(cohort, None, "cohort")
         # cohort statistics once per distinct utterance; e_loc / t_loc index them
         used, local = np.unique(np.concatenate([e_rows, t_rows]), return_inverse=True)
-        e_loc, t_loc = local[:len(labels)], local[len(labels):]
+        e_loc, t_loc = local[: len(labels)], local[len(labels) :]
         mean, std = cohort_statistics(x[used], c, top_n)
         if (std == 0).any():
             i = int(np.flatnonzero(std == 0)[0])

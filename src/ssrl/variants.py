@@ -26,8 +26,18 @@ from typing import Any
 AUGMENT_KEYS = ("snr_db", "babble_count")
 """The ``augment`` config keys a training stage takes (ranges; the lists come as files)."""
 
-LABEL_UPDATE_KEYS = frozenset({"lr_update_start", "queue_len", "gmm_max_iter", "gmm_tol", "margin_quirk",
-                               "sinkhorn_iters", "sinkhorn_epsilon", "teacher_crop_s"})
+LABEL_UPDATE_KEYS = frozenset(
+    {
+        "lr_update_start",
+        "queue_len",
+        "gmm_max_iter",
+        "gmm_tol",
+        "margin_quirk",
+        "sinkhorn_iters",
+        "sinkhorn_epsilon",
+        "teacher_crop_s",
+    }
+)
 """``ssrl`` keys that act only in online label updates (relabelling, queues, NLM) and its LR segment."""
 
 TEACHER_KEYS = frozenset({"ema_start", "ema_end", "removed_permanent"})
@@ -40,8 +50,16 @@ WAVLM_STEP1_UNUSED = LABEL_UPDATE_KEYS | TEACHER_KEYS | {"fixed_epochs", "update
 """``ssrl`` keys WavLM step 1 (no teacher, no label update, its own schedule) does not take."""
 
 WAVLM_STEPS: dict[str, dict[str, Any]] = {
-    "step1": {"init": "scratch", "head_init": "random", "label_update": False, "nlm": False, "update_epochs": 0,
-              "schedule": "warmup_cosine", "freeze_wavlm": True, "teacher": False},
+    "step1": {
+        "init": "scratch",
+        "head_init": "random",
+        "label_update": False,
+        "nlm": False,
+        "update_epochs": 0,
+        "schedule": "warmup_cosine",
+        "freeze_wavlm": True,
+        "teacher": False,
+    },
     "step2": {"init": "student", "schedule": "ssrl", "freeze_wavlm": True, "teacher_shares_wavlm": True},
     "ft": {"init": "full", "schedule": "ssrl", "freeze_wavlm": False},
 }

@@ -38,16 +38,16 @@ from ssrl.manifest import read_wav_scp
 from ssrl.models import WavLMFrontend, load_speaker_model
 from ssrl.progress import format_duration
 
-HPARAMS = {"device": str, "max_batch_seconds": float, "max_batch_size": int, "workers": int,
-           "max_seconds_wavlm": float}
+HPARAMS = {"device": str, "max_batch_seconds": float, "max_batch_size": int, "workers": int, "max_seconds_wavlm": float}
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="model file (<system>/model.pt)")
     ap.add_argument("--wav-scp", required=True, action="append", help="'utt path' per line (repeatable)")
-    ap.add_argument("--output", required=True, action="append",
-                    help="embedding file (.npz), one per --wav-scp, in the same order")
+    ap.add_argument(
+        "--output", required=True, action="append", help="embedding file (.npz), one per --wav-scp, in the same order"
+    )
     ap.add_argument("--hparams", required=True, help="JSON, see above")
     args = ap.parse_args(argv)
     hp = read_hparams(args.hparams, HPARAMS)
@@ -58,23 +58,36 @@ def main(argv: list[str] | None = None) -> None:
         device = resolve_device(hp["device"])
         sets = [(read_wav_scp(scp), scp, out) for scp, out in zip(args.wav_scp, args.output)]
         model = load_speaker_model(args.model, device=device)
-    except ValueError as exc:       # ManifestError, ModelFileError: messages name the file
+    except ValueError as exc:  # ManifestError, ModelFileError: messages name the file
         raise SystemExit(f"extract: {exc}") from None
     wavlm = isinstance(model.frontend, WavLMFrontend)
     max_seconds = float(hp["max_seconds_wavlm"]) if wavlm else None
     for wav_scp, scp_path, output in sets:
         start = time.monotonic()
         utts, paths = list(wav_scp), list(wav_scp.values())
-        print(f"extract: {len(utts)} utterances from {scp_path} with {args.model} on {device}"
-              + (f" (first {max_seconds:g} s of each file)" if wavlm else ""), file=sys.stderr)
+        print(
+            f"extract: {len(utts)} utterances from {scp_path} with {args.model} on {device}"
+            + (f" (first {max_seconds:g} s of each file)" if wavlm else ""),
+            file=sys.stderr,
+        )
         try:
-            emb = embed_files(model, utts, paths, device=device, max_batch_seconds=float(hp["max_batch_seconds"]),
-                              max_batch_size=hp["max_batch_size"], workers=hp["workers"], max_seconds=max_seconds)
-        except ValueError as exc:   # AudioError, too-short audio, non-finite embeddings
+            emb = embed_files(
+                model,
+                utts,
+                paths,
+                device=device,
+                max_batch_seconds=float(hp["max_batch_seconds"]),
+                max_batch_size=hp["max_batch_size"],
+                workers=hp["workers"],
+                max_seconds=max_seconds,
+            )
+        except ValueError as exc:  # AudioError, too-short audio, non-finite embeddings
             raise SystemExit(f"extract: {scp_path}: {exc}") from None
         write_embeddings(output, utts, emb)
-        print(f"extract: wrote {output} ({emb.shape[0]} x {emb.shape[1]}) in "
-              f"{format_duration(time.monotonic() - start)}", file=sys.stderr)
+        print(
+            f"extract: wrote {output} ({emb.shape[0]} x {emb.shape[1]}) in {format_duration(time.monotonic() - start)}",
+            file=sys.stderr,
+        )
 
 
 if __name__ == "__main__":

@@ -59,28 +59,36 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(str(exc)) from None
         missing = [u for u in utts if u not in utt2spk]
         if missing:
-            raise SystemExit(f"{args.utt2spk}: {len(missing)} of the {len(utts)} utterances in {args.emb} have no "
-                             f"speaker, e.g. {', '.join(map(repr, missing[:5]))}")
+            raise SystemExit(
+                f"{args.utt2spk}: {len(missing)} of the {len(utts)} utterances in {args.emb} have no "
+                f"speaker, e.g. {', '.join(map(repr, missing[:5]))}"
+            )
         truth = np.array([utt2spk[u] for u in utts])
     if not 1 <= args.k <= len(utts):
         raise SystemExit(f"--k {args.k}: must be between 1 and the number of embeddings ({len(utts)}) in {args.emb}")
 
     try:
-        res = kmeans(emb, args.k, seed=hp["seed"], max_iter=hp["max_iter"], n_init=hp["n_init"],
-                     device=hp["device"])
+        res = kmeans(emb, args.k, seed=hp["seed"], max_iter=hp["max_iter"], n_init=hp["n_init"], device=hp["device"])
     except ValueError as exc:
         raise SystemExit(f"kmeans: {args.emb}: {exc}") from None
     sizes = np.bincount(res.labels, minlength=args.k)
     quality = {
-        "k": args.k, "n_utts": len(utts), "dim": int(emb.shape[1]),
-        "n_iter": res.n_iter, "converged": res.converged, "inertia": res.inertia,
-        "seconds": round(res.seconds, 3), **hp, "device": res.device, "distances_computed": round(res.work, 4),
+        "k": args.k,
+        "n_utts": len(utts),
+        "dim": int(emb.shape[1]),
+        "n_iter": res.n_iter,
+        "converged": res.converged,
+        "inertia": res.inertia,
+        "seconds": round(res.seconds, 3),
+        **hp,
+        "device": res.device,
+        "distances_computed": round(res.work, 4),
     }
     speaker_sizes = None
     if truth is not None:
         quality.update(cluster_quality(res.labels, truth))
         speaker_sizes = np.array(sorted(Counter(truth.tolist()).values()))
-    quality.update(size_stats(sizes))              # n_clusters here equals cluster_quality's
+    quality.update(size_stats(sizes))  # n_clusters here equals cluster_quality's
 
     from ssrl.report.plots import plot_cluster_sizes  # matplotlib: imported once the clustering is done
 
@@ -88,8 +96,10 @@ def main(argv: list[str] | None = None) -> None:
     write_centers(args.centers, res.centers)
     plot_cluster_sizes(args.plot, sizes, speaker_sizes, f"k-means k={args.k}: cluster sizes")
     write_quality(args.quality, quality)
-    summary = (f"k-means k={args.k}: {quality['n_clusters']} non-empty clusters, {res.n_iter} iterations "
-               f"({'converged' if res.converged else 'max_iter reached'}), {res.seconds:.1f} s on {res.device}")
+    summary = (
+        f"k-means k={args.k}: {quality['n_clusters']} non-empty clusters, {res.n_iter} iterations "
+        f"({'converged' if res.converged else 'max_iter reached'}), {res.seconds:.1f} s on {res.device}"
+    )
     if truth is not None:
         summary += f"; NMI {quality['nmi']:.4f}  accuracy {quality['accuracy']:.4f}  purity {quality['purity']:.4f}"
     print(summary, flush=True)

@@ -23,9 +23,15 @@ import sys
 from ssrl.demo import SessionStyle, generate_corpus
 from ssrl.hparams import read_hparams
 
-HPARAMS = {**dict.fromkeys(("seed", "n_train_speakers", "n_test_speakers", "utts_per_speaker", "n_noise", "n_music",
-                             "n_speech", "n_rir"), int),
-           "min_dur": float, "max_dur": float, "session": dict}
+HPARAMS = {
+    **dict.fromkeys(
+        ("seed", "n_train_speakers", "n_test_speakers", "utts_per_speaker", "n_noise", "n_music", "n_speech", "n_rir"),
+        int,
+    ),
+    "min_dur": float,
+    "max_dur": float,
+    "session": dict,
+}
 
 
 def parse_hparams(text: str) -> dict:
@@ -48,14 +54,22 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     hp = parse_hparams(args.hparams)
     try:
-        summary = generate_corpus(args.corpus_dir, args.data_dir, workers=max(1, args.workers),
-                                  log=lambda msg: print(msg, file=sys.stderr, flush=True), **hp)
+        summary = generate_corpus(
+            args.corpus_dir,
+            args.data_dir,
+            workers=max(1, args.workers),
+            log=lambda msg: print(msg, file=sys.stderr, flush=True),
+            **hp,
+        )
     except ValueError as exc:
         raise SystemExit(f"make_demo: {exc}") from exc
-    print(f"demo corpus: {summary['n_train_speakers']} training speakers ({summary['n_train_utts']} utterances, "
-          f"{summary['train_hours']:.2f} h), {summary['n_test_speakers']} test speakers "
-          f"({summary['n_test_utts']} utterances), {summary['n_trials']} trials; MFCC-mean baseline EER "
-          f"{100 * summary['baseline_eer']:.2f} %", file=sys.stderr)
+    print(
+        f"demo corpus: {summary['n_train_speakers']} training speakers ({summary['n_train_utts']} utterances, "
+        f"{summary['train_hours']:.2f} h), {summary['n_test_speakers']} test speakers "
+        f"({summary['n_test_utts']} utterances), {summary['n_trials']} trials; MFCC-mean baseline EER "
+        f"{100 * summary['baseline_eer']:.2f} %",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

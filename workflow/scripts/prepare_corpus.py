@@ -31,17 +31,29 @@ from ssrl.prepare import (
 
 
 def _scan(args: argparse.Namespace, hp: dict) -> None:
-    summary = scan_corpus(hp["kind"], hp["root"], hp.get("flac_dir"), args.shards, args.summary,
-                          size_ratio=hp["size_ratio"], margin_bytes=int(hp["disk_margin_gb"] * 1e9))
-    print(f"scan: {summary['files']} files, {summary['speakers']} speakers, {summary['pending_conversion']} to "
-          f"convert (~{summary['estimated_flac_bytes'] / 1e9:.1f} GB), {summary['shards']} shards", file=sys.stderr)
+    summary = scan_corpus(
+        hp["kind"],
+        hp["root"],
+        hp.get("flac_dir"),
+        args.shards,
+        args.summary,
+        size_ratio=hp["size_ratio"],
+        margin_bytes=int(hp["disk_margin_gb"] * 1e9),
+    )
+    print(
+        f"scan: {summary['files']} files, {summary['speakers']} speakers, {summary['pending_conversion']} to "
+        f"convert (~{summary['estimated_flac_bytes'] / 1e9:.1f} GB), {summary['shards']} shards",
+        file=sys.stderr,
+    )
 
 
 def _convert(args: argparse.Namespace, hp: dict) -> None:
     s = convert_shard(args.shard, args.records, args.summary, hp["max_failures"])
-    print(f"shard {s['shard']}: {s['usable']}/{s['files']} usable ({s['converted']} converted, {s['skipped']} "
-          f"already converted, {s['direct']} used directly), {s['failed']} failed, {s['hours']:.2f} h",
-          file=sys.stderr)
+    print(
+        f"shard {s['shard']}: {s['usable']}/{s['files']} usable ({s['converted']} converted, {s['skipped']} "
+        f"already converted, {s['direct']} used directly), {s['failed']} failed, {s['hours']:.2f} h",
+        file=sys.stderr,
+    )
     _print_problems(s)
 
 
@@ -57,14 +69,28 @@ def _print_problems(summary: dict, shown: int = 20) -> None:
 
 def _merge(args: argparse.Namespace, hp: dict) -> None:
     if hp["kind"] == "voxceleb2":
-        s = prepare_voxceleb_train(args.records, args.summaries, args.wav_scp, args.utt2spk, args.summary,
-                                   hp["max_failures"])
+        s = prepare_voxceleb_train(
+            args.records, args.summaries, args.wav_scp, args.utt2spk, args.summary, hp["max_failures"]
+        )
     else:
-        s = prepare_generic_sets(args.records, args.summaries, hp["max_failures"], args.out_dir, args.summary,
-                                 trial_lists=hp.get("trials"), split=hp.get("split"), holdout=hp["holdout"],
-                                 train_set=hp.get("train"), test_set=hp.get("test"), roots=hp["roots"])
-    print(f"merge: {s['usable']}/{s['files']} files usable, {s['hours']:.2f} h, {s['failed']} failed "
-          f"(excluded from wav.scp), {s['warned']} warnings (kept; both listed in {args.summary})", file=sys.stderr)
+        s = prepare_generic_sets(
+            args.records,
+            args.summaries,
+            hp["max_failures"],
+            args.out_dir,
+            args.summary,
+            trial_lists=hp.get("trials"),
+            split=hp.get("split"),
+            holdout=hp["holdout"],
+            train_set=hp.get("train"),
+            test_set=hp.get("test"),
+            roots=hp["roots"],
+        )
+    print(
+        f"merge: {s['usable']}/{s['files']} files usable, {s['hours']:.2f} h, {s['failed']} failed "
+        f"(excluded from wav.scp), {s['warned']} warnings (kept; both listed in {args.summary})",
+        file=sys.stderr,
+    )
     _print_problems(s)
 
 
@@ -77,8 +103,9 @@ def _voxceleb1(args: argparse.Namespace, hp: dict) -> None:
 
 
 def _augment(args: argparse.Namespace, hp: dict) -> None:
-    counts = write_augment_lists(hp["sources"], {"noise": args.noise, "music": args.music, "babble": args.babble,
-                                                 "rir": args.rir})
+    counts = write_augment_lists(
+        hp["sources"], {"noise": args.noise, "music": args.music, "babble": args.babble, "rir": args.rir}
+    )
     print(f"augment: {counts}", file=sys.stderr)
 
 
@@ -87,8 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("scan", help="list the corpus, check disk space, write shard lists")
-    p.add_argument("--hparams", required=True,
-                   help='JSON: {"kind": "voxceleb2"|"generic", "root", "flac_dir", "size_ratio", "disk_margin_gb"}')
+    p.add_argument(
+        "--hparams",
+        required=True,
+        help='JSON: {"kind": "voxceleb2"|"generic", "root", "flac_dir", "size_ratio", "disk_margin_gb"}',
+    )
     p.add_argument("--shards", nargs="+", required=True, help="one output list per shard")
     p.add_argument("--summary", required=True, help="scan summary JSON")
     p.set_defaults(func=_scan)
@@ -101,9 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_convert)
 
     p = sub.add_parser("merge", help="join the shards into the data sets")
-    p.add_argument("--hparams", required=True,
-                   help='JSON: {"kind", "max_failures"} and for generic "roots", "holdout", "train", "test" and '
-                        'one of "trials" {name: path} or "split"')
+    p.add_argument(
+        "--hparams",
+        required=True,
+        help='JSON: {"kind", "max_failures"} and for generic "roots", "holdout", "train", "test" and '
+        'one of "trials" {name: path} or "split"',
+    )
     p.add_argument("--records", nargs="+", required=True)
     p.add_argument("--summaries", nargs="+", required=True)
     p.add_argument("--summary", required=True, help="output: preparation summary JSON")
@@ -120,8 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_voxceleb1)
 
     p = sub.add_parser("augment", help="augmentation file lists")
-    p.add_argument("--hparams", required=True,
-                   help='JSON: {"sources": {"musan", "rirs", and/or a folder or list per name} or null (no augmentation)}')
+    p.add_argument(
+        "--hparams",
+        required=True,
+        help='JSON: {"sources": {"musan", "rirs", and/or a folder or list per name} or null (no augmentation)}',
+    )
     for name in ("noise", "music", "babble", "rir"):
         p.add_argument(f"--{name}", required=True, help=f"output {name}.lst")
     p.set_defaults(func=_augment)

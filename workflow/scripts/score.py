@@ -48,15 +48,18 @@ def main(argv: list[str] | None = None) -> None:
     utts, emb = read_embeddings(args.emb)
     cohort = read_embeddings(args.cohort)[1] if hp["asnorm"] else None
     try:
-        res = score_trials(utts, emb, args.trials, cohort=cohort, top_n=hp["asnorm_top_n"],
-                           allow_missing=hp["allow_missing"])
+        res = score_trials(
+            utts, emb, args.trials, cohort=cohort, top_n=hp["asnorm_top_n"], allow_missing=hp["allow_missing"]
+        )
         eer, threshold = compute_eer_threshold(res.scores, res.labels)
         far, frr = det_curve(res.scores, res.labels, max_points=hp["det_points"])
     except ValueError as exc:
         raise SystemExit(f"score: {args.emb} x {args.trials}: {exc}") from None
     if res.n_dropped:
-        print(f"score: dropped {res.n_dropped} trial(s) naming utterances without an embedding "
-              f"(allow_missing)", file=sys.stderr)
+        print(
+            f"score: dropped {res.n_dropped} trial(s) naming utterances without an embedding (allow_missing)",
+            file=sys.stderr,
+        )
 
     write_scores(args.scores, res.enroll.tolist(), res.test.tolist(), res.labels.tolist(), res.scores.tolist())
     write_det(args.det, far.tolist(), frr.tolist())
@@ -76,9 +79,11 @@ def main(argv: list[str] | None = None) -> None:
         "asnorm_top_n": hp["asnorm_top_n"] if hp["asnorm"] else None,
     }
     write_metrics(args.metrics, metrics)
-    print(f"score: {metrics['trials']}: EER {100 * eer:.3f}%  minDCF(0.01) {metrics['min_dcf_0.01']:.4f}  "
-          f"minDCF(0.05) {metrics['min_dcf_0.05']:.4f}  ({metrics['n_trials']} trials, norm {res.norm})",
-          file=sys.stderr)
+    print(
+        f"score: {metrics['trials']}: EER {100 * eer:.3f}%  minDCF(0.01) {metrics['min_dcf_0.01']:.4f}  "
+        f"minDCF(0.05) {metrics['min_dcf_0.05']:.4f}  ({metrics['n_trials']} trials, norm {res.norm})",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

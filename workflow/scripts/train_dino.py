@@ -43,8 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     lists = augment_lists(ap, args)
 
-    return train_main("train_dino", args,
-                      lambda hp: DINOStage(hp, args.train_scp, lists, args.val_scp, args.val_trials))
+    return train_main(
+        "train_dino", args, lambda hp: DINOStage(hp, args.train_scp, lists, args.val_scp, args.val_trials)
+    )
 
 
 if __name__ == "__main__":

@@ -44,8 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--system", required=True, help="system name (ssrl, ssrl_no_nlm, iter_r2, ...)")
     ap.add_argument("--train-scp", required=True, help="training wav.scp ('utt path' per line)")
-    ap.add_argument("--init-model", default=None,
-                    help="model file to start from (e.g. dino/model.pt); not with ssrl.init 'scratch'")
+    ap.add_argument(
+        "--init-model", default=None, help="model file to start from (e.g. dino/model.pt); not with ssrl.init 'scratch'"
+    )
     ap.add_argument("--labels", default=None, help="k-means labels ('utt label' per line; init 'encoder')")
     ap.add_argument("--centers", default=None, help="k-means centers (K, dim) .npy (head_init 'centers')")
     ap.add_argument("--utt2spk", default=None, help="true speakers of the training set (label log only)")
@@ -54,10 +55,24 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     lists = augment_lists(ap, args)
 
-    return train_main("train_ssrl", args, lambda hp: SSRLStage(
-        hp, args.system, args.train_scp, args.init_model, labels=args.labels, centers=args.centers,
-        augment_lists=lists, val_scp=args.val_scp, val_trials=args.val_trials, utt2spk=args.utt2spk,
-        label_log=args.label_log_out, live_dir=args.ckpt_dir))
+    return train_main(
+        "train_ssrl",
+        args,
+        lambda hp: SSRLStage(
+            hp,
+            args.system,
+            args.train_scp,
+            args.init_model,
+            labels=args.labels,
+            centers=args.centers,
+            augment_lists=lists,
+            val_scp=args.val_scp,
+            val_trials=args.val_trials,
+            utt2spk=args.utt2spk,
+            label_log=args.label_log_out,
+            live_dir=args.ckpt_dir,
+        ),
+    )
 
 
 if __name__ == "__main__":

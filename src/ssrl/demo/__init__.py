@@ -13,7 +13,19 @@ from .synth import synthesise_utterance
 from .voice import SessionStyle, clean_session, coloured_noise, make_speaker, random_session, room_impulse_response
 
 __all__ = [
-    "BASELINE_FILE", "MFCC_BASELINE", "SessionStyle", "TRIALS_NAME", "clean_session", "coloured_noise",
-    "cosine_trial_scores", "generate_corpus", "make_speaker", "make_trials", "mfcc_baseline", "mfcc_means",
-    "random_session", "room_impulse_response", "synthesise_utterance",
+    "BASELINE_FILE",
+    "MFCC_BASELINE",
+    "SessionStyle",
+    "TRIALS_NAME",
+    "clean_session",
+    "coloured_noise",
+    "cosine_trial_scores",
+    "generate_corpus",
+    "make_speaker",
+    "make_trials",
+    "mfcc_baseline",
+    "mfcc_means",
+    "random_session",
+    "room_impulse_response",
+    "synthesise_utterance",
 ]

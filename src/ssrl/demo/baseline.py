@@ -13,9 +13,11 @@ from ..audio import load_audio
 from ..manifest import Trials
 from .voice import SR
 
-MFCC_BASELINE = ("MFCC mean cosine: torchaudio MFCC c1..c19 (40 log-mel bands 20-7600 Hz, 25 ms Hann window, "
-                 "10 ms hop, no padding), mean over all frames of the utterance, centred by the mean vector of "
-                 "the trial utterances, cosine score")
+MFCC_BASELINE = (
+    "MFCC mean cosine: torchaudio MFCC c1..c19 (40 log-mel bands 20-7600 Hz, 25 ms Hann window, "
+    "10 ms hop, no padding), mean over all frames of the utterance, centred by the mean vector of "
+    "the trial utterances, cosine score"
+)
 
 
 def mfcc_means(waves: Sequence[np.ndarray]) -> np.ndarray:
@@ -28,9 +30,20 @@ def mfcc_means(waves: Sequence[np.ndarray]) -> np.ndarray:
     import torchaudio
 
     mfcc = torchaudio.transforms.MFCC(
-        sample_rate=SR, n_mfcc=20, log_mels=True,
-        melkwargs={"n_fft": 512, "win_length": 400, "hop_length": 160, "n_mels": 40,
-                   "f_min": 20.0, "f_max": 7600.0, "window_fn": torch.hann_window, "center": False})
+        sample_rate=SR,
+        n_mfcc=20,
+        log_mels=True,
+        melkwargs={
+            "n_fft": 512,
+            "win_length": 400,
+            "hop_length": 160,
+            "n_mels": 40,
+            "f_min": 20.0,
+            "f_max": 7600.0,
+            "window_fn": torch.hann_window,
+            "center": False,
+        },
+    )
     out = np.empty((len(waves), 19), dtype=np.float64)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -65,6 +78,9 @@ def mfcc_baseline(wav_scp: dict[str, str], trials: Trials) -> dict[str, Any]:
     utts = trials.utterances
     vectors = mfcc_means([load_audio(wav_scp[u]) for u in utts])
     scores = cosine_trial_scores(vectors, utts, trials)
-    return {"eer": compute_eer(scores, trials.labels), "n_trials": len(trials),
-            "n_target": int(trials.labels.sum()), "baseline": MFCC_BASELINE}
-
+    return {
+        "eer": compute_eer(scores, trials.labels),
+        "n_trials": len(trials),
+        "n_target": int(trials.labels.sum()),
+        "baseline": MFCC_BASELINE,
+    }

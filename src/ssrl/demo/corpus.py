@@ -138,13 +138,23 @@ def make_trials(utt2spk: dict[str, str], rng: np.random.Generator) -> Trials:
     return Trials.from_lists([labels[k] for k in order.tolist()], enroll, test)
 
 
-
-def generate_corpus(out_dir: str | os.PathLike, data_dir: str | os.PathLike, n_train_speakers: int = 48,
-                    n_test_speakers: int = 16, utts_per_speaker: int = 24, min_dur: float = 2.0,
-                    max_dur: float = 8.0, seed: int = 0, n_noise: int = 12, n_music: int = 8,
-                    n_speech: int = 10, n_rir: int = 24, workers: int = 1,
-                    style: SessionStyle = SessionStyle(),
-                    log: Callable[[str], None] | None = None) -> dict[str, Any]:
+def generate_corpus(
+    out_dir: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    n_train_speakers: int = 48,
+    n_test_speakers: int = 16,
+    utts_per_speaker: int = 24,
+    min_dur: float = 2.0,
+    max_dur: float = 8.0,
+    seed: int = 0,
+    n_noise: int = 12,
+    n_music: int = 8,
+    n_speech: int = 10,
+    n_rir: int = 24,
+    workers: int = 1,
+    style: SessionStyle = SessionStyle(),
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Write the demo corpus, its manifests and ``baseline.json`` (see the module docstring).
 
     Speakers ``spk001``... (training first, then test; disjoint), utterances
@@ -160,9 +170,16 @@ def generate_corpus(out_dir: str | os.PathLike, data_dir: str | os.PathLike, n_t
     Returns a summary dict (counts, hours, the baseline result), also stored in
     ``baseline.json`` under ``corpus``.
     """
-    _check_sizes(n_train_speakers=n_train_speakers, n_test_speakers=n_test_speakers,
-                 utts_per_speaker=utts_per_speaker, n_noise=n_noise, n_music=n_music, n_speech=n_speech,
-                 n_rir=n_rir, workers=workers)
+    _check_sizes(
+        n_train_speakers=n_train_speakers,
+        n_test_speakers=n_test_speakers,
+        utts_per_speaker=utts_per_speaker,
+        n_noise=n_noise,
+        n_music=n_music,
+        n_speech=n_speech,
+        n_rir=n_rir,
+        workers=workers,
+    )
     if not 0 < min_dur <= max_dur:
         raise ValueError(f"need 0 < min_dur <= max_dur, got min_dur={min_dur}, max_dur={max_dur}")
     if min_dur * SR < N_FFT:
@@ -210,14 +227,22 @@ def generate_corpus(out_dir: str | os.PathLike, data_dir: str | os.PathLike, n_t
         room, position = divmod(i, 2)
         size = sizes[room % 3]
         rt60 = float(np.random.default_rng([seed, STREAM_RIR, room]).uniform(*rt60_ranges[size]))
-        path = str(out_dir / "RIRS_NOISES" / "simulated_rirs" / f"{size}room" / f"Room{room + 1:03d}"
-                   / f"Room{room + 1:03d}-{position + 1:05d}.wav")
+        path = str(
+            out_dir
+            / "RIRS_NOISES"
+            / "simulated_rirs"
+            / f"{size}room"
+            / f"Room{room + 1:03d}"
+            / f"Room{room + 1:03d}-{position + 1:05d}.wav"
+        )
         jobs.append(_Job("rir", (seed, STREAM_RIR, room, position + 1), path, 0, rt60=rt60))
         aug["rir"].append(path)
 
     total_samples, cpu = _run_jobs(jobs, workers)
-    log(f"synthesised {len(jobs)} files ({total_samples / SR / 3600:.2f} h of audio) in "
-        f"{time.monotonic() - t0:.1f} s wall, {cpu:.1f} s CPU in {workers} process(es)")
+    log(
+        f"synthesised {len(jobs)} files ({total_samples / SR / 3600:.2f} h of audio) in "
+        f"{time.monotonic() - t0:.1f} s wall, {cpu:.1f} s CPU in {workers} process(es)"
+    )
 
     for split in ("train", "test"):
         write_wav_scp(data_dir / split / "wav.scp", wav[split])
@@ -230,34 +255,58 @@ def generate_corpus(out_dir: str | os.PathLike, data_dir: str | os.PathLike, n_t
 
     t1 = time.monotonic()
     baseline = mfcc_baseline(read_wav_scp(data_dir / "test" / "wav.scp"), read_trials(trials_path))
-    log(f"MFCC baseline EER {100 * baseline['eer']:.2f} % on {baseline['n_trials']} trials "
-        f"({time.monotonic() - t1:.1f} s)")
+    log(
+        f"MFCC baseline EER {100 * baseline['eer']:.2f} % on {baseline['n_trials']} trials "
+        f"({time.monotonic() - t1:.1f} s)"
+    )
     lengths = {"train": 0, "test": 0}
     for job in jobs:
         if job.kind == "utt":
             lengths["train" if job.speaker.index < n_train_speakers else "test"] += job.num_samples
     summary = {
         "seed": seed,
-        "n_train_speakers": n_train_speakers, "n_test_speakers": n_test_speakers,
-        "utts_per_speaker": utts_per_speaker, "min_dur": min_dur, "max_dur": max_dur,
-        "n_train_utts": len(wav["train"]), "n_test_utts": len(wav["test"]),
-        "train_hours": round(lengths["train"] / SR / 3600, 4), "test_hours": round(lengths["test"] / SR / 3600, 4),
-        "n_trials": len(trials), "n_target_trials": int(trials.labels.sum()),
+        "n_train_speakers": n_train_speakers,
+        "n_test_speakers": n_test_speakers,
+        "utts_per_speaker": utts_per_speaker,
+        "min_dur": min_dur,
+        "max_dur": max_dur,
+        "n_train_utts": len(wav["train"]),
+        "n_test_utts": len(wav["test"]),
+        "train_hours": round(lengths["train"] / SR / 3600, 4),
+        "test_hours": round(lengths["test"] / SR / 3600, 4),
+        "n_trials": len(trials),
+        "n_target_trials": int(trials.labels.sum()),
         "augment_files": {name: len(paths) for name, paths in aug.items()},
-        "high_voice_speakers": {"train": sum(s.high_voice for s in speakers[:n_train_speakers]),
-                                "test": sum(s.high_voice for s in speakers[n_train_speakers:])},
+        "high_voice_speakers": {
+            "train": sum(s.high_voice for s in speakers[:n_train_speakers]),
+            "test": sum(s.high_voice for s in speakers[n_train_speakers:]),
+        },
     }
-    write_json(out_dir / BASELINE_FILE, {
-        "eer": baseline["eer"], "baseline": baseline["baseline"],
-        "trials": str(trials_path), "n_trials": baseline["n_trials"], "n_target": baseline["n_target"],
-        "corpus": summary,
-    })
+    write_json(
+        out_dir / BASELINE_FILE,
+        {
+            "eer": baseline["eer"],
+            "baseline": baseline["baseline"],
+            "trials": str(trials_path),
+            "n_trials": baseline["n_trials"],
+            "n_target": baseline["n_target"],
+            "corpus": summary,
+        },
+    )
     return {**summary, "baseline_eer": baseline["eer"]}
 
 
 def _check_sizes(**sizes: int) -> None:
-    minimum = {"n_train_speakers": 2, "n_test_speakers": 2, "utts_per_speaker": 2, "n_noise": 1, "n_music": 1,
-               "n_speech": 1, "n_rir": 1, "workers": 1}
+    minimum = {
+        "n_train_speakers": 2,
+        "n_test_speakers": 2,
+        "utts_per_speaker": 2,
+        "n_noise": 1,
+        "n_music": 1,
+        "n_speech": 1,
+        "n_rir": 1,
+        "workers": 1,
+    }
     for key, value in sizes.items():
         if not isinstance(value, (int, np.integer)) or value < minimum[key]:
             raise ValueError(f"{key} must be an integer >= {minimum[key]}, got {value!r}")
@@ -270,12 +319,13 @@ def _run_jobs(jobs: list[_Job], workers: int) -> tuple[int, float]:
     """
     progress = Progress(len(jobs), "demo corpus", unit="files", every_s=10.0)
     samples, cpu = 0, 0.0
-    ordered = sorted(jobs, key=lambda job: -job.num_samples)     # long files first: a short tail
+    ordered = sorted(jobs, key=lambda job: -job.num_samples)  # long files first: a short tail
     with contextlib.ExitStack() as stack:
         if workers > 1:
             # forkserver: workers do not inherit a parent's torch/OpenMP thread state
-            pool = stack.enter_context(ProcessPoolExecutor(
-                max_workers=workers, mp_context=multiprocessing.get_context("forkserver")))
+            pool = stack.enter_context(
+                ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("forkserver"))
+            )
             results = pool.map(_run_job, ordered, chunksize=4)
         else:
             results = map(_run_job, ordered)

@@ -42,17 +42,25 @@ from .voice import (
 class _Segment:
     """One synthesis segment (a phone or part of one)."""
 
-    n: int                            # samples
-    voice: float = 0.0                # voiced-source amplitude
-    aspiration: float = 0.0           # aspiration noise through the vocal tract
-    frication: float = 0.0            # frication / burst noise amplitude
-    shape: int = 0                    # row of NOISE_SHAPES
-    formants: tuple | None = None     # F1-F3 target (Hz) at the segment centre; None: interpolate
+    n: int  # samples
+    voice: float = 0.0  # voiced-source amplitude
+    aspiration: float = 0.0  # aspiration noise through the vocal tract
+    frication: float = 0.0  # frication / burst noise amplitude
+    shape: int = 0  # row of NOISE_SHAPES
+    formants: tuple | None = None  # F1-F3 target (Hz) at the segment centre; None: interpolate
 
 
-def _phone_segments(sp: Speaker, rng: np.random.Generator, rate: float, stress: float,
-                    cons: int | None, vowel: int | None, next_vowel: int | None) -> list[_Segment]:
+def _phone_segments(
+    sp: Speaker,
+    rng: np.random.Generator,
+    rate: float,
+    stress: float,
+    cons: int | None,
+    vowel: int | None,
+    next_vowel: int | None,
+) -> list[_Segment]:
     """Segments of one consonant (``cons`` index) or one vowel (``vowel`` index)."""
+
     def dur(lo: float, hi: float) -> int:
         return max(1, int(rng.uniform(lo, hi) / rate * SR))
 
@@ -61,9 +69,11 @@ def _phone_segments(sp: Speaker, rng: np.random.Generator, rate: float, stress: 
         n = dur(0.07, 0.16) + int(stress * 0.06 * SR / rate)
         # two anchor points at 1/4 and 3/4 of the vowel: a steady state with transitions on both sides
         quarter = max(1, n // 4)
-        return [_Segment(quarter, voice=stress),
-                _Segment(n - 2 * quarter, voice=stress, formants=target),
-                _Segment(quarter, voice=stress)]
+        return [
+            _Segment(quarter, voice=stress),
+            _Segment(n - 2 * quarter, voice=stress, formants=target),
+            _Segment(quarter, voice=stress),
+        ]
 
     kind, place, voiced, shape, amp, (lo, hi) = CONSONANTS[cons]
     locus = tuple(v * sp.vtl for v in LOCI[place])
@@ -74,18 +84,20 @@ def _phone_segments(sp: Speaker, rng: np.random.Generator, rate: float, stress: 
         return [_Segment(dur(lo, hi), voice=0.25 if voiced else 0.0, frication=amp, shape=shape, formants=locus)]
     if kind == "h":
         nv = next_vowel if next_vowel is not None else 5
-        return [_Segment(dur(lo, hi), aspiration=amp,
-                         formants=tuple((VOWELS[nv] * sp.vowel_offsets[nv] * sp.vtl).tolist()))]
+        return [
+            _Segment(dur(lo, hi), aspiration=amp, formants=tuple((VOWELS[nv] * sp.vowel_offsets[nv] * sp.vtl).tolist()))
+        ]
     # stop: closure (with a voice bar if voiced), burst, then aspiration if voiceless
-    segs = [_Segment(dur(lo, hi), voice=0.04 if voiced else 0.0, formants=locus),
-            _Segment(dur(0.008, 0.015), frication=amp, shape=BURST_SHAPE[place])]
+    segs = [
+        _Segment(dur(lo, hi), voice=0.04 if voiced else 0.0, formants=locus),
+        _Segment(dur(0.008, 0.015), frication=amp, shape=BURST_SHAPE[place]),
+    ]
     if not voiced:
         segs.append(_Segment(dur(0.02, 0.05), aspiration=0.25))
     return segs
 
 
-def _utterance_segments(sp: Speaker, rng: np.random.Generator, n_total: int, rate: float
-                        ) -> list[_Segment]:
+def _utterance_segments(sp: Speaker, rng: np.random.Generator, n_total: int, rate: float) -> list[_Segment]:
     """Random words (1-3 syllables of (C)V(C)) with pauses, until ``n_total`` samples are filled."""
     segs = [_Segment(int(rng.uniform(0.05, 0.25) * SR))]
     filled = segs[0].n
@@ -131,8 +143,13 @@ def _tracks(segs: Sequence[_Segment], n: int, sp: Speaker) -> dict[str, np.ndarr
     for k in range(1, formants.shape[1]):
         formants[:, k] = np.maximum(formants[:, k], formants[:, k - 1] + 200.0)
     shape_frames = np.repeat(np.array([s.shape for s in segs]), lengths)[:n][np.minimum(centres.astype(int), n - 1)]
-    return {"voice": amp("voice"), "aspiration": amp("aspiration"), "frication": amp("frication"),
-            "formants": formants.astype(np.float32), "shape": shape_frames}
+    return {
+        "voice": amp("voice"),
+        "aspiration": amp("aspiration"),
+        "frication": amp("frication"),
+        "formants": formants.astype(np.float32),
+        "shape": shape_frames,
+    }
 
 
 def _f0_contour(sp: Speaker, rng: np.random.Generator, n: int, shift_st: float) -> np.ndarray:
@@ -145,8 +162,7 @@ def _f0_contour(sp: Speaker, rng: np.random.Generator, n: int, shift_st: float) 
     return sp.f0 * 2.0 ** ((contour + declination + shift_st) / 12.0)
 
 
-def _glottal_source(sp: Speaker, rng: np.random.Generator, f0: np.ndarray
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def _glottal_source(sp: Speaker, rng: np.random.Generator, f0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rosenberg-pulse flow derivative with jitter and shimmer, and the glottal-open mask.
 
     ``f0`` (n,) Hz -> (source (n,) float32 of about unit peak per cycle, open (n,) float32 0/1).
@@ -160,15 +176,17 @@ def _glottal_source(sp: Speaker, rng: np.random.Generator, f0: np.ndarray
     frac = (phase - cyc).astype(np.float32)
     tp = sp.open_quotient * sp.speed_quotient / (1 + sp.speed_quotient)
     tn = sp.open_quotient / (1 + sp.speed_quotient)
-    flow = np.where(frac < tp, 0.5 * (1 - np.cos(np.pi * frac / tp)),
-                    np.where(frac < tp + tn, np.cos(0.5 * np.pi * (frac - tp) / tn), 0.0)).astype(np.float32)
+    flow = np.where(
+        frac < tp,
+        0.5 * (1 - np.cos(np.pi * frac / tp)),
+        np.where(frac < tp + tn, np.cos(0.5 * np.pi * (frac - tp) / tn), 0.0),
+    ).astype(np.float32)
     deriv = np.diff(flow, prepend=np.float32(0.0)) / (f / SR).astype(np.float32) * (tn / np.pi)
     shimmer = (1.0 + sp.shimmer * rng.standard_normal(int(cyc[-1]) + 1)).astype(np.float32)
     return deriv * shimmer[cyc], (frac < sp.open_quotient).astype(np.float32)
 
 
-def synthesise_utterance(sp: Speaker, rng: np.random.Generator, num_samples: int, session: Session
-                         ) -> np.ndarray:
+def synthesise_utterance(sp: Speaker, rng: np.random.Generator, num_samples: int, session: Session) -> np.ndarray:
     """One utterance of speaker ``sp`` recorded in ``session`` -> (num_samples,) float32 in [-1, 1]."""
     n = num_samples
     rate = sp.rate * float(rng.uniform(0.92, 1.08))
@@ -190,7 +208,7 @@ def synthesise_utterance(sp: Speaker, rng: np.random.Generator, num_samples: int
     shapes = NOISE_SHAPES.copy()
     shapes[:, :2] *= math.sqrt(sp.vtl)
     noise_env = shapes[:, 2:3] + np.exp(-0.5 * ((FREQS[None, :] - shapes[:, 0:1]) / shapes[:, 1:2]) ** 2)
-    noise_env = noise_env / np.sqrt(np.mean(noise_env ** 2, axis=1, keepdims=True)) * channel   # unit power gain
+    noise_env = noise_env / np.sqrt(np.mean(noise_env**2, axis=1, keepdims=True)) * channel  # unit power gain
 
     zero = 1.0 / resonance_gain(np.array([[sp.antiformant]], np.float32), np.array([sp.antiformant_bw], np.float32))
     env = resonance_gain(tr["formants"], sp.bandwidths) * (tract_static * zero[0])
@@ -242,24 +260,24 @@ def synthesise_noise(rng: np.random.Generator, num_samples: int) -> np.ndarray:
     n = num_samples
     t = np.arange(n) / SR
     x = coloured_noise(rng, n, rng.uniform(-8.0, 2.0))
-    if rng.random() < 0.5:                                           # stationary, maybe a machine hum
+    if rng.random() < 0.5:  # stationary, maybe a machine hum
         if rng.random() < 0.5:
             f = rng.uniform(40.0, 240.0)
             x = x + sum(rng.uniform(0.2, 1.0) / k * np.sin(2 * np.pi * k * f * t) for k in range(1, 6))
         return _set_level(x.astype(np.float32), -20.0)
-    knots = max(2, int(n / SR * 2))                                  # non-stationary
+    knots = max(2, int(n / SR * 2))  # non-stationary
     mod = np.exp(np.interp(np.arange(n), np.linspace(0, n - 1, knots), rng.normal(0.0, 1.0, knots)))
     x = x * mod
-    for _ in range(rng.integers(2, 3 + int(n / SR))):                # knocks: decaying noise bursts
+    for _ in range(rng.integers(2, 3 + int(n / SR))):  # knocks: decaying noise bursts
         k = int(rng.integers(0, n))
         m = min(n - k, int(rng.uniform(0.05, 0.4) * SR))
         burst = rng.standard_normal(m) * np.exp(-np.arange(m) / (rng.uniform(0.01, 0.08) * SR))
-        x[k:k + m] += rng.uniform(2.0, 8.0) * burst
-    if rng.random() < 0.5:                                           # a chirp / siren
+        x[k : k + m] += rng.uniform(2.0, 8.0) * burst
+    if rng.random() < 0.5:  # a chirp / siren
         f_lo, f_hi = sorted(rng.uniform(300.0, 3000.0, 2))
         inst = f_lo + (f_hi - f_lo) * (0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(0.2, 1.0) * t))
         x = x + rng.uniform(0.5, 2.0) * np.sin(2 * np.pi * np.cumsum(inst) / SR)
-    if rng.random() < 0.5:                                           # crackle: sparse clicks
+    if rng.random() < 0.5:  # crackle: sparse clicks
         clicks = (rng.random(n) < rng.uniform(1e-4, 2e-3)) * rng.normal(0.0, 6.0, n)
         x = x + clicks
     return _set_level(x.astype(np.float32), -20.0)
@@ -290,22 +308,21 @@ def synthesise_music(rng: np.random.Generator, num_samples: int) -> np.ndarray:
             env = np.minimum(tt / 0.01, 1.0) * np.exp(-tt / rng.uniform(0.2, 1.5))
             ks = np.arange(1, 9)[f * np.arange(1, 9) < SR / 2 - 200]
             tone = (harmonics[ks - 1, None] * np.sin(2 * np.pi * f * ks[:, None] * tt[None, :])).sum(axis=0)
-            x[pos:pos + m] += env * tone
+            x[pos : pos + m] += env * tone
             pos += length
     if rng.random() < 0.6:
         for pos in range(0, n, int(beat * SR)):
             m = min(int(0.25 * SR), n - pos)
             tt = np.arange(m) / SR
             kick = np.sin(2 * np.pi * np.cumsum(60.0 + 100.0 * np.exp(-tt / 0.03)) / SR) * np.exp(-tt / 0.08)
-            x[pos:pos + m] += 2.0 * kick
+            x[pos : pos + m] += 2.0 * kick
             hat = rng.standard_normal(m) * np.exp(-tt / 0.02)
             half = pos + int(beat * SR / 2)
             if half + m <= n:
-                x[half:half + m] += 0.5 * np.diff(hat, prepend=0.0)
+                x[half : half + m] += 0.5 * np.diff(hat, prepend=0.0)
     return _set_level(x.astype(np.float32), -20.0)
 
 
 def synthesise_speech_source(sp: Speaker, rng: np.random.Generator, num_samples: int) -> np.ndarray:
     """MUSAN-``speech``-like source (for babble): a long, clean read by training speaker ``sp``."""
     return synthesise_utterance(sp, rng, num_samples, clean_session(rng))
-

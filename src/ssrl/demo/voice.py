@@ -45,9 +45,9 @@ import scipy.fft
 from .. import SAMPLE_RATE
 
 SR = SAMPLE_RATE
-N_FFT = 512                      # synthesis STFT: 32 ms sine window ...
-HOP = N_FFT // 2                 # ... 16 ms hop (perfect reconstruction with w**2 summing to 1)
-FREQS = np.fft.rfftfreq(N_FFT, 1.0 / SR).astype(np.float32)          # (257,) Hz
+N_FFT = 512  # synthesis STFT: 32 ms sine window ...
+HOP = N_FFT // 2  # ... 16 ms hop (perfect reconstruction with w**2 summing to 1)
+FREQS = np.fft.rfftfreq(N_FFT, 1.0 / SR).astype(np.float32)  # (257,) Hz
 _WINDOW = np.sin(np.pi * (np.arange(N_FFT) + 0.5) / N_FFT).astype(np.float32)
 
 # Random streams: the first key after the seed says what a generator draws for.
@@ -57,34 +57,40 @@ STREAM_NOISE, STREAM_MUSIC, STREAM_SPEECH, STREAM_RIR = 10, 11, 12, 13
 # --------------------------------------------------------------------------- phone inventory
 # Vowel formant targets F1-F3 in Hz for an adult low (male-like) voice, close to
 # the classic American-English averages (Hillenbrand et al. 1995).
-VOWELS = np.array([
-    [342, 2322, 3000],   # i
-    [427, 2034, 2684],   # I
-    [476, 2089, 2691],   # e
-    [580, 1799, 2605],   # E
-    [588, 1952, 2601],   # ae
-    [768, 1333, 2522],   # a
-    [652, 997, 2538],    # o (open)
-    [497, 910, 2459],    # o
-    [469, 1122, 2434],   # U
-    [378, 997, 2343],    # u
-    [623, 1200, 2550],   # V
-    [474, 1379, 1710],   # r-coloured
-], dtype=np.float32)
+VOWELS = np.array(
+    [
+        [342, 2322, 3000],  # i
+        [427, 2034, 2684],  # I
+        [476, 2089, 2691],  # e
+        [580, 1799, 2605],  # E
+        [588, 1952, 2601],  # ae
+        [768, 1333, 2522],  # a
+        [652, 997, 2538],  # o (open)
+        [497, 910, 2459],  # o
+        [469, 1122, 2434],  # U
+        [378, 997, 2343],  # u
+        [623, 1200, 2550],  # V
+        [474, 1379, 1710],  # r-coloured
+    ],
+    dtype=np.float32,
+)
 N_VOWELS = len(VOWELS)
 
 # Consonant places: F1-F3 loci that the formants move towards.
 LOCI = {"lab": (250, 900, 2200), "alv": (280, 1700, 2600), "pal": (280, 1900, 2500), "vel": (280, 2000, 2300)}
 
 # Noise spectra for frication and bursts: (centre Hz, width Hz, floor) of a Gaussian bump.
-NOISE_SHAPES = np.array([
-    [6000, 1800, 0.03],  # s, z
-    [3200, 1000, 0.05],  # sh
-    [4000, 5000, 0.30],  # f, v, th (flat, weak)
-    [1000, 900, 0.10],   # labial burst
-    [4200, 1500, 0.10],  # alveolar burst
-    [2200, 700, 0.10],   # velar burst
-], dtype=np.float32)
+NOISE_SHAPES = np.array(
+    [
+        [6000, 1800, 0.03],  # s, z
+        [3200, 1000, 0.05],  # sh
+        [4000, 5000, 0.30],  # f, v, th (flat, weak)
+        [1000, 900, 0.10],  # labial burst
+        [4200, 1500, 0.10],  # alveolar burst
+        [2200, 700, 0.10],  # velar burst
+    ],
+    dtype=np.float32,
+)
 BURST_SHAPE = {"lab": 3, "alv": 4, "vel": 5}
 # Frication noise of amplitude 1 through a (unit-power) noise shape, relative to the voiced
 # source: puts /s/ about 15 dB and /f/ about 25 dB below a full vowel, as in natural speech.
@@ -92,23 +98,23 @@ FRICATION_GAIN = 0.2
 
 # Consonants: kind, place, voiced, noise shape (fricatives), relative amplitude, duration range (s).
 CONSONANTS = [
-    ("nasal", "lab", True, None, 0.35, (0.05, 0.09)),       # m
-    ("nasal", "alv", True, None, 0.35, (0.05, 0.09)),       # n
-    ("approx", "alv", True, None, 0.55, (0.04, 0.08)),      # l
-    ("approx", "pal", True, None, 0.55, (0.04, 0.07)),      # j
-    ("approx", "lab", True, None, 0.5, (0.04, 0.07)),       # w
-    ("fric", "alv", False, 0, 0.35, (0.08, 0.15)),          # s
-    ("fric", "pal", False, 1, 0.40, (0.08, 0.14)),          # sh
-    ("fric", "lab", False, 2, 0.12, (0.07, 0.12)),          # f
-    ("fric", "alv", True, 0, 0.20, (0.06, 0.11)),           # z
-    ("fric", "lab", True, 2, 0.10, (0.05, 0.10)),           # v
-    ("h", "vel", False, None, 0.30, (0.05, 0.09)),          # h
-    ("stop", "lab", False, None, 0.6, (0.04, 0.08)),        # p
-    ("stop", "alv", False, None, 0.6, (0.04, 0.08)),        # t
-    ("stop", "vel", False, None, 0.6, (0.05, 0.09)),        # k
-    ("stop", "lab", True, None, 0.5, (0.04, 0.07)),         # b
-    ("stop", "alv", True, None, 0.5, (0.04, 0.07)),         # d
-    ("stop", "vel", True, None, 0.5, (0.04, 0.07)),         # g
+    ("nasal", "lab", True, None, 0.35, (0.05, 0.09)),  # m
+    ("nasal", "alv", True, None, 0.35, (0.05, 0.09)),  # n
+    ("approx", "alv", True, None, 0.55, (0.04, 0.08)),  # l
+    ("approx", "pal", True, None, 0.55, (0.04, 0.07)),  # j
+    ("approx", "lab", True, None, 0.5, (0.04, 0.07)),  # w
+    ("fric", "alv", False, 0, 0.35, (0.08, 0.15)),  # s
+    ("fric", "pal", False, 1, 0.40, (0.08, 0.14)),  # sh
+    ("fric", "lab", False, 2, 0.12, (0.07, 0.12)),  # f
+    ("fric", "alv", True, 0, 0.20, (0.06, 0.11)),  # z
+    ("fric", "lab", True, 2, 0.10, (0.05, 0.10)),  # v
+    ("h", "vel", False, None, 0.30, (0.05, 0.09)),  # h
+    ("stop", "lab", False, None, 0.6, (0.04, 0.08)),  # p
+    ("stop", "alv", False, None, 0.6, (0.04, 0.08)),  # t
+    ("stop", "vel", False, None, 0.6, (0.05, 0.09)),  # k
+    ("stop", "lab", True, None, 0.5, (0.04, 0.07)),  # b
+    ("stop", "alv", True, None, 0.5, (0.04, 0.07)),  # d
+    ("stop", "vel", True, None, 0.5, (0.04, 0.07)),  # g
 ]
 
 # Added to every source spectrum (dB/octave above 500 Hz): brings the long-term average spectrum
@@ -127,42 +133,50 @@ class Speaker:
     """Stable voice traits of one synthetic speaker (units in the field comments)."""
 
     spk_id: str
-    index: int                   # global speaker index (seeds the speaker's random stream)
-    high_voice: bool             # the group: higher f0 and shorter vocal tract (female-like)
-    f0: float                    # Hz, median fundamental frequency
-    f0_range: float              # semitones, std of the intonation contour
-    vtl: float                   # formant scale factor (1 = reference voice; > 1 shorter tract)
-    vowel_offsets: np.ndarray    # (N_VOWELS, 3) multiplicative offsets on F1-F3 per vowel
-    high_formants: np.ndarray    # (5,) Hz, F4-F8
-    bandwidths: np.ndarray       # (8,) Hz, bandwidths of F1-F8
-    tilt: float                  # dB per octave above 500 Hz, added to the source spectrum
-    open_quotient: float         # fraction of a glottal cycle with the glottis open
-    speed_quotient: float        # opening / closing time of the glottal pulse
-    breathiness: float           # aspiration-noise amplitude relative to the voiced source
-    jitter: float                # relative std of the per-cycle f0
-    shimmer: float               # relative std of the per-cycle amplitude
-    rate: float                  # speaking-rate factor (> 1 faster)
-    antiformant: float           # Hz, piriform-fossa spectral zero on voiced sounds
-    antiformant_bw: float        # Hz, its bandwidth
+    index: int  # global speaker index (seeds the speaker's random stream)
+    high_voice: bool  # the group: higher f0 and shorter vocal tract (female-like)
+    f0: float  # Hz, median fundamental frequency
+    f0_range: float  # semitones, std of the intonation contour
+    vtl: float  # formant scale factor (1 = reference voice; > 1 shorter tract)
+    vowel_offsets: np.ndarray  # (N_VOWELS, 3) multiplicative offsets on F1-F3 per vowel
+    high_formants: np.ndarray  # (5,) Hz, F4-F8
+    bandwidths: np.ndarray  # (8,) Hz, bandwidths of F1-F8
+    tilt: float  # dB per octave above 500 Hz, added to the source spectrum
+    open_quotient: float  # fraction of a glottal cycle with the glottis open
+    speed_quotient: float  # opening / closing time of the glottal pulse
+    breathiness: float  # aspiration-noise amplitude relative to the voiced source
+    jitter: float  # relative std of the per-cycle f0
+    shimmer: float  # relative std of the per-cycle amplitude
+    rate: float  # speaking-rate factor (> 1 faster)
+    antiformant: float  # Hz, piriform-fossa spectral zero on voiced sounds
+    antiformant_bw: float  # Hz, its bandwidth
 
 
 def make_speaker(seed: int, index: int, spk_id: str) -> Speaker:
     """Draw the traits of speaker ``index`` (deterministic in ``(seed, index)``)."""
     rng = np.random.default_rng([seed, STREAM_SPEAKER, index])
-    high = index % 2 == 1                         # the two groups alternate: balanced in every split
+    high = index % 2 == 1  # the two groups alternate: balanced in every split
     f0 = float(rng.uniform(165, 290) if high else rng.uniform(80, 155))
     vtl = float(rng.uniform(1.08, 1.30) if high else rng.uniform(0.84, 1.06))
     offsets = np.exp(rng.normal(0.0, [0.12, 0.10, 0.06], size=(N_VOWELS, 3))).astype(np.float32)
     high_f = np.array(_BASE_HIGH_FORMANTS) * vtl * np.exp(rng.normal(0.0, 0.08, len(_BASE_HIGH_FORMANTS)))
     return Speaker(
-        spk_id=spk_id, index=index, high_voice=high, f0=f0,
-        f0_range=float(rng.uniform(1.0, 3.5)), vtl=vtl, vowel_offsets=offsets,
+        spk_id=spk_id,
+        index=index,
+        high_voice=high,
+        f0=f0,
+        f0_range=float(rng.uniform(1.0, 3.5)),
+        vtl=vtl,
+        vowel_offsets=offsets,
         high_formants=np.sort(high_f).astype(np.float32),
         bandwidths=(_BASE_BANDWIDTHS * rng.uniform(0.8, 1.4)).astype(np.float32),
         tilt=float(rng.uniform(-2.5, 2.5)),
-        open_quotient=float(rng.uniform(0.45, 0.75)), speed_quotient=float(rng.uniform(1.5, 3.5)),
-        breathiness=float(rng.uniform(0.01, 0.25)), jitter=float(rng.uniform(0.003, 0.02)),
-        shimmer=float(rng.uniform(0.02, 0.10)), rate=float(rng.uniform(0.8, 1.25)),
+        open_quotient=float(rng.uniform(0.45, 0.75)),
+        speed_quotient=float(rng.uniform(1.5, 3.5)),
+        breathiness=float(rng.uniform(0.01, 0.25)),
+        jitter=float(rng.uniform(0.003, 0.02)),
+        shimmer=float(rng.uniform(0.02, 0.10)),
+        rate=float(rng.uniform(0.8, 1.25)),
         antiformant=float(4500.0 * vtl * np.exp(rng.normal(0.0, 0.08))),
         antiformant_bw=float(rng.uniform(150, 400)),
     )
@@ -176,13 +190,13 @@ class SessionStyle:
     """How strongly sessions vary (the demo's difficulty); the defaults are tuned so that the
     MFCC-mean baseline lands between 10 % and 35 % EER (see ``baseline.json``)."""
 
-    eq_db: float = 3.0                               # std of each channel bump / notch, dB
-    tilt_db: float = 1.5                             # std of the channel's spectral slope, dB/octave
-    telephone_prob: float = 0.15                     # probability of a 3.3-4.5 kHz upper band edge
-    reverb_prob: float = 0.4                         # probability of mild reverberation (RT60 0.1-0.35 s)
-    snr_db: tuple[float, float] = (20.0, 45.0)       # background-noise SNR range, dB
-    noise_tilt: tuple[float, float] = (-5.0, -2.0)   # background-noise slope range, dB/octave
-    hum_prob: float = 0.1                            # probability of mains hum in the noise
+    eq_db: float = 3.0  # std of each channel bump / notch, dB
+    tilt_db: float = 1.5  # std of the channel's spectral slope, dB/octave
+    telephone_prob: float = 0.15  # probability of a 3.3-4.5 kHz upper band edge
+    reverb_prob: float = 0.4  # probability of mild reverberation (RT60 0.1-0.35 s)
+    snr_db: tuple[float, float] = (20.0, 45.0)  # background-noise SNR range, dB
+    noise_tilt: tuple[float, float] = (-5.0, -2.0)  # background-noise slope range, dB/octave
+    hum_prob: float = 0.1  # probability of mains hum in the noise
     level_dbfs: tuple[float, float] = (-32.0, -18.0)  # RMS level range, dB re full scale
 
 
@@ -208,8 +222,8 @@ class Session:
 def _channel_db(rng: np.random.Generator, style: SessionStyle) -> np.ndarray:
     """A random channel response in dB on the STFT bins: bumps, tilt and band limits."""
     logf = np.log2(np.maximum(FREQS, 20.0) / 1000.0)
-    gain = rng.normal(0.0, style.tilt_db) * logf                             # tilt, dB/octave
-    for _ in range(rng.integers(2, 6)):                                      # resonances / notches
+    gain = rng.normal(0.0, style.tilt_db) * logf  # tilt, dB/octave
+    for _ in range(rng.integers(2, 6)):  # resonances / notches
         centre = rng.uniform(np.log2(0.15), np.log2(6.5))
         width = rng.uniform(0.25, 1.0)
         gain = gain + rng.normal(0.0, style.eq_db) * np.exp(-0.5 * ((logf - centre) / width) ** 2)
@@ -229,16 +243,26 @@ def random_session(rng: np.random.Generator, style: SessionStyle = SessionStyle(
     rir = None
     if rng.random() < style.reverb_prob:
         rir = room_impulse_response(rng, rt60=rng.uniform(0.1, 0.35), direct_gain=rng.uniform(2.0, 6.0))
-    return Session(channel_db=channel, rir=rir, snr_db=float(rng.uniform(*style.snr_db)),
-                   noise_tilt=float(rng.uniform(*style.noise_tilt)),
-                   hum_hz=float(rng.choice([50.0, 60.0])) if rng.random() < style.hum_prob else 0.0,
-                   level_dbfs=float(rng.uniform(*style.level_dbfs)))
+    return Session(
+        channel_db=channel,
+        rir=rir,
+        snr_db=float(rng.uniform(*style.snr_db)),
+        noise_tilt=float(rng.uniform(*style.noise_tilt)),
+        hum_hz=float(rng.choice([50.0, 60.0])) if rng.random() < style.hum_prob else 0.0,
+        level_dbfs=float(rng.uniform(*style.level_dbfs)),
+    )
 
 
 def clean_session(rng: np.random.Generator) -> Session:
     """Near-studio conditions (for the babble sources): flat channel, quiet noise floor."""
-    return Session(channel_db=np.zeros_like(FREQS), rir=None, snr_db=float(rng.uniform(35.0, 45.0)),
-                   noise_tilt=-3.0, hum_hz=0.0, level_dbfs=float(rng.uniform(-26.0, -20.0)))
+    return Session(
+        channel_db=np.zeros_like(FREQS),
+        rir=None,
+        snr_db=float(rng.uniform(35.0, 45.0)),
+        noise_tilt=-3.0,
+        hum_hz=0.0,
+        level_dbfs=float(rng.uniform(-26.0, -20.0)),
+    )
 
 
 # --------------------------------------------------------------------------- signal helpers
@@ -251,11 +275,12 @@ def coloured_noise(rng: np.random.Generator, n: int, tilt_db_per_octave: float) 
     f = np.maximum(np.fft.rfftfreq(m, 1.0 / SR), 20.0).astype(np.float32)
     spec *= (f / 1000.0) ** np.float32(tilt_db_per_octave / (20 * math.log10(2)))
     x = scipy.fft.irfft(spec, m)[:n].astype(np.float32)
-    return x / max(float(np.sqrt(np.mean(x ** 2))), 1e-12)
+    return x / max(float(np.sqrt(np.mean(x**2))), 1e-12)
 
 
-def room_impulse_response(rng: np.random.Generator, rt60: float, direct_gain: float = 1.0,
-                          distance_m: float | None = None) -> np.ndarray:
+def room_impulse_response(
+    rng: np.random.Generator, rt60: float, direct_gain: float = 1.0, distance_m: float | None = None
+) -> np.ndarray:
     """A simulated room impulse response, (samples,) float32 with peak |h| = 1.
 
     A direct-path impulse after the source-microphone delay, 4-12 early
@@ -269,13 +294,13 @@ def room_impulse_response(rng: np.random.Generator, rt60: float, direct_gain: fl
     d0 = int(dist / 343.0 * SR)
     t = np.arange(n) / SR
     low = rng.standard_normal(n)
-    high = np.diff(rng.standard_normal(n + 1))                   # crude high band: differentiated noise
-    tail = (low * np.exp(-6.91 * t / rt60) + 0.5 * high * np.exp(-6.91 * t / (0.6 * rt60)))
+    high = np.diff(rng.standard_normal(n + 1))  # crude high band: differentiated noise
+    tail = low * np.exp(-6.91 * t / rt60) + 0.5 * high * np.exp(-6.91 * t / (0.6 * rt60))
     onset = d0 + int(rng.uniform(0.002, 0.006) * SR)
     tail[:onset] = 0.0
     h = 0.25 * tail / (np.max(np.abs(tail)) + 1e-12)
     for _ in range(rng.integers(4, 13)):
-        extra = rng.uniform(0.5, 15.0)                              # extra path length, metres
+        extra = rng.uniform(0.5, 15.0)  # extra path length, metres
         k = d0 + int(extra / 343.0 * SR)
         if k < n:
             h[k] += rng.choice([-1.0, 1.0]) * 0.6 * dist / (dist + extra)
@@ -301,7 +326,7 @@ def stft(x: np.ndarray) -> np.ndarray:
     """(n,) -> (frame_count(n), 257) complex; frame t is centred on sample t * HOP (sine window)."""
     n_frames = frame_count(len(x))
     padded = np.zeros((n_frames + 1) * HOP, dtype=np.float32)
-    padded[HOP:HOP + len(x)] = x
+    padded[HOP : HOP + len(x)] = x
     frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP][:n_frames]
     return scipy.fft.rfft(frames * _WINDOW, axis=1)
 
@@ -311,9 +336,9 @@ def istft(spec: np.ndarray, n: int) -> np.ndarray:
     frames = scipy.fft.irfft(spec, N_FFT, axis=1).astype(np.float32) * _WINDOW
     n_frames = frames.shape[0]
     out = np.zeros((n_frames + 1) * HOP, dtype=np.float32)
-    out[:n_frames * HOP] += frames[:, :HOP].ravel()
+    out[: n_frames * HOP] += frames[:, :HOP].ravel()
     out[HOP:] += frames[:, HOP:].ravel()
-    return out[HOP:HOP + n]
+    return out[HOP : HOP + n]
 
 
 def resonance_gain(formants: np.ndarray, bandwidths: np.ndarray) -> np.ndarray:
@@ -324,8 +349,7 @@ def resonance_gain(formants: np.ndarray, bandwidths: np.ndarray) -> np.ndarray:
     f = FREQS[None, :]
     power = np.ones((formants.shape[0], len(FREQS)), dtype=np.float32)
     for k in range(formants.shape[1]):
-        fk = formants[:, k:k + 1]
+        fk = formants[:, k : k + 1]
         b2 = np.float32((bandwidths[k] / 2) ** 2)
-        power *= ((fk - f) ** 2 + b2) * ((fk + f) ** 2 + b2) / (fk ** 2 + b2) ** 2
+        power *= ((fk - f) ** 2 + b2) * ((fk + f) ** 2 + b2) / (fk**2 + b2) ** 2
     return 1.0 / np.sqrt(power)
-

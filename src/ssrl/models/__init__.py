@@ -16,8 +16,23 @@ from .wavlm import LayerWeighting, WavLM, WavLMCheckpointError, WavLMFrontend
 from .wavlm_checkpoint import load_wavlm
 
 __all__ = [
-    "ECAPATDNN", "DINOHead", "AAMSoftmax", "SoftmaxHead", "build_head", "LayerWeighting", "WavLM",
-    "WavLMFrontend", "WavLMCheckpointError", "load_wavlm", "SpeakerModel", "build_speaker_model",
-    "MODEL_FORMAT", "ModelFileError", "save_model_file", "read_model_file", "load_speaker_model",
-    "WAVLM_MAX_SECONDS", "default_max_seconds",
+    "ECAPATDNN",
+    "DINOHead",
+    "AAMSoftmax",
+    "SoftmaxHead",
+    "build_head",
+    "LayerWeighting",
+    "WavLM",
+    "WavLMFrontend",
+    "WavLMCheckpointError",
+    "load_wavlm",
+    "SpeakerModel",
+    "build_speaker_model",
+    "MODEL_FORMAT",
+    "ModelFileError",
+    "save_model_file",
+    "read_model_file",
+    "load_speaker_model",
+    "WAVLM_MAX_SECONDS",
+    "default_max_seconds",
 ]

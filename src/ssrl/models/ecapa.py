@@ -26,8 +26,8 @@ from torch.nn import functional as F
 RES2NET_SCALE = 8
 SE_CHANNELS = 128
 ATTENTION_CHANNELS = 128
-IN_NORM_EPS = 1e-5     # as torch.nn.InstanceNorm1d
-STD_EPS = 1e-12        # variance floor before the square root in pooling
+IN_NORM_EPS = 1e-5  # as torch.nn.InstanceNorm1d
+STD_EPS = 1e-12  # variance floor before the square root in pooling
 
 
 class FrameMask:
@@ -81,8 +81,9 @@ class FrameMask:
         return mean, var.clamp(min=STD_EPS).sqrt()
 
 
-def _mean_std(x: torch.Tensor, mask: FrameMask | None,
-              weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def _mean_std(
+    x: torch.Tensor, mask: FrameMask | None, weights: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(Weighted) mean and std over time of ``x`` (batch, C, frames) -> two (batch, C, 1)."""
     if mask is not None:
         return mask.mean_std(x, weights)
@@ -162,7 +163,7 @@ class SEBlock(nn.Module):
         self.excite = nn.Conv1d(bottleneck, channels, 1)
 
     def forward(self, x: torch.Tensor, mask: FrameMask | None = None) -> torch.Tensor:
-        mean, _ = _mean_std(x, mask)                               # (B, C, 1)
+        mean, _ = _mean_std(x, mask)  # (B, C, 1)
         gate = torch.sigmoid(self.excite(F.relu(self.squeeze(mean))))
         return x * gate
 
@@ -201,7 +202,7 @@ class AttentiveStatsPool(nn.Module):
         frames = x.shape[2]
         mean, std = _mean_std(x, mask)
         context = torch.cat([x, mean.expand(-1, -1, frames), std.expand(-1, -1, frames)], dim=1)
-        scores = self.conv(torch.tanh(self.tdnn(context, mask)))   # (B, C, T)
+        scores = self.conv(torch.tanh(self.tdnn(context, mask)))  # (B, C, T)
         if mask is not None:
             scores = scores.masked_fill(~mask.valid, float("-inf"))
         weights = torch.softmax(scores, dim=2)
@@ -223,8 +224,14 @@ class ECAPATDNN(nn.Module):
     KERNELS = (5, 3, 3, 3)
     DILATIONS = (1, 2, 3, 4)
 
-    def __init__(self, in_dim: int = 80, channels: int = 1024, emb_dim: int = 512,
-                 log_input: bool = True, detach_norm: bool = True):
+    def __init__(
+        self,
+        in_dim: int = 80,
+        channels: int = 1024,
+        emb_dim: int = 512,
+        log_input: bool = True,
+        detach_norm: bool = True,
+    ):
         super().__init__()
         if channels <= 0 or channels % RES2NET_SCALE:
             raise ValueError(f"ECAPA channels must be a positive multiple of {RES2NET_SCALE}, got {channels}")
@@ -236,8 +243,9 @@ class ECAPATDNN(nn.Module):
         self.log_input = log_input
         self.detach_norm = detach_norm
         self.block1 = TDNNBlock(in_dim, channels, self.KERNELS[0], self.DILATIONS[0])
-        self.blocks = nn.ModuleList(SERes2NetBlock(channels, k, d)
-                                    for k, d in zip(self.KERNELS[1:], self.DILATIONS[1:]))
+        self.blocks = nn.ModuleList(
+            SERes2NetBlock(channels, k, d) for k, d in zip(self.KERNELS[1:], self.DILATIONS[1:])
+        )
         self.mfa = TDNNBlock(3 * channels, 3 * channels, 1)
         self.pool = AttentiveStatsPool(3 * channels)
         self.pool_norm = nn.BatchNorm1d(6 * channels)
@@ -289,6 +297,6 @@ class ECAPATDNN(nn.Module):
             x = block(x, mask)
             outputs.append(x)
         x = self.mfa(torch.cat(outputs, dim=1), mask)
-        x = self.pool(x, mask)                                      # (B, 6C)
+        x = self.pool(x, mask)  # (B, 6C)
         x = self.pool_norm(x)
-        return self.fc(x.unsqueeze(2)).squeeze(2)                  # (B, emb_dim)
+        return self.fc(x.unsqueeze(2)).squeeze(2)  # (B, emb_dim)

@@ -41,12 +41,17 @@ class DINOHead(nn.Module):
     during epoch 0.
     """
 
-    def __init__(self, in_dim: int = 512, n_prototypes: int = 65536, hidden: int = 2048, mid: int = 8192,
-                 bottleneck: int = 256):
+    def __init__(
+        self, in_dim: int = 512, n_prototypes: int = 65536, hidden: int = 2048, mid: int = 8192, bottleneck: int = 256
+    ):
         super().__init__()
         self.mlp = nn.Sequential(
-            nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.GELU(),
-            nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.GELU(),
+            nn.Linear(in_dim, hidden),
+            nn.BatchNorm1d(hidden),
+            nn.GELU(),
+            nn.Linear(hidden, hidden),
+            nn.BatchNorm1d(hidden),
+            nn.GELU(),
             nn.Linear(hidden, mid),
             nn.Linear(mid, bottleneck),
         )
@@ -54,7 +59,7 @@ class DINOHead(nn.Module):
         last = nn.Linear(bottleneck, n_prototypes, bias=False)
         _trunc_normal_linear(last)
         self.last_layer = parametrizations.weight_norm(last, name="weight", dim=0)
-        norm = self.last_layer.parametrizations.weight.original0          # g: (n_prototypes, 1)
+        norm = self.last_layer.parametrizations.weight.original0  # g: (n_prototypes, 1)
         with torch.no_grad():
             norm.fill_(1.0)
         norm.requires_grad_(False)
@@ -95,7 +100,7 @@ class AAMSoftmax(nn.Module):
         labels = labels.view(-1, 1).long()
         cos_y = cos.gather(1, labels)
         sin_y = (1.0 - cos_y.pow(2)).clamp(0.0, 1.0).sqrt()
-        cos_plus = cos_y * math.cos(self.margin) - sin_y * math.sin(self.margin)   # cos(theta + m)
+        cos_plus = cos_y * math.cos(self.margin) - sin_y * math.sin(self.margin)  # cos(theta + m)
         fallback = cos_y - math.sin(math.pi - self.margin) * self.margin
         target = torch.where(cos_y > math.cos(math.pi - self.margin), cos_plus, fallback)
         return self.scale * cos.scatter(1, labels, target)
@@ -105,8 +110,10 @@ class AAMSoftmax(nn.Module):
         """Copy k-means centers (n_classes, emb_dim) into the weight (rows are normalised in forward)."""
         centers = torch.as_tensor(centers)
         if tuple(centers.shape) != tuple(self.weight.shape):
-            raise ValueError(f"centers shape {tuple(centers.shape)} does not match the AAM weight "
-                             f"{tuple(self.weight.shape)} (n_classes, emb_dim)")
+            raise ValueError(
+                f"centers shape {tuple(centers.shape)} does not match the AAM weight "
+                f"{tuple(self.weight.shape)} (n_classes, emb_dim)"
+            )
         if not torch.isfinite(centers).all():
             raise ValueError("centers contain NaN or inf")
         self.weight.copy_(centers.to(self.weight))

@@ -33,13 +33,23 @@ def _storable(obj: Any, where: str) -> Any:
         return type(obj)((k, _storable(v, f"{where}.{k}")) for k, v in obj.items())
     if isinstance(obj, (list, tuple)):
         return type(obj)(_storable(v, f"{where}[{i}]") for i, v in enumerate(obj))
-    raise TypeError(f"model file: {where} is a {type(obj).__name__}; only tensors, numpy arrays, "
-                    f"numbers, strings, None and dicts/lists of them can be stored")
+    raise TypeError(
+        f"model file: {where} is a {type(obj).__name__}; only tensors, numpy arrays, "
+        f"numbers, strings, None and dicts/lists of them can be stored"
+    )
 
 
-def save_model_file(path: str | os.PathLike, system: str, arch: dict, eval_state: dict,
-                    student: dict | None = None, teacher: dict | None = None, head: dict | None = None,
-                    hparams: dict | None = None, extra: dict | None = None) -> None:
+def save_model_file(
+    path: str | os.PathLike,
+    system: str,
+    arch: dict,
+    eval_state: dict,
+    student: dict | None = None,
+    teacher: dict | None = None,
+    head: dict | None = None,
+    hparams: dict | None = None,
+    extra: dict | None = None,
+) -> None:
     """Write a model file atomically (format in docs/internals.md, "The model file").
 
     ``arch``: ``SpeakerModel.arch``; ``eval_state``: state dict of the SpeakerModel
@@ -56,8 +66,15 @@ def save_model_file(path: str | os.PathLike, system: str, arch: dict, eval_state
         if part is not None and (not isinstance(part, dict) or "model" not in part):
             raise ValueError(f"save_model_file: {name} must be a dict with a 'model' state dict (and 'head')")
     obj = {
-        "format": MODEL_FORMAT, "system": system, "arch": arch, "eval_state": eval_state,
-        "student": student, "teacher": teacher, "head": head, "hparams": hparams or {}, "extra": extra or {},
+        "format": MODEL_FORMAT,
+        "system": system,
+        "arch": arch,
+        "eval_state": eval_state,
+        "student": student,
+        "teacher": teacher,
+        "head": head,
+        "hparams": hparams or {},
+        "extra": extra or {},
     }
     save_torch(path, _storable(obj, "model"))
 
@@ -79,8 +96,9 @@ def read_model_file(path: str | os.PathLike) -> dict:
     return obj
 
 
-def load_speaker_model(path: str | os.PathLike, device: str | torch.device = "cpu",
-                       which: str = "eval_state") -> SpeakerModel:
+def load_speaker_model(
+    path: str | os.PathLike, device: str | torch.device = "cpu", which: str = "eval_state"
+) -> SpeakerModel:
     """The eval-mode :class:`SpeakerModel` of a model file, built from ``arch``.
 
     ``which``: ``"eval_state"`` (EMA teacher used for embeddings), ``"student"``

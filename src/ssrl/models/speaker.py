@@ -54,10 +54,10 @@ class SpeakerModel(nn.Module):
         if lengths is not None:
             lengths = lengths.to(device=wave.device, dtype=torch.long)
         if isinstance(self.frontend, MelFrontend):
-            features = self.frontend(wave, lengths)                       # (B, n_mels, T)
+            features = self.frontend(wave, lengths)  # (B, n_mels, T)
             frame_lengths = None if lengths is None else self.frontend.num_frames(lengths)
         else:
-            features, frame_lengths = self.frontend(wave, lengths)        # (B, D, T)
+            features, frame_lengths = self.frontend(wave, lengths)  # (B, D, T)
         return self.encoder(features, frame_lengths)
 
 
@@ -73,31 +73,55 @@ def _resolve(cls: type, kwargs: dict, what: str) -> dict:
 
 def _build_wavlm_frontend(spec: dict) -> tuple[WavLMFrontend, dict]:
     spec = dict(spec)
-    allowed = {"checkpoint", "num_layers", "tiny", "normalize_input", "regularisation", "dropout", "config",
-               "checkpoint_normalize"}
+    allowed = {
+        "checkpoint",
+        "num_layers",
+        "tiny",
+        "normalize_input",
+        "regularisation",
+        "dropout",
+        "config",
+        "checkpoint_normalize",
+    }
     unknown = sorted(set(spec) - allowed)
     if unknown or "num_layers" not in spec:
-        raise ValueError(f"arch frontend (wavlm): unknown keys {unknown}" if unknown
-                         else "arch frontend (wavlm): num_layers is required")
+        raise ValueError(
+            f"arch frontend (wavlm): unknown keys {unknown}"
+            if unknown
+            else "arch frontend (wavlm): num_layers is required"
+        )
     num_layers = int(spec["num_layers"])
     normalize_input = bool(spec.get("normalize_input", False))
     regularisation = spec.get("regularisation")
-    if "dropout" in spec:                  # model files written before the regularisation dict
+    if "dropout" in spec:  # model files written before the regularisation dict
         if regularisation is not None:
             raise ValueError("arch frontend (wavlm): give regularisation or the older dropout, not both")
         regularisation = {key: float(spec["dropout"]) for key in REGULARISATION_KEYS if key.endswith("_dropout")}
-    if spec.get("config") is not None:     # a recorded architecture: weights come from a state dict
-        wavlm = WavLM(spec["config"], normalize_input=normalize_input,
-                      checkpoint_normalize=spec.get("checkpoint_normalize"), regularisation=regularisation)
+    if spec.get("config") is not None:  # a recorded architecture: weights come from a state dict
+        wavlm = WavLM(
+            spec["config"],
+            normalize_input=normalize_input,
+            checkpoint_normalize=spec.get("checkpoint_normalize"),
+            regularisation=regularisation,
+        )
         if wavlm.num_layers != num_layers:
             raise ValueError(f"arch frontend (wavlm): num_layers {num_layers} but config has {wavlm.num_layers}")
     else:
-        wavlm = load_wavlm(spec.get("checkpoint"), num_layers, tiny=bool(spec.get("tiny", False)),
-                           normalize_input=normalize_input, regularisation=regularisation)
+        wavlm = load_wavlm(
+            spec.get("checkpoint"),
+            num_layers,
+            tiny=bool(spec.get("tiny", False)),
+            normalize_input=normalize_input,
+            regularisation=regularisation,
+        )
     resolved = {
-        "type": "wavlm", "checkpoint": None if spec.get("checkpoint") is None else str(spec["checkpoint"]),
-        "num_layers": num_layers, "tiny": bool(spec.get("tiny", False)), "normalize_input": normalize_input,
-        "regularisation": dict(wavlm.regularisation), "config": wavlm.config,
+        "type": "wavlm",
+        "checkpoint": None if spec.get("checkpoint") is None else str(spec["checkpoint"]),
+        "num_layers": num_layers,
+        "tiny": bool(spec.get("tiny", False)),
+        "normalize_input": normalize_input,
+        "regularisation": dict(wavlm.regularisation),
+        "config": wavlm.config,
         "checkpoint_normalize": wavlm.checkpoint_normalize,
     }
     return WavLMFrontend(wavlm), resolved
@@ -145,8 +169,9 @@ def build_speaker_model(arch: dict) -> SpeakerModel:
     else:
         raise ValueError(f"arch frontend: unknown type {kind!r} (mel or wavlm)")
     if encoder_spec.get("in_dim", frontend.out_dim) != frontend.out_dim:
-        raise ValueError(f"arch encoder: in_dim {encoder_spec['in_dim']} does not match the front-end's "
-                         f"{frontend.out_dim}-d output")
+        raise ValueError(
+            f"arch encoder: in_dim {encoder_spec['in_dim']} does not match the front-end's {frontend.out_dim}-d output"
+        )
     encoder_spec["in_dim"] = frontend.out_dim
     encoder_args = _resolve(ECAPATDNN, encoder_spec, "encoder")
     encoder = ECAPATDNN(**encoder_args)

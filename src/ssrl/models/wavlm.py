@@ -45,46 +45,83 @@ from torch.utils.checkpoint import checkpoint as activation_checkpoint
 # dropouts are set separately). ``extractor_conv_layer_config``: [out_channels,
 # kernel, stride] per convolution of the waveform feature extractor.
 CONFIG_KEYS = (
-    "extractor_mode", "extractor_conv_layer_config", "extractor_conv_bias", "encoder_embed_dim",
-    "encoder_pos_conv_kernel", "encoder_pos_conv_groups", "encoder_num_layers", "encoder_num_heads",
-    "encoder_num_buckets", "encoder_max_distance", "encoder_ff_interm_features", "encoder_layer_norm_first",
+    "extractor_mode",
+    "extractor_conv_layer_config",
+    "extractor_conv_bias",
+    "encoder_embed_dim",
+    "encoder_pos_conv_kernel",
+    "encoder_pos_conv_groups",
+    "encoder_num_layers",
+    "encoder_num_heads",
+    "encoder_num_buckets",
+    "encoder_max_distance",
+    "encoder_ff_interm_features",
+    "encoder_layer_norm_first",
 )
 
 STANDARD_CONV = [[512, 10, 5]] + [[512, 3, 2]] * 4 + [[512, 2, 2]] * 2
 # WavLM Large, as torchaudio.models.wavlm_large builds it.
 LARGE_CONFIG = {
-    "extractor_mode": "layer_norm", "extractor_conv_layer_config": STANDARD_CONV, "extractor_conv_bias": False,
-    "encoder_embed_dim": 1024, "encoder_pos_conv_kernel": 128, "encoder_pos_conv_groups": 16,
-    "encoder_num_layers": 24, "encoder_num_heads": 16, "encoder_num_buckets": 320,
-    "encoder_max_distance": 800, "encoder_ff_interm_features": 4096, "encoder_layer_norm_first": True,
+    "extractor_mode": "layer_norm",
+    "extractor_conv_layer_config": STANDARD_CONV,
+    "extractor_conv_bias": False,
+    "encoder_embed_dim": 1024,
+    "encoder_pos_conv_kernel": 128,
+    "encoder_pos_conv_groups": 16,
+    "encoder_num_layers": 24,
+    "encoder_num_heads": 16,
+    "encoder_num_buckets": 320,
+    "encoder_max_distance": 800,
+    "encoder_ff_interm_features": 4096,
+    "encoder_layer_norm_first": True,
 }
 # A tiny Large-style WavLM (same 20 ms frame rate, small widths) for tests and the demo.
 TINY_CONFIG = {
     "extractor_mode": "layer_norm",
     "extractor_conv_layer_config": [[32, 10, 5]] + [[32, 3, 2]] * 4 + [[32, 2, 2]] * 2,
-    "extractor_conv_bias": False, "encoder_embed_dim": 64, "encoder_pos_conv_kernel": 16,
-    "encoder_pos_conv_groups": 4, "encoder_num_layers": 2, "encoder_num_heads": 4, "encoder_num_buckets": 320,
-    "encoder_max_distance": 800, "encoder_ff_interm_features": 128, "encoder_layer_norm_first": True,
+    "extractor_conv_bias": False,
+    "encoder_embed_dim": 64,
+    "encoder_pos_conv_kernel": 16,
+    "encoder_pos_conv_groups": 4,
+    "encoder_num_layers": 2,
+    "encoder_num_heads": 4,
+    "encoder_num_buckets": 320,
+    "encoder_max_distance": 800,
+    "encoder_ff_interm_features": 128,
+    "encoder_layer_norm_first": True,
 }
-WAVEFORM_NORM_EPS = 1e-5   # as torch.nn.functional.layer_norm
+WAVEFORM_NORM_EPS = 1e-5  # as torch.nn.functional.layer_norm
 
 # What a fine-tuned WavLM regularises with, in torchaudio's ``wavlm_model`` names (the dropout after
 # the feature projection, in attention, between the two feed-forward layers, on every layer output;
 # layer drop), plus ``feature_grad_mult``: the factor on the gradient that reaches the CNN feature
 # extractor (0: none). Only train mode applies them.
-REGULARISATION_KEYS = ("encoder_projection_dropout", "encoder_attention_dropout", "encoder_ff_interm_dropout",
-                       "encoder_dropout", "encoder_layer_drop", "feature_grad_mult")
+REGULARISATION_KEYS = (
+    "encoder_projection_dropout",
+    "encoder_attention_dropout",
+    "encoder_ff_interm_dropout",
+    "encoder_dropout",
+    "encoder_layer_drop",
+    "feature_grad_mult",
+)
 NO_REGULARISATION = {**{key: 0.0 for key in REGULARISATION_KEYS}, "feature_grad_mult": 1.0}
 # Official cfg key -> our key (fairseq-style names, as Microsoft's WavLM.py configures its model).
-OFFICIAL_REGULARISATION = {"dropout_input": "encoder_projection_dropout",
-                           "attention_dropout": "encoder_attention_dropout",
-                           "activation_dropout": "encoder_ff_interm_dropout", "dropout": "encoder_dropout",
-                           "encoder_layerdrop": "encoder_layer_drop", "feature_grad_mult": "feature_grad_mult"}
+OFFICIAL_REGULARISATION = {
+    "dropout_input": "encoder_projection_dropout",
+    "attention_dropout": "encoder_attention_dropout",
+    "activation_dropout": "encoder_ff_interm_dropout",
+    "dropout": "encoder_dropout",
+    "encoder_layerdrop": "encoder_layer_drop",
+    "feature_grad_mult": "feature_grad_mult",
+}
 # Hugging Face config.json key -> our key (transformers has no feature_grad_mult: 1).
-HF_REGULARISATION = {"feat_proj_dropout": "encoder_projection_dropout",
-                     "attention_dropout": "encoder_attention_dropout",
-                     "activation_dropout": "encoder_ff_interm_dropout", "hidden_dropout": "encoder_dropout",
-                     "layerdrop": "encoder_layer_drop"}
+HF_REGULARISATION = {
+    "feat_proj_dropout": "encoder_projection_dropout",
+    "attention_dropout": "encoder_attention_dropout",
+    "activation_dropout": "encoder_ff_interm_dropout",
+    "hidden_dropout": "encoder_dropout",
+    "layerdrop": "encoder_layer_drop",
+}
 
 
 class WavLMCheckpointError(ValueError):
@@ -100,11 +137,13 @@ def check_config(config: dict) -> dict:
     if missing or unknown:
         raise ValueError(f"WavLM config: missing keys {missing}, unknown keys {unknown}")
     config = dict(config)
-    config["extractor_conv_layer_config"] = [[int(c), int(k), int(s)]
-                                             for c, k, s in config["extractor_conv_layer_config"]]
+    config["extractor_conv_layer_config"] = [
+        [int(c), int(k), int(s)] for c, k, s in config["extractor_conv_layer_config"]
+    ]
     if config["extractor_mode"] not in ("layer_norm", "group_norm"):
-        raise ValueError(f"WavLM config: extractor_mode must be layer_norm or group_norm, "
-                         f"got {config['extractor_mode']!r}")
+        raise ValueError(
+            f"WavLM config: extractor_mode must be layer_norm or group_norm, got {config['extractor_mode']!r}"
+        )
     if config["encoder_num_layers"] < 1:
         raise ValueError(f"WavLM config: encoder_num_layers must be >= 1, got {config['encoder_num_layers']}")
     return config
@@ -113,9 +152,16 @@ def check_config(config: dict) -> dict:
 def check_conv_layers(layers: object, where: str = "conv_layers") -> list[list[int]]:
     """A CNN feature extractor ``[[channels, kernel, stride], ...]`` (at least one layer, positive
     ints; ValueError naming ``where`` otherwise) -> a copy as lists."""
-    if not isinstance(layers, (list, tuple)) or not layers or any(
-            not isinstance(layer, (list, tuple)) or len(layer) != 3
-            or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in layer) for layer in layers):
+    if (
+        not isinstance(layers, (list, tuple))
+        or not layers
+        or any(
+            not isinstance(layer, (list, tuple))
+            or len(layer) != 3
+            or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in layer)
+            for layer in layers
+        )
+    ):
         raise ValueError(f"{where}: expected [[channels, kernel, stride], ...] of positive integers, got {layers}")
     return [list(layer) for layer in layers]
 
@@ -129,8 +175,7 @@ def check_regularisation(values: dict, where: str = "WavLM regularisation") -> d
     out = {key: float(values.get(key, default)) for key, default in NO_REGULARISATION.items()}
     bad = [k for k in REGULARISATION_KEYS[:-1] if not 0.0 <= out[k] <= 1.0]
     if bad or out["feature_grad_mult"] < 0:
-        raise ValueError(f"{where}: dropouts and layer drop must be in [0, 1] and feature_grad_mult >= 0, "
-                         f"got {out}")
+        raise ValueError(f"{where}: dropouts and layer drop must be in [0, 1] and feature_grad_mult >= 0, got {out}")
     return out
 
 
@@ -175,8 +220,13 @@ class WavLM(nn.Module):
     (fine-tuning with less memory).
     """
 
-    def __init__(self, config: dict, normalize_input: bool = False, checkpoint_normalize: bool | None = None,
-                 regularisation: dict | None = None):
+    def __init__(
+        self,
+        config: dict,
+        normalize_input: bool = False,
+        checkpoint_normalize: bool | None = None,
+        regularisation: dict | None = None,
+    ):
         super().__init__()
         self.config = check_config(config)
         self.normalize_input = bool(normalize_input)
@@ -217,8 +267,13 @@ class WavLM(nn.Module):
                 num_samples = (num_samples - kernel) // stride + 1
         return num_samples
 
-    def forward(self, wave: torch.Tensor, lengths: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-                mask_embedding: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self,
+        wave: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        mask_embedding: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``mask`` (B, T) bool with ``mask_embedding`` (D,): the projected CNN features of the
         frames where ``mask`` is True are replaced by ``mask_embedding`` before the transformer
         (masked-prediction pre-training, :mod:`ssrl.train.wavlm_pretrain`)."""
@@ -234,26 +289,29 @@ class WavLM(nn.Module):
 
         grad_mult = self.regularisation["feature_grad_mult"]
         with torch.no_grad() if grad_mult == 0.0 else contextlib.nullcontext():
-            x, frame_lengths = self.feature_extractor(wave, lengths)   # (B, T, C_conv)
+            x, frame_lengths = self.feature_extractor(wave, lengths)  # (B, T, C_conv)
         if grad_mult not in (0.0, 1.0) and x.requires_grad:
             x = _GradScale.apply(x, grad_mult)
-        x = self.encoder.feature_projection(x)                     # (B, T, D)
+        x = self.encoder.feature_projection(x)  # (B, T, D)
         if mask is not None:
             if mask.shape != x.shape[:2] or mask_embedding is None:
-                raise ValueError(f"WavLM: mask must be (batch, frames) = {tuple(x.shape[:2])} with a "
-                                 f"mask_embedding, got {tuple(mask.shape)}")
+                raise ValueError(
+                    f"WavLM: mask must be (batch, frames) = {tuple(x.shape[:2])} with a "
+                    f"mask_embedding, got {tuple(mask.shape)}"
+                )
             x = torch.where(mask.unsqueeze(2), mask_embedding.to(x.dtype), x)
-        key_mask = None                                            # (B, T) additive: -inf on padded frames
+        key_mask = None  # (B, T) additive: -inf on padded frames
         if frame_lengths is not None:
             padding = torch.arange(x.shape[1], device=x.device)[None, :] >= frame_lengths[:, None]
             if padding.any():
                 x = x.masked_fill(padding.unsqueeze(2), 0.0)
                 key_mask = torch.zeros(padding.shape, dtype=x.dtype, device=x.device).masked_fill(
-                    padding, float("-inf"))
+                    padding, float("-inf")
+                )
 
         transformer = self.encoder.transformer
         x = x + transformer.pos_conv_embed(x)
-        if transformer.layer_norm_first:      # torchaudio's flag: "normalise before the layers" (post-LN models)
+        if transformer.layer_norm_first:  # torchaudio's flag: "normalise before the layers" (post-LN models)
             x = transformer.layer_norm(x)
         x = transformer.dropout(x)
         hidden = []
@@ -261,11 +319,10 @@ class WavLM(nn.Module):
         layer_drop = self.regularisation["encoder_layer_drop"] if self.training else 0.0
         for layer in transformer.layers:
             if layer_drop > 0.0 and torch.rand(()).item() < layer_drop:
-                hidden.append(x)                   # dropped: the input passes through unchanged
+                hidden.append(x)  # dropped: the input passes through unchanged
                 continue
             if self.gradient_checkpointing and torch.is_grad_enabled():
-                x, position_bias = activation_checkpoint(layer, x, None, position_bias, key_mask,
-                                                         use_reentrant=False)
+                x, position_bias = activation_checkpoint(layer, x, None, position_bias, key_mask, use_reentrant=False)
             else:
                 x, position_bias = layer(x, None, position_bias=position_bias, key_padding_mask=key_mask)
             hidden.append(x)
@@ -281,8 +338,7 @@ class LayerWeighting(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         if hidden.dim() != 4 or hidden.shape[0] != self.weights.shape[0]:
-            raise ValueError(f"LayerWeighting({self.weights.shape[0]}) expects (L, B, T, D), "
-                             f"got {tuple(hidden.shape)}")
+            raise ValueError(f"LayerWeighting({self.weights.shape[0]}) expects (L, B, T, D), got {tuple(hidden.shape)}")
         w = torch.softmax(self.weights, dim=0).to(hidden.dtype)
         return torch.einsum("l,lbtd->bdt", w, hidden)
 
@@ -325,8 +381,9 @@ class WavLMFrontend(nn.Module):
             self.wavlm.eval()
         return self
 
-    def forward(self, wave: torch.Tensor, lengths: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, wave: torch.Tensor, lengths: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         with torch.no_grad() if self.wavlm_frozen else contextlib.nullcontext():
             hidden, frame_lengths = self.wavlm(wave, lengths)
         return self.layer_weights(hidden), frame_lengths

@@ -88,16 +88,20 @@ def checkpoint_problem(path: str | os.PathLike, num_layers: int) -> str | None:
             return f"cannot be read by torch.load(weights_only=True): {err}"
         if isinstance(obj, dict) and isinstance(obj.get("cfg"), dict) and isinstance(obj.get("model"), dict):
             if OFFICIAL_MARKER not in obj["model"]:
-                return ("has the official {'cfg', 'model'} layout but no WavLM gated relative-position "
-                        f"parameters ({OFFICIAL_MARKER}): a HuBERT / wav2vec 2.0 checkpoint?")
+                return (
+                    "has the official {'cfg', 'model'} layout but no WavLM gated relative-position "
+                    f"parameters ({OFFICIAL_MARKER}): a HuBERT / wav2vec 2.0 checkpoint?"
+                )
             layers = obj["cfg"].get("encoder_layers", 0)
         else:
             if isinstance(obj, dict) and isinstance(obj.get("state_dict", obj.get("model")), dict):
                 obj = obj.get("state_dict", obj.get("model"))
             if not (isinstance(obj, dict) and TORCHAUDIO_MARKER in obj):
-                return ("is not a WavLM checkpoint (expected the official WavLM-Large.pt {'cfg', 'model'} dict, "
-                        "a torchaudio WavLM state dict, or a Hugging Face WavLM directory)")
-            layers = len({k[len(TORCHAUDIO_LAYERS):].split(".")[0] for k in obj if k.startswith(TORCHAUDIO_LAYERS)})
+                return (
+                    "is not a WavLM checkpoint (expected the official WavLM-Large.pt {'cfg', 'model'} dict, "
+                    "a torchaudio WavLM state dict, or a Hugging Face WavLM directory)"
+                )
+            layers = len({k[len(TORCHAUDIO_LAYERS) :].split(".")[0] for k in obj if k.startswith(TORCHAUDIO_LAYERS)})
     if layers < num_layers:
         return f"has {layers} transformer layers, fewer than wavlm.num_layers = {num_layers}"
     return None
@@ -120,8 +124,10 @@ class WavLMCheckpoint:
 _LAYER = r"encoder.transformer.layers.\1"
 OFFICIAL_RULES = [
     (r"feature_extractor\.conv_layers\.(\d+)\.0\.(weight|bias)", r"feature_extractor.conv_layers.\1.conv.\2"),
-    (r"feature_extractor\.conv_layers\.(\d+)\.2\.1\.(weight|bias)",
-     r"feature_extractor.conv_layers.\1.layer_norm.\2"),                    # layer_norm extractor
+    (
+        r"feature_extractor\.conv_layers\.(\d+)\.2\.1\.(weight|bias)",
+        r"feature_extractor.conv_layers.\1.layer_norm.\2",
+    ),  # layer_norm extractor
     (r"feature_extractor\.conv_layers\.0\.2\.(weight|bias)", r"feature_extractor.conv_layers.0.layer_norm.\1"),
     (r"layer_norm\.(weight|bias)", r"encoder.feature_projection.layer_norm.\1"),
     (r"post_extract_proj\.(weight|bias)", r"encoder.feature_projection.projection.\1"),
@@ -133,39 +139,57 @@ OFFICIAL_RULES = [
     (r"encoder\.layers\.(\d+)\.self_attn\.out_proj\.(weight|bias)", _LAYER + r".attention.attention.out_proj.\2"),
     (r"encoder\.layers\.(\d+)\.self_attn\.grep_linear\.(weight|bias)", _LAYER + r".attention.gru_rel_pos_linear.\2"),
     (r"encoder\.layers\.(\d+)\.self_attn\.grep_a", _LAYER + r".attention.gru_rel_pos_const"),
-    (r"encoder\.layers\.(\d+)\.self_attn\.relative_attention_bias\.weight",
-     _LAYER + r".attention.rel_attn_embed.weight"),
+    (
+        r"encoder\.layers\.(\d+)\.self_attn\.relative_attention_bias\.weight",
+        _LAYER + r".attention.rel_attn_embed.weight",
+    ),
     (r"encoder\.layers\.(\d+)\.self_attn_layer_norm\.(weight|bias)", _LAYER + r".layer_norm.\2"),
     (r"encoder\.layers\.(\d+)\.fc1\.(weight|bias)", _LAYER + r".feed_forward.intermediate_dense.\2"),
     (r"encoder\.layers\.(\d+)\.fc2\.(weight|bias)", _LAYER + r".feed_forward.output_dense.\2"),
     (r"encoder\.layers\.(\d+)\.final_layer_norm\.(weight|bias)", _LAYER + r".final_layer_norm.\2"),
 ]
-OFFICIAL_IGNORED = {"mask_emb"}          # masking embedding of pre-training
+OFFICIAL_IGNORED = {"mask_emb"}  # masking embedding of pre-training
 
 HF_RULES = [
-    (r"feature_extractor\.conv_layers\.(\d+)\.(conv|layer_norm)\.(weight|bias)",
-     r"feature_extractor.conv_layers.\1.\2.\3"),
+    (
+        r"feature_extractor\.conv_layers\.(\d+)\.(conv|layer_norm)\.(weight|bias)",
+        r"feature_extractor.conv_layers.\1.\2.\3",
+    ),
     (r"feature_projection\.(layer_norm|projection)\.(weight|bias)", r"encoder.feature_projection.\1.\2"),
     (r"encoder\.pos_conv_embed\.conv\.bias", "encoder.transformer.pos_conv_embed.conv.bias"),
-    (r"encoder\.pos_conv_embed\.conv\.(?:weight_g|parametrizations\.weight\.original0)",
-     "encoder.transformer.pos_conv_embed.conv.parametrizations.weight.original0"),
-    (r"encoder\.pos_conv_embed\.conv\.(?:weight_v|parametrizations\.weight\.original1)",
-     "encoder.transformer.pos_conv_embed.conv.parametrizations.weight.original1"),
+    (
+        r"encoder\.pos_conv_embed\.conv\.(?:weight_g|parametrizations\.weight\.original0)",
+        "encoder.transformer.pos_conv_embed.conv.parametrizations.weight.original0",
+    ),
+    (
+        r"encoder\.pos_conv_embed\.conv\.(?:weight_v|parametrizations\.weight\.original1)",
+        "encoder.transformer.pos_conv_embed.conv.parametrizations.weight.original1",
+    ),
     (r"encoder\.layer_norm\.(weight|bias)", r"encoder.transformer.layer_norm.\1"),
     (r"encoder\.layers\.(\d+)\.attention\.([qkv])_proj\.(weight|bias)", _LAYER + r".attention.attention.in_proj_\3:\2"),
     (r"encoder\.layers\.(\d+)\.attention\.out_proj\.(weight|bias)", _LAYER + r".attention.attention.out_proj.\2"),
-    (r"encoder\.layers\.(\d+)\.attention\.(gru_rel_pos_linear\.weight|gru_rel_pos_linear\.bias|gru_rel_pos_const"
-     r"|rel_attn_embed\.weight)", _LAYER + r".attention.\2"),
-    (r"encoder\.layers\.(\d+)\.(layer_norm|final_layer_norm|feed_forward\.intermediate_dense"
-     r"|feed_forward\.output_dense)\.(weight|bias)", _LAYER + r".\2.\3"),
+    (
+        r"encoder\.layers\.(\d+)\.attention\.(gru_rel_pos_linear\.weight|gru_rel_pos_linear\.bias|gru_rel_pos_const"
+        r"|rel_attn_embed\.weight)",
+        _LAYER + r".attention.\2",
+    ),
+    (
+        r"encoder\.layers\.(\d+)\.(layer_norm|final_layer_norm|feed_forward\.intermediate_dense"
+        r"|feed_forward\.output_dense)\.(weight|bias)",
+        _LAYER + r".\2.\3",
+    ),
 ]
-HF_IGNORED = {"masked_spec_embed"}       # masking embedding of pre-training
+HF_IGNORED = {"masked_spec_embed"}  # masking embedding of pre-training
 
-TORCHAUDIO_RULES = [   # torchaudio < 2.1 stored the positional convolution's weight norm as weight_g / weight_v
-    (r"encoder\.transformer\.pos_conv_embed\.conv\.weight_g",
-     "encoder.transformer.pos_conv_embed.conv.parametrizations.weight.original0"),
-    (r"encoder\.transformer\.pos_conv_embed\.conv\.weight_v",
-     "encoder.transformer.pos_conv_embed.conv.parametrizations.weight.original1"),
+TORCHAUDIO_RULES = [  # torchaudio < 2.1 stored the positional convolution's weight norm as weight_g / weight_v
+    (
+        r"encoder\.transformer\.pos_conv_embed\.conv\.weight_g",
+        "encoder.transformer.pos_conv_embed.conv.parametrizations.weight.original0",
+    ),
+    (
+        r"encoder\.transformer\.pos_conv_embed\.conv\.weight_v",
+        "encoder.transformer.pos_conv_embed.conv.parametrizations.weight.original1",
+    ),
     (r"(.*)", r"\1"),
 ]
 
@@ -201,8 +225,7 @@ def _rename(state: dict, rules, ignored: set, source: str) -> dict[str, torch.Te
     for target, parts in pieces.items():
         absent = [p for p in "qkv" if p not in parts]
         if absent:
-            raise WavLMCheckpointError(f"{source}: attention projection {target} lacks its "
-                                       f"{', '.join(absent)} part(s)")
+            raise WavLMCheckpointError(f"{source}: attention projection {target} lacks its {', '.join(absent)} part(s)")
         out[target] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
     return out
 
@@ -237,13 +260,32 @@ def _require(cfg: dict, keys, source: str, what: str) -> None:
 
 
 def _config_from_official(cfg: dict, source: str) -> dict:
-    _require(cfg, ["extractor_mode", "conv_feature_layers", "conv_bias", "encoder_embed_dim", "encoder_layers",
-                   "encoder_attention_heads", "encoder_ffn_embed_dim", "layer_norm_first", "conv_pos",
-                   "conv_pos_groups", "relative_position_embedding", "num_buckets", "max_distance", "gru_rel_pos"],
-             source, "cfg")
+    _require(
+        cfg,
+        [
+            "extractor_mode",
+            "conv_feature_layers",
+            "conv_bias",
+            "encoder_embed_dim",
+            "encoder_layers",
+            "encoder_attention_heads",
+            "encoder_ffn_embed_dim",
+            "layer_norm_first",
+            "conv_pos",
+            "conv_pos_groups",
+            "relative_position_embedding",
+            "num_buckets",
+            "max_distance",
+            "gru_rel_pos",
+        ],
+        source,
+        "cfg",
+    )
     if not (cfg["relative_position_embedding"] and cfg["gru_rel_pos"]):
-        raise WavLMCheckpointError(f"{source}: only WavLM with gated relative position embedding is supported "
-                                   f"(cfg.relative_position_embedding and cfg.gru_rel_pos must be true)")
+        raise WavLMCheckpointError(
+            f"{source}: only WavLM with gated relative position embedding is supported "
+            f"(cfg.relative_position_embedding and cfg.gru_rel_pos must be true)"
+        )
     if cfg.get("activation_fn", "gelu") != "gelu":
         raise WavLMCheckpointError(f"{source}: cfg.activation_fn {cfg['activation_fn']!r} is not supported (gelu)")
     modes = {"default": "group_norm", "layer_norm": "layer_norm"}
@@ -268,10 +310,27 @@ def _config_from_official(cfg: dict, source: str) -> dict:
 def _config_from_hf(cfg: dict, source: str) -> dict:
     if cfg.get("model_type", "wavlm") != "wavlm":
         raise WavLMCheckpointError(f"{source}: model_type {cfg['model_type']!r} is not wavlm")
-    _require(cfg, ["conv_dim", "conv_kernel", "conv_stride", "conv_bias", "feat_extract_norm", "hidden_size",
-                   "num_conv_pos_embeddings", "num_conv_pos_embedding_groups", "num_hidden_layers",
-                   "num_attention_heads", "num_buckets", "max_bucket_distance", "intermediate_size",
-                   "do_stable_layer_norm"], source, "config.json")
+    _require(
+        cfg,
+        [
+            "conv_dim",
+            "conv_kernel",
+            "conv_stride",
+            "conv_bias",
+            "feat_extract_norm",
+            "hidden_size",
+            "num_conv_pos_embeddings",
+            "num_conv_pos_embedding_groups",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_buckets",
+            "max_bucket_distance",
+            "intermediate_size",
+            "do_stable_layer_norm",
+        ],
+        source,
+        "config.json",
+    )
     for key in ("hidden_act", "feat_extract_activation"):
         if cfg.get(key, "gelu") != "gelu":
             raise WavLMCheckpointError(f"{source}: {key} {cfg[key]!r} is not supported (gelu)")
@@ -279,8 +338,9 @@ def _config_from_hf(cfg: dict, source: str) -> dict:
         raise WavLMCheckpointError(f"{source}: unknown feat_extract_norm {cfg['feat_extract_norm']!r}")
     return {
         "extractor_mode": f"{cfg['feat_extract_norm']}_norm",
-        "extractor_conv_layer_config": [[int(c), int(k), int(s)] for c, k, s in
-                                        zip(cfg["conv_dim"], cfg["conv_kernel"], cfg["conv_stride"])],
+        "extractor_conv_layer_config": [
+            [int(c), int(k), int(s)] for c, k, s in zip(cfg["conv_dim"], cfg["conv_kernel"], cfg["conv_stride"])
+        ],
         "extractor_conv_bias": bool(cfg["conv_bias"]),
         "encoder_embed_dim": int(cfg["hidden_size"]),
         "encoder_pos_conv_kernel": int(cfg["num_conv_pos_embeddings"]),
@@ -294,8 +354,9 @@ def _config_from_hf(cfg: dict, source: str) -> dict:
     }
 
 
-def _regularisation_from(cfg: dict, names: dict[str, str], source: str, what: str,
-                          defaults: dict | None = None) -> dict:
+def _regularisation_from(
+    cfg: dict, names: dict[str, str], source: str, what: str, defaults: dict | None = None
+) -> dict:
     """Our regularisation dict from a checkpoint config whose keys ``names`` maps onto ours; keys
     absent from ``names`` take ``defaults`` (else :data:`NO_REGULARISATION`)."""
     if defaults is None:
@@ -312,8 +373,9 @@ def torchaudio_default_regularisation(config: dict) -> dict:
     """The dropouts and layer drop of torchaudio's own factory for this architecture
     (``wavlm_large`` for a layer-norm extractor, else ``wavlm_base``), read from its signature;
     ``feature_grad_mult`` 1 (torchaudio has none)."""
-    factory = torchaudio.models.wavlm_large if config["extractor_mode"] == "layer_norm" \
-        else torchaudio.models.wavlm_base
+    factory = (
+        torchaudio.models.wavlm_large if config["extractor_mode"] == "layer_norm" else torchaudio.models.wavlm_base
+    )
     params = inspect.signature(factory).parameters
     return {**NO_REGULARISATION, **{k: float(params[k].default) for k in REGULARISATION_KEYS if k in params}}
 
@@ -326,10 +388,12 @@ def _config_from_torchaudio_state(state: dict, source: str) -> dict:
     assumed, and pre-LN transformer layers iff the extractor uses layer norm
     (wavlm_large vs wavlm_base). Other architectures need an explicit ``config``.
     """
+
     def shape(key):
         if key not in state:
-            raise WavLMCheckpointError(f"{source}: not a torchaudio WavLM state dict (no {key}); "
-                                       f"keys: {_key_list(state)}")
+            raise WavLMCheckpointError(
+                f"{source}: not a torchaudio WavLM state dict (no {key}); keys: {_key_list(state)}"
+            )
         return tuple(state[key].shape)
 
     conv = []
@@ -341,7 +405,8 @@ def _config_from_torchaudio_state(state: dict, source: str) -> dict:
         raise WavLMCheckpointError(
             f"{source}: feature extractor kernels {[k for _, k in conv]} are not the standard "
             f"{standard_kernels}, so the strides are unknown; save the state dict as "
-            f"{{'config': <torchaudio wavlm_model arguments>, 'state_dict': ...}}")
+            f"{{'config': <torchaudio wavlm_model arguments>, 'state_dict': ...}}"
+        )
     conv = [[c, k, s] for (c, k), (_, _, s) in zip(conv, STANDARD_CONV)]
     layer_norm = f"feature_extractor.conv_layers.{len(conv) - 1}.layer_norm.weight" in state
     embed_dim = shape("encoder.feature_projection.projection.weight")[0]
@@ -366,8 +431,15 @@ def _config_from_torchaudio_state(state: dict, source: str) -> dict:
 
 
 _SAFETENSORS_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
     "BOOL": torch.bool,
 }
 
@@ -384,7 +456,7 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
         fh.readinto(buffer)
     try:
         (header_size,) = struct.unpack("<Q", buffer[:8])
-        header = json.loads(buffer[8:8 + header_size])
+        header = json.loads(buffer[8 : 8 + header_size])
     except (struct.error, ValueError) as err:
         raise WavLMCheckpointError(f"{path}: not a safetensors file ({err})") from None
     base = 8 + header_size
@@ -399,8 +471,11 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
         if base + end > len(buffer):
             raise WavLMCheckpointError(f"{path}: tensor {name} extends past the end of the file (truncated?)")
         count = (end - begin) // dtype.itemsize
-        flat = torch.frombuffer(buffer, dtype=dtype, count=count, offset=base + begin) if count \
+        flat = (
+            torch.frombuffer(buffer, dtype=dtype, count=count, offset=base + begin)
+            if count
             else torch.empty(0, dtype=dtype)
+        )
         tensors[name] = flat.reshape(info["shape"])
     return tensors
 
@@ -418,7 +493,8 @@ def _torch_load(path: Path):
     except Exception as err:  # noqa: BLE001 - any unpickling failure is reported the same way
         raise WavLMCheckpointError(
             f"{path}: cannot be read with torch.load(weights_only=True): {err}. Supported: a dict of "
-            f"tensors and plain Python values (official WavLM .pt, torchaudio state dict)") from None
+            f"tensors and plain Python values (official WavLM .pt, torchaudio state dict)"
+        ) from None
 
 
 def _tensor_dict(obj) -> bool:
@@ -435,17 +511,22 @@ def _read_hf_directory(path: Path) -> WavLMCheckpoint:
     elif (path / "pytorch_model.bin").exists():
         state = _torch_load(path / "pytorch_model.bin")
     else:
-        raise WavLMCheckpointError(f"{path}: no model.safetensors or pytorch_model.bin "
-                                   f"(sharded checkpoints are not supported)")
-    if any(k.startswith("wavlm.") for k in state):     # a task model (e.g. WavLMForXVector): keep the backbone
-        state = {k[len("wavlm."):]: v for k, v in state.items() if k.startswith("wavlm.")}
+        raise WavLMCheckpointError(
+            f"{path}: no model.safetensors or pytorch_model.bin (sharded checkpoints are not supported)"
+        )
+    if any(k.startswith("wavlm.") for k in state):  # a task model (e.g. WavLMForXVector): keep the backbone
+        state = {k[len("wavlm.") :]: v for k, v in state.items() if k.startswith("wavlm.")}
     normalize = None
     preprocessor = path / "preprocessor_config.json"
     if preprocessor.exists():
         normalize = _read_json(preprocessor).get("do_normalize")
-    return WavLMCheckpoint(_config_from_hf(cfg, str(config_file)), _rename(state, HF_RULES, HF_IGNORED, str(path)),
-                           normalize, "huggingface",
-                           _regularisation_from(cfg, HF_REGULARISATION, str(config_file), "config.json"))
+    return WavLMCheckpoint(
+        _config_from_hf(cfg, str(config_file)),
+        _rename(state, HF_RULES, HF_IGNORED, str(path)),
+        normalize,
+        "huggingface",
+        _regularisation_from(cfg, HF_REGULARISATION, str(config_file), "config.json"),
+    )
 
 
 def read_wavlm_checkpoint(path: str | Path) -> WavLMCheckpoint:
@@ -460,19 +541,24 @@ def read_wavlm_checkpoint(path: str | Path) -> WavLMCheckpoint:
         cfg = obj["cfg"]
         if not isinstance(cfg, dict) or not _tensor_dict(obj["model"]):
             raise WavLMCheckpointError(f"{path}: 'cfg' must be a dict and 'model' a state dict")
-        return WavLMCheckpoint(_config_from_official(cfg, str(path)),
-                               _rename(obj["model"], OFFICIAL_RULES, OFFICIAL_IGNORED, str(path)),
-                               cfg.get("normalize"), "official",
-                               _regularisation_from(cfg, OFFICIAL_REGULARISATION, str(path), "cfg"))
+        return WavLMCheckpoint(
+            _config_from_official(cfg, str(path)),
+            _rename(obj["model"], OFFICIAL_RULES, OFFICIAL_IGNORED, str(path)),
+            cfg.get("normalize"),
+            "official",
+            _regularisation_from(cfg, OFFICIAL_REGULARISATION, str(path), "cfg"),
+        )
     config = None
-    if isinstance(obj, dict) and not _tensor_dict(obj):            # a wrapper around the state dict
+    if isinstance(obj, dict) and not _tensor_dict(obj):  # a wrapper around the state dict
         config = obj.get("config")
         obj = next((obj[k] for k in ("state_dict", "model") if _tensor_dict(obj.get(k))), None)
     if not _tensor_dict(obj):
-        raise WavLMCheckpointError(f"{path}: not a WavLM checkpoint (expected the official {{'cfg', 'model'}} "
-                                   f"dict, a torchaudio state dict, or a Hugging Face directory)")
+        raise WavLMCheckpointError(
+            f"{path}: not a WavLM checkpoint (expected the official {{'cfg', 'model'}} "
+            f"dict, a torchaudio state dict, or a Hugging Face directory)"
+        )
     state = _rename(obj, TORCHAUDIO_RULES, set(), str(path))
-    given = {}           # regularisation keys in a wrapper's config (torchaudio names)
+    given = {}  # regularisation keys in a wrapper's config (torchaudio names)
     if config is None:
         config = _config_from_torchaudio_state(state, str(path))
     else:
@@ -484,14 +570,20 @@ def read_wavlm_checkpoint(path: str | Path) -> WavLMCheckpoint:
         except ValueError as err:
             raise WavLMCheckpointError(f"{path}: {err}") from None
     names = {key: key for key in REGULARISATION_KEYS}
-    regularisation = _regularisation_from(given, names, str(path), "config",
-                                          defaults=torchaudio_default_regularisation(config))
+    regularisation = _regularisation_from(
+        given, names, str(path), "config", defaults=torchaudio_default_regularisation(config)
+    )
     return WavLMCheckpoint(config, state, None, "torchaudio", regularisation)
 
 
-def load_wavlm(path_or_none: str | Path | None, num_layers: int, tiny: bool = False,
-               normalize_input: bool = False, regularisation: dict | None = None,
-               conv_layers: list[list[int]] | None = None) -> WavLM:
+def load_wavlm(
+    path_or_none: str | Path | None,
+    num_layers: int,
+    tiny: bool = False,
+    normalize_input: bool = False,
+    regularisation: dict | None = None,
+    conv_layers: list[list[int]] | None = None,
+) -> WavLM:
     """Build a :class:`WavLM` with the first ``num_layers`` transformer layers.
 
     ``path_or_none``: a checkpoint in any supported format, or None for random
@@ -521,15 +613,25 @@ def load_wavlm(path_or_none: str | Path | None, num_layers: int, tiny: bool = Fa
     if num_layers > available:
         raise WavLMCheckpointError(f"{path_or_none}: has {available} transformer layers, asked for {num_layers}")
     config = dict(ckpt.config, encoder_num_layers=num_layers)
-    model = WavLM(config, normalize_input=normalize_input, checkpoint_normalize=ckpt.normalize,
-                  regularisation={**ckpt.regularisation, **(regularisation or {})})
-    state = {k: v for k, v in ckpt.state.items()
-             if not ((m := re.match(r"encoder\.transformer\.layers\.(\d+)\.", k)) and int(m.group(1)) >= num_layers)}
+    model = WavLM(
+        config,
+        normalize_input=normalize_input,
+        checkpoint_normalize=ckpt.normalize,
+        regularisation={**ckpt.regularisation, **(regularisation or {})},
+    )
+    state = {
+        k: v
+        for k, v in ckpt.state.items()
+        if not ((m := re.match(r"encoder\.transformer\.layers\.(\d+)\.", k)) and int(m.group(1)) >= num_layers)
+    }
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
-    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
-             if k in state and state[k].shape != v.shape]
+    wrong = [
+        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
     if missing or unexpected or wrong:
         problems = []
         if missing:
@@ -560,14 +662,17 @@ def inverse_rules(rules):
         split = re.search(r":\\(\d)$", template)
         skip = int(split.group(1)) if split else None
         body = template[: split.start()] if split else template
-        used = [int(n) for n in re.findall(r"\\(\d)", body)]          # groups in the target's order
-        number = {g: i + 1 for i, g in enumerate(used)}                # source group -> new group number
-        regex = re.sub(r"\\(\d)", lambda m, groups=groups: groups[int(m.group(1)) - 1],
-                       re.escape(body).replace(r"\\", "\\"))
+        used = [int(n) for n in re.findall(r"\\(\d)", body)]  # groups in the target's order
+        number = {g: i + 1 for i, g in enumerate(used)}  # source group -> new group number
+        regex = re.sub(
+            r"\\(\d)", lambda m, groups=groups: groups[int(m.group(1)) - 1], re.escape(body).replace(r"\\", "\\")
+        )
         counter = iter(range(1, len(groups) + 1))
+
         def back(m, counter=counter, skip=skip, number=number):
             g = next(counter)
             return "{}" if g == skip else f"\\{number[g]}"
+
         target = _GROUP.sub(back, pattern).replace("\\.", ".")
         out.append((regex, target + (":qkv" if split else "")))
     return out
@@ -583,13 +688,25 @@ def official_state_dict(model: WavLM, mask_embedding: torch.Tensor | None = None
     """``model``'s weights under the key names of Microsoft's WavLM.py (the ``model`` entry of
     ``WavLM-Large.pt``); ``mask_embedding`` (D,) becomes ``mask_emb`` (zeros when None).
     Tensors are detached CPU copies."""
-    conv_norm = (r"feature_extractor.conv_layers.\1.2.1.\2" if model.config["extractor_mode"] == "layer_norm"
-                 else r"feature_extractor.conv_layers.\1.2.\2")   # group_norm: only conv layer 0 has one
-    rules = [(re.compile(p), t) for p, t in
-             [(r"feature_extractor\.conv_layers\.(\d+)\.layer_norm\.(weight|bias)", conv_norm),
-              *OFFICIAL_EXPORT_RULES]]
-    out = {"mask_emb": (torch.zeros(model.dim) if mask_embedding is None
-                        else mask_embedding.detach().to("cpu", torch.float32).clone())}
+    conv_norm = (
+        r"feature_extractor.conv_layers.\1.2.1.\2"
+        if model.config["extractor_mode"] == "layer_norm"
+        else r"feature_extractor.conv_layers.\1.2.\2"
+    )  # group_norm: only conv layer 0 has one
+    rules = [
+        (re.compile(p), t)
+        for p, t in [
+            (r"feature_extractor\.conv_layers\.(\d+)\.layer_norm\.(weight|bias)", conv_norm),
+            *OFFICIAL_EXPORT_RULES,
+        ]
+    ]
+    out = {
+        "mask_emb": (
+            torch.zeros(model.dim)
+            if mask_embedding is None
+            else mask_embedding.detach().to("cpu", torch.float32).clone()
+        )
+    }
     for key, value in model.state_dict().items():
         value = value.detach().cpu().clone()
         match, template = next(((m, t) for p, t in rules if (m := p.fullmatch(key))), (None, None))
@@ -618,16 +735,26 @@ def official_checkpoint(model: WavLM, mask_embedding: torch.Tensor | None = None
     arch = {
         "extractor_mode": "layer_norm" if c["extractor_mode"] == "layer_norm" else "default",
         "conv_feature_layers": repr([tuple(layer) for layer in c["extractor_conv_layer_config"]]),
-        "conv_bias": c["extractor_conv_bias"], "encoder_embed_dim": c["encoder_embed_dim"],
-        "encoder_layers": c["encoder_num_layers"], "encoder_attention_heads": c["encoder_num_heads"],
-        "encoder_ffn_embed_dim": c["encoder_ff_interm_features"], "layer_norm_first": c["encoder_layer_norm_first"],
-        "conv_pos": c["encoder_pos_conv_kernel"], "conv_pos_groups": c["encoder_pos_conv_groups"],
-        "relative_position_embedding": True, "num_buckets": c["encoder_num_buckets"],
-        "max_distance": c["encoder_max_distance"], "gru_rel_pos": True, "activation_fn": "gelu",
+        "conv_bias": c["extractor_conv_bias"],
+        "encoder_embed_dim": c["encoder_embed_dim"],
+        "encoder_layers": c["encoder_num_layers"],
+        "encoder_attention_heads": c["encoder_num_heads"],
+        "encoder_ffn_embed_dim": c["encoder_ff_interm_features"],
+        "layer_norm_first": c["encoder_layer_norm_first"],
+        "conv_pos": c["encoder_pos_conv_kernel"],
+        "conv_pos_groups": c["encoder_pos_conv_groups"],
+        "relative_position_embedding": True,
+        "num_buckets": c["encoder_num_buckets"],
+        "max_distance": c["encoder_max_distance"],
+        "gru_rel_pos": True,
+        "activation_fn": "gelu",
     }
     clash = sorted(set(cfg) & set(arch))
     if clash:
         raise ValueError(f"WavLM export: {clash} are architecture keys, taken from the model")
-    training = {"normalize": model.normalize_input, "dropout_features": 0.0,
-                **{official: model.regularisation[ours] for official, ours in OFFICIAL_REGULARISATION.items()}}
+    training = {
+        "normalize": model.normalize_input,
+        "dropout_features": 0.0,
+        **{official: model.regularisation[ours] for official, ours in OFFICIAL_REGULARISATION.items()},
+    }
     return {"cfg": {**arch, **training, **cfg}, "model": official_state_dict(model, mask_embedding)}

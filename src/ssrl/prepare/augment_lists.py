@@ -23,11 +23,16 @@ def _augment_files(name: str, source: Path) -> list[str]:
     recursively for :data:`AUDIO_SUFFIXES`) or a list file (one path per line, relative paths
     resolved against the list's folder; each must exist)."""
     if source.is_dir():
-        files = sorted(str(p) for p in source.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()
-                       and not p.name.startswith("."))
+        files = sorted(
+            str(p)
+            for p in source.rglob("*")
+            if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file() and not p.name.startswith(".")
+        )
         if not files:
-            raise PrepareError(f"{source}: no audio files found (needed for {name}.lst; looked for "
-                               f"{', '.join(sorted(AUDIO_SUFFIXES))})")
+            raise PrepareError(
+                f"{source}: no audio files found (needed for {name}.lst; looked for "
+                f"{', '.join(sorted(AUDIO_SUFFIXES))})"
+            )
         return files
     if not source.is_file():
         raise PrepareError(f"{source}: folder or list not found (needed for {name}.lst)")
@@ -64,7 +69,9 @@ def augment_sources(sources: Mapping[str, PathLike | None]) -> dict[str, list[st
     return out
 
 
-def write_augment_lists(sources: Mapping[str, PathLike | None] | None, outputs: Mapping[str, PathLike]) -> dict[str, int]:
+def write_augment_lists(
+    sources: Mapping[str, PathLike | None] | None, outputs: Mapping[str, PathLike]
+) -> dict[str, int]:
     """Write ``outputs[name]`` for ``name`` in noise/music/babble/rir from ``sources``
     (:func:`augment_sources`; None: augmentation off, every list empty); returns file counts.
     Every source is checked before anything is written."""

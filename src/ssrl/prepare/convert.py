@@ -87,11 +87,17 @@ def _failure(f: SourceFile, err: Exception) -> dict:
 
 def _format_failures(failures: Sequence[dict]) -> str:
     return "\n".join(f"  {x['path']}: {x['reason']}" for x in failures[:MAX_SHOWN]) + (
-        f"\n  ... and {len(failures) - MAX_SHOWN} more" if len(failures) > MAX_SHOWN else "")
+        f"\n  ... and {len(failures) - MAX_SHOWN} more" if len(failures) > MAX_SHOWN else ""
+    )
 
 
-def convert_shard(list_path: PathLike, records_path: PathLike, summary_path: PathLike,
-                  max_failures: int, tolerance_s: float = LENGTH_TOLERANCE_S) -> dict:
+def convert_shard(
+    list_path: PathLike,
+    records_path: PathLike,
+    summary_path: PathLike,
+    max_failures: int,
+    tolerance_s: float = LENGTH_TOLERANCE_S,
+) -> dict:
     """Step 2: convert (m4a) or check (WAV/FLAC) the files of one shard list.
 
     Writes ``records_path`` (``utt<TAB>speaker<TAB>path<TAB>seconds`` for every
@@ -131,16 +137,28 @@ def convert_shard(list_path: PathLike, records_path: PathLike, summary_path: Pat
         except AudioError as err:
             failures.append(_failure(f, err))
             if len(failures) > max_failures:
-                raise PrepareError(f"{list_path}: {len(failures)} file(s) failed, more than max_failures="
-                                   f"{max_failures}; stopping:\n{_format_failures(failures)}") from err
+                raise PrepareError(
+                    f"{list_path}: {len(failures)} file(s) failed, more than max_failures="
+                    f"{max_failures}; stopping:\n{_format_failures(failures)}"
+                ) from err
         progress.update(1, failed=len(failures))
     seconds = sum(r.seconds for r in records)
     with atomic_open(records_path, "w", encoding="utf-8") as fh:
         for r in records:
             fh.write(f"{r.utt}\t{r.speaker}\t{r.path}\t{r.seconds:.4f}\n")
-    summary = {"shard": name, "files": len(files), "usable": len(records), **counts,
-               "direct_sample_rates": rates, "seconds": round(seconds, 3), "hours": round(seconds / 3600, 4),
-               "failed": len(failures), "failures": failures, "warned": len(warnings), "warnings": warnings}
+    summary = {
+        "shard": name,
+        "files": len(files),
+        "usable": len(records),
+        **counts,
+        "direct_sample_rates": rates,
+        "seconds": round(seconds, 3),
+        "hours": round(seconds / 3600, 4),
+        "failed": len(failures),
+        "failures": failures,
+        "warned": len(warnings),
+        "warnings": warnings,
+    }
     write_json(summary_path, summary)
     return summary
 
@@ -155,13 +173,15 @@ def read_records(path: PathLike) -> list[Record]:
                 utt, spk, path_, seconds = fields
                 out.append(Record(utt, spk, path_, float(seconds)))
             except ValueError:
-                raise PrepareError(f"{path}:{lineno}: expected 'utt speaker path seconds' "
-                                   f"(tab-separated), got {line.rstrip()!r}") from None
+                raise PrepareError(
+                    f"{path}:{lineno}: expected 'utt speaker path seconds' (tab-separated), got {line.rstrip()!r}"
+                ) from None
     return out
 
 
-def merge_shards(records_paths: Sequence[PathLike], summary_paths: Sequence[PathLike],
-                 max_failures: int) -> tuple[list[Record], dict]:
+def merge_shards(
+    records_paths: Sequence[PathLike], summary_paths: Sequence[PathLike], max_failures: int
+) -> tuple[list[Record], dict]:
     """Step 3 (common part): join the shards -> (records sorted by id, summary dict).
 
     Raises PrepareError when the failures of all shards together exceed
@@ -171,22 +191,31 @@ def merge_shards(records_paths: Sequence[PathLike], summary_paths: Sequence[Path
     shards = [read_json(p) for p in summary_paths]
     failures = [x for s in shards for x in s["failures"]]
     if len(failures) > max_failures:
-        raise PrepareError(f"{Path(summary_paths[0]).parent}: {len(failures)} file(s) failed in {len(shards)} shards, "
-                           f"more than max_failures="
-                           f"{max_failures}:\n{_format_failures(failures)}")
+        raise PrepareError(
+            f"{Path(summary_paths[0]).parent}: {len(failures)} file(s) failed in {len(shards)} shards, "
+            f"more than max_failures="
+            f"{max_failures}:\n{_format_failures(failures)}"
+        )
     seconds = sum(r.seconds for r in records)
     rates: dict[str, int] = {}
     for s in shards:
         for rate, n in s["direct_sample_rates"].items():
             rates[rate] = rates.get(rate, 0) + n
     summary = {
-        "files": sum(s["files"] for s in shards), "usable": len(records),
-        "converted": sum(s["converted"] for s in shards), "skipped_already_converted": sum(s["skipped"] for s in shards),
-        "used_directly": sum(s["direct"] for s in shards), "direct_sample_rates": rates,
+        "files": sum(s["files"] for s in shards),
+        "usable": len(records),
+        "converted": sum(s["converted"] for s in shards),
+        "skipped_already_converted": sum(s["skipped"] for s in shards),
+        "used_directly": sum(s["direct"] for s in shards),
+        "direct_sample_rates": rates,
         "clipped_files": sum(s["clipped_files"] for s in shards),
-        "speakers": len({r.speaker for r in records}), "hours": round(seconds / 3600, 4),
-        "failed": len(failures), "excluded_from_wav_scp": len(failures), "failures": failures,
-        "warned": sum(s.get("warned", 0) for s in shards), "warnings": [w for s in shards for w in s.get("warnings", [])],
+        "speakers": len({r.speaker for r in records}),
+        "hours": round(seconds / 3600, 4),
+        "failed": len(failures),
+        "excluded_from_wav_scp": len(failures),
+        "failures": failures,
+        "warned": sum(s.get("warned", 0) for s in shards),
+        "warnings": [w for s in shards for w in s.get("warnings", [])],
         "shards": len(shards),
     }
     return records, summary
@@ -196,13 +225,21 @@ def write_set(records: Iterable[Record], wav_scp: PathLike, utt2spk: PathLike) -
     records = list(records)
     write_wav_scp(wav_scp, {r.utt: r.path for r in records})
     write_utt2spk(utt2spk, {r.utt: r.speaker for r in records})
-    return {"utterances": len(records), "speakers": len({r.speaker for r in records}),
-            "hours": round(sum(r.seconds for r in records) / 3600, 4)}
+    return {
+        "utterances": len(records),
+        "speakers": len({r.speaker for r in records}),
+        "hours": round(sum(r.seconds for r in records) / 3600, 4),
+    }
 
 
-def prepare_voxceleb_train(records_paths: Sequence[PathLike], summary_paths: Sequence[PathLike],
-                           wav_scp: PathLike, utt2spk: PathLike, summary_path: PathLike,
-                           max_failures: int) -> dict:
+def prepare_voxceleb_train(
+    records_paths: Sequence[PathLike],
+    summary_paths: Sequence[PathLike],
+    wav_scp: PathLike,
+    utt2spk: PathLike,
+    summary_path: PathLike,
+    max_failures: int,
+) -> dict:
     """Step 3 for VoxCeleb2: merged shards -> ``data/train/{wav.scp,utt2spk}`` + summary JSON."""
     records, summary = merge_shards(records_paths, summary_paths, max_failures)
     summary["train"] = write_set(records, wav_scp, utt2spk)

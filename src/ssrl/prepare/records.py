@@ -31,8 +31,12 @@ seconds of the duration the source's container states. AAC decodes in whole
 MAX_SHOWN = 10
 """How many offending files an error message lists before "...". """
 
-AUGMENT_FOLDERS = {"noise": ("musan", "noise"), "music": ("musan", "music"),
-                   "babble": ("musan", "speech"), "rir": ("rirs", "simulated_rirs")}
+AUGMENT_FOLDERS = {
+    "noise": ("musan", "noise"),
+    "music": ("musan", "music"),
+    "babble": ("musan", "speech"),
+    "rir": ("rirs", "simulated_rirs"),
+}
 """Augmentation list name -> (source root, sub-folder) (docs/method.md §2.1)."""
 
 

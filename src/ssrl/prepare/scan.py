@@ -53,13 +53,19 @@ def scan_voxceleb2(root: PathLike, flac_dir: PathLike) -> list[SourceFile]:
     for spk in speakers:
         for video in sorted_subdirs(Path(spk.path)):
             with os.scandir(video.path) as it:
-                segs = sorted((e for e in it if e.is_file() and e.name.lower().endswith(".m4a")),
-                              key=lambda e: e.name)
+                segs = sorted((e for e in it if e.is_file() and e.name.lower().endswith(".m4a")), key=lambda e: e.name)
             for seg in segs:
                 rel = f"{spk.name}/{video.name}/{seg.name}"
                 dst = flac_dir / spk.name / video.name / (Path(seg.name).stem + ".flac")
-                files.append(SourceFile(utt_id_from_relpath(rel), spk.name, check_path_field(seg.path),
-                                        check_path_field(str(dst)), seg.stat().st_size))
+                files.append(
+                    SourceFile(
+                        utt_id_from_relpath(rel),
+                        spk.name,
+                        check_path_field(seg.path),
+                        check_path_field(str(dst)),
+                        seg.stat().st_size,
+                    )
+                )
         progress.update(1, files=len(files))
     if not files:
         raise PrepareError(f"{aac}: no .m4a files found (expected <speaker>/<video>/<segment>.m4a)")
@@ -105,8 +111,10 @@ def scan_generic(root: PathLike | Sequence[PathLike], flac_dir: PathLike | None)
             rel = os.path.relpath(src, root)
             utt = utt_id_from_relpath(rel)
             if utt in first_path:
-                raise PrepareError(f"{src}: utterance id {utt!r} is also the id of {first_path[utt]} "
-                                   f"(same path apart from the extension); keep one of them")
+                raise PrepareError(
+                    f"{src}: utterance id {utt!r} is also the id of {first_path[utt]} "
+                    f"(same path apart from the extension); keep one of them"
+                )
             first_path[utt] = src
             dst = None
             if Path(src).suffix.lower() in CONVERT_SUFFIXES:
@@ -121,8 +129,10 @@ def scan_generic(root: PathLike | Sequence[PathLike], flac_dir: PathLike | None)
     if not files:
         raise PrepareError(f"{where}: no .wav/.flac/.m4a files found (expected <speaker>/**/<file>)")
     if m4a and flac is None:
-        raise PrepareError(f"{where}: {len(m4a)} .m4a files need conversion to FLAC but no flac_dir is "
-                           f"configured (corpus.generic.conversion.flac_dir); e.g. {examples(m4a, 3)}")
+        raise PrepareError(
+            f"{where}: {len(m4a)} .m4a files need conversion to FLAC but no flac_dir is "
+            f"configured (corpus.generic.conversion.flac_dir); e.g. {examples(m4a, 3)}"
+        )
     return sorted(files, key=lambda f: f.utt)
 
 
@@ -158,8 +168,9 @@ def read_shard_list(path: PathLike) -> list[SourceFile]:
         for lineno, line in enumerate(fh, start=1):
             fields = line.rstrip("\n").split("\t")
             if len(fields) != 4:
-                raise PrepareError(f"{path}:{lineno}: expected 4 tab-separated fields "
-                                   f"(utt speaker src dst), got {len(fields)}")
+                raise PrepareError(
+                    f"{path}:{lineno}: expected 4 tab-separated fields (utt speaker src dst), got {len(fields)}"
+                )
             utt, spk, src, dst = fields
             out.append(SourceFile(utt, spk, src, None if dst == "-" else dst, 0))
     return out
@@ -182,8 +193,9 @@ def estimate_conversion_bytes(files: Iterable[SourceFile], size_ratio: float = D
     return len(pending), int(math.ceil(sum(pending) * size_ratio))
 
 
-def check_disk_space(directory: PathLike, needed_bytes: int, margin_bytes: int = 0,
-                     free_bytes: Callable[[Path], int] | None = None) -> int:
+def check_disk_space(
+    directory: PathLike, needed_bytes: int, margin_bytes: int = 0, free_bytes: Callable[[Path], int] | None = None
+) -> int:
     """Refuse (PrepareError) unless ``needed_bytes + margin_bytes`` fit in ``directory``.
 
     The free space is measured on the nearest existing ancestor of ``directory``
@@ -197,13 +209,21 @@ def check_disk_space(directory: PathLike, needed_bytes: int, margin_bytes: int =
             f"{directory}: not enough free disk space for the FLAC conversion: need about "
             f"{needed_bytes} bytes ({needed_bytes / 1e9:.1f} GB) plus a safety margin of {margin_bytes} bytes "
             f"({margin_bytes / 1e9:.1f} GB), but only {free} bytes ({free / 1e9:.1f} GB) are free on {where}; "
-            f"free some space or point flac_dir to a larger disk")
+            f"free some space or point flac_dir to a larger disk"
+        )
     return free
 
 
-def scan_corpus(kind: str, root: PathLike | Sequence[PathLike], flac_dir: PathLike | None, shard_paths: Sequence[PathLike],
-                summary_path: PathLike, size_ratio: float = DEFAULT_SIZE_RATIO, margin_bytes: int = 0,
-                free_bytes: Callable[[Path], int] | None = None) -> dict:
+def scan_corpus(
+    kind: str,
+    root: PathLike | Sequence[PathLike],
+    flac_dir: PathLike | None,
+    shard_paths: Sequence[PathLike],
+    summary_path: PathLike,
+    size_ratio: float = DEFAULT_SIZE_RATIO,
+    margin_bytes: int = 0,
+    free_bytes: Callable[[Path], int] | None = None,
+) -> dict:
     """Step 1: scan ``root`` (``kind`` ``voxceleb2`` or ``generic``), check disk space,
     write ``len(shard_paths)`` shard lists and a JSON summary. Returns the summary.
 
@@ -226,12 +246,19 @@ def scan_corpus(kind: str, root: PathLike | Sequence[PathLike], flac_dir: PathLi
     for path, shard in zip(shard_paths, shards):
         write_shard_list(path, shard)
     summary = {
-        "kind": kind, "root": [str(r) for r in corpus_roots(root)] if kind == "generic" else os.path.abspath(root),
+        "kind": kind,
+        "root": [str(r) for r in corpus_roots(root)] if kind == "generic" else os.path.abspath(root),
         "flac_dir": os.path.abspath(flac_dir) if flac_dir else None,
-        "files": len(files), "speakers": len({f.speaker for f in files}),
-        "to_convert": sum(f.dst is not None for f in files), "pending_conversion": n_pending,
-        "source_bytes": sum(f.size for f in files), "estimated_flac_bytes": needed, "size_ratio": size_ratio,
-        "free_bytes": free, "shards": len(shards), "files_per_shard": [len(s) for s in shards],
+        "files": len(files),
+        "speakers": len({f.speaker for f in files}),
+        "to_convert": sum(f.dst is not None for f in files),
+        "pending_conversion": n_pending,
+        "source_bytes": sum(f.size for f in files),
+        "estimated_flac_bytes": needed,
+        "size_ratio": size_ratio,
+        "free_bytes": free,
+        "shards": len(shards),
+        "files_per_shard": [len(s) for s in shards],
     }
     write_json(summary_path, summary)
     return summary

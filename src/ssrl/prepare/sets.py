@@ -63,8 +63,13 @@ def read_path_trials(path: PathLike) -> tuple[Trials, dict[str, str]]:
     return Trials.from_lists(labels, enroll, test), rel_of
 
 
-def prepare_voxceleb1_test(root: PathLike, lists: Mapping[str, PathLike], wav_scp: PathLike, utt2spk: PathLike,
-                           trial_paths: Mapping[str, PathLike]) -> dict:
+def prepare_voxceleb1_test(
+    root: PathLike,
+    lists: Mapping[str, PathLike],
+    wav_scp: PathLike,
+    utt2spk: PathLike,
+    trial_paths: Mapping[str, PathLike],
+) -> dict:
     """VoxCeleb1 test set: convert each trial list ``name -> path`` to ``1|0 enroll test``
     ids at ``trial_paths[name]``; ``wav.scp`` lists every utterance any list names
     (``<root>/wav/<rel>``, used directly), ``utt2spk`` the speaker from the id.
@@ -89,19 +94,28 @@ def prepare_voxceleb1_test(root: PathLike, lists: Mapping[str, PathLike], wav_sc
     for name, (_, rel_of) in parsed.items():
         missing = [paths[u] for u in rel_of if not exists[u]]
         if missing:
-            raise PrepareError(f"{lists[name]}: {len(missing)} of {len(rel_of)} utterances named by this trial "
-                               f"list have no audio file under {wav_dir}; first missing: {examples(missing)}")
+            raise PrepareError(
+                f"{lists[name]}: {len(missing)} of {len(rel_of)} utterances named by this trial "
+                f"list have no audio file under {wav_dir}; first missing: {examples(missing)}"
+            )
     for name, (trials, _) in parsed.items():
         write_trials(trial_paths[name], trials)
     ordered = sorted(paths)
     write_wav_scp(wav_scp, {u: check_path_field(paths[u]) for u in ordered})
     write_utt2spk(utt2spk, {u: u.split("-", 1)[0] for u in ordered})
-    return {"utterances": len(paths), "speakers": len({u.split("-", 1)[0] for u in paths}),
-            "trials": {name: {"trials": len(t), "target": int(t.labels.sum()),
-                              "nontarget": int(len(t) - t.labels.sum())} for name, (t, _) in parsed.items()}}
+    return {
+        "utterances": len(paths),
+        "speakers": len({u.split("-", 1)[0] for u in paths}),
+        "trials": {
+            name: {"trials": len(t), "target": int(t.labels.sum()), "nontarget": int(len(t) - t.labels.sum())}
+            for name, (t, _) in parsed.items()
+        },
+    }
 
 
-def _pick_pairs(counts: np.ndarray, base: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _pick_pairs(
+    counts: np.ndarray, base: np.ndarray, k: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """``k`` distinct pairs ``(a, base[a] + j)``, ``0 <= j < counts[a]``, uniformly without replacement."""
     cum = np.cumsum(counts)
     flat = np.sort(rng.choice(int(cum[-1]), size=k, replace=False))
@@ -131,8 +145,10 @@ def sample_trials(utt2spk: Mapping[str, str], n_target: int, n_nontarget: int, s
         available = int(counts.sum())
         if k > available:
             kind = "target" if label else "non-target"
-            raise PrepareError(f"requested {k} {kind} trials but the {len(size)} test speakers "
-                               f"({n} utterances) give only {available} distinct {kind} pairs")
+            raise PrepareError(
+                f"requested {k} {kind} trials but the {len(size)} test speakers "
+                f"({n} utterances) give only {available} distinct {kind} pairs"
+            )
         a, b = _pick_pairs(counts, base, k, rng)
         swap = rng.random(k) < 0.5
         sides.append((np.full(k, label), np.where(swap, b, a), np.where(swap, a, b)))
@@ -157,8 +173,10 @@ def split_speakers(speakers: Iterable[str], test_speakers: int | float, seed: in
         raise PrepareError(f"test_speakers must be an integer count or a fraction in (0, 1), got {test_speakers}")
     n_test = max(2, round(test_speakers * len(speakers))) if isinstance(test_speakers, float) else int(test_speakers)
     if not 2 <= n_test < len(speakers):
-        raise PrepareError(f"cannot hold out {n_test} test speakers from {len(speakers)} speakers "
-                           f"(need at least 2 test and 1 training speaker)")
+        raise PrepareError(
+            f"cannot hold out {n_test} test speakers from {len(speakers)} speakers "
+            f"(need at least 2 test and 1 training speaker)"
+        )
     chosen = set(np.random.default_rng(seed).permutation(len(speakers))[:n_test].tolist())
     test = [s for i, s in enumerate(speakers) if i in chosen]
     train = [s for i, s in enumerate(speakers) if i not in chosen]
@@ -191,8 +209,9 @@ def select_utterances(spec: PathLike, roots: Sequence[PathLike], utt2spk: Mappin
     if path.is_dir():
         root = next((r for r in roots if path == r or r in path.parents), None)
         if root is None:
-            raise PrepareError(f"{spec}: a set folder must be one of the corpus roots or inside one "
-                               f"({', '.join(map(str, roots))})")
+            raise PrepareError(
+                f"{spec}: a set folder must be one of the corpus roots or inside one ({', '.join(map(str, roots))})"
+            )
         if path == root:
             speakers = {e.name for e in sorted_subdirs(root)}
             chosen = {u for u, spk in utt2spk.items() if spk in speakers}
@@ -215,8 +234,10 @@ def select_utterances(spec: PathLike, roots: Sequence[PathLike], utt2spk: Mappin
             unknown.append(entry)
         chosen.update(found)
     if unknown:
-        raise PrepareError(f"{spec}: {len(unknown)} entries name no usable utterance of the corpus (paths "
-                           f"relative to a corpus root; failed files are excluded): {examples(unknown)}")
+        raise PrepareError(
+            f"{spec}: {len(unknown)} entries name no usable utterance of the corpus (paths "
+            f"relative to a corpus root; failed files are excluded): {examples(unknown)}"
+        )
     return chosen
 
 
@@ -226,10 +247,19 @@ open-set protocol, VoxCeleb's) or only itself (closed set: other utterances of a
 are trained on)."""
 
 
-def prepare_generic_sets(records_paths: Sequence[PathLike], summary_paths: Sequence[PathLike], max_failures: int,
-                         out_dir: PathLike, summary_path: PathLike, trial_lists: Mapping[str, PathLike] | None = None,
-                         split: Mapping | None = None, holdout: str = "speakers", train_set: PathLike | None = None,
-                         test_set: PathLike | None = None, roots: Sequence[PathLike] = ()) -> dict:
+def prepare_generic_sets(
+    records_paths: Sequence[PathLike],
+    summary_paths: Sequence[PathLike],
+    max_failures: int,
+    out_dir: PathLike,
+    summary_path: PathLike,
+    trial_lists: Mapping[str, PathLike] | None = None,
+    split: Mapping | None = None,
+    holdout: str = "speakers",
+    train_set: PathLike | None = None,
+    test_set: PathLike | None = None,
+    roots: Sequence[PathLike] = (),
+) -> dict:
     """Step 3 for a generic corpus: merged shards -> train and test sets + trial lists.
 
     Trials come from exactly one of
@@ -278,23 +308,30 @@ def prepare_generic_sets(records_paths: Sequence[PathLike], summary_paths: Seque
         try:
             trials[split["name"]] = sample_trials(test_spk_of, n_target, split["nontarget_trials"], split["seed"])
         except PrepareError as err:
-            raise PrepareError(f"{out_dir / 'trials' / split['name']}.txt: {err}; lower target_trials/"
-                               f"nontarget_trials or hold out more test_speakers") from None
+            raise PrepareError(
+                f"{out_dir / 'trials' / split['name']}.txt: {err}; lower target_trials/"
+                f"nontarget_trials or hold out more test_speakers"
+            ) from None
     test = [r for r in records if r.utt in test_utts]
     test_spk = {r.speaker for r in test}
     candidates = select_utterances(train_set, roots, utt2spk) if train_set is not None else set(utt2spk)
     removed = test_utts if holdout == "utterances" else {u for u in candidates if utt2spk[u] in test_spk}
     train = [r for r in records if r.utt in candidates and r.utt not in removed]
     if not train:
-        raise PrepareError(f"{out_dir}: no training utterances left after removing the test "
-                           f"{holdout} ({len(test_spk)} speakers, {len(test_utts)} utterances)")
+        raise PrepareError(
+            f"{out_dir}: no training utterances left after removing the test "
+            f"{holdout} ({len(test_spk)} speakers, {len(test_utts)} utterances)"
+        )
     summary["holdout"] = holdout
     summary["train"] = write_set(train, out_dir / "train" / "wav.scp", out_dir / "train" / "utt2spk")
     summary["test"] = write_set(test, out_dir / "test" / "wav.scp", out_dir / "test" / "utt2spk")
     summary["trials"] = {}
     for name, t in trials.items():
         write_trials(out_dir / "trials" / f"{name}.txt", t)
-        summary["trials"][name] = {"trials": len(t), "target": int(t.labels.sum()),
-                                   "nontarget": int(len(t) - t.labels.sum())}
+        summary["trials"][name] = {
+            "trials": len(t),
+            "target": int(t.labels.sum()),
+            "nontarget": int(len(t) - t.labels.sum()),
+        }
     write_json(summary_path, summary)
     return summary

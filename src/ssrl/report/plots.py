@@ -68,8 +68,7 @@ def _empty_figure(path: str | os.PathLike, message: str) -> None:
     _save(fig, path)
 
 
-def plot_det(curves: Mapping[str, Mapping[str, DetCurve]], groups: Mapping[str, str],
-             path: str | os.PathLike) -> None:
+def plot_det(curves: Mapping[str, Mapping[str, DetCurve]], groups: Mapping[str, str], path: str | os.PathLike) -> None:
     """DET curves (normal-deviate axes, FAR vs FRR in %) of every system, one panel per trial
     list. ``curves``: trial list -> system -> :class:`DetCurve`; ``groups``: system -> table
     (sets the line style)."""
@@ -84,8 +83,13 @@ def plot_det(curves: Mapping[str, Mapping[str, DetCurve]], groups: Mapping[str, 
         for i, (name, c) in enumerate(curves[t].items()):
             x = ndtri(np.clip(c.far, lo, 1.0 - lo))
             y = ndtri(np.clip(c.frr, lo, 1.0 - lo))
-            line, = ax.plot(x, y, linestyle=_LINESTYLES.get(groups.get(name, "main"), "-"), color=_colour(i),
-                            label=f"{name} (EER {100 * c.eer:.2f} %)")
+            (line,) = ax.plot(
+                x,
+                y,
+                linestyle=_LINESTYLES.get(groups.get(name, "main"), "-"),
+                color=_colour(i),
+                label=f"{name} (EER {100 * c.eer:.2f} %)",
+            )
             e = ndtri(min(max(c.eer, lo), 0.99))
             ax.plot([e], [e], marker="o", markersize=4, color=line.get_color())
         ticks = [v for v in _DET_TICKS if v >= lo]
@@ -102,8 +106,7 @@ def plot_det(curves: Mapping[str, Mapping[str, DetCurve]], groups: Mapping[str, 
     _save(fig, path)
 
 
-def plot_labels(logs: Mapping[str, pd.DataFrame], init: Mapping[str, Any] | None,
-                path: str | os.PathLike) -> None:
+def plot_labels(logs: Mapping[str, pd.DataFrame], init: Mapping[str, Any] | None, path: str | os.PathLike) -> None:
     """Label NMI and live clusters vs epoch for the SSRL systems (``logs``: system -> label log),
     with the k-means init (``init``: DINO quality.json, or None) as dashed reference lines."""
     if not logs:
@@ -123,13 +126,16 @@ def plot_labels(logs: Mapping[str, pd.DataFrame], init: Mapping[str, Any] | None
                 ax.axvline(update.iloc[0] - 0.5, color="0.6", linestyle=":", linewidth=1)
     if init is not None:
         if init.get("nmi") is not None:
-            ax_nmi.axhline(init["nmi"], color="k", linestyle="--", linewidth=1,
-                           label=f"k-means init ({init['nmi']:.3f})")
-        ax_live.axhline(init["n_clusters"], color="k", linestyle="--", linewidth=1,
-                        label=f"k-means init ({init['n_clusters']})")
+            ax_nmi.axhline(
+                init["nmi"], color="k", linestyle="--", linewidth=1, label=f"k-means init ({init['nmi']:.3f})"
+            )
+        ax_live.axhline(
+            init["n_clusters"], color="k", linestyle="--", linewidth=1, label=f"k-means init ({init['n_clusters']})"
+        )
     if not have_truth:
-        ax_nmi.text(0.5, 0.5, "no true speaker labels:\nNMI unavailable", ha="center", va="center",
-                    transform=ax_nmi.transAxes)
+        ax_nmi.text(
+            0.5, 0.5, "no true speaker labels:\nNMI unavailable", ha="center", va="center", transform=ax_nmi.transAxes
+        )
     ax_nmi.set_ylabel("NMI of the pseudo labels")
     ax_live.set_ylabel("live clusters")
     ax_live.yaxis.set_major_locator(MaxNLocator(integer=True))
@@ -172,8 +178,12 @@ def plot_training(logs: Mapping[str, pd.DataFrame], path: str | os.PathLike, nco
     _save(fig, path)
 
 
-def plot_scores(scores: Mapping[tuple[str, str], tuple[np.ndarray, np.ndarray, Mapping[str, Any]]],
-                path: str | os.PathLike, ncols: int = 3, bins: int = 60) -> None:
+def plot_scores(
+    scores: Mapping[tuple[str, str], tuple[np.ndarray, np.ndarray, Mapping[str, Any]]],
+    path: str | os.PathLike,
+    ncols: int = 3,
+    bins: int = 60,
+) -> None:
     """Target / non-target score histograms, one panel per (system, trial list); ``scores``:
     ``(system, list) -> (labels, scores, metrics)``; the EER threshold is drawn as a line.
     ``bins``: at most this many bins (fewer, about sqrt(trials), for short lists)."""
@@ -223,15 +233,19 @@ def make_plots(spec: Mapping[str, Any], out_dir: str | os.PathLike, progress_eve
     dino = run.system("dino")
     paths = {name: out_dir / f"{name}.png" for name in PLOT_NAMES}
     plot_det(curves, groups, paths["det"])
-    plot_labels({s.name: s.label_log for s in run.systems if s.label_log is not None},
-                dino.quality if dino is not None else None, paths["labels"])
+    plot_labels(
+        {s.name: s.label_log for s in run.systems if s.label_log is not None},
+        dino.quality if dino is not None else None,
+        paths["labels"],
+    )
     plot_training(train_logs, paths["training"])
     plot_scores(score_data, paths["scores"])
     return list(paths.values())
 
 
-def plot_cluster_sizes(path: str | os.PathLike, sizes: np.ndarray, speaker_sizes: np.ndarray | None,
-                       title: str) -> None:
+def plot_cluster_sizes(
+    path: str | os.PathLike, sizes: np.ndarray, speaker_sizes: np.ndarray | None, title: str
+) -> None:
     """The k-means stage's ``sizes.png``: histogram of the (k,) cluster ``sizes`` (empty clusters left out)
     and of the true speakers' sizes when known."""
     used = sizes[sizes > 0]

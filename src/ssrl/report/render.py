@@ -31,7 +31,6 @@ FORMATS: dict[str, Callable[[Any], str]] = {
 }
 
 
-
 @dataclass
 class Table:
     """One result table: ``frame`` holds full-precision values (None/NaN = blank), ``formats``
@@ -60,9 +59,9 @@ class Table:
         return out
 
 
-
 def to_markdown(table: Table, level: int = 1) -> str:
     """Markdown: a heading, the how-to-read line, a pipe table (or a no-rows line), the notes."""
+
     def esc(text: str) -> str:
         return text.replace("|", "\\|").replace("\n", " ")
 
@@ -84,22 +83,28 @@ def to_markdown(table: Table, level: int = 1) -> str:
 def to_html(tables: Sequence[Table], title: str, block: Sequence[str] = ()) -> str:
     """One self-contained HTML page: the provenance ``block`` (:func:`provenance_lines`), then every
     table (for the Snakemake report)."""
-    parts = [f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             "<style>body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse;margin:.5em 0}"
-             "td,th{border:1px solid #bbb;padding:.2em .5em;font-size:.9em}td.n{text-align:right}"
-             "th{background:#eee}p.how{color:#333}li{font-size:.9em}p.warn{color:#a00}</style></head><body>",
-             f"<h1>{html.escape(title)}</h1>", _block_html(block)]
+    parts = [
+        f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+        "<style>body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse;margin:.5em 0}"
+        "td,th{border:1px solid #bbb;padding:.2em .5em;font-size:.9em}td.n{text-align:right}"
+        "th{background:#eee}p.how{color:#333}li{font-size:.9em}p.warn{color:#a00}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        _block_html(block),
+    ]
     for table in tables:
         parts.append(f"<h2>{html.escape(table.title)}</h2><p class='how'>{html.escape(table.how_to_read)}</p>")
         if len(table.frame):
-            numeric = [c in table.formats or pd.api.types.is_numeric_dtype(table.frame[c])
-                       for c in table.frame.columns]
-            parts.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in table.frame.columns)
-                         + "</tr>")
+            numeric = [c in table.formats or pd.api.types.is_numeric_dtype(table.frame[c]) for c in table.frame.columns]
+            parts.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in table.frame.columns) + "</tr>")
             for row in table.cells():
-                parts.append("<tr>" + "".join(f"<td class='n'>{html.escape(v)}</td>" if n
-                                              else f"<td>{html.escape(v)}</td>" for v, n in zip(row, numeric))
-                             + "</tr>")
+                parts.append(
+                    "<tr>"
+                    + "".join(
+                        f"<td class='n'>{html.escape(v)}</td>" if n else f"<td>{html.escape(v)}</td>"
+                        for v, n in zip(row, numeric)
+                    )
+                    + "</tr>"
+                )
             parts.append("</table>")
         else:
             parts.append("<p>(no rows)</p>")
@@ -113,13 +118,17 @@ def summary_markdown(tables: Sequence[Table], run: str, block: Sequence[str] = (
     """``summary.md``: the provenance ``block`` (:func:`provenance_lines`), then every table, under
     one heading."""
     head = "".join(f"{line}\n" for line in block)
-    return f"# Results of run {run}\n\n" + (head + "\n" if head else "") + "\n".join(
-        to_markdown(t, level=2) for t in tables)
+    return (
+        f"# Results of run {run}\n\n"
+        + (head + "\n" if head else "")
+        + "\n".join(to_markdown(t, level=2) for t in tables)
+    )
 
 
 def _block_html(block: Sequence[str]) -> str:
     """The provenance block's Markdown lines as HTML: ``- `` items, ``> **...**`` warnings,
     ``**...**`` bold and backtick code."""
+
     def inline(text: str) -> str:
         out = html.escape(text)
         out = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", out)
@@ -140,8 +149,9 @@ def _block_html(block: Sequence[str]) -> str:
     return "\n".join(parts)
 
 
-def write_tables(tables: Sequence[Table], out_dir: str | os.PathLike, run: str,
-                 block: Sequence[str] = ()) -> list[Path]:
+def write_tables(
+    tables: Sequence[Table], out_dir: str | os.PathLike, run: str, block: Sequence[str] = ()
+) -> list[Path]:
     """Write ``<name>.md`` and ``<name>.csv`` per table and ``summary.md`` / ``summary.html``
     opening with the provenance ``block`` (atomically) under ``out_dir``; returns the paths written."""
     out_dir = Path(out_dir)

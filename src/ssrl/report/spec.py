@@ -35,8 +35,11 @@ from ..provenance import STAMP_KEYS, config_diff, format_value, hardware_line, j
 from ..results import ResultsError, read_label_log, read_metrics, read_quality, read_train_record
 from . import KINDS, SYSTEM_TABLES
 
-TRIAL_LIST_NAMES = {"vox1_o": "VoxCeleb1-O, cleaned", "vox1_e": "VoxCeleb1-E, cleaned",
-                    "vox1_h": "VoxCeleb1-H, cleaned"}
+TRIAL_LIST_NAMES = {
+    "vox1_o": "VoxCeleb1-O, cleaned",
+    "vox1_e": "VoxCeleb1-E, cleaned",
+    "vox1_h": "VoxCeleb1-H, cleaned",
+}
 """Long names of the trial lists the tables and plots know."""
 
 
@@ -73,9 +76,11 @@ class SystemData:
             return "SSRL: DINO init, online relabelling + noisy-label modelling"
         if self.kind == "ablation":
             return f"SSRL with {format_overrides(self.overrides or {})}"
-        return {"wavlm_step1": "WavLM frozen + ECAPA back-end on DINO k-means labels",
-                "wavlm_step2": "SSRL from step 1, WavLM frozen",
-                "wavlm_ft": "step 2 continued, WavLM fine-tuned"}[self.kind]
+        return {
+            "wavlm_step1": "WavLM frozen + ECAPA back-end on DINO k-means labels",
+            "wavlm_step2": "SSRL from step 1, WavLM frozen",
+            "wavlm_ft": "step 2 continued, WavLM fine-tuned",
+        }[self.kind]
 
     def stamp(self) -> tuple[Any, ...] | None:
         """(commit, dirty, diff hash, config hash) its training job recorded; None without a record."""
@@ -178,8 +183,10 @@ def validate_spec(spec: Mapping[str, Any]) -> None:
         for key in ("metrics", "det", "scores"):
             per_list = s["files"].get(key)
             if per_list is not None and set(per_list) != set(spec["trial_lists"]):
-                raise TablesError(f"{where}.files.{key}: trial lists {sorted(per_list)} differ from "
-                                  f"spec.trial_lists {spec['trial_lists']}")
+                raise TablesError(
+                    f"{where}.files.{key}: trial lists {sorted(per_list)} differ from "
+                    f"spec.trial_lists {spec['trial_lists']}"
+                )
 
 
 def load_run(spec: Mapping[str, Any]) -> RunData:
@@ -192,14 +199,21 @@ def load_run(spec: Mapping[str, Any]) -> RunData:
         files = s["files"]
         if "metrics" not in files:
             raise TablesError(f"spec: system {s['name']!r} has no files.metrics")
-        systems.append(SystemData(
-            name=s["name"], table=s["table"], kind=s["kind"], files=files,
-            metrics={t: read_metrics(files["metrics"][t]) for t in spec["trial_lists"]},
-            quality=read_quality(files["quality"]) if files.get("quality") else None,
-            label_log=read_label_log(files["label_log"]) if files.get("label_log") else None,
-            record=read_train_record(files["train_record"]) if files.get("train_record") else None,
-            round=s.get("round"), overrides=s.get("overrides"), checkpoint=s.get("checkpoint"),
-        ))
+        systems.append(
+            SystemData(
+                name=s["name"],
+                table=s["table"],
+                kind=s["kind"],
+                files=files,
+                metrics={t: read_metrics(files["metrics"][t]) for t in spec["trial_lists"]},
+                quality=read_quality(files["quality"]) if files.get("quality") else None,
+                label_log=read_label_log(files["label_log"]) if files.get("label_log") else None,
+                record=read_train_record(files["train_record"]) if files.get("train_record") else None,
+                round=s.get("round"),
+                overrides=s.get("overrides"),
+                checkpoint=s.get("checkpoint"),
+            )
+        )
     run_dir = Path(spec["provenance"]).parent if spec.get("provenance") else None
     record = None
     if run_dir is not None and Path(spec["provenance"]).exists():
@@ -207,8 +221,16 @@ def load_run(spec: Mapping[str, Any]) -> RunData:
             record = read_provenance(run_dir)
         except ValueError as exc:
             raise TablesError(str(exc)) from None
-    return RunData(run=spec["run"], k=spec["k"], trial_lists=list(spec["trial_lists"]), systems=systems,
-                   compare=dict(spec["compare"]), provenance=record, run_dir=run_dir, stamp=job_stamp())
+    return RunData(
+        run=spec["run"],
+        k=spec["k"],
+        trial_lists=list(spec["trial_lists"]),
+        systems=systems,
+        compare=dict(spec["compare"]),
+        provenance=record,
+        run_dir=run_dir,
+        stamp=job_stamp(),
+    )
 
 
 def short_commit(commit: str | None, dirty: bool | None, diff: str | None) -> str:
@@ -237,8 +259,10 @@ def provenance_warnings(run: RunData) -> list[str]:
     if len(groups) <= 1:
         return []
     parts = [f"{', '.join(names)}: {_stamp_text(stamp)}" for stamp, names in groups.items()]
-    text = ("WARNING: these tables combine files made by different code or configurations (they are not one "
-            "experiment): " + "; ".join(parts) + ".")
+    text = (
+        "WARNING: these tables combine files made by different code or configurations (they are not one "
+        "experiment): " + "; ".join(parts) + "."
+    )
     hashes = list(dict.fromkeys(stamp[3] for stamp in groups if stamp[3] is not None))
     if len(hashes) > 1 and run.run_dir is not None:
         base = stored_config(run.run_dir, hashes[0])
@@ -261,17 +285,22 @@ def provenance_lines(run: RunData, built: str) -> list[str]:
     p = run.provenance or {}
     if len(stamps) == 1:
         commit, dirty, diff, chash = next(iter(stamps))
-    else:                                       # no training records: the run's record (or unknown)
+    else:  # no training records: the run's record (or unknown)
         commit, dirty, diff, chash = (p.get(k) for k in STAMP_KEYS)
     where = f"results/{run.run}/provenance.json" if p else "no provenance.json (tables built outside the workflow)"
     mixed = "mixed, see the warning"
-    lines = [f"**Provenance** ({where}; per training job: <system>/train_record.json, table 'training'; two runs: "
-             f"`ssrl compare RUN_A RUN_B`)", "",
-             f"- commit: {mixed if len(stamps) > 1 else short_commit(commit, dirty, diff)}",
-             f"- config hash: {mixed if len(stamps) > 1 else chash or 'unknown'}"]
+    lines = [
+        f"**Provenance** ({where}; per training job: <system>/train_record.json, table 'training'; two runs: "
+        f"`ssrl compare RUN_A RUN_B`)",
+        "",
+        f"- commit: {mixed if len(stamps) > 1 else short_commit(commit, dirty, diff)}",
+        f"- config hash: {mixed if len(stamps) > 1 else chash or 'unknown'}",
+    ]
     if p.get("hardware"):
-        lines.append(f"- hardware: {hardware_line(p['hardware'])} (the machine running Snakemake; "
-                     f"training devices in table 'training')")
+        lines.append(
+            f"- hardware: {hardware_line(p['hardware'])} (the machine running Snakemake; "
+            f"training devices in table 'training')"
+        )
     started = f"run started {p['started']}, " if p.get("started") else ""
     lines.append(f"- date: {started}tables built {built}")
     if p.get("reproduce"):

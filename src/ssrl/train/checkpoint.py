@@ -79,7 +79,7 @@ class CheckpointManager:
         step), then delete all but the newest ``keep``."""
         path = self.path_for(global_step)
         save_torch(path, {"format": FORMAT, **state})
-        for _, old in self.checkpoints()[:-self.keep]:
+        for _, old in self.checkpoints()[: -self.keep]:
             old.unlink(missing_ok=True)
         return path
 
@@ -94,8 +94,7 @@ class CheckpointManager:
                 # Our own files (they hold numpy RNG states and stage state): full unpickling.
                 state = torch.load(path, map_location=map_location, weights_only=False)
             except Exception as exc:  # noqa: BLE001 - any unreadable file is skipped the same way
-                log.warning("%s: cannot be loaded (%s: %s); trying an older checkpoint", path,
-                            type(exc).__name__, exc)
+                log.warning("%s: cannot be loaded (%s: %s); trying an older checkpoint", path, type(exc).__name__, exc)
                 continue
             if not isinstance(state, dict) or state.get("format") != FORMAT:
                 log.warning("%s: not a %s checkpoint; skipped", path, FORMAT)

@@ -34,13 +34,23 @@ def config_from_dict(cls: type, d: Mapping[str, Any], where: str, skip: tuple[st
     return cls(**values)
 
 
-def check_bounds(cfg: Any, where: str, *, non_negative: Iterable[str] = (), at_least_one: Iterable[str] = (),
-                 positive: Iterable[str] = (), fraction: Iterable[str] = ()) -> None:
+def check_bounds(
+    cfg: Any,
+    where: str,
+    *,
+    non_negative: Iterable[str] = (),
+    at_least_one: Iterable[str] = (),
+    positive: Iterable[str] = (),
+    fraction: Iterable[str] = (),
+) -> None:
     """Check the bounds of a typed config's fields: ``non_negative`` (>= 0), ``at_least_one`` (>= 1),
     ``positive`` (> 0) and ``fraction`` (in [0, 1]); ValueError naming ``where.key`` and the value."""
-    for keys, ok, rule in ((non_negative, lambda v: v >= 0, "must be >= 0"), (at_least_one, lambda v: v >= 1, "must be >= 1"),
-                           (positive, lambda v: v > 0, "must be > 0"),
-                           (fraction, lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]")):
+    for keys, ok, rule in (
+        (non_negative, lambda v: v >= 0, "must be >= 0"),
+        (at_least_one, lambda v: v >= 1, "must be >= 1"),
+        (positive, lambda v: v > 0, "must be > 0"),
+        (fraction, lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]"),
+    ):
         for key in keys:
             if not ok(getattr(cfg, key)):
                 raise ValueError(f"{where}.{key}: {rule}, got {getattr(cfg, key)}")
@@ -76,8 +86,9 @@ class RuntimeConfig:
     def from_dict(cls, d: Mapping[str, Any] | None, where: str = "train") -> RuntimeConfig:
         """Build from a config mapping; unknown keys and wrong types raise ValueError naming ``where.key``."""
         cfg = config_from_dict(cls, d or {}, where)
-        check_bounds(cfg, where, non_negative=("workers", "ckpt_every_steps"),
-                     at_least_one=("keep_checkpoints", "log_every"))
+        check_bounds(
+            cfg, where, non_negative=("workers", "ckpt_every_steps"), at_least_one=("keep_checkpoints", "log_every")
+        )
         if cfg.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"{where}.device: expected auto, cpu or cuda, got {cfg.device!r}")
         return cfg

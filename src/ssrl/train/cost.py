@@ -44,13 +44,14 @@ def process_usage(device: torch.device) -> dict[str, float]:
     return {
         "wall_s": time.time() - psutil.Process(os.getpid()).create_time(),
         "cpu_s": own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime,
-        "peak_rss_bytes": own.ru_maxrss * 1024,   # Linux: KiB
+        "peak_rss_bytes": own.ru_maxrss * 1024,  # Linux: KiB
         "peak_gpu_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0,
     }
 
 
-def add_attempt(before: Mapping[str, Any] | None, usages: Sequence[Mapping[str, float]],
-                device: torch.device) -> dict[str, Any]:
+def add_attempt(
+    before: Mapping[str, Any] | None, usages: Sequence[Mapping[str, float]], device: torch.device
+) -> dict[str, Any]:
     """The cost so far: ``before`` (earlier attempts, None: none) plus this attempt, whose
     ``usages`` are every process's :func:`process_usage` (one per rank)."""
     before = dict(NO_COST if before is None else before)
@@ -70,19 +71,37 @@ def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
 
 
-def train_record(stage: str, *, steps: int, global_batch: int, epochs: int, steps_per_epoch: int,
-                 processes: int, device: torch.device, cost: Mapping[str, Any]) -> dict[str, Any]:
+def train_record(
+    stage: str,
+    *,
+    steps: int,
+    global_batch: int,
+    epochs: int,
+    steps_per_epoch: int,
+    processes: int,
+    device: torch.device,
+    cost: Mapping[str, Any],
+) -> dict[str, Any]:
     """The ``train_record.json`` of a finished training (module docstring); ``cost`` from
     :func:`add_attempt`."""
     cuda = device.type == "cuda"
     return {
-        "stage": stage, "optimiser_steps": steps, "global_batch": global_batch,
-        "examples_seen": steps * global_batch, "epochs": epochs, "steps_per_epoch": steps_per_epoch,
-        "processes": processes, "device": device.type, "device_name": device_name(device),
+        "stage": stage,
+        "optimiser_steps": steps,
+        "global_batch": global_batch,
+        "examples_seen": steps * global_batch,
+        "epochs": epochs,
+        "steps_per_epoch": steps_per_epoch,
+        "processes": processes,
+        "device": device.type,
+        "device_name": device_name(device),
         "threads_per_process": torch.get_num_threads(),
-        "wall_s": round(cost["wall_s"], 3), "cpu_s": round(cost["cpu_s"], 3),
+        "wall_s": round(cost["wall_s"], 3),
+        "cpu_s": round(cost["cpu_s"], 3),
         "gpu_s": round(cost["gpu_s"], 3) if cuda else None,
         "peak_rss_bytes": int(cost["peak_rss_bytes"]),
         "peak_gpu_bytes": int(cost["peak_gpu_bytes"]) if cuda else None,
-        "attempts": cost["attempts"], "finished": now_iso(), **job_stamp(),
+        "attempts": cost["attempts"],
+        "finished": now_iso(),
+        **job_stamp(),
     }

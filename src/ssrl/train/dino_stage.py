@@ -95,19 +95,38 @@ class DINOConfig:
         head = config_from_dict(HeadConfig, d.pop("head", {}) or {}, f"{where}.head")
         cfg = config_from_dict(cls, d, where, skip=("head",))
         cfg.head = head
-        check_bounds(cfg, where, at_least_one=("epochs", "batch_size", "n_global"),
-                     non_negative=("warmup_epochs", "freeze_last_layer_epochs", "n_local", "val_every", "seed",
-                                   "init_bn_batches"))
+        check_bounds(
+            cfg,
+            where,
+            at_least_one=("epochs", "batch_size", "n_global"),
+            non_negative=(
+                "warmup_epochs",
+                "freeze_last_layer_epochs",
+                "n_local",
+                "val_every",
+                "seed",
+                "init_bn_batches",
+            ),
+        )
         if cfg.warmup_epochs > cfg.epochs:
             raise ValueError(f"{where}.warmup_epochs ({cfg.warmup_epochs}) exceeds epochs ({cfg.epochs})")
         if cfg.n_global + cfg.n_local < 2:
             raise ValueError(f"{where}: need at least two views (n_global + n_local >= 2)")
-        check_bounds(cfg, where, fraction=("ema_start", "ema_end", "center_momentum", "momentum"),
-                     positive=("lr", "clip_grad", "student_temp", "teacher_temp", "global_crop_s", "local_crop_s",
-                               "val_max_batch_seconds"))
+        check_bounds(
+            cfg,
+            where,
+            fraction=("ema_start", "ema_end", "center_momentum", "momentum"),
+            positive=(
+                "lr",
+                "clip_grad",
+                "student_temp",
+                "teacher_temp",
+                "global_crop_s",
+                "local_crop_s",
+                "val_max_batch_seconds",
+            ),
+        )
         return cfg
-
-
 
 
 class DINOStage(Stage):
@@ -129,9 +148,14 @@ class DINOStage(Stage):
     step_metrics = ("teacher_std", "student_std")
     epoch_metrics = ("val_eer",)
 
-    def __init__(self, hparams: Mapping[str, Any], train_scp: str | Path,
-                 augment_lists: Mapping[str, str | Path] | None, val_scp: str | Path | None = None,
-                 val_trials: str | Path | None = None):
+    def __init__(
+        self,
+        hparams: Mapping[str, Any],
+        train_scp: str | Path,
+        augment_lists: Mapping[str, str | Path] | None,
+        val_scp: str | Path | None = None,
+        val_trials: str | Path | None = None,
+    ):
         missing = [k for k in ("dino", "model") if k not in hparams]
         if missing:
             raise ValueError(f"DINO hparams: missing section(s) {missing}")
@@ -152,18 +176,24 @@ class DINOStage(Stage):
         check_audio_exists(scp, self.train_scp)
         self.inputs_digest = file_digest(self.train_scp)
         if len(scp) < cfg.batch_size:
-            raise ValueError(f"{self.train_scp}: {len(scp)} utterances cannot fill one batch of "
-                             f"dino.batch_size={cfg.batch_size}")
-        self.val = (ValidationSet.from_files(self.val_scp, self.val_trials)
-                    if self.val_scp is not None else None)
+            raise ValueError(
+                f"{self.train_scp}: {len(scp)} utterances cannot fill one batch of dino.batch_size={cfg.batch_size}"
+            )
+        self.val = ValidationSet.from_files(self.val_scp, self.val_trials) if self.val_scp is not None else None
         model = build_speaker_model(self.hparams["model"])
         head = DINOHead(in_dim=model.emb_dim, **dataclasses.asdict(cfg.head))
         self.student = DINOModel(model, head)
         self.teacher = make_teacher(self.student)
-        self.train_set = MultiCropDataset(list(scp.values()), seed=cfg.seed, augmenter=Augmenter.from_lists(self.augment_lists, self.hparams.get("augment"), "DINO"),
-                                          policy=AugmentPolicy.dino(), n_global=cfg.n_global,
-                                          global_s=cfg.global_crop_s, n_local=cfg.n_local,
-                                          local_s=cfg.local_crop_s)
+        self.train_set = MultiCropDataset(
+            list(scp.values()),
+            seed=cfg.seed,
+            augmenter=Augmenter.from_lists(self.augment_lists, self.hparams.get("augment"), "DINO"),
+            policy=AugmentPolicy.dino(),
+            n_global=cfg.n_global,
+            global_s=cfg.global_crop_s,
+            n_local=cfg.n_local,
+            local_s=cfg.local_crop_s,
+        )
         self.center = DINOCenter(cfg.head.n_prototypes, cfg.center_momentum, device=self.env.device)
 
     @torch.no_grad()
@@ -189,11 +219,14 @@ class DINOStage(Stage):
         momenta = [m.momentum for m in norms]
         for m in norms:
             m.reset_running_stats()
-            m.momentum = None                              # cumulative average over the n batches
+            m.momentum = None  # cumulative average over the n batches
         self.train_set.set_epoch(0)
         sampler.set_epoch(0)
-        loader = DataLoader(self.train_set, batch_sampler=[b for b, _ in zip(sampler, range(n))],
-                            num_workers=min(self.runtime.workers, n))
+        loader = DataLoader(
+            self.train_set,
+            batch_sampler=[b for b, _ in zip(sampler, range(n))],
+            num_workers=min(self.runtime.workers, n),
+        )
         self.student.train()
         for glob, loc in loader:
             self.student(glob.to(self.env.device), loc.to(self.env.device))
@@ -202,22 +235,22 @@ class DINOStage(Stage):
         self.teacher.load_state_dict(self.student.state_dict())
 
     def configure_optimizer(self, student: nn.Module) -> torch.optim.Optimizer:
-        return torch.optim.SGD(decay_param_groups(student, self.cfg.weight_decay), lr=0.0,
-                               momentum=self.cfg.momentum)
+        return torch.optim.SGD(decay_param_groups(student, self.cfg.weight_decay), lr=0.0, momentum=self.cfg.momentum)
 
     def lr_schedule(self, steps_per_epoch: int) -> np.ndarray:
-        return schedules.warmup_cosine(self.cfg.lr, self.cfg.min_lr, self.epochs * steps_per_epoch,
-                                       self.cfg.warmup_epochs * steps_per_epoch)
+        return schedules.warmup_cosine(
+            self.cfg.lr, self.cfg.min_lr, self.epochs * steps_per_epoch, self.cfg.warmup_epochs * steps_per_epoch
+        )
 
     def ema_schedule(self, steps_per_epoch: int) -> np.ndarray:
         return schedules.ema_decay(self.cfg.ema_start, self.cfg.ema_end, self.epochs * steps_per_epoch)
 
     # ---- one step ------------------------------------------------------------------------
     def train_step(self, student: nn.Module, batch: Any, epoch: int) -> tuple[torch.Tensor, dict[str, Any]]:
-        glob, loc = batch                                  # (B, n_global, Tg), (B, n_local, Tl)
+        glob, loc = batch  # (B, n_global, Tg), (B, n_local, Tl)
         with torch.no_grad():
-            _, t_logits = self.teacher(glob)               # (B, n_global, K)
-        _, s_logits = student(glob, loc)                   # (B, n_global + n_local, K), global first
+            _, t_logits = self.teacher(glob)  # (B, n_global, K)
+        _, s_logits = student(glob, loc)  # (B, n_global + n_local, K), global first
         loss = dino_loss(s_logits, t_logits, self.center.value, self.cfg.student_temp, self.cfg.teacher_temp)
         self._teacher_logits = t_logits
         return loss, {"teacher_std": output_std(t_logits), "student_std": output_std(s_logits)}
@@ -226,7 +259,7 @@ class DINOStage(Stage):
         clip_grad_per_tensor(self.student.parameters(), self.cfg.clip_grad)
         if epoch < self.cfg.freeze_last_layer_epochs:
             for p in self.student.head.last_layer.parameters():
-                p.grad = None                              # no update at all (momentum, decay) this step
+                p.grad = None  # no update at all (momentum, decay) this step
 
     def after_step(self, epoch: int, step: int) -> None:
         self.center.update(self._teacher_logits)
@@ -235,8 +268,7 @@ class DINOStage(Stage):
     def validate(self, epoch: int) -> dict[str, float]:
         if self.val is None:
             return {}
-        eer = validation_eer(self.teacher.model, self.val, self.env,
-                             max_batch_seconds=self.cfg.val_max_batch_seconds)
+        eer = validation_eer(self.teacher.model, self.val, self.env, max_batch_seconds=self.cfg.val_max_batch_seconds)
         return {"val_eer": eer}
 
     # ---- state and output ----------------------------------------------------------------
@@ -249,9 +281,13 @@ class DINOStage(Stage):
     def write_model_file(self, path: Path) -> None:
         student, teacher = self.student, self.teacher
         save_model_file(
-            path, system="dino", arch=teacher.model.arch, eval_state=teacher.model.state_dict(),
+            path,
+            system="dino",
+            arch=teacher.model.arch,
+            eval_state=teacher.model.state_dict(),
             student={"model": student.model.state_dict(), "head": student.head.state_dict()},
             teacher={"model": teacher.model.state_dict(), "head": teacher.head.state_dict()},
             head={"type": "dino", "in_dim": teacher.model.emb_dim, **dataclasses.asdict(self.cfg.head)},
-            hparams=self.hparams, extra=self.center.state_dict(),
+            hparams=self.hparams,
+            extra=self.center.state_dict(),
         )

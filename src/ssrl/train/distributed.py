@@ -65,8 +65,7 @@ def init_distributed(device: str = "auto") -> DistEnv:
         raise ValueError("train.device is 'cuda' but no CUDA device is available")
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if "WORLD_SIZE" not in os.environ:
-        return DistEnv(device=torch.device("cuda", torch.cuda.current_device()) if use_cuda
-                       else torch.device("cpu"))
+        return DistEnv(device=torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu"))
     world_size, rank = _env_int("WORLD_SIZE"), _env_int("RANK")
     local_rank = _env_int("LOCAL_RANK") if "LOCAL_RANK" in os.environ else rank
     if use_cuda:
@@ -77,9 +76,13 @@ def init_distributed(device: str = "auto") -> DistEnv:
     else:
         dev = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo", init_method="env://",
-                                world_size=world_size, rank=rank,
-                                device_id=dev if use_cuda else None)
+        dist.init_process_group(
+            backend="nccl" if use_cuda else "gloo",
+            init_method="env://",
+            world_size=world_size,
+            rank=rank,
+            device_id=dev if use_cuda else None,
+        )
     return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
 
 
@@ -138,7 +141,7 @@ def all_gather_tensor(tensor: torch.Tensor) -> torch.Tensor:
     counts = [int(s.item()) for s in sizes]
     biggest = max(counts)
     padded = torch.zeros((biggest, *local.shape[1:]), dtype=local.dtype, device=dev)
-    padded[:local.shape[0]] = local
+    padded[: local.shape[0]] = local
     parts = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(parts, padded)
     return torch.cat([p[:n] for p, n in zip(parts, counts)]).to(tensor.device)
@@ -150,8 +153,9 @@ def all_gather_array(array: np.ndarray) -> np.ndarray:
     if not _active():
         return array.copy()
     if array.dtype.kind not in "biuf":
-        raise TypeError(f"all_gather_array: numeric arrays only, got dtype {array.dtype} "
-                        "(use all_gather_objects for strings)")
+        raise TypeError(
+            f"all_gather_array: numeric arrays only, got dtype {array.dtype} (use all_gather_objects for strings)"
+        )
     return all_gather_tensor(torch.from_numpy(np.ascontiguousarray(array))).numpy()
 
 
@@ -223,7 +227,7 @@ class GlobalBatchNorm(_BatchNorm):
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
-                momentum = (1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum)
+                momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
                 unbiased = var.detach() * (count / (count - 1).clamp(min=1))
                 self.running_mean.mul_(1 - momentum).add_(mean.detach(), alpha=momentum)
                 self.running_var.mul_(1 - momentum).add_(unbiased, alpha=momentum)
@@ -246,8 +250,9 @@ def convert_sync_batchnorm(module: nn.Module, env: DistEnv) -> nn.Module:
 
 def _to_global_bn(module: nn.Module) -> nn.Module:
     if isinstance(module, _BatchNorm) and not isinstance(module, (GlobalBatchNorm, nn.SyncBatchNorm)):
-        new = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                              module.track_running_stats)
+        new = GlobalBatchNorm(
+            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
+        )
         if module.affine:
             new.weight, new.bias = module.weight, module.bias
         if module.track_running_stats:

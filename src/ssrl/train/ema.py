@@ -42,13 +42,17 @@ def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
     s_buffers = dict(student.named_buffers())
     ema_t: list[torch.Tensor] = []
     ema_s: list[torch.Tensor] = []
-    for kind, source, items in (("parameter", s_params, teacher.named_parameters()),
-                                ("buffer", s_buffers, teacher.named_buffers())):
+    for kind, source, items in (
+        ("parameter", s_params, teacher.named_parameters()),
+        ("buffer", s_buffers, teacher.named_buffers()),
+    ):
         for name, t in items:
             s = source.get(name)
             if s is None or s.shape != t.shape:
-                raise ValueError(f"EMA teacher {kind} {name!r} {tuple(t.shape)} has no matching student "
-                                 f"{kind} (found {None if s is None else tuple(s.shape)})")
+                raise ValueError(
+                    f"EMA teacher {kind} {name!r} {tuple(t.shape)} has no matching student "
+                    f"{kind} (found {None if s is None else tuple(s.shape)})"
+                )
             if s is t:
                 continue
             if t.is_floating_point() and (kind == "buffer" or s.requires_grad):

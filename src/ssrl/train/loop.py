@@ -89,8 +89,9 @@ class TrainingInterrupted(Exception):
         self.signum = signum
         self.exit_code = 128 + signum
         self.checkpoint = checkpoint
-        super().__init__(f"stopped by {signal.Signals(signum).name}; checkpoint {checkpoint}; "
-                         f"rerun the same command to resume")
+        super().__init__(
+            f"stopped by {signal.Signals(signum).name}; checkpoint {checkpoint}; rerun the same command to resume"
+        )
 
 
 class NonFiniteLossError(RuntimeError):
@@ -130,8 +131,7 @@ class Trainer:
     the newest checkpoint made with the same stage fingerprint.
     """
 
-    def __init__(self, stage: Stage, runtime: RuntimeConfig, ckpt_dir: str | os.PathLike,
-                 env: D.DistEnv | None = None):
+    def __init__(self, stage: Stage, runtime: RuntimeConfig, ckpt_dir: str | os.PathLike, env: D.DistEnv | None = None):
         self.stage = stage
         self.runtime = runtime
         self.env = env if env is not None else D.DistEnv()
@@ -169,8 +169,9 @@ class Trainer:
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{st.name}: {attr} must be a positive integer, got {value!r}")
         if st.batch_size % self.env.world_size:
-            raise ValueError(f"{st.name}: global batch {st.batch_size} is not divisible by the "
-                             f"{self.env.world_size} processes")
+            raise ValueError(
+                f"{st.name}: global batch {st.batch_size} is not divisible by the {self.env.world_size} processes"
+            )
         if not isinstance(getattr(st, "student", None), nn.Module):
             raise TypeError(f"{st.name}: build() must set self.student to an nn.Module")
         if not hasattr(st, "train_set"):
@@ -182,8 +183,9 @@ class Trainer:
     def _schedule(self, name: str, values: np.ndarray | None, total: int) -> np.ndarray:
         arr = np.asarray(values, dtype=np.float64)
         if arr.shape != (total,):
-            raise ValueError(f"{self.stage.name}: {name} has shape {arr.shape}, expected ({total},) "
-                             f"(one value per optimiser step)")
+            raise ValueError(
+                f"{self.stage.name}: {name} has shape {arr.shape}, expected ({total},) (one value per optimiser step)"
+            )
         if not np.isfinite(arr).all():
             raise ValueError(f"{self.stage.name}: {name} contains non-finite values")
         return arr
@@ -199,12 +201,12 @@ class Trainer:
                 os.kill(os.getpid(), signum)
             return
         self._signal = signum
-        log.warning("%s received: saving a checkpoint after this step, then exiting",
-                    signal.Signals(signum).name)
+        log.warning("%s received: saving a checkpoint after this step, then exiting", signal.Signals(signum).name)
 
     # ---- checkpoints -----------------------------------------------------------------------
-    def _save(self, epoch: int, batches_done: int, step: int, window: _Means, epoch_acc: _Means,
-              epoch_seconds: float) -> Path | None:
+    def _save(
+        self, epoch: int, batches_done: int, step: int, window: _Means, epoch_acc: _Means, epoch_seconds: float
+    ) -> Path | None:
         """Collective: every rank calls it; rank 0 writes. Returns the path on rank 0."""
         rngs = D.all_gather_objects(rng_state())
         cost = add_attempt(self.cost_before, D.all_gather_objects(process_usage(self.env.device)), self.env.device)
@@ -240,17 +242,24 @@ class Trainer:
             return None
         path, state = found
         if state.get("stage") != self.stage.name or state.get("fingerprint") != self.fingerprint():
-            D.barrier()                     # every rank has read the directory before it is cleared
+            D.barrier()  # every rank has read the directory before it is cleared
             if self.env.is_main:
                 removed = self.ckpt.clear()
-                log.warning("%s: checkpoints in %s were made with other hyper-parameters or data; deleted %d, "
-                            "starting from scratch", self.stage.name, self.ckpt.directory, len(removed))
+                log.warning(
+                    "%s: checkpoints in %s were made with other hyper-parameters or data; deleted %d, "
+                    "starting from scratch",
+                    self.stage.name,
+                    self.ckpt.directory,
+                    len(removed),
+                )
             D.barrier()
             return None
         if state["steps_per_epoch"] != self.steps_per_epoch:
-            raise ValueError(f"{path}: made with {state['steps_per_epoch']} steps per epoch, this run has "
-                             f"{self.steps_per_epoch} (did the training list change?); delete "
-                             f"{self.ckpt.directory} to start over")
+            raise ValueError(
+                f"{path}: made with {state['steps_per_epoch']} steps per epoch, this run has "
+                f"{self.steps_per_epoch} (did the training list change?); delete "
+                f"{self.ckpt.directory} to start over"
+            )
         st = self.stage
         self.cost_before = state.get("cost")
         st.student.load_state_dict(state["student"])
@@ -262,16 +271,27 @@ class Trainer:
         if len(rngs) == self.env.world_size:
             set_rng_state(rngs[self.env.rank])
         else:
-            log.warning("checkpoint made with %d processes, now %d: RNG states not restored "
-                        "(the data order is unaffected)", len(rngs), self.env.world_size)
-        log.info("%s: resuming from %s: epoch %d, step %d of %d in the epoch (global step %d of %d)",
-                 st.name, path, state["epoch"], state["batches_done"], self.steps_per_epoch,
-                 state["global_step"], self.total_steps)
+            log.warning(
+                "checkpoint made with %d processes, now %d: RNG states not restored (the data order is unaffected)",
+                len(rngs),
+                self.env.world_size,
+            )
+        log.info(
+            "%s: resuming from %s: epoch %d, step %d of %d in the epoch (global step %d of %d)",
+            st.name,
+            path,
+            state["epoch"],
+            state["batches_done"],
+            self.steps_per_epoch,
+            state["global_step"],
+            self.total_steps,
+        )
         return state
 
     # ---- the loop --------------------------------------------------------------------------
-    def fit(self, model_out: str | os.PathLike, log_out: str | os.PathLike,
-            record_out: str | os.PathLike | None = None) -> None:
+    def fit(
+        self, model_out: str | os.PathLike, log_out: str | os.PathLike, record_out: str | os.PathLike | None = None
+    ) -> None:
         """Train (resuming if possible), then write ``model_out`` and ``log_out`` (rank 0), and
         ``record_out`` if given (``train_record.json``: cost and provenance, :mod:`.cost`).
 
@@ -279,7 +299,7 @@ class Trainer:
         :class:`NonFiniteLossError` on a NaN/inf loss (outputs not written).
         """
         env, rt, st = self.env, self.runtime, self.stage
-        self.cost_before: dict[str, Any] | None = None      # earlier attempts (set by _resume)
+        self.cost_before: dict[str, Any] | None = None  # earlier attempts (set by _resume)
         self._configure_backends()
         st.env, st.runtime = env, rt
         self._seed(st.seed)
@@ -299,8 +319,17 @@ class Trainer:
         if st.teacher is not None:
             ema = self._schedule("ema_schedule", st.ema_schedule(self.steps_per_epoch), self.total_steps)
 
-        columns = ["kind", "epoch", "step", "lr", "loss", *st.step_metrics, "examples_per_s",
-                   *st.epoch_metrics, "seconds"]
+        columns = [
+            "kind",
+            "epoch",
+            "step",
+            "lr",
+            "loss",
+            *st.step_metrics,
+            "examples_per_s",
+            *st.epoch_metrics,
+            "seconds",
+        ]
         self.tsv = TsvLog(self.ckpt.directory / LIVE_LOG, columns)
         state = self._resume()
         epoch0, batch0, step = (state["epoch"], state["batches_done"], state["global_step"]) if state else (0, 0, 0)
@@ -319,20 +348,34 @@ class Trainer:
         ddp_student: nn.Module = st.student
         if env.distributed:
             ddp_student = DistributedDataParallel(
-                st.student, device_ids=[env.device.index] if env.device.type == "cuda" else None,
-                find_unused_parameters=st.find_unused_parameters)
-        autocast = torch.autocast(device_type=env.device.type, dtype=torch.bfloat16,
-                                  enabled=rt.bf16 and env.device.type == "cuda")
+                st.student,
+                device_ids=[env.device.index] if env.device.type == "cuda" else None,
+                find_unused_parameters=st.find_unused_parameters,
+            )
+        autocast = torch.autocast(
+            device_type=env.device.type, dtype=torch.bfloat16, enabled=rt.bf16 and env.device.type == "cuda"
+        )
         loss_names = ["loss", *[m for m in st.step_metrics if "loss" in m]]
-        progress = Progress(self.total_steps, st.name, unit="step", every_s=rt.progress_every_s, start=step,
-                            enabled=env.is_main)
+        progress = Progress(
+            self.total_steps, st.name, unit="step", every_s=rt.progress_every_s, start=step, enabled=env.is_main
+        )
         if env.is_main:
-            log.info("%s: %d epochs x %d steps, global batch %d on %d process(es), device %s",
-                     st.name, st.epochs, self.steps_per_epoch, st.batch_size, env.world_size, env.device)
+            log.info(
+                "%s: %d epochs x %d steps, global batch %d on %d process(es), device %s",
+                st.name,
+                st.epochs,
+                self.steps_per_epoch,
+                st.batch_size,
+                env.world_size,
+                env.device,
+            )
 
         # Signal handlers can only be installed from the main thread (scripts always are).
-        handlers = ({s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-                    if threading.current_thread() is threading.main_thread() else {})
+        handlers = (
+            {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+            if threading.current_thread() is threading.main_thread()
+            else {}
+        )
         try:
             for epoch in range(epoch0, st.epochs):
                 start_batch = batch0 if epoch == epoch0 else 0
@@ -343,9 +386,14 @@ class Trainer:
                 if hasattr(st.train_set, "set_epoch"):
                     st.train_set.set_epoch(epoch)
                 sampler.set_epoch(epoch, start_batch)
-                loader = DataLoader(st.train_set, batch_sampler=sampler, num_workers=rt.workers,
-                                    collate_fn=st.collate, pin_memory=env.device.type == "cuda",
-                                    worker_init_fn=_ignore_signals_in_worker)
+                loader = DataLoader(
+                    st.train_set,
+                    batch_sampler=sampler,
+                    num_workers=rt.workers,
+                    collate_fn=st.collate,
+                    pin_memory=env.device.type == "cuda",
+                    worker_init_fn=_ignore_signals_in_worker,
+                )
                 t_window, window_steps = time.monotonic(), 0
                 batches_done = start_batch
                 for batch in loader:
@@ -378,14 +426,19 @@ class Trainer:
                     progress.update(1, epoch=epoch, loss=values["loss"], lr=float(lr[step - 1]))
                     if window.count >= rt.log_every:
                         now = time.monotonic()
-                        self._row("step", epoch, step, float(lr[step - 1]), window.means(),
-                                  examples_per_s=window_steps * st.batch_size / max(now - t_window, 1e-9),
-                                  seconds=now - t_window)
+                        self._row(
+                            "step",
+                            epoch,
+                            step,
+                            float(lr[step - 1]),
+                            window.means(),
+                            examples_per_s=window_steps * st.batch_size / max(now - t_window, 1e-9),
+                            seconds=now - t_window,
+                        )
                         window, t_window, window_steps = _Means(), now, 0
                     stop = stop or (not env.distributed and self._signal is not None)
                     if stop or (rt.ckpt_every_steps and step % rt.ckpt_every_steps == 0):
-                        path = self._save(epoch, batches_done, step, window, epoch_acc,
-                                          time.monotonic() - t_epoch)
+                        path = self._save(epoch, batches_done, step, window, epoch_acc, time.monotonic() - t_epoch)
                         if stop:
                             raise TrainingInterrupted(self._signal or signal.SIGTERM, path)
                 del loader
@@ -395,8 +448,15 @@ class Trainer:
                     ep.update(self._checked(st.validate(epoch), "validate"))
                 seconds = time.monotonic() - t_epoch
                 n_steps = epoch_acc.count
-                self._row("epoch", epoch, step, float(lr[step - 1]) if step else None, ep, seconds=seconds,
-                          examples_per_s=n_steps * st.batch_size / max(seconds, 1e-9))
+                self._row(
+                    "epoch",
+                    epoch,
+                    step,
+                    float(lr[step - 1]) if step else None,
+                    ep,
+                    seconds=seconds,
+                    examples_per_s=n_steps * st.batch_size / max(seconds, 1e-9),
+                )
                 if env.is_main:
                     shown = "  ".join(f"{k}={v:.4g}" for k, v in ep.items())
                     log.info("%s: epoch %d/%d done in %.1f s  %s", st.name, epoch + 1, st.epochs, seconds, shown)
@@ -413,9 +473,19 @@ class Trainer:
             with atomic_path(log_out) as tmp:
                 shutil.copyfile(self.tsv.path, tmp)
             if record_out is not None:
-                write_train_record(record_out, train_record(st.name, steps=step, global_batch=st.batch_size, epochs=st.epochs,
-                                                    steps_per_epoch=self.steps_per_epoch, processes=env.world_size,
-                                                    device=env.device, cost=cost))
+                write_train_record(
+                    record_out,
+                    train_record(
+                        st.name,
+                        steps=step,
+                        global_batch=st.batch_size,
+                        epochs=st.epochs,
+                        steps_per_epoch=self.steps_per_epoch,
+                        processes=env.world_size,
+                        device=env.device,
+                        cost=cost,
+                    ),
+                )
             log.info("%s: wrote %s and %s", st.name, model_out, log_out)
         D.barrier()
 
@@ -425,49 +495,70 @@ class Trainer:
         SIGTERM/SIGINT (one collective per step)."""
         st = self.stage
         if set(metrics) != set(st.step_metrics):
-            raise ValueError(f"{st.name}: train_step returned metrics {sorted(metrics)}, "
-                             f"expected {sorted(st.step_metrics)}")
+            raise ValueError(
+                f"{st.name}: train_step returned metrics {sorted(metrics)}, expected {sorted(st.step_metrics)}"
+            )
         names = ["loss", *st.step_metrics]
-        vec = torch.stack([loss.detach().float().reshape(())] +
-                          [torch.as_tensor(metrics[k], dtype=torch.float32, device=loss.device).detach().reshape(())
-                           for k in st.step_metrics] +
-                          [torch.tensor(float(self._signal is not None), device=loss.device)])
+        vec = torch.stack(
+            [loss.detach().float().reshape(())]
+            + [
+                torch.as_tensor(metrics[k], dtype=torch.float32, device=loss.device).detach().reshape(())
+                for k in st.step_metrics
+            ]
+            + [torch.tensor(float(self._signal is not None), device=loss.device)]
+        )
         vec = D.all_reduce_mean(vec).tolist()
         return dict(zip(names, vec[:-1])), vec[-1] > 0
 
     def _checked(self, values: Mapping[str, float], hook: str) -> dict[str, float]:
         unknown = set(values) - set(self.stage.epoch_metrics)
         if unknown:
-            raise ValueError(f"{self.stage.name}: {hook} returned {sorted(unknown)}, not in epoch_metrics "
-                             f"{list(self.stage.epoch_metrics)}")
+            raise ValueError(
+                f"{self.stage.name}: {hook} returned {sorted(unknown)}, not in epoch_metrics "
+                f"{list(self.stage.epoch_metrics)}"
+            )
         return {k: float(v) for k, v in values.items()}
 
-    def _row(self, kind: str, epoch: int, step: int, lr: float | None, values: Mapping[str, float],
-             **extra: float) -> None:
+    def _row(
+        self, kind: str, epoch: int, step: int, lr: float | None, values: Mapping[str, float], **extra: float
+    ) -> None:
         if self.env.is_main:
             self.tsv.write({"kind": kind, "epoch": epoch, "step": step, "lr": lr, **values, **extra})
 
     def _non_finite(self, bad: Mapping[str, float], epoch: int, batch: int, step: int) -> None:
         kept = self.ckpt.checkpoints()
-        where = (f"{kept[-1][1]} is kept (the last checkpoint before it; its weights may already be diverging)"
-                 if kept else "no checkpoint had been saved yet")
+        where = (
+            f"{kept[-1][1]} is kept (the last checkpoint before it; its weights may already be diverging)"
+            if kept
+            else "no checkpoint had been saved yet"
+        )
         losses = ", ".join(f"{k}={v}" for k, v in bad.items())
         raise NonFiniteLossError(
             f"{self.stage.name}: non-finite loss at epoch {epoch}, step {batch + 1} of {self.steps_per_epoch} "
             f"(global step {step + 1}): {losses}. Training stopped; {where}; no model file was written. "
-            f"Lower the learning rate or check the input data.")
+            f"Lower the learning rate or check the input data."
+        )
 
 
-def run(stage: Stage, runtime: RuntimeConfig, ckpt_dir: str | os.PathLike, model_out: str | os.PathLike,
-        log_out: str | os.PathLike, record_out: str | os.PathLike | None = None) -> int:
+def run(
+    stage: Stage,
+    runtime: RuntimeConfig,
+    ckpt_dir: str | os.PathLike,
+    model_out: str | os.PathLike,
+    log_out: str | os.PathLike,
+    record_out: str | os.PathLike | None = None,
+) -> int:
     """Entry point for training scripts: set up (distributed) logging and devices, train,
     and return the process exit code (0 done, 1 non-finite loss, 128 + signal when
     stopped by SIGTERM/SIGINT after saving a checkpoint)."""
     env = D.init_distributed(runtime.device)
     if not logging.getLogger().handlers:
         prefix = f"[rank {env.rank}] " if env.distributed else ""
-        logging.basicConfig(level=logging.INFO if env.is_main else logging.WARNING,
-                            format=f"%(asctime)s {prefix}%(name)s: %(message)s", datefmt="%H:%M:%S")
+        logging.basicConfig(
+            level=logging.INFO if env.is_main else logging.WARNING,
+            format=f"%(asctime)s {prefix}%(name)s: %(message)s",
+            datefmt="%H:%M:%S",
+        )
     try:
         Trainer(stage, runtime, ckpt_dir, env).fit(model_out, log_out, record_out)
         return 0

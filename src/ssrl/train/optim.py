@@ -19,8 +19,10 @@ def decay_param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
         if not p.requires_grad:
             continue
         (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
-    return [{"name": "decay", "params": decay, "weight_decay": weight_decay},
-            {"name": "no_decay", "params": no_decay, "weight_decay": 0.0}]
+    return [
+        {"name": "decay", "params": decay, "weight_decay": weight_decay},
+        {"name": "no_decay", "params": no_decay, "weight_decay": 0.0},
+    ]
 
 
 @torch.no_grad()

@@ -34,8 +34,9 @@ def cosine(start: float, end: float, n: int) -> np.ndarray:
     return end + (start - end) * (1.0 + np.cos(np.pi * i / max(n, 1))) / 2.0
 
 
-def warmup_cosine(peak: float, final: float, total_steps: int, warmup_steps: int,
-                  warmup_start: float = 0.0) -> np.ndarray:
+def warmup_cosine(
+    peak: float, final: float, total_steps: int, warmup_steps: int, warmup_start: float = 0.0
+) -> np.ndarray:
     """Linear warm-up from ``warmup_start`` to ``peak`` over ``warmup_steps``, then a
     cosine from ``peak`` to ``final`` over the remaining steps (DINO, docs/method.md §4;
     WavLM step 1, docs/method.md §9). Returns ``(total_steps,)``."""
@@ -43,8 +44,7 @@ def warmup_cosine(peak: float, final: float, total_steps: int, warmup_steps: int
     _check_steps(warmup_steps, "warmup_cosine")
     if warmup_steps > total_steps:
         raise ValueError(f"warmup_cosine: {warmup_steps} warm-up steps exceed the {total_steps} total steps")
-    return np.concatenate([linear(warmup_start, peak, warmup_steps),
-                           cosine(peak, final, total_steps - warmup_steps)])
+    return np.concatenate([linear(warmup_start, peak, warmup_steps), cosine(peak, final, total_steps - warmup_steps)])
 
 
 def piecewise_cosine(segments: list[tuple[float, float, int]]) -> np.ndarray:
@@ -64,8 +64,14 @@ def ema_decay(start: float, end: float, total_steps: int) -> np.ndarray:
     return np.linspace(start, end, total_steps, dtype=np.float64)
 
 
-def ssrl_lr(lr: float, fixed_steps: int, update_steps: int, fixed_start: float = 0.1,
-            update_start: float = 0.5, final: float = 0.01) -> np.ndarray:
+def ssrl_lr(
+    lr: float,
+    fixed_steps: int,
+    update_steps: int,
+    fixed_start: float = 0.1,
+    update_start: float = 0.5,
+    final: float = 0.01,
+) -> np.ndarray:
     """The SSRL per-step learning rate (docs/method.md §7): two cosine segments, as fractions of ``lr``.
 
     Label-fixed phase (``fixed_steps``): cosine from ``lr * fixed_start`` to ``lr * final``
@@ -79,5 +85,6 @@ def ssrl_lr(lr: float, fixed_steps: int, update_steps: int, fixed_start: float =
     """
     _check_steps(fixed_steps, "ssrl_lr")
     _check_steps(update_steps, "ssrl_lr")
-    return piecewise_cosine([(lr * fixed_start, lr * final, fixed_steps),
-                             (lr * update_start, lr * final, update_steps)])
+    return piecewise_cosine(
+        [(lr * fixed_start, lr * final, fixed_steps), (lr * update_start, lr * final, update_steps)]
+    )

@@ -20,16 +20,20 @@ from .stage import Stage
 def add_training_arguments(ap: argparse.ArgumentParser, no_augment_help: str) -> None:
     """Add --augment-dir / --no-augment, --val-scp, --val-trials, --ckpt-dir, --model-out,
     --log-out, --record-out and --hparams to ``ap``."""
-    ap.add_argument("--augment-dir", type=Path, default=None,
-                    help="folder with " + ", ".join(f"{k}.lst" for k in AUGMENT_SOURCES))
+    ap.add_argument(
+        "--augment-dir", type=Path, default=None, help="folder with " + ", ".join(f"{k}.lst" for k in AUGMENT_SOURCES)
+    )
     ap.add_argument("--no-augment", action="store_true", help=no_augment_help)
     ap.add_argument("--val-scp", default=None, help="validation wav.scp (with --val-trials)")
     ap.add_argument("--val-trials", default=None, help="validation trial list ('1|0 enroll test' per line)")
     ap.add_argument("--ckpt-dir", required=True, help="checkpoint folder (kept between runs for resuming)")
     ap.add_argument("--model-out", required=True, help="model file to write (<system>/model.pt)")
     ap.add_argument("--log-out", required=True, help="training log to write (<system>/train_log.tsv)")
-    ap.add_argument("--record-out", default=None,
-                    help="cost and provenance record to write (<system>/train_record.json, ssrl.train.cost)")
+    ap.add_argument(
+        "--record-out",
+        default=None,
+        help="cost and provenance record to write (<system>/train_record.json, ssrl.train.cost)",
+    )
     ap.add_argument("--hparams", required=True, help="JSON, see above")
 
 
@@ -49,8 +53,9 @@ def train_main(script: str, args: argparse.Namespace, make_stage: Callable[[Mapp
     try:
         hp = json.loads(args.hparams)
         runtime = RuntimeConfig.from_dict(hp.get("train"))
-        return run(make_stage(hp), runtime, args.ckpt_dir, args.model_out, args.log_out,
-                   getattr(args, "record_out", None))
+        return run(
+            make_stage(hp), runtime, args.ckpt_dir, args.model_out, args.log_out, getattr(args, "record_out", None)
+        )
     except (ValueError, json.JSONDecodeError) as exc:
         print(f"{script}: {exc}", file=sys.stderr)
         return 1

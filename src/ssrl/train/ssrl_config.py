@@ -102,17 +102,34 @@ class SSRLConfig:
         return cfg
 
     def _check(self, where: str) -> None:
-        for key, allowed in (("init", INIT_SOURCES), ("head", HEAD_TYPES), ("head_init", HEAD_INITS),
-                             ("schedule", SCHEDULES)):
+        for key, allowed in (
+            ("init", INIT_SOURCES),
+            ("head", HEAD_TYPES),
+            ("head_init", HEAD_INITS),
+            ("schedule", SCHEDULES),
+        ):
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{where}.{key}: expected one of {list(allowed)}, got {getattr(self, key)!r}")
-        check_bounds(self, where,
-                     non_negative=("fixed_epochs", "update_epochs", "warmup_epochs", "sinkhorn_iters", "seed", "val_every"),
-                     at_least_one=("batch_size", "queue_len", "gmm_max_iter"),
-                     positive=("lr", "lr_fixed_start", "lr_update_start", "lr_final", "sinkhorn_epsilon", "gmm_tol",
-                               "aam_scale", "student_crop_s", "teacher_crop_s", "val_max_batch_seconds",
-                               "wavlm_lr_scale"),
-                     fraction=("ema_start", "ema_end", "augment_prob", "softmax_dropout"))
+        check_bounds(
+            self,
+            where,
+            non_negative=("fixed_epochs", "update_epochs", "warmup_epochs", "sinkhorn_iters", "seed", "val_every"),
+            at_least_one=("batch_size", "queue_len", "gmm_max_iter"),
+            positive=(
+                "lr",
+                "lr_fixed_start",
+                "lr_update_start",
+                "lr_final",
+                "sinkhorn_epsilon",
+                "gmm_tol",
+                "aam_scale",
+                "student_crop_s",
+                "teacher_crop_s",
+                "val_max_batch_seconds",
+                "wavlm_lr_scale",
+            ),
+            fraction=("ema_start", "ema_end", "augment_prob", "softmax_dropout"),
+        )
         if not 0.0 <= self.aam_margin < math.pi / 2:
             raise ValueError(f"{where}.aam_margin: must be in [0, pi/2) radians, got {self.aam_margin}")
         if self.epochs < 1:
@@ -121,20 +138,34 @@ class SSRLConfig:
             raise ValueError(f"{where}.warmup_epochs ({self.warmup_epochs}) exceeds the {self.epochs} epochs")
         if not self.label_update:
             if self.update_epochs:
-                raise ValueError(f"{where}: update_epochs is {self.update_epochs} but label_update is false "
-                                 f"(fixed labels train for fixed_epochs only)")
+                raise ValueError(
+                    f"{where}: update_epochs is {self.update_epochs} but label_update is false "
+                    f"(fixed labels train for fixed_epochs only)"
+                )
             if self.nlm:
-                raise ValueError(f"{where}.nlm needs label_update (p_clean is fitted on the relabelling "
-                                 f"teacher's losses); set nlm: false for fixed labels")
+                raise ValueError(
+                    f"{where}.nlm needs label_update (p_clean is fitted on the relabelling "
+                    f"teacher's losses); set nlm: false for fixed labels"
+                )
         if not self.teacher:
             if self.label_update:
                 raise ValueError(f"{where}.teacher: false leaves nobody to relabel; it needs label_update: false")
             if self.teacher_shares_wavlm or self.init == "full":
-                raise ValueError(f"{where}.teacher: false, but " + ("teacher_shares_wavlm is set" if
-                                 self.teacher_shares_wavlm else "init 'full' continues a teacher"))
+                raise ValueError(
+                    f"{where}.teacher: false, but "
+                    + (
+                        "teacher_shares_wavlm is set"
+                        if self.teacher_shares_wavlm
+                        else "init 'full' continues a teacher"
+                    )
+                )
         if self.init == "scratch" and self.head_init != "random":
-            raise ValueError(f"{where}.head_init: init 'scratch' trains a new back-end, so k-means centers "
-                             f"of another embedding space cannot initialise its head; use head_init: random")
+            raise ValueError(
+                f"{where}.head_init: init 'scratch' trains a new back-end, so k-means centers "
+                f"of another embedding space cannot initialise its head; use head_init: random"
+            )
         if self.init in ("student", "full") and self.head_init != "centers":
-            raise ValueError(f"{where}.head_init: the head comes from the init model with init "
-                             f"{self.init!r}; head_init applies to init 'encoder' only")
+            raise ValueError(
+                f"{where}.head_init: the head comes from the init model with init "
+                f"{self.init!r}; head_init applies to init 'encoder' only"
+            )

@@ -91,12 +91,23 @@ class SSRLInit:
     system (for errors). The files must be those that ``cfg.init`` needs (ValueError otherwise); every
     file problem raises ValueError / ModelFileError naming the file."""
 
-    def __init__(self, cfg: SSRLConfig, hparams: Mapping[str, Any], name: str, train_scp: Path,
-                 init_model: Path | None, labels_path: Path | None, centers_path: Path | None):
+    def __init__(
+        self,
+        cfg: SSRLConfig,
+        hparams: Mapping[str, Any],
+        name: str,
+        train_scp: Path,
+        init_model: Path | None,
+        labels_path: Path | None,
+        centers_path: Path | None,
+    ):
         if (init_model is None) != (cfg.init == "scratch"):
-            raise ValueError(f"{name}: init 'scratch' builds the model from hparams['arch'] and takes no init "
-                             f"model file; every other init needs one" if init_model is not None else
-                             f"{name}: init {cfg.init!r} needs an init model file")
+            raise ValueError(
+                f"{name}: init 'scratch' builds the model from hparams['arch'] and takes no init "
+                f"model file; every other init needs one"
+                if init_model is not None
+                else f"{name}: init {cfg.init!r} needs an init model file"
+            )
         if cfg.init == "scratch" and not isinstance(hparams.get("arch"), Mapping):
             raise ValueError(f"{name} hparams: init 'scratch' needs the model architecture under 'arch'")
         if cfg.init in ("scratch", "encoder"):
@@ -105,8 +116,10 @@ class SSRLInit:
             if cfg.head_init == "centers" and centers_path is None:
                 raise ValueError(f"{name}: head_init 'centers' needs the k-means centers file")
         elif labels_path is not None or centers_path is not None:
-            raise ValueError(f"{name}: with init {cfg.init!r} the labels and the head come from the init "
-                             f"model; do not pass a labels or centers file")
+            raise ValueError(
+                f"{name}: with init {cfg.init!r} the labels and the head come from the init "
+                f"model; do not pass a labels or centers file"
+            )
         self.cfg, self.hparams, self.name, self.train_scp = cfg, hparams, name, train_scp
         self.init_model, self.labels_path, self.centers_path = init_model, labels_path, centers_path
 
@@ -161,11 +174,14 @@ class SSRLInit:
         path = self.centers_path
         centers = read_centers(path)
         if centers.shape[1] != emb_dim:
-            raise ValueError(f"{path}: centers have shape {centers.shape}, expected (K, {emb_dim}) for the "
-                             f"{emb_dim}-d embeddings of {self.init_model}")
+            raise ValueError(
+                f"{path}: centers have shape {centers.shape}, expected (K, {emb_dim}) for the "
+                f"{emb_dim}-d embeddings of {self.init_model}"
+            )
         if classes.max() >= centers.shape[0]:
-            raise ValueError(f"{path}: {centers.shape[0]} centers but {self.labels_path} uses label "
-                             f"{int(classes.max())}")
+            raise ValueError(
+                f"{path}: {centers.shape[0]} centers but {self.labels_path} uses label {int(classes.max())}"
+            )
         rows = centers[classes].astype(np.float32)
         if not np.isfinite(rows).all() or (np.linalg.norm(rows, axis=1) == 0).any():
             raise ValueError(f"{path}: a center used by {self.labels_path} is zero or not finite")
@@ -174,8 +190,13 @@ class SSRLInit:
     def _new_head(self, emb_dim: int, n_classes: int) -> tuple[nn.Module, dict]:
         cfg = self.cfg
         if cfg.head == "aam":
-            spec = {"type": "aam", "emb_dim": emb_dim, "n_classes": n_classes, "scale": cfg.aam_scale,
-                    "margin": cfg.aam_margin}
+            spec = {
+                "type": "aam",
+                "emb_dim": emb_dim,
+                "n_classes": n_classes,
+                "scale": cfg.aam_scale,
+                "margin": cfg.aam_margin,
+            }
         else:
             spec = {"type": "softmax", "emb_dim": emb_dim, "n_classes": n_classes, "dropout": cfg.softmax_dropout}
         return build_head(spec), spec
@@ -199,12 +220,12 @@ class SSRLInit:
         """``init[which]`` (student / teacher: ``{"model", "head"}``), checked against this stage's head."""
         part = init.get(which)
         if not part or "head" not in part:
-            raise ModelFileError(f"{self.init_model}: holds no {which} model + head (needed by init "
-                                 f"{self.cfg.init!r})")
+            raise ModelFileError(f"{self.init_model}: holds no {which} model + head (needed by init {self.cfg.init!r})")
         spec = init.get("head") or {}
         if spec.get("type") != self.cfg.head:
-            raise ModelFileError(f"{self.init_model}: head type {spec.get('type')!r}, but this stage trains a "
-                                 f"{self.cfg.head!r} head")
+            raise ModelFileError(
+                f"{self.init_model}: head type {spec.get('type')!r}, but this stage trains a {self.cfg.head!r} head"
+            )
         return part
 
     def _continued_label_state(self, init: dict, n_utts: int, list_sha: str, n_classes: int) -> tuple:
@@ -213,18 +234,20 @@ class SSRLInit:
         extra = init.get("extra") or {}
         missing = [k for k in ("label_state", "classes", "n_utts", "train_list_sha256") if k not in extra]
         if missing:
-            raise ModelFileError(f"{path}: init {cfg.init!r} needs a model file written by the SSRL stage "
-                                 f"(extra lacks {missing})")
+            raise ModelFileError(
+                f"{path}: init {cfg.init!r} needs a model file written by the SSRL stage (extra lacks {missing})"
+            )
         if int(extra["n_utts"]) != n_utts or extra["train_list_sha256"] != list_sha:
-            raise ValueError(f"{path}: trained on another training list ({int(extra['n_utts'])} utterances) "
-                             f"than {self.train_scp} ({n_utts}); the label state cannot be continued")
+            raise ValueError(
+                f"{path}: trained on another training list ({int(extra['n_utts'])} utterances) "
+                f"than {self.train_scp} ({n_utts}); the label state cannot be continued"
+            )
         saved = LabelState.from_state_dict(extra["label_state"], removed_permanent=cfg.removed_permanent)
         if saved.n_classes != n_classes:
             raise ModelFileError(f"{path}: label state has {saved.n_classes} classes, its head {n_classes}")
         if cfg.init == "full":
             if saved.queue_len != cfg.queue_len:
-                raise ValueError(f"{path}: label queues of length {saved.queue_len}, but queue_len is "
-                                 f"{cfg.queue_len}")
+                raise ValueError(f"{path}: label queues of length {saved.queue_len}, but queue_len is {cfg.queue_len}")
             state = saved
         else:
             state = LabelState(saved.labels, n_classes, cfg.queue_len, removed_permanent=cfg.removed_permanent)

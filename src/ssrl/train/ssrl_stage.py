@@ -104,7 +104,6 @@ LABEL_LOG = "label_log.tsv"
 """Name of the live label log inside the checkpoint directory."""
 
 
-
 class SSRLStage(Stage):
     """SSRL / iterative round / WavLM step on the shared trainer (see the module docstring).
 
@@ -128,13 +127,21 @@ class SSRLStage(Stage):
     step_metrics = ("acc",)
     epoch_metrics = ("live_classes", "val_eer")
 
-    def __init__(self, hparams: Mapping[str, Any], system: str, train_scp: str | os.PathLike,
-                 init_model: str | os.PathLike | None, labels: str | os.PathLike | None = None,
-                 centers: str | os.PathLike | None = None,
-                 augment_lists: Mapping[str, str | os.PathLike] | None = None,
-                 val_scp: str | os.PathLike | None = None, val_trials: str | os.PathLike | None = None,
-                 utt2spk: str | os.PathLike | None = None, label_log: str | os.PathLike | None = None,
-                 live_dir: str | os.PathLike | None = None):
+    def __init__(
+        self,
+        hparams: Mapping[str, Any],
+        system: str,
+        train_scp: str | os.PathLike,
+        init_model: str | os.PathLike | None,
+        labels: str | os.PathLike | None = None,
+        centers: str | os.PathLike | None = None,
+        augment_lists: Mapping[str, str | os.PathLike] | None = None,
+        val_scp: str | os.PathLike | None = None,
+        val_trials: str | os.PathLike | None = None,
+        utt2spk: str | os.PathLike | None = None,
+        label_log: str | os.PathLike | None = None,
+        live_dir: str | os.PathLike | None = None,
+    ):
         if "ssrl" not in hparams:
             raise ValueError(f"{system} hparams: missing the 'ssrl' section")
         self.name = system
@@ -153,8 +160,9 @@ class SSRLStage(Stage):
         self.utt2spk = None if utt2spk is None else Path(utt2spk)
         self.label_log_out = None if label_log is None else Path(label_log)
         self.live_log = None if live_dir is None else Path(live_dir) / LABEL_LOG
-        self.init = SSRLInit(cfg, self.hparams, system, self.train_scp, self.init_model, self.labels_path,
-                             self.centers_path)
+        self.init = SSRLInit(
+            cfg, self.hparams, system, self.train_scp, self.init_model, self.labels_path, self.centers_path
+        )
         # Validation: every val_every epochs and after the last; val_every 0 -> after the last only.
         self.val_every = 0 if val_scp is None else (cfg.val_every or cfg.epochs)
 
@@ -165,8 +173,9 @@ class SSRLStage(Stage):
         check_audio_exists(scp, self.train_scp)
         utts = list(scp)
         if len(utts) < cfg.batch_size:
-            raise ValueError(f"{self.train_scp}: {len(utts)} utterances cannot fill one batch of "
-                             f"batch_size={cfg.batch_size}")
+            raise ValueError(
+                f"{self.train_scp}: {len(utts)} utterances cannot fill one batch of batch_size={cfg.batch_size}"
+            )
         list_sha = utt_list_sha256(utts)
         start = self.init.build(utts, list_sha)
         model, head, classes = start.model, start.head, start.classes
@@ -185,37 +194,54 @@ class SSRLStage(Stage):
         self.truth = self._read_truth(utts)
         policy = AugmentPolicy.ssrl_student(none_is_noise=cfg.none_is_noise, apply_prob=cfg.augment_prob)
         self.train_set = LabelledCropDataset(
-            [scp[u] for u in utts], self.label_state.labels, seed=cfg.seed, student_s=cfg.student_crop_s,
-            teacher_s=cfg.teacher_crop_s if cfg.label_update else None, augmenter=Augmenter.from_lists(self.augment_lists, self.hparams.get("augment"), self.name),
-            policy=policy, p_clean=self.label_state.p_clean)
+            [scp[u] for u in utts],
+            self.label_state.labels,
+            seed=cfg.seed,
+            student_s=cfg.student_crop_s,
+            teacher_s=cfg.teacher_crop_s if cfg.label_update else None,
+            augmenter=Augmenter.from_lists(self.augment_lists, self.hparams.get("augment"), self.name),
+            policy=policy,
+            p_clean=self.label_state.p_clean,
+        )
         self._teacher_samples = self.train_set.teacher_samples
-        self.val = (ValidationSet.from_files(self.val_scp, self.val_trials) if self.val_scp is not None else None)
+        self.val = ValidationSet.from_files(self.val_scp, self.val_trials) if self.val_scp is not None else None
         # Checkpoints made from other inputs (e.g. a retrained DINO model) are not resumed.
-        self.inputs_digest = file_digest(*(p for p in (self.train_scp, self.init_model, self.labels_path,
-                                                       self.centers_path) if p is not None),
-                                         *self.init.arch_files())
+        self.inputs_digest = file_digest(
+            *(p for p in (self.train_scp, self.init_model, self.labels_path, self.centers_path) if p is not None),
+            *self.init.arch_files(),
+        )
         self._reset_epoch()
         self.label_rows: list[dict[str, Any]] = []
 
     def _setup_wavlm(self, model: SpeakerModel) -> None:
         """Freeze (or unfreeze) the WavLM and set its gradient checkpointing, as configured."""
         cfg = self.cfg
-        asked = [key for key, on in (("freeze_wavlm", cfg.freeze_wavlm), ("teacher_shares_wavlm", cfg.teacher_shares_wavlm),
-                                     ("gradient_checkpointing", cfg.gradient_checkpointing),
-                                     ("wavlm_lr_scale", cfg.wavlm_lr_scale != 1.0)) if on]
+        asked = [
+            key
+            for key, on in (
+                ("freeze_wavlm", cfg.freeze_wavlm),
+                ("teacher_shares_wavlm", cfg.teacher_shares_wavlm),
+                ("gradient_checkpointing", cfg.gradient_checkpointing),
+                ("wavlm_lr_scale", cfg.wavlm_lr_scale != 1.0),
+            )
+            if on
+        ]
         if not isinstance(model.frontend, WavLMFrontend):
             if asked:
                 source = self.init_model if self.init_model is not None else "hparams['arch']"
-                raise ValueError(f"{self.name}: {' / '.join(asked)} need a WavLM front-end, but {source} has a "
-                                 f"{type(model.frontend).__name__}")
+                raise ValueError(
+                    f"{self.name}: {' / '.join(asked)} need a WavLM front-end, but {source} has a "
+                    f"{type(model.frontend).__name__}"
+                )
             return
         model.frontend.freeze_wavlm(cfg.freeze_wavlm)
         model.frontend.set_gradient_checkpointing(cfg.gradient_checkpointing)
         # A trained WavLM with layer drop (or no gradient into its CNN) leaves parameters without a
         # gradient in some steps, which DDP must be told about.
         reg = model.frontend.wavlm.regularisation
-        self.find_unused_parameters = not cfg.freeze_wavlm and (reg["encoder_layer_drop"] > 0
-                                                                or reg["feature_grad_mult"] == 0)
+        self.find_unused_parameters = not cfg.freeze_wavlm and (
+            reg["encoder_layer_drop"] > 0 or reg["feature_grad_mult"] == 0
+        )
 
     def _read_truth(self, utts: list[str]) -> np.ndarray | None:
         if self.utt2spk is None:
@@ -223,8 +249,10 @@ class SSRLStage(Stage):
         spk = read_utt2spk(self.utt2spk)
         missing = [u for u in utts if u not in spk]
         if missing:
-            raise ValueError(f"{self.utt2spk}: no speaker for {len(missing)} of {len(utts)} training utterances "
-                             f"(first: {missing[0]!r})")
+            raise ValueError(
+                f"{self.utt2spk}: no speaker for {len(missing)} of {len(utts)} training utterances "
+                f"(first: {missing[0]!r})"
+            )
         return np.array([spk[u] for u in utts])
 
     # ---- optimiser and schedules ---------------------------------------------------------
@@ -237,20 +265,38 @@ class SSRLStage(Stage):
         wavlm = set()
         if isinstance(frontend, WavLMFrontend) and not frontend.wavlm_frozen:
             wavlm = {id(p) for p in frontend.wavlm.parameters()}
-        groups = [{"name": "model", "params": [p for p in params if id(p) not in wavlm],
-                   "weight_decay": self.cfg.weight_decay}]
+        groups = [
+            {
+                "name": "model",
+                "params": [p for p in params if id(p) not in wavlm],
+                "weight_decay": self.cfg.weight_decay,
+            }
+        ]
         if wavlm:
-            groups.append({"name": "wavlm", "params": [p for p in params if id(p) in wavlm],
-                           "weight_decay": self.cfg.weight_decay, "lr_scale": self.cfg.wavlm_lr_scale})
+            groups.append(
+                {
+                    "name": "wavlm",
+                    "params": [p for p in params if id(p) in wavlm],
+                    "weight_decay": self.cfg.weight_decay,
+                    "lr_scale": self.cfg.wavlm_lr_scale,
+                }
+            )
         return torch.optim.Adam(groups, lr=0.0)
 
     def lr_schedule(self, steps_per_epoch: int) -> np.ndarray:
         cfg = self.cfg
         if cfg.schedule == "warmup_cosine":
-            return schedules.warmup_cosine(cfg.lr, cfg.lr * cfg.lr_final, cfg.epochs * steps_per_epoch,
-                                           cfg.warmup_epochs * steps_per_epoch)
-        return schedules.ssrl_lr(cfg.lr, cfg.fixed_epochs * steps_per_epoch, cfg.update_epochs * steps_per_epoch,
-                                 cfg.lr_fixed_start, cfg.lr_update_start, cfg.lr_final)
+            return schedules.warmup_cosine(
+                cfg.lr, cfg.lr * cfg.lr_final, cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch
+            )
+        return schedules.ssrl_lr(
+            cfg.lr,
+            cfg.fixed_epochs * steps_per_epoch,
+            cfg.update_epochs * steps_per_epoch,
+            cfg.lr_fixed_start,
+            cfg.lr_update_start,
+            cfg.lr_final,
+        )
 
     def ema_schedule(self, steps_per_epoch: int) -> np.ndarray | None:
         if not self.cfg.teacher:
@@ -275,8 +321,9 @@ class SSRLStage(Stage):
         self.train_set.teacher_samples = self._teacher_samples if self.relabels(epoch) else None
         self.removed = torch.from_numpy(state.removed).to(self.env.device)
 
-    def student_logits(self, student: nn.Module, wave: torch.Tensor,
-                       labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def student_logits(
+        self, student: nn.Module, wave: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Student logits (B, C) with removed classes at -inf: ``(training logits (AAM margin on the
         label), plain logits (no margin; for the accuracy))``; the plain ones carry no gradient.
         The student runs in train mode (set here, before its forward)."""
@@ -299,14 +346,23 @@ class SSRLStage(Stage):
             emb = emb.float()
             if isinstance(head, AAMSoftmax):
                 scores, scale, margin, quirk = head.cosine(emb), head.scale, head.margin, cfg.margin_quirk
-            else:                                # softmax head: logits as they are, no margin
+            else:  # softmax head: logits as they are, no margin
                 scores, scale, margin, quirk = head(emb).float(), 1.0, 0.0, False
         all_reduce = distributed_all_reduce() if self.env.distributed and cfg.sinkhorn_iters else None
-        return relabel(scores, labels, self.removed, scale=scale, margin=margin, margin_quirk=quirk,
-                       sinkhorn_iters=cfg.sinkhorn_iters, epsilon=cfg.sinkhorn_epsilon, all_reduce=all_reduce)
+        return relabel(
+            scores,
+            labels,
+            self.removed,
+            scale=scale,
+            margin=margin,
+            margin_quirk=quirk,
+            sinkhorn_iters=cfg.sinkhorn_iters,
+            epsilon=cfg.sinkhorn_epsilon,
+            all_reduce=all_reduce,
+        )
 
     def train_step(self, student: nn.Module, batch: Any, epoch: int) -> tuple[torch.Tensor, dict[str, Any]]:
-        if self.relabels(epoch):                 # the teacher first: see the module docstring
+        if self.relabels(epoch):  # the teacher first: see the module docstring
             self._relabel_step(batch, epoch)
         labels = batch["label"]
         logits, plain = self.student_logits(student, batch["student"], labels)
@@ -327,8 +383,9 @@ class SSRLStage(Stage):
         if self.cfg.nlm:
             target = self.label_state.nlm_targets(index.cpu().numpy(), new.cpu().numpy(), self.replaces(epoch))
             with torch.autocast(device_type=t_logits.device.type, enabled=False):
-                t_loss = F.cross_entropy(t_logits.float(), torch.from_numpy(target).to(t_logits.device),
-                                         reduction="none")
+                t_loss = F.cross_entropy(
+                    t_logits.float(), torch.from_numpy(target).to(t_logits.device), reduction="none"
+                )
         else:
             t_loss = torch.zeros_like(new, dtype=torch.float64)
         self._relabelled = torch.stack([index.double(), new.double(), t_loss.double()], dim=1)
@@ -364,9 +421,15 @@ class SSRLStage(Stage):
         world = self.env.world_size
         means = (self._sums / max(self._steps * world, 1)).tolist()
         row: dict[str, Any] = {
-            "epoch": epoch, "phase": "fixed" if epoch < cfg.fixed_epochs else "update",
-            "relabelled": int(relabelled), "replaced": int(replaced), "live_classes": state.num_live,
-            "changed": changed, "p_clean_mean": float(state.p_clean.mean()), "loss": means[0], "acc": means[1],
+            "epoch": epoch,
+            "phase": "fixed" if epoch < cfg.fixed_epochs else "update",
+            "relabelled": int(relabelled),
+            "replaced": int(replaced),
+            "live_classes": state.num_live,
+            "changed": changed,
+            "p_clean_mean": float(state.p_clean.mean()),
+            "loss": means[0],
+            "acc": means[1],
         }
         if self.truth is not None:
             quality = cluster_quality(state.labels, self.truth)
@@ -393,8 +456,13 @@ class SSRLStage(Stage):
 
     # ---- state and output ----------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"label_state": self.label_state.state_dict(), "relabelled": self._epoch_rows(),
-                "sums": self._sums.clone(), "steps": self._steps, "label_rows": [dict(r) for r in self.label_rows]}
+        return {
+            "label_state": self.label_state.state_dict(),
+            "relabelled": self._epoch_rows(),
+            "sums": self._sums.clone(),
+            "steps": self._steps,
+            "label_rows": [dict(r) for r in self.label_rows],
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.label_state.load_state_dict(state["label_state"])
@@ -410,13 +478,22 @@ class SSRLStage(Stage):
         student, teacher = self.student, self.teacher
         exported = student if teacher is None else teacher
         save_model_file(
-            path, system=self.name, arch=exported.model.arch, eval_state=exported.model.state_dict(),
+            path,
+            system=self.name,
+            arch=exported.model.arch,
+            eval_state=exported.model.state_dict(),
             student={"model": student.model.state_dict(), "head": student.head.state_dict()},
-            teacher=None if teacher is None else {"model": teacher.model.state_dict(),
-                                                  "head": teacher.head.state_dict()},
-            head=self.head_spec, hparams=self.hparams,
-            extra={"classes": self.classes, "n_utts": self.n_utts, "train_list_sha256": self.list_sha,
-                   "label_state": self.label_state.state_dict()},
+            teacher=None
+            if teacher is None
+            else {"model": teacher.model.state_dict(), "head": teacher.head.state_dict()},
+            head=self.head_spec,
+            hparams=self.hparams,
+            extra={
+                "classes": self.classes,
+                "n_utts": self.n_utts,
+                "train_list_sha256": self.list_sha,
+                "label_state": self.label_state.state_dict(),
+            },
         )
         if self.label_log_out is not None:
             write_tsv(self.label_log_out, LABEL_LOG_COLUMNS, self.label_rows)

@@ -47,8 +47,9 @@ class ValidationSet:
         return cls(utts=utts, paths=paths, trials=tr, name=os.path.basename(os.fspath(trials)), lengths=lengths)
 
 
-def extract_embeddings(model: SpeakerModel, val: ValidationSet, env: D.DistEnv, max_batch_seconds: float = 240.0,
-                       max_batch_size: int = 64) -> np.ndarray:
+def extract_embeddings(
+    model: SpeakerModel, val: ValidationSet, env: D.DistEnv, max_batch_seconds: float = 240.0, max_batch_size: int = 64
+) -> np.ndarray:
     """Embeddings ``(N, emb_dim)`` float32 of ``val``'s whole utterances, in its order.
 
     Every rank must call it: rank r embeds the utterances r, r + W, ... of the
@@ -60,14 +61,15 @@ def extract_embeddings(model: SpeakerModel, val: ValidationSet, env: D.DistEnv, 
     max_seconds = default_max_seconds(model)
     if max_seconds is not None:
         lengths = np.minimum(lengths, round(max_seconds * SAMPLE_RATE))
-    mine = np.argsort(-lengths, kind="stable")[env.rank::env.world_size]
+    mine = np.argsort(-lengths, kind="stable")[env.rank :: env.world_size]
     was_training = model.training
     emb = np.zeros((0, model.emb_dim), dtype=np.float32)
     try:
         if mine.size:
             dataset = EvalDataset([val.utts[i] for i in mine], [val.paths[i] for i in mine], max_seconds=max_seconds)
-            batches = length_bucketed_batches(lengths[mine], max(1, round(max_batch_seconds * SAMPLE_RATE)),
-                                              max_batch_size)
+            batches = length_bucketed_batches(
+                lengths[mine], max(1, round(max_batch_seconds * SAMPLE_RATE)), max_batch_size
+            )
             loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate_padded)
             emb = models_extract(model, loader, dataset.utts, device=env.device)
     finally:

@@ -63,8 +63,8 @@ from .config import config_from_dict
 from .optim import decay_param_groups
 from .stage import Stage, file_digest
 
-LOG_MEL_FLOOR = 1e-6    # torchaudio MFCC(log_mels=True): log(mel + 1e-6)
-STD_FLOOR = 1e-5        # per-dimension standard deviations of the MFCC frames are at least this
+LOG_MEL_FLOOR = 1e-6  # torchaudio MFCC(log_mels=True): log(mel + 1e-6)
+STD_FLOOR = 1e-5  # per-dimension standard deviations of the MFCC frames are at least this
 
 
 @dataclass
@@ -97,8 +97,9 @@ class PretrainConfig:
     mask_prob: float = 0.8
     mask_length: int = 10
     unmasked_weight: float = 0.0
-    conv_layers: list = field(default_factory=lambda: [list(layer) for layer in
-                                                       TINY_CONFIG["extractor_conv_layer_config"]])
+    conv_layers: list = field(
+        default_factory=lambda: [list(layer) for layer in TINY_CONFIG["extractor_conv_layer_config"]]
+    )
     seed: int = 0
 
     @classmethod
@@ -148,12 +149,21 @@ class UnitTargets:
     def __init__(self, window: int, hop: int, n_mfcc: int = 13, n_mels: int = 40):
         self.window, self.hop = int(window), int(hop)
         self.mfcc = torchaudio.transforms.MFCC(
-            sample_rate=SAMPLE_RATE, n_mfcc=n_mfcc, log_mels=True,
-            melkwargs={"n_fft": self.window, "win_length": self.window, "hop_length": self.hop,
-                       "n_mels": n_mels, "center": False, "window_fn": torch.hann_window})
-        self.mean: torch.Tensor | None = None      # (3 n_mfcc,)
-        self.std: torch.Tensor | None = None       # (3 n_mfcc,)
-        self.centers: torch.Tensor | None = None   # (n_units, 3 n_mfcc)
+            sample_rate=SAMPLE_RATE,
+            n_mfcc=n_mfcc,
+            log_mels=True,
+            melkwargs={
+                "n_fft": self.window,
+                "win_length": self.window,
+                "hop_length": self.hop,
+                "n_mels": n_mels,
+                "center": False,
+                "window_fn": torch.hann_window,
+            },
+        )
+        self.mean: torch.Tensor | None = None  # (3 n_mfcc,)
+        self.std: torch.Tensor | None = None  # (3 n_mfcc,)
+        self.centers: torch.Tensor | None = None  # (n_units, 3 n_mfcc)
 
     def num_frames(self, num_samples: int) -> int:
         return (num_samples - self.window) // self.hop + 1
@@ -162,15 +172,18 @@ class UnitTargets:
     def features(self, wave: torch.Tensor) -> torch.Tensor:
         """(S,) float32 waveform -> (T, 3 n_mfcc) float32; S must hold at least one window."""
         if wave.dim() != 1 or wave.shape[0] < self.window:
-            raise ValueError(f"UnitTargets: expected a waveform (samples,) of at least {self.window} samples, "
-                             f"got shape {tuple(wave.shape)}")
-        c = self.mfcc(wave.float())                                    # (n_mfcc, T)
+            raise ValueError(
+                f"UnitTargets: expected a waveform (samples,) of at least {self.window} samples, "
+                f"got shape {tuple(wave.shape)}"
+            )
+        c = self.mfcc(wave.float())  # (n_mfcc, T)
         d1 = torchaudio.functional.compute_deltas(c)
         d2 = torchaudio.functional.compute_deltas(d1)
         return torch.cat([c, d1, d2]).T.contiguous()
 
-    def fit(self, frames: Sequence[torch.Tensor], n_units: int, seed: int = 0, max_iter: int = 50,
-            max_frames: int = 0) -> dict[str, float]:
+    def fit(
+        self, frames: Sequence[torch.Tensor], n_units: int, seed: int = 0, max_iter: int = 50, max_frames: int = 0
+    ) -> dict[str, float]:
         """Standardisation and k-means centres from feature matrices ``[(T_i, dim)]``: at most
         ``max_frames`` frames drawn without replacement (0: all). Returns fit statistics
         (frames, iterations, fraction of units left empty)."""
@@ -182,8 +195,13 @@ class UnitTargets:
         mean = x.mean(0, dtype=np.float64)
         std = np.maximum(x.std(0, dtype=np.float64), STD_FLOOR)
         result = kmeans((x - mean) / std, n_units, seed=seed, max_iter=max_iter, progress=False)
-        self.set_state({"mean": torch.from_numpy(mean).float(), "std": torch.from_numpy(std).float(),
-                        "centers": torch.from_numpy(result.centers)})
+        self.set_state(
+            {
+                "mean": torch.from_numpy(mean).float(),
+                "std": torch.from_numpy(std).float(),
+                "centers": torch.from_numpy(result.centers),
+            }
+        )
         used = np.bincount(result.labels, minlength=n_units) > 0
         return {"frames": float(len(x)), "kmeans_iter": float(result.n_iter), "empty_units": float(1 - used.mean())}
 
@@ -192,7 +210,7 @@ class UnitTargets:
         """(S,) waveform -> (T,) int64 unit of each frame (after :meth:`fit` or :meth:`set_state`)."""
         if self.centers is None:
             raise RuntimeError("UnitTargets: fit() or set_state() first")
-        x = F.normalize((self.features(wave) - self.mean) / self.std, dim=1)   # (T, dim) unit rows
+        x = F.normalize((self.features(wave) - self.mean) / self.std, dim=1)  # (T, dim) unit rows
         return torch.cdist(x, self.centers).argmin(dim=1)
 
     def state(self) -> dict[str, torch.Tensor]:
@@ -214,7 +232,7 @@ def span_mask(num_frames: int, mask_prob: float, mask_length: int, rng: np.rando
     n = min(max(n, 1), starts_possible)
     mask = np.zeros(num_frames, dtype=bool)
     for start in rng.choice(starts_possible, size=n, replace=False):
-        mask[start:start + length] = True
+        mask[start : start + length] = True
     return mask
 
 
@@ -227,8 +245,15 @@ class MaskedUnitDataset(EpochDataset):
     every draw from ``item_rng(seed, epoch, index)``.
     """
 
-    def __init__(self, paths: Sequence[str | Path], targets: UnitTargets, crop_samples: int, mask_prob: float,
-                 mask_length: int, seed: int = 0):
+    def __init__(
+        self,
+        paths: Sequence[str | Path],
+        targets: UnitTargets,
+        crop_samples: int,
+        mask_prob: float,
+        mask_length: int,
+        seed: int = 0,
+    ):
         super().__init__(paths, seed)
         self.targets = targets
         self.crop_samples = int(crop_samples)
@@ -265,22 +290,23 @@ class MaskedPredictionModel(nn.Module):
         self.projection = nn.Linear(wavlm.dim, n_units)
 
     def forward(self, wave: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        hidden, _ = self.wavlm(wave, mask=mask, mask_embedding=self.mask_embedding)   # (L, B, T, D)
+        hidden, _ = self.wavlm(wave, mask=mask, mask_embedding=self.mask_embedding)  # (L, B, T, D)
         x = hidden[-1]
         if self.final_norm:
             x = self.wavlm.encoder.transformer.layer_norm(x)
         return self.projection(x)
 
 
-def masked_prediction_loss(logits: torch.Tensor, units: torch.Tensor, mask: torch.Tensor,
-                           unmasked_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+def masked_prediction_loss(
+    logits: torch.Tensor, units: torch.Tensor, mask: torch.Tensor, unmasked_weight: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy of ``logits`` (B, T, K) against ``units`` (B, T): the mean over the frames where
     ``mask`` (B, T) is True, plus ``unmasked_weight`` times the mean over the other frames (HuBERT's
     weighting of the two terms; 0: masked frames only, none unmasked: no second term) -> (loss,
     accuracy of the argmax on the masked frames, a fraction)."""
     if not mask.any():
         raise ValueError("masked_prediction_loss: no frame is masked")
-    picked, target = logits[mask], units[mask]                        # (M, K), (M,)
+    picked, target = logits[mask], units[mask]  # (M, K), (M,)
     loss = F.cross_entropy(picked.float(), target)
     if unmasked_weight > 0.0 and not mask.all():
         loss = loss + unmasked_weight * F.cross_entropy(logits[~mask].float(), units[~mask])
@@ -318,19 +344,24 @@ class WavLMPretrainStage(Stage):
         check_audio_exists(scp, self.train_scp)
         self.inputs_digest = file_digest(self.train_scp)
         if len(scp) < cfg.batch_size:
-            raise ValueError(f"{self.train_scp}: {len(scp)} utterances cannot fill one batch of "
-                             f"wavlm.pretrain.batch_size={cfg.batch_size}")
+            raise ValueError(
+                f"{self.train_scp}: {len(scp)} utterances cannot fill one batch of "
+                f"wavlm.pretrain.batch_size={cfg.batch_size}"
+            )
         wavlm = load_wavlm(None, self.num_layers, tiny=True, conv_layers=cfg.conv_layers)
         window, hop = frame_geometry(wavlm.config["extractor_conv_layer_config"])
         self.targets = UnitTargets(window, hop, cfg.n_mfcc, cfg.n_mels)
         crop = seconds_to_samples(cfg.crop_s)
         if self.targets.num_frames(crop) != wavlm.num_frames(crop):
-            raise ValueError(f"wavlm.pretrain.crop_s={cfg.crop_s}: {self.targets.num_frames(crop)} MFCC frames "
-                             f"but {wavlm.num_frames(crop)} WavLM frames")
+            raise ValueError(
+                f"wavlm.pretrain.crop_s={cfg.crop_s}: {self.targets.num_frames(crop)} MFCC frames "
+                f"but {wavlm.num_frames(crop)} WavLM frames"
+            )
         self._fit_units(list(scp.values()))
         self.student = MaskedPredictionModel(wavlm, cfg.n_units)
-        self.train_set = MaskedUnitDataset(list(scp.values()), self.targets, crop, cfg.mask_prob,
-                                           cfg.mask_length, seed=cfg.seed)
+        self.train_set = MaskedUnitDataset(
+            list(scp.values()), self.targets, crop, cfg.mask_prob, cfg.mask_length, seed=cfg.seed
+        )
 
     def _fit_units(self, paths: list[str]) -> None:
         """MFCC frames of every whole training utterance (as extraction reads them) -> k-means units."""
@@ -343,20 +374,30 @@ class WavLMPretrainStage(Stage):
             meter.update()
         if not frames:
             raise ValueError(f"{self.train_scp}: no utterance holds one {self.targets.window}-sample frame")
-        stats = self.targets.fit(frames, self.cfg.n_units, seed=self.cfg.seed, max_iter=self.cfg.kmeans_iter,
-                                 max_frames=self.cfg.kmeans_frames)
+        stats = self.targets.fit(
+            frames,
+            self.cfg.n_units,
+            seed=self.cfg.seed,
+            max_iter=self.cfg.kmeans_iter,
+            max_frames=self.cfg.kmeans_frames,
+        )
         meter.write(units=self.cfg.n_units, **stats)
 
     def configure_optimizer(self, student: nn.Module) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(decay_param_groups(student, self.cfg.weight_decay), lr=0.0, betas=(0.9, 0.98),
-                                 eps=1e-6)
+        return torch.optim.AdamW(
+            decay_param_groups(student, self.cfg.weight_decay), lr=0.0, betas=(0.9, 0.98), eps=1e-6
+        )
 
     def lr_schedule(self, steps_per_epoch: int) -> np.ndarray:
-        return schedules.warmup_cosine(self.cfg.lr, self.cfg.lr * self.cfg.lr_final, self.epochs * steps_per_epoch,
-                                       self.cfg.warmup_epochs * steps_per_epoch)
+        return schedules.warmup_cosine(
+            self.cfg.lr,
+            self.cfg.lr * self.cfg.lr_final,
+            self.epochs * steps_per_epoch,
+            self.cfg.warmup_epochs * steps_per_epoch,
+        )
 
     def train_step(self, student: nn.Module, batch: Any, epoch: int) -> tuple[torch.Tensor, dict[str, Any]]:
-        logits = student(batch["wave"], batch["mask"])                 # (B, T, K)
+        logits = student(batch["wave"], batch["mask"])  # (B, T, K)
         loss, accuracy = masked_prediction_loss(logits, batch["units"], batch["mask"], self.cfg.unmasked_weight)
         return loss, {"masked_accuracy": accuracy, "masked_fraction": batch["mask"].float().mean()}
 
@@ -371,5 +412,13 @@ class WavLMPretrainStage(Stage):
 
     def write_model_file(self, path: Path) -> None:
         model = self.student
-        save_torch(path, official_checkpoint(model.wavlm, model.mask_embedding, mask_prob=self.cfg.mask_prob,
-                                             mask_length=self.cfg.mask_length, mask_selection="static"))
+        save_torch(
+            path,
+            official_checkpoint(
+                model.wavlm,
+                model.mask_embedding,
+                mask_prob=self.cfg.mask_prob,
+                mask_length=self.cfg.mask_length,
+                mask_selection="static",
+            ),
+        )
