@@ -36,9 +36,9 @@ wildcard_constraints:
 
 
 rule all:
+    default_target: True
     input:
         final_targets(),
-    default_target: True
 
 
 # Before anything is submitted to SLURM: the profile's placeholders and each rule's request against the

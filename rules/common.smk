@@ -38,9 +38,15 @@ CORPUS = config["corpus"].get(config["corpus"]["kind"]) or {}  # the section of 
 
 # The trial lists downstream rules score (rules/data.smk writes them): the demo's one, a generic
 # corpus' split, or the configured lists that are not null (rules/data.smk stops a run without any).
-TRIAL_LISTS = (["demo"] if config["corpus"]["kind"] == "demo"
-               else [CORPUS["split"]["name"]] if "split" in CORPUS
-               else [name for name, path in (CORPUS.get("trials") or {}).items() if path])
+TRIAL_LISTS = (
+    ["demo"]
+    if config["corpus"]["kind"] == "demo"
+    else (
+        [CORPUS["split"]["name"]]
+        if "split" in CORPUS
+        else [name for name, path in (CORPUS.get("trials") or {}).items() if path]
+    )
+)
 
 # The augmentation lists (data/augment/<name>.lst) every training stage reads.
 AUGMENT_LISTS = expand(f"{DATA_DIR}/augment/{{name}}.lst", name=["noise", "music", "babble", "rir"])
@@ -52,8 +58,9 @@ AUGMENT_ARG = "--no-augment" if CORPUS.get("augment") == "none" else "--augment-
 
 # name (ssrl_...) -> overrides of the ssrl section; an ablation set to null is left out (a config
 # merged over another cannot delete its keys: `ablations: {ssrl_queue1: null}` drops one)
-ABLATIONS = {name: overrides or {} for name, overrides in (config.get("ablations") or {}).items()
-             if overrides is not None}
+ABLATIONS = {
+    name: overrides or {} for name, overrides in (config.get("ablations") or {}).items() if overrides is not None
+}
 SSRL_SYSTEMS = ["ssrl", *ABLATIONS]  # rules/ssrl.smk
 ITERATIVE_ROUNDS = int((config.get("iterative") or {}).get("rounds", 0))  # rules/iterative.smk
 WAVLM = config.get("wavlm") or {"enabled": False}  # rules/wavlm.smk
@@ -228,8 +235,9 @@ def ssrl_train_params(system, hparams):
     return {
         "system": name,
         "hparams": lambda wildcards: as_json(hp(wildcards)),
-        "init": lambda wildcards, input: " ".join(f"{flag} {shlex.quote(getattr(input, key))}"
-                                                  for key, flag in flags.items() if hasattr(input, key)),
+        "init": lambda wildcards, input: " ".join(
+            f"{flag} {shlex.quote(getattr(input, key))}" for key, flag in flags.items() if hasattr(input, key)
+        ),
         "ckpt": lambda wildcards: sys_path(name(wildcards), "ckpt"),
         "augment_dir": lambda wildcards, input: os.path.dirname(input.augment[0]),
     }
@@ -268,8 +276,12 @@ def wavlm_arch():
     detached)."""
     wavlm = config["wavlm"]
     path = wavlm_checkpoint()
-    frontend = {"checkpoint": path, "num_layers": wavlm["num_layers"], "tiny": wavlm["tiny"] and path is None,
-                "normalize_input": wavlm["normalize_input"]}
+    frontend = {
+        "checkpoint": path,
+        "num_layers": wavlm["num_layers"],
+        "tiny": wavlm["tiny"] and path is None,
+        "normalize_input": wavlm["normalize_input"],
+    }
     return {"frontend": {"type": "wavlm", **frontend}, "encoder": dict(wavlm["encoder"])}
 
 
@@ -289,8 +301,9 @@ def rule_slurm_resources(rule):
     values = {}
     for key, res in rule.resources.items():
         try:
-            values[key] = res.evaluate(wildcards={}, input=[], attempt=1, threads=1, rulename=rule.name,
-                                       async_run=asyncio.run).value
+            values[key] = res.evaluate(
+                wildcards={}, input=[], attempt=1, threads=1, rulename=rule.name, async_run=asyncio.run
+            ).value
         except Exception:  # noqa: BLE001 - resource callables may need a job's wildcards or input
             continue
     return values

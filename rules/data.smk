@@ -17,17 +17,17 @@ if config["corpus"]["kind"] == "demo":
             trials=f"{DATA_DIR}/trials/demo.txt",
             augment=AUGMENT_LISTS,
             baseline=run_path("corpus", "baseline.json"),
-        params:
-            hparams=as_json(config["corpus"]["demo"]),
-            corpus_dir=lambda wildcards, output: os.path.dirname(output.baseline),
-            data_dir=lambda wildcards, output: os.path.dirname(os.path.dirname(output.trials)),
-        threads: 2
         log:
             log_path("demo_corpus"),
         benchmark:
             bench_path("demo_corpus")
         conda:
             ENV
+        threads: 2
+        params:
+            hparams=as_json(config["corpus"]["demo"]),
+            corpus_dir=lambda wildcards, output: os.path.dirname(output.baseline),
+            data_dir=lambda wildcards, output: os.path.dirname(os.path.dirname(output.trials)),
         shell:
             script_cmd(
                 "make_demo.py",
@@ -53,22 +53,35 @@ if config["corpus"]["kind"] in ("voxceleb", "generic"):
     # config/voxceleb.yaml ships /path/to/... placeholders: name each one left, before planning any job.
     _PREP_UNSET = placeholder_keys(_PREP, f"corpus.{_PREP_KIND}")
     if _PREP_UNSET:
-        raise ValueError("set these corpus paths to your local copies (they are still placeholders):\n"
-                         + "\n".join(f"  {key}: {value}" for key, value in _PREP_UNSET))
+        raise ValueError(
+            "set these corpus paths to your local copies (they are still placeholders):\n"
+            + "\n".join(f"  {key}: {value}" for key, value in _PREP_UNSET)
+        )
     _PREP_CONV = _PREP["conversion"]
     # The corpus folder(s) whose <speaker> folders are scanned; n_shards unset: one shard per speaker
     # folder (round robin never leaves one empty), at most 64. Listing the folders is cheap.
-    _PREP_ROOTS = ([os.path.join(_PREP["vox2_root"], "dev", "aac")] if _PREP_KIND == "voxceleb"
-                   else [_PREP["root"]] if isinstance(_PREP["root"], str) else list(_PREP["root"]))
-    _PREP_N_SHARDS = _PREP_CONV["n_shards"] or max(1, min(64, sum(
-        len([e for e in os.scandir(r) if e.is_dir() and not e.name.startswith(".")]) if os.path.isdir(r) else 0
-        for r in _PREP_ROOTS)))
+    _PREP_ROOTS = (
+        [os.path.join(_PREP["vox2_root"], "dev", "aac")]
+        if _PREP_KIND == "voxceleb"
+        else [_PREP["root"]] if isinstance(_PREP["root"], str) else list(_PREP["root"])
+    )
+    _PREP_N_SHARDS = _PREP_CONV["n_shards"] or max(
+        1,
+        min(
+            64,
+            sum(
+                len([e for e in os.scandir(r) if e.is_dir() and not e.name.startswith(".")]) if os.path.isdir(r) else 0
+                for r in _PREP_ROOTS
+            ),
+        ),
+    )
     _PREP_WIDTH = max(3, len(str(_PREP_N_SHARDS - 1)))
     PREPARE_SHARDS = [f"{i:0{_PREP_WIDTH}d}" for i in range(_PREP_N_SHARDS)]
     # Augmentation sources: MUSAN/RIRS_NOISES folders, per-list folders or list files, or none.
     _PREP_AUGMENT = _PREP.get("augment") or {}
-    _PREP_AUGMENT_SOURCES = (None if _PREP_AUGMENT == "none"
-                             else {"musan": _PREP.get("musan"), "rirs": _PREP.get("rirs"), **_PREP_AUGMENT})
+    _PREP_AUGMENT_SOURCES = (
+        None if _PREP_AUGMENT == "none" else {"musan": _PREP.get("musan"), "rirs": _PREP.get("rirs"), **_PREP_AUGMENT}
+    )
     # Trial list name -> local file (null entries skipped); downstream rules score each name.
     _PREP_LISTS = {name: path for name, path in (_PREP.get("trials") or {}).items() if path}
     if "split" not in _PREP and not _PREP_LISTS:
@@ -84,18 +97,20 @@ if config["corpus"]["kind"] in ("voxceleb", "generic"):
         output:
             shards=_SHARD_LISTS,
             summary=run_path("prepare", "scan.json"),
-        params:
-            hparams=as_json({
-                "kind": "voxceleb2" if _PREP_KIND == "voxceleb" else "generic",
-                "root": _PREP["vox2_root"] if _PREP_KIND == "voxceleb" else _PREP_ROOTS,
-                "flac_dir": _PREP_CONV.get("flac_dir"),
-                "size_ratio": _PREP_CONV["size_ratio"],
-                "disk_margin_gb": _PREP_CONV["disk_margin_gb"],
-            }),
         log:
             log_path("prepare_scan"),
         conda:
             ENV
+        params:
+            hparams=as_json(
+                {
+                    "kind": "voxceleb2" if _PREP_KIND == "voxceleb" else "generic",
+                    "root": _PREP["vox2_root"] if _PREP_KIND == "voxceleb" else _PREP_ROOTS,
+                    "flac_dir": _PREP_CONV.get("flac_dir"),
+                    "size_ratio": _PREP_CONV["size_ratio"],
+                    "disk_margin_gb": _PREP_CONV["disk_margin_gb"],
+                }
+            ),
         shell:
             script_cmd(
                 "prepare_corpus.py",
@@ -109,15 +124,15 @@ if config["corpus"]["kind"] in ("voxceleb", "generic"):
         output:
             records=f"{_SHARD}.usable.tsv",
             summary=f"{_SHARD}.json",
-        wildcard_constraints:
-            shard=r"\d+",
-        params:
-            hparams=as_json({"max_failures": _PREP_CONV["max_failures"]}),
         log:
             log_path("prepare_convert_{shard}"),
-        threads: 1
+        wildcard_constraints:
+            shard=r"\d+",
         conda:
             ENV
+        threads: 1
+        params:
+            hparams=as_json({"max_failures": _PREP_CONV["max_failures"]}),
         shell:
             script_cmd(
                 "prepare_corpus.py",
@@ -131,12 +146,12 @@ if config["corpus"]["kind"] in ("voxceleb", "generic"):
             music=f"{DATA_DIR}/augment/music.lst",
             babble=f"{DATA_DIR}/augment/babble.lst",
             rir=f"{DATA_DIR}/augment/rir.lst",
-        params:
-            hparams=as_json({"sources": _PREP_AUGMENT_SOURCES}),
         log:
             log_path("prepare_augment"),
         conda:
             ENV
+        params:
+            hparams=as_json({"sources": _PREP_AUGMENT_SOURCES}),
         shell:
             script_cmd(
                 "prepare_corpus.py",
@@ -155,12 +170,12 @@ if config["corpus"]["kind"] == "voxceleb":
             wav_scp=f"{DATA_DIR}/train/wav.scp",
             utt2spk=f"{DATA_DIR}/train/utt2spk",
             summary=run_path("prepare", "summary.json"),
-        params:
-            hparams=as_json({"kind": "voxceleb2", "max_failures": _PREP_CONV["max_failures"]}),
         log:
             log_path("prepare_train"),
         conda:
             ENV
+        params:
+            hparams=as_json({"kind": "voxceleb2", "max_failures": _PREP_CONV["max_failures"]}),
         shell:
             script_cmd(
                 "prepare_corpus.py",
@@ -176,12 +191,12 @@ if config["corpus"]["kind"] == "voxceleb":
             wav_scp=f"{DATA_DIR}/test/wav.scp",
             utt2spk=f"{DATA_DIR}/test/utt2spk",
             trials=[f"{DATA_DIR}/trials/{name}.txt" for name in _PREP_LISTS],
-        params:
-            hparams=as_json({"root": _PREP["vox1_root"], "trials": _PREP_LISTS}),
         log:
             log_path("prepare_voxceleb1"),
         conda:
             ENV
+        params:
+            hparams=as_json({"root": _PREP["vox1_root"], "trials": _PREP_LISTS}),
         shell:
             script_cmd(
                 "prepare_corpus.py",
@@ -202,15 +217,23 @@ if config["corpus"]["kind"] == "generic":
             test=multiext(f"{DATA_DIR}/test/", "wav.scp", "utt2spk"),
             trials=[f"{DATA_DIR}/trials/{name}.txt" for name in TRIAL_LISTS],
             summary=run_path("prepare", "summary.json"),
-        params:
-            hparams=as_json({"kind": "generic", "max_failures": _PREP_CONV["max_failures"], "roots": _PREP_ROOTS,
-                             "holdout": _PREP["holdout"], "train": _PREP.get("train"), "test": _PREP.get("test"),
-                             **({"split": _PREP["split"]} if "split" in _PREP else {"trials": _PREP_LISTS})}),
-            out_dir=lambda wildcards, output: os.path.dirname(os.path.dirname(output.train[0])),
         log:
             log_path("prepare_sets"),
         conda:
             ENV
+        params:
+            hparams=as_json(
+                {
+                    "kind": "generic",
+                    "max_failures": _PREP_CONV["max_failures"],
+                    "roots": _PREP_ROOTS,
+                    "holdout": _PREP["holdout"],
+                    "train": _PREP.get("train"),
+                    "test": _PREP.get("test"),
+                    **({"split": _PREP["split"]} if "split" in _PREP else {"trials": _PREP_LISTS}),
+                }
+            ),
+            out_dir=lambda wildcards, output: os.path.dirname(os.path.dirname(output.train[0])),
         shell:
             script_cmd(
                 "prepare_corpus.py",

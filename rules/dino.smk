@@ -19,22 +19,24 @@ rule dino_train:
         model=sys_path("dino", "model.pt"),
         log=sys_path("dino", "train_log.tsv"),
         record=sys_path("dino", "train_record.json"),
-    params:
-        hparams=as_json({
-            **{key: config[key] for key in ("dino", "model", "train")},
-            "augment": {key: config["augment"][key] for key in ("snr_db", "babble_count")},
-        }),
-        ckpt=sys_path("dino", "ckpt"),
-        augment_dir=lambda wildcards, input: os.path.dirname(input.augment[0]),
-    threads: 32
-    resources:
-        gpu=0,
     log:
         log_path("dino_train"),
     benchmark:
         bench_path("dino_train")
     conda:
         ENV
+    threads: 32
+    resources:
+        gpu=0,
+    params:
+        hparams=as_json(
+            {
+                **{key: config[key] for key in ("dino", "model", "train")},
+                "augment": {key: config["augment"][key] for key in ("snr_db", "babble_count")},
+            }
+        ),
+        ckpt=sys_path("dino", "ckpt"),
+        augment_dir=lambda wildcards, input: os.path.dirname(input.augment[0]),
     shell:
         train_command("train_dino.py") + f" --train-scp {{input.wav_scp:q}} {AUGMENT_ARG}"
         " --val-scp {input.val_scp:q} --val-trials {input.val_trials:q} --ckpt-dir {params.ckpt:q}"

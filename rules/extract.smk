@@ -21,17 +21,17 @@ rule extract_train_test:
     output:
         train=sys_path("{system}", "emb", "train.npz"),
         test=sys_path("{system}", "emb", "test.npz"),
-    params:
-        hparams=as_json(config["extract"]),
-    wildcard_constraints:
-        system=train_embedding_systems(),
-    threads: 8
     log:
         log_path("extract/{system}/train_test"),
     benchmark:
         bench_path("extract/{system}/train_test")
+    wildcard_constraints:
+        system=train_embedding_systems(),
     conda:
         ENV
+    threads: 8
+    params:
+        hparams=as_json(config["extract"]),
     shell:
         extract_command([("{input.train:q}", "{output.train:q}"), ("{input.test:q}", "{output.test:q}")])
 
@@ -42,16 +42,16 @@ rule extract:
         wav_scp=f"{DATA_DIR}/{{set}}/wav.scp",
     output:
         sys_path("{system}", "emb", "{set}.npz"),
-    params:
-        hparams=as_json(config["extract"]),
-    wildcard_constraints:
-        set=r"train|test",
-    threads: 8
     log:
         log_path("extract/{system}/{set}"),
     benchmark:
         bench_path("extract/{system}/{set}")
+    wildcard_constraints:
+        set=r"train|test",
     conda:
         ENV
+    threads: 8
+    params:
+        hparams=as_json(config["extract"]),
     shell:
         extract_command([("{input.wav_scp:q}", "{output:q}")])

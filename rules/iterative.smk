@@ -12,23 +12,25 @@
 
 rule iterative_train:
     input:
-        **ssrl_train_input(init=lambda wildcards: sys_path(iterative_previous(wildcards), "model.pt"),
-                           labels=lambda wildcards: kmeans_path(iterative_previous(wildcards), "labels.txt"),
-                           centers=lambda wildcards: kmeans_path(iterative_previous(wildcards), "centers.npy")),
+        **ssrl_train_input(
+            init=lambda wildcards: sys_path(iterative_previous(wildcards), "model.pt"),
+            labels=lambda wildcards: kmeans_path(iterative_previous(wildcards), "labels.txt"),
+            centers=lambda wildcards: kmeans_path(iterative_previous(wildcards), "centers.npy"),
+        ),
     output:
         **ssrl_train_output("iter_r{r}"),
-    params:
-        **ssrl_train_params(lambda wildcards: f"iter_r{wildcards.r}", _variants.iterative_hparams(config)),
-    wildcard_constraints:
-        r=r"[1-9][0-9]*",
-    threads: 32
-    resources:
-        gpu=0,
     log:
         log_path("iterative_train/iter_r{r}"),
     benchmark:
         bench_path("iterative_train/iter_r{r}")
+    wildcard_constraints:
+        r=r"[1-9][0-9]*",
     conda:
         ENV
+    threads: 32
+    resources:
+        gpu=0,
+    params:
+        **ssrl_train_params(lambda wildcards: f"iter_r{wildcards.r}", _variants.iterative_hparams(config)),
     shell:
         ssrl_train_shell()

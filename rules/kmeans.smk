@@ -16,19 +16,19 @@ rule kmeans:
         centers=sys_path("{system}", "kmeans_k{k}", "centers.npy"),
         quality=sys_path("{system}", "kmeans_k{k}", "quality.json"),
         plot=sys_path("{system}", "kmeans_k{k}", "sizes.png"),
-    params:
-        hparams=as_json({key: config["kmeans"][key] for key in ("max_iter", "seed", "n_init", "device")}),
-    wildcard_constraints:
-        k=r"[1-9][0-9]*",
-    threads: 16
-    resources:
-        gpu=0,          # the SLURM profile gives it one (kmeans.device auto then runs Lloyd on it)
     log:
         log_path("kmeans/{system}_k{k}"),
     benchmark:
         bench_path("kmeans/{system}_k{k}")
+    wildcard_constraints:
+        k=r"[1-9][0-9]*",
     conda:
         ENV
+    threads: 16
+    resources:
+        gpu=0,  # the SLURM profile gives it one (kmeans.device auto then runs Lloyd on it)
+    params:
+        hparams=as_json({key: config["kmeans"][key] for key in ("max_iter", "seed", "n_init", "device")}),
     shell:
         script_cmd(
             "kmeans.py",

@@ -25,8 +25,15 @@ def provenance_start():
     cwd = os.getcwd()  # the working directory (-d)
     reproduce = _provenance.reproduce_command(profile, workflow.config_settings.configfiles, config_args, cwd)
     # (a dict, not keyword arguments: a line starting with `workdir=` would read as Snakemake's keyword)
-    record = {"stamp": PROVENANCE_STAMP, "config": config, "profile": profile, "argv": sys.argv,
-              "executor": executor, "reproduce": reproduce, "workdir": cwd}
+    record = {
+        "stamp": PROVENANCE_STAMP,
+        "config": config,
+        "profile": profile,
+        "argv": sys.argv,
+        "executor": executor,
+        "reproduce": reproduce,
+        "workdir": cwd,
+    }
     _provenance.start_record(RUN_DIR, **record)
 
 

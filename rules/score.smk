@@ -4,6 +4,7 @@
 #   <system>/scores/<list>.det.tsv   far, frr (DET curve, increasing threshold)
 #   <system>/metrics/<list>.json     eer, eer_threshold, min_dcf_0.01, min_dcf_0.05, counts, score_norm
 
+
 rule score:
     input:
         emb=sys_path("{system}", "emb", "test.npz"),
@@ -13,18 +14,18 @@ rule score:
         scores=score_path("{system}", "{trials}", "scores"),
         det=score_path("{system}", "{trials}", "det"),
         metrics=score_path("{system}", "{trials}", "metrics"),
-    params:
-        hparams=as_json(config["score"]),
-        cohort=lambda wildcards, input: f"--cohort {shlex.quote(input.cohort)}" if input.cohort else "",
-    wildcard_constraints:
-        trials=r"[A-Za-z0-9_-]+",
-    threads: 4
     log:
         log_path("score/{system}/{trials}"),
     benchmark:
         bench_path("score/{system}/{trials}")
+    wildcard_constraints:
+        trials=r"[A-Za-z0-9_-]+",
     conda:
         ENV
+    threads: 4
+    params:
+        hparams=as_json(config["score"]),
+        cohort=lambda wildcards, input: f"--cohort {shlex.quote(input.cohort)}" if input.cohort else "",
     shell:
         script_cmd(
             "score.py",

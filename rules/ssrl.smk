@@ -15,23 +15,28 @@
 
 rule ssrl_train:
     input:
-        **ssrl_train_input(init=sys_path("dino", "model.pt"), labels=kmeans_path("dino", "labels.txt"),
-                           centers=kmeans_path("dino", "centers.npy")),
+        **ssrl_train_input(
+            init=sys_path("dino", "model.pt"),
+            labels=kmeans_path("dino", "labels.txt"),
+            centers=kmeans_path("dino", "centers.npy"),
+        ),
     output:
         **ssrl_train_output("{system}"),
-    params:
-        **ssrl_train_params(lambda wildcards: wildcards.system,
-                            lambda wildcards: _variants.ssrl_hparams(config, **ABLATIONS.get(wildcards.system, {}))),
-    wildcard_constraints:
-        system="|".join(re.escape(s) for s in SSRL_SYSTEMS),
-    threads: 32
-    resources:
-        gpu=0,
     log:
         log_path("ssrl_train/{system}"),
     benchmark:
         bench_path("ssrl_train/{system}")
+    wildcard_constraints:
+        system="|".join(re.escape(s) for s in SSRL_SYSTEMS),
     conda:
         ENV
+    threads: 32
+    resources:
+        gpu=0,
+    params:
+        **ssrl_train_params(
+            lambda wildcards: wildcards.system,
+            lambda wildcards: _variants.ssrl_hparams(config, **ABLATIONS.get(wildcards.system, {})),
+        ),
     shell:
         ssrl_train_shell()

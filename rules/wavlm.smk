@@ -38,14 +38,18 @@
 if WAVLM["enabled"] and workflow.is_main_process:
     if WAVLM["checkpoint"] is not None:
         if WAVLM["tiny"]:
-            raise ValueError(f"wavlm.tiny: true builds a random tiny WavLM, but wavlm.checkpoint is set "
-                             f"({WAVLM['checkpoint']}); set wavlm.tiny: false or wavlm.checkpoint: null")
+            raise ValueError(
+                f"wavlm.tiny: true builds a random tiny WavLM, but wavlm.checkpoint is set "
+                f"({WAVLM['checkpoint']}); set wavlm.tiny: false or wavlm.checkpoint: null"
+            )
         from ssrl.models.wavlm_checkpoint import checkpoint_problem
 
         _WAVLM_PROBLEM = checkpoint_problem(WAVLM["checkpoint"], WAVLM["num_layers"])
         if _WAVLM_PROBLEM:
-            raise ValueError(f"wavlm.checkpoint: {WAVLM['checkpoint']} {_WAVLM_PROBLEM} (wavlm.enabled is true; "
-                             f"set wavlm.enabled: false to run without the WavLM systems)")
+            raise ValueError(
+                f"wavlm.checkpoint: {WAVLM['checkpoint']} {_WAVLM_PROBLEM} (wavlm.enabled is true; "
+                f"set wavlm.enabled: false to run without the WavLM systems)"
+            )
 
 
 if WAVLM["enabled"] and wavlm_checkpoint() == run_path("wavlm_pretrain", "wavlm_tiny.pt"):
@@ -56,19 +60,20 @@ if WAVLM["enabled"] and wavlm_checkpoint() == run_path("wavlm_pretrain", "wavlm_
         output:
             model=run_path("wavlm_pretrain", "wavlm_tiny.pt"),
             log=run_path("wavlm_pretrain", "train_log.tsv"),
-        params:
-            hparams=as_json({"pretrain": WAVLM["pretrain"], "num_layers": WAVLM["num_layers"],
-                             "train": config["train"]}),
-            ckpt=run_path("wavlm_pretrain", "ckpt"),
-        threads: 32
-        resources:
-            gpu=0,
         log:
             log_path("wavlm_train/wavlm_pretrain"),
         benchmark:
             bench_path("wavlm_train/wavlm_pretrain")
         conda:
             ENV
+        threads: 32
+        resources:
+            gpu=0,
+        params:
+            hparams=as_json(
+                {"pretrain": WAVLM["pretrain"], "num_layers": WAVLM["num_layers"], "train": config["train"]}
+            ),
+            ckpt=run_path("wavlm_pretrain", "ckpt"),
         shell:
             train_command("pretrain_wavlm.py") + " --train-scp {input.wav_scp:q} --ckpt-dir {params.ckpt:q}"
             " --model-out {output.model:q} --log-out {output.log:q} --hparams {params.hparams:q} >> {log:q} 2>&1"
@@ -78,21 +83,23 @@ if WAVLM["enabled"]:
 
     rule wavlm_step1:
         input:
-            **ssrl_train_input(labels=kmeans_path("dino", "labels.txt"),
-                               checkpoint=[wavlm_checkpoint()] if wavlm_checkpoint() is not None else []),
+            **ssrl_train_input(
+                labels=kmeans_path("dino", "labels.txt"),
+                checkpoint=[wavlm_checkpoint()] if wavlm_checkpoint() is not None else [],
+            ),
         output:
             **ssrl_train_output("wavlm_step1"),
-        params:
-            **ssrl_train_params("wavlm_step1", _variants.wavlm_hparams(config, "step1", wavlm_arch())),
-        threads: 32
-        resources:
-            gpu=0,
         log:
             log_path("wavlm_train/wavlm_step1"),
         benchmark:
             bench_path("wavlm_train/wavlm_step1")
         conda:
             ENV
+        threads: 32
+        resources:
+            gpu=0,
+        params:
+            **ssrl_train_params("wavlm_step1", _variants.wavlm_hparams(config, "step1", wavlm_arch())),
         shell:
             ssrl_train_shell()
 
@@ -101,17 +108,17 @@ if WAVLM["enabled"]:
             **ssrl_train_input(init=sys_path("wavlm_step1", "model.pt")),
         output:
             **ssrl_train_output("wavlm_step2"),
-        params:
-            **ssrl_train_params("wavlm_step2", _variants.wavlm_hparams(config, "step2")),
-        threads: 32
-        resources:
-            gpu=0,
         log:
             log_path("wavlm_train/wavlm_step2"),
         benchmark:
             bench_path("wavlm_train/wavlm_step2")
         conda:
             ENV
+        threads: 32
+        resources:
+            gpu=0,
+        params:
+            **ssrl_train_params("wavlm_step2", _variants.wavlm_hparams(config, "step2")),
         shell:
             ssrl_train_shell()
 
@@ -120,16 +127,16 @@ if WAVLM["enabled"]:
             **ssrl_train_input(init=sys_path("wavlm_step2", "model.pt")),
         output:
             **ssrl_train_output("wavlm_ft"),
-        params:
-            **ssrl_train_params("wavlm_ft", _variants.wavlm_hparams(config, "ft")),
-        threads: 32
-        resources:
-            gpu=0,
         log:
             log_path("wavlm_train/wavlm_ft"),
         benchmark:
             bench_path("wavlm_train/wavlm_ft")
         conda:
             ENV
+        threads: 32
+        resources:
+            gpu=0,
+        params:
+            **ssrl_train_params("wavlm_ft", _variants.wavlm_hparams(config, "ft")),
         shell:
             ssrl_train_shell()
