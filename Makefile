@@ -1,13 +1,13 @@
 # The two user-facing commands (see README):
 #   make demo   - set up .venv if needed, run the whole pipeline on the embedded demo corpus
-#   make test   - set up .venv if needed, run the test suite
+#   make test   - set up .venv if needed, run the linters (make lint) and the test suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.ssrl-installed
 CORES ?= all
 
-.PHONY: demo test test-slurm venv clean-demo
+.PHONY: demo test lint test-slurm venv clean-demo
 
 venv: $(STAMP)
 
@@ -25,8 +25,15 @@ demo: $(STAMP)
 	@echo
 	@echo "Results are under results/demo/: all tables in results/demo/tables/summary.md, plots in results/demo/plots/."
 
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest
+
+# ruff (lint + format) and snakefmt as configured in pyproject.toml; the venv rule installs them ('.[dev]').
+# To fix: .venv/bin/ruff check --fix . && .venv/bin/ruff format . && .venv/bin/snakefmt Snakefile rules
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/snakefmt --check Snakefile rules
 
 # The real-SLURM test (root, apt-get): installs a one-node SLURM, runs the tiny config through it, purges it.
 test-slurm: $(STAMP)
