@@ -59,7 +59,7 @@ from ..models.wavlm import TINY_CONFIG, WavLM, check_conv_layers
 from ..models.wavlm_checkpoint import load_wavlm, official_checkpoint
 from ..progress import Progress
 from . import schedules
-from .config import config_from_dict
+from .config import check_bounds, config_from_dict
 from .optim import decay_param_groups
 from .stage import Stage, file_digest
 
@@ -106,15 +106,13 @@ class PretrainConfig:
     def from_dict(cls, d: Mapping[str, Any], where: str = "wavlm.pretrain") -> PretrainConfig:
         """Validate and build; errors name ``where.key``."""
         cfg = config_from_dict(cls, d, where)
-        for key in ("epochs", "batch_size", "n_units", "n_mfcc", "n_mels", "kmeans_iter", "mask_length"):
-            if getattr(cfg, key) < 1:
-                raise ValueError(f"{where}.{key}: must be >= 1, got {getattr(cfg, key)}")
-        for key in ("warmup_epochs", "kmeans_frames", "seed", "weight_decay", "mask_prob", "unmasked_weight"):
-            if getattr(cfg, key) < 0:
-                raise ValueError(f"{where}.{key}: must be >= 0, got {getattr(cfg, key)}")
-        for key in ("crop_s", "lr", "lr_final", "clip_grad"):
-            if getattr(cfg, key) <= 0:
-                raise ValueError(f"{where}.{key}: must be > 0, got {getattr(cfg, key)}")
+        check_bounds(
+            cfg,
+            where,
+            at_least_one=("epochs", "batch_size", "n_units", "n_mfcc", "n_mels", "kmeans_iter", "mask_length"),
+            non_negative=("warmup_epochs", "kmeans_frames", "seed", "weight_decay", "mask_prob", "unmasked_weight"),
+            positive=("crop_s", "lr", "lr_final", "clip_grad"),
+        )
         if cfg.warmup_epochs > cfg.epochs:
             raise ValueError(f"{where}.warmup_epochs ({cfg.warmup_epochs}) exceeds epochs ({cfg.epochs})")
         cfg.conv_layers = check_conv_layers(cfg.conv_layers, f"{where}.conv_layers")
