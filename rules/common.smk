@@ -134,12 +134,21 @@ LOG_ATTEMPT = (
 )
 
 
+def thread_env(omp):
+    """Shell prefix ``nt=<omp>; OMP_NUM_THREADS=$nt MKL_NUM_THREADS=$nt`` for the command that follows:
+    ``omp`` compute threads (a template or shell arithmetic) for OpenMP and for MKL. Snakemake sets
+    MKL_NUM_THREADS to the rule's threads; left there, torch's MKL calls (the STFT of the mel front-end)
+    run more threads than the job computes on, and their spin-waiting took 4-6x the CPU time of a
+    training step on 2 loaded cores (bench/RESULTS.md, "Threads")."""
+    return f"nt={omp}; OMP_NUM_THREADS=$nt MKL_NUM_THREADS=$nt"
+
+
 def script_cmd(name, args, omp="{threads}"):
     """Shell command running workflow/scripts/<name> with ``args`` (a shell template using
-    {input}, {output}, ...) on ``omp`` OpenMP threads (a template: default the rule's threads),
-    after LOG_ATTEMPT (``args`` ends with ``>> {log:q} 2>&1``).
+    {input}, {output}, ...) on ``omp`` compute threads (thread_env; a template: default the rule's
+    threads), after LOG_ATTEMPT (``args`` ends with ``>> {log:q} 2>&1``).
     The script is named by absolute path: the working directory may be anywhere (-d in tests)."""
-    return f"{LOG_ATTEMPT}OMP_NUM_THREADS={omp} python {script_path(name)} {args}"
+    return f"{LOG_ATTEMPT}{thread_env(omp)} python {script_path(name)} {args}"
 
 
 def as_json(obj):
@@ -149,7 +158,7 @@ def as_json(obj):
 
 
 def compute_threads(workers, procs="1"):
-    """Shell arithmetic for OMP_NUM_THREADS per process: what ``procs`` processes with ``workers``
+    """Shell arithmetic for the compute threads per process: what ``procs`` processes with ``workers``
     DataLoader processes each leave of the rule's {threads}, shared out, at least 1. Evaluated by the
     shell, not a params value: running with another --cores (which caps threads) never reruns a job."""
     left = f"({{threads}} - {procs} * {workers}) / {procs}"
@@ -159,12 +168,12 @@ def compute_threads(workers, procs="1"):
 def train_command(script):
     """Shell template starting training script ``script`` (workflow/scripts/) with the rule's {threads}
     and {resources.gpu}: gpu >= 2 runs torchrun --standalone with one worker per GPU, otherwise one
-    python process (on CUDA if present); OMP_NUM_THREADS per worker from compute_threads with
-    train.workers DataLoader processes per worker. Starts with LOG_ATTEMPT (the rule appends to {log})."""
+    python process (on CUDA if present); compute threads per worker (thread_env) from compute_threads
+    with train.workers DataLoader processes per worker. Starts with LOG_ATTEMPT (the rule appends to {log})."""
     return (
         f"{LOG_ATTEMPT}gpus={{resources.gpu}}; procs=$(( gpus > 1 ? gpus : 1 )); "
         'if [ "$gpus" -ge 2 ]; then run="torchrun --standalone --nproc_per_node=$gpus"; else run=python; fi; '
-        f"OMP_NUM_THREADS={compute_threads(int(config['train']['workers']), '$procs')} $run {script_path(script)}"
+        f"{thread_env(compute_threads(int(config['train']['workers']), '$procs'))} $run {script_path(script)}"
     )
 
 

@@ -201,3 +201,18 @@ def test_gpu_check_cpu_fallback(tmp_path):
     assert summary["extract"]["agree"] and summary["extract"]["batched_utts_per_s"] > 0
     for line in ("1. tiny end-to-end", "2. k-means", "3. extraction"):
         assert line in proc.stdout
+
+
+def test_bench_threads_runs_each_setting():
+    """bench/bench_threads.py: one row per OMP:MKL setting and repeat, positive wall and CPU seconds."""
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "bench_threads.py"), "--steps", "1", "--batch", "2", "--crop-s", "0.5"]
+        + ["--repeat", "1", "--settings", "1:1", "1:2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.split() for line in proc.stdout.splitlines() if line[:3].strip().isdigit()]
+    assert [row[:2] for row in rows] == [["1", "1"], ["1", "2"]]
+    assert all(float(row[2]) > 0 and float(row[3]) > 0 for row in rows)

@@ -176,7 +176,7 @@ def planned_jobs(out: str) -> list[dict]:
             wildcards: system=ssrl, trials=vox1_o     (wildcard rules)
             threads: 32                               (only when > 1)
             resources: tmpdir=/tmp, mem_mb=128000, mem=128 GB, ..., cpus_per_task=32, gpu=4
-        Shell command: OMP_NUM_THREADS=2 torchrun ...
+        Shell command: ... nt=2; OMP_NUM_THREADS=$nt MKL_NUM_THREADS=$nt python ...
 
     Returns [{"rule", "wildcards" (dict), "threads" (int), "resources" (dict of str), "shell"}].
     """
@@ -407,24 +407,18 @@ def test_profile_plans_every_stage(vox, full_plan):
 
 
 def _launch(shell: str) -> tuple[int, str]:
-    """(OMP_NUM_THREADS, launcher) of a job's shell command, evaluated by bash as the job would: a
+    """(compute threads, launcher) of a job's shell command, evaluated by bash as the job would: a
     training command (rules/common.smk train_command: shell variables from threads and gpu) or a
-    script_cmd line ``OMP_NUM_THREADS=<n or $(( shell arithmetic ))> python ...``, after the log
-    set-up (rules/common.smk LOG_ATTEMPT)."""
-    shell = shell[min(i for i in (shell.find("gpus="), shell.find("OMP_NUM_THREADS="), len(shell)) if i >= 0) :]
-    if shell.startswith("gpus="):
-        setup, sep, _ = shell.partition(" $run ")
-        setup, sep_omp, omp = setup.rpartition("; OMP_NUM_THREADS=")
-        assert sep and sep_omp, shell[:300]
-        out = subprocess.run(
-            ["bash", "-c", f'{setup}; echo "{omp} $run"'], capture_output=True, text=True, check=True
-        ).stdout.split(maxsplit=1)
-        return int(out[0]), out[1].strip()
-    m = re.match(r"OMP_NUM_THREADS=(\$\(\(.*?\)\)|\d+) python ", shell)
-    assert m, shell[:200]
-    return int(
-        subprocess.run(["bash", "-c", f"echo {m[1]}"], capture_output=True, text=True, check=True).stdout
-    ), "python"
+    script_cmd line, both ``... nt=<n or $(( shell arithmetic ))>; OMP_NUM_THREADS=$nt
+    MKL_NUM_THREADS=$nt <$run or python> ...`` after the log set-up (rules/common.smk LOG_ATTEMPT)."""
+    start = shell.find("gpus=")
+    shell = shell[start if start >= 0 else shell.find("; nt=") + 2 :]
+    setup, sep, rest = shell.partition("; OMP_NUM_THREADS=$nt MKL_NUM_THREADS=$nt ")
+    assert sep and (rest.startswith("$run ") or rest.startswith("python ")), shell[:300]
+    out = subprocess.run(
+        ["bash", "-c", f'{setup}; echo "$nt ${{run:-python}}"'], capture_output=True, text=True, check=True
+    ).stdout.split(maxsplit=1)
+    return int(out[0]), out[1].strip()
 
 
 def test_jobs_get_the_profile_resources(full_plan):
