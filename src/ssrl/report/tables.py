@@ -79,51 +79,73 @@ def _how_to_read(run: RunData, systems: Sequence[SystemData]) -> str:
     return " ".join(parts)
 
 
+def _system_row(
+    run: RunData,
+    s: SystemData,
+    what: str,
+    extra: Mapping[str, Any] | None = None,
+    published: tuple[Mapping[str, Reference], set[str]] | None = None,
+) -> dict[str, Any]:
+    """A system table's row: name, ``what`` it is, the ``extra`` cells, metrics per trial list, label
+    quality, training cost and, given ``(references, unmatched)``, the published columns."""
+    row = {
+        "system": s.name,
+        "what it is": what,
+        **(extra or {}),
+        **_metric_cells(s, run.trial_lists),
+        **_label_cells(s),
+        **cost_cells(run, s),
+    }
+    if published is not None:
+        row.update(published_cells(s, run, *published))
+    return row
+
+
+def _system_table(
+    name: str,
+    title: str,
+    run: RunData,
+    systems: Sequence[SystemData],
+    rows: list[dict[str, Any]],
+    notes: list[str],
+    extra_columns: Sequence[str] = (),
+    published: bool = False,
+) -> Table:
+    """A system table (main, ablations, wavlm) of :func:`_system_row` rows, in their column order."""
+    columns = [
+        "system",
+        "what it is",
+        *extra_columns,
+        *[c for t in run.trial_lists for c in metric_columns(t)],
+        *LABEL_COLUMNS.values(),
+        *cost_columns(run),
+        *(PUBLISHED_COLUMNS if published else ()),
+    ]
+    formats = {**_metric_formats(run.trial_lists), LABEL_COLUMNS["nmi"]: "frac", **COST_FORMATS}
+    if published:
+        formats.update(PUBLISHED_FORMATS)
+    frame = table_frame(rows, columns, [LABEL_COLUMNS["live"], COST_COLUMNS["examples"]])
+    return Table(name, title, _how_to_read(run, systems), frame, formats, notes)
+
+
 def main_table(run: RunData, references: Mapping[str, Reference]) -> Table:
     """DINO, iterative rounds 1..R and SSRL: EER %, minDCF per trial list, the quality of the
     pseudo labels each system yields, and the published reference configured for it."""
     systems = run.in_table("main")
     unmatched: set[str] = set()
-    label_note = (
+    rows = [_system_row(run, s, s.description(run.k), published=(references, unmatched)) for s in systems]
+    notes = [
         "label clusters / NMI: non-empty clusters and NMI against the true speakers of the pseudo "
         "labels the system yields (k-means on its embeddings for DINO and the iterative rounds; "
-        "the final online labels for SSRL); blank without true labels."
-    )
-    rows = [
-        {
-            "system": s.name,
-            "what it is": s.description(run.k),
-            **_metric_cells(s, run.trial_lists),
-            **_label_cells(s),
-            **cost_cells(run, s),
-            **published_cells(s, run, references, unmatched),
-        }
-        for s in systems
-    ]
-    columns = [
-        "system",
-        "what it is",
-        *[c for t in run.trial_lists for c in metric_columns(t)],
-        *LABEL_COLUMNS.values(),
-        *cost_columns(run),
-        *PUBLISHED_COLUMNS,
-    ]
-    notes = [
-        label_note,
+        "the final online labels for SSRL); blank without true labels.",
         cost_note(run),
         *published_notes(run, references, unmatched),
         "SSRL's own published numbers are not available to this project and are left blank.",
     ]
     if not systems:
         notes.insert(0, "No systems.")
-    return Table(
-        "main",
-        "Main results: DINO, iterative clustering rounds, SSRL",
-        _how_to_read(run, systems),
-        table_frame(rows, columns, [LABEL_COLUMNS["live"], COST_COLUMNS["examples"]]),
-        {**_metric_formats(run.trial_lists), LABEL_COLUMNS["nmi"]: "frac", **COST_FORMATS, **PUBLISHED_FORMATS},
-        notes,
-    )
+    title = "Main results: DINO, iterative clustering rounds, SSRL"
+    return _system_table("main", title, run, systems, rows, notes, published=True)
 
 
 def ablations_table(run: RunData) -> Table:
@@ -134,21 +156,8 @@ def ablations_table(run: RunData) -> Table:
     if ablations:  # no ablations: no rows at all (not even the SSRL reference)
         systems = ([ssrl] if ssrl is not None else []) + ablations
     rows = [
-        {
-            "system": s.name,
-            "what it is": "SSRL as configured (the reference row)" if s.kind == "ssrl" else s.description(run.k),
-            **_metric_cells(s, run.trial_lists),
-            **_label_cells(s),
-            **cost_cells(run, s),
-        }
+        _system_row(run, s, "SSRL as configured (the reference row)" if s.kind == "ssrl" else s.description(run.k))
         for s in systems
-    ]
-    columns = [
-        "system",
-        "what it is",
-        *[c for t in run.trial_lists for c in metric_columns(t)],
-        *LABEL_COLUMNS.values(),
-        *cost_columns(run),
     ]
     notes = [
         "label clusters / NMI: the final online pseudo labels (non-empty classes, NMI against the true "
@@ -157,42 +166,22 @@ def ablations_table(run: RunData) -> Table:
     ]
     if not ablations:
         notes.insert(0, "No ablation systems are configured (config `ablations`): the table has no rows.")
-    return Table(
-        "ablations",
-        "Ablations of SSRL",
-        _how_to_read(run, systems),
-        table_frame(rows, columns, [LABEL_COLUMNS["live"], COST_COLUMNS["examples"]]),
-        {**_metric_formats(run.trial_lists), LABEL_COLUMNS["nmi"]: "frac", **COST_FORMATS},
-        notes,
-    )
+    return _system_table("ablations", "Ablations of SSRL", run, systems, rows, notes)
 
 
 def wavlm_table(run: RunData, references: Mapping[str, Reference]) -> Table:
     """WavLM step 1, step 2 and step 2-ft, with the front-end they used."""
     systems = run.in_table("wavlm")
     unmatched: set[str] = set()
-    rows = []
-    for s in systems:
-        front = "random-init front-end" if s.checkpoint is None else f"checkpoint {Path(s.checkpoint).name}"
-        rows.append(
-            {
-                "system": s.name,
-                "what it is": s.description(run.k),
-                "front-end": front,
-                **_metric_cells(s, run.trial_lists),
-                **_label_cells(s),
-                **cost_cells(run, s),
-                **published_cells(s, run, references, unmatched),
-            }
+    rows = [
+        _system_row(
+            run,
+            s,
+            s.description(run.k),
+            {"front-end": "random-init front-end" if s.checkpoint is None else f"checkpoint {Path(s.checkpoint).name}"},
+            published=(references, unmatched),
         )
-    columns = [
-        "system",
-        "what it is",
-        "front-end",
-        *[c for t in run.trial_lists for c in metric_columns(t)],
-        *LABEL_COLUMNS.values(),
-        *cost_columns(run),
-        *PUBLISHED_COLUMNS,
+        for s in systems
     ]
     notes = []
     if not systems:
@@ -210,14 +199,7 @@ def wavlm_table(run: RunData, references: Mapping[str, Reference]) -> Table:
         )
         notes.append(cost_note(run))
         notes += published_notes(run, references, unmatched)
-    return Table(
-        "wavlm",
-        "WavLM systems",
-        _how_to_read(run, systems),
-        table_frame(rows, columns, [LABEL_COLUMNS["live"], COST_COLUMNS["examples"]]),
-        {**_metric_formats(run.trial_lists), LABEL_COLUMNS["nmi"]: "frac", **COST_FORMATS, **PUBLISHED_FORMATS},
-        notes,
-    )
+    return _system_table("wavlm", "WavLM systems", run, systems, rows, notes, ["front-end"], published=True)
 
 
 def pseudo_labels_table(run: RunData) -> Table:
