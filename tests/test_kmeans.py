@@ -179,6 +179,26 @@ def test_resolve_device(monkeypatch):
         resolve_device("cuda:0")
 
 
+def kmeans_script_args(tmp_path) -> list[str]:
+    """Arguments of workflow/scripts/kmeans.py on ``tmp_path/train.npz`` (K = 3), outputs in ``tmp_path``."""
+    return [
+        "--emb",
+        str(tmp_path / "train.npz"),
+        "--k",
+        "3",
+        "--hparams",
+        json.dumps({"max_iter": 5, "seed": 0, "n_init": 1, "device": "auto"}),
+        "--labels",
+        str(tmp_path / "l.txt"),
+        "--centers",
+        str(tmp_path / "c.npy"),
+        "--quality",
+        str(tmp_path / "q.json"),
+        "--plot",
+        str(tmp_path / "p.png"),
+    ]
+
+
 def test_kmeans_and_score_scripts_start_without_torch(tmp_path):
     """The CPU path of the kmeans and scoring jobs never imports torch (python -X importtime)."""
     utts, x = make_train_set(tmp_path)
@@ -186,23 +206,7 @@ def test_kmeans_and_score_scripts_start_without_torch(tmp_path):
     scripts = REPO / "workflow" / "scripts"
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     runs = {
-        "kmeans": [
-            str(scripts / "kmeans.py"),
-            "--emb",
-            str(tmp_path / "train.npz"),
-            "--k",
-            "3",
-            "--hparams",
-            json.dumps({"max_iter": 5, "seed": 0, "n_init": 1, "device": "auto"}),
-            "--labels",
-            str(tmp_path / "l.txt"),
-            "--centers",
-            str(tmp_path / "c.npy"),
-            "--quality",
-            str(tmp_path / "q.json"),
-            "--plot",
-            str(tmp_path / "p.png"),
-        ],
+        "kmeans": [str(scripts / "kmeans.py"), *kmeans_script_args(tmp_path)],
         "score": [
             str(scripts / "score.py"),
             "--emb",
@@ -332,22 +336,7 @@ def test_kmeans_script_names_bad_utterance(tmp_path):
     utts, x = make_train_set(tmp_path)
     x[7, 2] = np.nan
     write_embeddings(tmp_path / "train.npz", utts, x)
-    args = [
-        "--emb",
-        str(tmp_path / "train.npz"),
-        "--k",
-        "3",
-        "--hparams",
-        json.dumps({"max_iter": 5, "seed": 0, "n_init": 1, "device": "auto"}),
-        "--labels",
-        str(tmp_path / "l.txt"),
-        "--centers",
-        str(tmp_path / "c.npy"),
-        "--quality",
-        str(tmp_path / "q.json"),
-        "--plot",
-        str(tmp_path / "p.png"),
-    ]
+    args = kmeans_script_args(tmp_path)
     with pytest.raises(SystemExit, match=rf"train\.npz: 1 embedding\(s\) contain NaN/inf, first '{utts[7]}'"):
         load_script("kmeans").main(args)
     assert not (tmp_path / "l.txt").exists()
