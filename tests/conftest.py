@@ -31,6 +31,21 @@ def deep_update(base: dict, overrides: dict) -> dict:
     return out
 
 
+def randomise_batchnorm(model, seed: int = 0) -> None:
+    """Give every BatchNorm1d of ``model`` non-trivial running statistics and affine parameters, so that
+    eval-mode outputs are not special (torch imported here: most test files do not need it)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm1d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.2)
+                m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+                m.weight.copy_(1 + 0.1 * torch.randn(m.num_features, generator=gen))
+                m.bias.copy_(0.1 * torch.randn(m.num_features, generator=gen))
+
+
 def write_config(path: Path, overrides: dict | None = None, base: Path | None = TINY_CONFIG) -> Path:
     """Write a config file: ``base`` (default: the tiny test config) updated with ``overrides``."""
     cfg = yaml.safe_load(base.read_text()) if base is not None and base.exists() else {}

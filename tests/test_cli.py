@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import randomise_batchnorm
 
 from ssrl import __version__
 from ssrl.audio import load_audio, write_audio
@@ -26,18 +27,6 @@ REPO = Path(__file__).resolve().parents[1]
 ARCH = {"frontend": {"type": "mel", "n_mels": 24}, "encoder": {"channels": 16, "emb_dim": 8}}
 DURATIONS = (1.0, 2.3, 0.6)  # seconds: different lengths, so batches are padded
 THRESHOLD = 0.25
-
-
-def randomise_batchnorm(model: torch.nn.Module, seed: int = 0) -> None:
-    """Non-trivial BatchNorm statistics and affine parameters, so eval-mode outputs are not special."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm1d):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.2)
-                m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-                m.weight.copy_(1 + 0.1 * torch.randn(m.num_features, generator=gen))
-                m.bias.copy_(0.1 * torch.randn(m.num_features, generator=gen))
 
 
 # Tiny models: one intra-op thread (tests/conftest.py).

@@ -15,8 +15,6 @@ from conftest import REPO, run_snakemake, write_config
 
 from ssrl.fileio import read_json, write_embeddings
 from ssrl.kmeans import (
-    _lloyd_cpu,
-    _lloyd_torch,
     cluster_means,
     cluster_quality,
     initial_centers,
@@ -24,6 +22,7 @@ from ssrl.kmeans import (
     normalise_rows,
     resolve_device,
 )
+from ssrl.kmeans_lloyd import lloyd_cpu, lloyd_torch
 from ssrl.manifest import read_labels, write_utt2spk
 
 
@@ -135,9 +134,9 @@ def test_pruned_lloyd_exact_on_each_path(monkeypatch, dense):
     """Every re-assignment through one path only: the compiled per-point filters and distances (dense 1.0:
     no point is handed to BLAS) or the BLAS product + compiled argmin pass (dense 0.0: every point with a
     candidate left is) still yields plain float64 Lloyd's labels after every iteration."""
-    import ssrl.kmeans
+    import ssrl.kmeans_lloyd
 
-    monkeypatch.setattr(ssrl.kmeans, "DENSE_CENTERS", dense)
+    monkeypatch.setattr(ssrl.kmeans_lloyd, "DENSE_CENTERS", dense)
     x = overlapping(1200, 16, 30, 1.0, seed=11)
     xn = normalise_rows(x)
     full = kmeans(x, 60, seed=2, max_iter=200, progress=False, device="cpu")
@@ -155,8 +154,8 @@ def test_torch_lloyd_equals_cpu_lloyd():
     xn = normalise_rows(overlapping(1500, 16, 20, 1.0, seed=5))
     c0 = initial_centers(xn, 40, seed=1, init=0)
     calls = []
-    cpu = _lloyd_cpu(xn, c0, 100, lambda changed, s: calls.append(changed))
-    tor = _lloyd_torch(xn, c0, 100, "cpu", lambda changed, s: None, chunk_rows=256)
+    cpu = lloyd_cpu(xn, c0, 100, lambda changed, s: calls.append(changed))
+    tor = lloyd_torch(xn, c0, 100, "cpu", lambda changed, s: None, chunk_rows=256)
     np.testing.assert_array_equal(tor[0], cpu[0])
     assert tor[2] == cpu[2] == len(calls) and tor[3] and cpu[3] and calls[-1] == 0
     np.testing.assert_allclose(tor[1], cpu[1], atol=1e-6)
@@ -164,7 +163,7 @@ def test_torch_lloyd_equals_cpu_lloyd():
     # an empty cluster keeps its center on both paths: duplicated initial centres, one never wins
     xs = np.repeat(np.eye(3, dtype=np.float32), 5, axis=0)
     c_dup = xs[[0, 0, 5, 10]]
-    a, b = _lloyd_cpu(xs, c_dup, 10, lambda *_: None), _lloyd_torch(xs, c_dup, 10, "cpu", lambda *_: None)
+    a, b = lloyd_cpu(xs, c_dup, 10, lambda *_: None), lloyd_torch(xs, c_dup, 10, "cpu", lambda *_: None)
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], c_dup)
     np.testing.assert_array_equal(b[1], c_dup)
@@ -180,6 +179,26 @@ def test_resolve_device(monkeypatch):
         resolve_device("cuda:0")
 
 
+def kmeans_script_args(tmp_path) -> list[str]:
+    """Arguments of workflow/scripts/kmeans.py on ``tmp_path/train.npz`` (K = 3), outputs in ``tmp_path``."""
+    return [
+        "--emb",
+        str(tmp_path / "train.npz"),
+        "--k",
+        "3",
+        "--hparams",
+        json.dumps({"max_iter": 5, "seed": 0, "n_init": 1, "device": "auto"}),
+        "--labels",
+        str(tmp_path / "l.txt"),
+        "--centers",
+        str(tmp_path / "c.npy"),
+        "--quality",
+        str(tmp_path / "q.json"),
+        "--plot",
+        str(tmp_path / "p.png"),
+    ]
+
+
 def test_kmeans_and_score_scripts_start_without_torch(tmp_path):
     """The CPU path of the kmeans and scoring jobs never imports torch (python -X importtime)."""
     utts, x = make_train_set(tmp_path)
@@ -187,23 +206,7 @@ def test_kmeans_and_score_scripts_start_without_torch(tmp_path):
     scripts = REPO / "workflow" / "scripts"
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     runs = {
-        "kmeans": [
-            str(scripts / "kmeans.py"),
-            "--emb",
-            str(tmp_path / "train.npz"),
-            "--k",
-            "3",
-            "--hparams",
-            json.dumps({"max_iter": 5, "seed": 0, "n_init": 1, "device": "auto"}),
-            "--labels",
-            str(tmp_path / "l.txt"),
-            "--centers",
-            str(tmp_path / "c.npy"),
-            "--quality",
-            str(tmp_path / "q.json"),
-            "--plot",
-            str(tmp_path / "p.png"),
-        ],
+        "kmeans": [str(scripts / "kmeans.py"), *kmeans_script_args(tmp_path)],
         "score": [
             str(scripts / "score.py"),
             "--emb",
@@ -333,22 +336,7 @@ def test_kmeans_script_names_bad_utterance(tmp_path):
     utts, x = make_train_set(tmp_path)
     x[7, 2] = np.nan
     write_embeddings(tmp_path / "train.npz", utts, x)
-    args = [
-        "--emb",
-        str(tmp_path / "train.npz"),
-        "--k",
-        "3",
-        "--hparams",
-        json.dumps({"max_iter": 5, "seed": 0, "n_init": 1, "device": "auto"}),
-        "--labels",
-        str(tmp_path / "l.txt"),
-        "--centers",
-        str(tmp_path / "c.npy"),
-        "--quality",
-        str(tmp_path / "q.json"),
-        "--plot",
-        str(tmp_path / "p.png"),
-    ]
+    args = kmeans_script_args(tmp_path)
     with pytest.raises(SystemExit, match=rf"train\.npz: 1 embedding\(s\) contain NaN/inf, first '{utts[7]}'"):
         load_script("kmeans").main(args)
     assert not (tmp_path / "l.txt").exists()

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import randomise_batchnorm
 
 from ssrl.extract import extract_embeddings
 from ssrl.models import (
@@ -30,18 +31,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 MEL_ARCH = {"frontend": {"type": "mel", "n_mels": 24}, "encoder": {"channels": 32, "emb_dim": 16}}
-
-
-def randomise_batchnorm(model: torch.nn.Module, seed: int = 0) -> None:
-    """Give every BatchNorm non-trivial running statistics and affine parameters (eval-mode tests)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm1d):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.2)
-                m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-                m.weight.copy_(1 + 0.1 * torch.randn(m.num_features, generator=gen))
-                m.bias.copy_(0.1 * torch.randn(m.num_features, generator=gen))
 
 
 def pad_batch(items: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

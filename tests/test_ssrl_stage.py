@@ -247,6 +247,11 @@ def test_config_errors_name_the_key():
         SSRLConfig.from_dict({"nlm": 1})
     with pytest.raises(ValueError, match=r"ssrl.head: expected one of"):
         SSRLConfig.from_dict({"head": "cosine"})
+    # the phase bounds (ssrl.labels takes them as checked here)
+    with pytest.raises(ValueError, match=r"ssrl.queue_len: must be >= 1, got 0"):
+        SSRLConfig.from_dict({"queue_len": 0})
+    with pytest.raises(ValueError, match=r"ssrl.fixed_epochs: must be >= 0, got -1"):
+        SSRLConfig.from_dict({"fixed_epochs": -1})
     with pytest.raises(ValueError, match="update_epochs is 3 but label_update is false"):
         SSRLConfig.from_dict({"label_update": False, "nlm": False, "update_epochs": 3})
     with pytest.raises(ValueError, match="nlm needs label_update"):

@@ -18,10 +18,12 @@ from conftest import REPO, TINY_CONFIG, deep_update, run_snakemake, write_config
 from ssrl.fileio import write_json
 from ssrl.provenance import STAMP_ENV
 from ssrl.report import PLOT_NAMES, TABLE_NAMES
+from ssrl.report.cost import COST_COLUMNS
 from ssrl.report.plots import make_plots
+from ssrl.report.published import read_published
 from ssrl.report.render import to_markdown, write_tables
 from ssrl.report.spec import TablesError, format_overrides, load_run, provenance_lines, provenance_warnings
-from ssrl.report.tables import COST_COLUMNS, build_tables, read_published
+from ssrl.report.tables import build_tables
 from ssrl.results import LABEL_LOG_COLUMNS, ResultsError, read_label_log, read_metrics, read_train_record
 
 PUBLISHED = REPO / "config" / "published.yaml"
@@ -361,7 +363,7 @@ def test_no_number_is_invented(tmp_path):
         record = json.loads(Path(s["files"]["train_record"]).read_text())
         collect(record)
         allowed.add(record["peak_rss_bytes"] / 2**20)
-    # the training cost of a chain is a sum (tables.COST_RULE): iterative rounds 1..r, WavLM steps 1..s
+    # the training cost of a chain is a sum (cost.COST_RULE): iterative rounds 1..r, WavLM steps 1..s
     for chain in (("iter_r1", "iter_r2"), ("wavlm_step1", "wavlm_step2"), ("wavlm_step1", "wavlm_step2", "wavlm_ft")):
         allowed.add(float(sum(TRAIN[n][0] * TRAIN[n][1] for n in chain)))
         allowed.add(sum(TRAIN[n][2] for n in chain))
@@ -469,7 +471,7 @@ def test_published_file_matches_spec_section_13():
 
 
 def test_training_cost_sums_the_chain_after_dino(demo_spec):
-    """tables.COST_RULE: iter_rN = rounds 1..N; SSRL and ablations their own stage; WavLM steps 1..s;
+    """cost.COST_RULE: iter_rN = rounds 1..N; SSRL and ablations their own stage; WavLM steps 1..s;
     DINO only in its own row; no GPU column on CPU."""
     tables = tables_of(demo_spec)
     crops, cpu = COST_COLUMNS["examples"], COST_COLUMNS["cpu"]

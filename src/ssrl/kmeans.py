@@ -1,20 +1,11 @@
 """k-means pseudo labels and their quality against true speakers (docs/method.md §6).
 
 :func:`kmeans` clusters L2-normalised embeddings with Lloyd iterations on the
-squared Euclidean distance. Two implementations of the same iteration give the
-same labels:
-
-* CPU (numpy + numba): exact Lloyd with Yinyang bounds. Each point keeps an
-  upper bound on the distance to its center and, per group of nearby
-  centers, a lower bound on the distance to the group's other centers; after
-  a center update the bounds move by the centers' drifts, and only the
-  distances that the bounds cannot rule out are computed, in compiled
-  per-point loops (:mod:`ssrl.kmeans_kernels`, imported on this path only), or
-  by a chunked float32 BLAS product ``||c||^2 - 2 x.c`` for the points left
-  with many candidate centers. Every iteration yields exactly the labels that
-  a full assignment would (the bounds carry a margin for float32 rounding).
-* CUDA (torch, imported only on this path): a full chunked distance product
-  per iteration, chunks sized to the free GPU memory, float32.
+squared Euclidean distance: it draws the initial centers, picks the device and
+the best of several inits, and recomputes the final centers. The Lloyd
+iterations themselves are :mod:`ssrl.kmeans_lloyd`: a pruned exact CPU driver
+(Yinyang bounds, numba kernels in :mod:`ssrl.kmeans_kernels`) and a torch
+driver for CUDA, which give the same labels.
 
 :func:`cluster_quality` scores labels against the truth (NMI, one-to-one
 accuracy, purity).
@@ -24,13 +15,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import scipy.sparse
 
+from .kmeans_lloyd import cluster_sums, lloyd_cpu, lloyd_torch, sums_to_means
 from .progress import Progress
 
 
@@ -84,26 +76,8 @@ def cluster_means(x: np.ndarray, labels: np.ndarray, previous: np.ndarray, block
     ``labels`` (n,) in [0, k); ``previous`` (k, dim): centers kept for empty
     clusters. Returns (k, dim) float32.
     """
-    sums, counts = _cluster_sums(x, labels, len(previous), block)
-    return _means(sums, counts, previous)
-
-
-def _cluster_sums(x: np.ndarray, labels: np.ndarray, k: int, block: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
-    """Per-cluster sums (k, dim) float64 and counts (k,) int64 of the rows of ``x`` (n, dim)."""
-    sums = np.zeros((k, x.shape[1]), dtype=np.float64)
-    for start in range(0, len(x), block):
-        lab = labels[start : start + block]
-        onehot = scipy.sparse.csr_matrix((np.ones(len(lab)), (lab, np.arange(len(lab)))), shape=(k, len(lab)))
-        sums += onehot @ x[start : start + block].astype(np.float64)
-    return sums, np.bincount(labels, minlength=k)
-
-
-def _means(sums: np.ndarray, counts: np.ndarray, previous: np.ndarray) -> np.ndarray:
-    """Cluster means (k, dim) float32 from sums and counts; empty clusters keep ``previous``."""
-    out = previous.copy()
-    nonempty = counts > 0
-    out[nonempty] = (sums[nonempty] / counts[nonempty, None]).astype(np.float32)
-    return out
+    sums, counts = cluster_sums(x, labels, len(previous), block)
+    return sums_to_means(sums, counts, previous)
 
 
 def _inertia(x: np.ndarray, labels: np.ndarray, centers: np.ndarray, block: int = 1 << 16) -> float:
@@ -121,173 +95,7 @@ def initial_centers(xn: np.ndarray, k: int, seed: int, init: int) -> np.ndarray:
     return xn[np.sort(rng.choice(len(xn), size=k, replace=False))].copy()
 
 
-# --------------------------------------------------------------------------- CPU: Lloyd with Yinyang bounds
-
-#: Bytes of one chunk's (rows, k) float32 distance block in the assignments.
-CHUNK_BYTES = 16 << 20
-#: Fraction of the centers left by the filters above which a point of the pruned CPU Lloyd gets a full BLAS
-#: assignment (a compiled per-point distance costs a few times one of the BLAS product).
-DENSE_CENTERS = 0.2
-#: Centers per group of the pruned CPU Lloyd (fewer groups when their bounds would exceed BOUND_BYTES).
-GROUP_SIZE = 10
-#: Bytes at most of the (n, groups) float32 group lower bounds of the pruned CPU Lloyd.
-BOUND_BYTES = 2 << 30
-
-
-def _center_groups(centers: np.ndarray, n_groups: int) -> np.ndarray:
-    """Group of each center (k,) in [0, n_groups): 5 plain Lloyd steps on the centers themselves, started
-    from every (k / n_groups)-th center, so that the centers of a group lie close together."""
-    means = centers[np.linspace(0, len(centers) - 1, n_groups).astype(np.int64)]
-    for _ in range(5):
-        group = np.argmin(np.einsum("ij,ij->i", means, means) - 2.0 * (centers @ means.T), axis=1)
-        means = _means(*_cluster_sums(centers, group, n_groups), means)
-    return group
-
-
-class _Yinyang:
-    """State of the pruned Lloyd of :func:`_lloyd_cpu`, in a center order where each group is contiguous.
-
-    xn (n, dim) unit rows, x_sq their squared norms; centers (k, dim) float32 in
-    group order, c_sq their squared norms; starts (G,) first center of each group, bounds
-    (G + 1,) the same and k;
-    labels (n,) in group order; upper (n,) float64 >= the distance of each point
-    to its center; lower (n, G) float32 <= its distance to every other center of
-    each group; slack: absolute error bound of a float32 squared distance.
-    """
-
-    def __init__(self, xn: np.ndarray, centers: np.ndarray, starts: np.ndarray, slack: float):
-        self.xn, self.starts, self.slack = xn, starts, slack
-        self.bounds = np.append(starts, len(centers))
-        self.x_sq = np.einsum("ij,ij->i", xn, xn)
-        self.set_centers(centers)
-        n = len(xn)
-        self.labels = np.empty(n, dtype=np.int64)
-        self.upper = np.empty(n, dtype=np.float64)
-        self.lower = np.empty((n, len(starts)), dtype=np.float32)
-        self.assign_all(np.arange(n))
-
-    def assign_all(self, rows: np.ndarray) -> None:
-        """Full assignment of the points ``rows`` (m,): labels and exact bounds from their distances to
-        every center (one float32 BLAS product per chunk of CHUNK_BYTES, then a compiled pass)."""
-        from .kmeans_kernels import assign_rows
-
-        step = max(1, CHUNK_BYTES // (4 * len(self.centers)))
-        for s in range(0, len(rows), step):
-            idx = rows[s : s + step]
-            x = self.xn[s : s + step] if len(rows) == len(self.xn) else self.xn[idx]  # all rows: no copy
-            assign_rows(
-                x @ self.centers.T,
-                idx,
-                self.x_sq,
-                self.c_sq,
-                self.bounds,
-                self.slack,
-                self.labels,
-                self.upper,
-                self.lower,
-            )
-
-    def set_centers(self, centers: np.ndarray) -> None:
-        self.centers = centers
-        self.c_sq = np.einsum("ij,ij->i", centers, centers)
-
-    def step(self, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-        """Move to ``centers`` (k, dim) and re-assign -> (moved rows, their old labels, new labels, distances
-        computed). The compiled pass (:func:`ssrl.kmeans_kernels.yinyang_pass`) filters and re-assigns the
-        points; those with more than DENSE_CENTERS of the centers left by the filters get a full BLAS assignment."""
-        from .kmeans_kernels import yinyang_pass
-
-        drift = np.sqrt(((centers.astype(np.float64) - self.centers) ** 2).sum(axis=1)) * (1 + 1e-6) + 1e-7
-        shift = np.maximum.reduceat(drift, self.starts).astype(np.float32) + np.float32(1e-6)
-        self.set_centers(centers)
-        old = self.labels.copy()
-        dense = np.zeros(len(old), dtype=bool)
-        computed = yinyang_pass(
-            self.xn,
-            self.x_sq,
-            self.centers,
-            self.c_sq,
-            self.bounds,
-            drift,
-            shift,
-            self.slack,
-            int(DENSE_CENTERS * len(centers)),
-            self.labels,
-            self.upper,
-            self.lower,
-            dense,
-        )
-        rows_d = np.flatnonzero(dense)
-        self.assign_all(rows_d)
-        computed += len(rows_d) * len(centers)
-        moved = np.flatnonzero(self.labels != old)
-        return moved, old[moved], self.labels[moved], computed
-
-
-def _lloyd_cpu(
-    xn: np.ndarray,
-    centers: np.ndarray,
-    max_iter: int,
-    on_iter: Callable[[int, float], None],
-    bound_bytes: int = BOUND_BYTES,
-) -> tuple[np.ndarray, np.ndarray, int, bool, float]:
-    """Lloyd iterations from ``centers`` (k, dim) on the unit rows ``xn`` (n, dim) on the CPU, pruned by
-    Yinyang bounds (Ding et al., ICML 2015).
-
-    The centers are split into G groups of nearby centers (about k /
-    GROUP_SIZE, fewer when the (n, G) float32 bounds would exceed
-    ``bound_bytes``). Per point: an upper bound on the distance to its center
-    and, per group, a lower bound on the distance to the group's other centers
-    (Euclidean). After a center update the upper bound grows by its center's
-    drift and each group bound shrinks by the group's largest drift. A point
-    keeps its label without a distance computed when its upper bound is below
-    every group bound; otherwise the upper bound is tightened to the exact
-    distance, and only the centers of the groups whose bound still fails, less
-    those whose old group bound minus their own drift exceeds the best distance
-    so far (local filter), get a distance (:func:`ssrl.kmeans_kernels.yinyang_pass`).
-    A point left with more than DENSE_CENTERS of the k centers is re-assigned
-    by one float32 BLAS product with all of them instead, which also makes its
-    bounds exact (:func:`ssrl.kmeans_kernels.assign_rows`); so is every point
-    in the first iteration. Squared distances ``||x||^2 + (||c||^2 - 2 x.c)``
-    carry a float32 absolute error below ``slack`` (dim * 2^-21 for unit rows
-    and centers of norm <= 1), which the bounds absorb, so every label is the
-    one a full assignment gives (exact ties aside). Center sums are kept in
-    float64 and updated with the moved points only. ``on_iter(changed,
-    seconds)`` is called after each assignment. Returns ``(labels, centers,
-    n_iter, converged, work)`` with the centers of the last update (not of the
-    final labels) and ``work`` the fraction of the n * k * n_iter point-center
-    distances computed.
-    """
-    from .kmeans_kernels import move_points
-
-    n, dim = xn.shape
-    k = len(centers)
-    t0 = time.monotonic()
-    n_groups = max(1, min(k // GROUP_SIZE, bound_bytes // (4 * n)))
-    group = _center_groups(centers, n_groups) if n_groups > 1 else np.zeros(k, dtype=np.int64)
-    order = np.argsort(group, kind="stable")
-    starts = np.flatnonzero(np.diff(group[order], prepend=-1))
-    state = _Yinyang(xn, centers[order], starts, slack=dim * 2.0**-21)
-    computed = float(n) * k
-    n_iter, converged = 1, False
-    on_iter(n, time.monotonic() - t0)
-    sums, counts = _cluster_sums(xn, state.labels, k)
-    while n_iter < max_iter:
-        t0 = time.monotonic()
-        rows, old, new, work = state.step(_means(sums, counts, state.centers))
-        computed += work
-        move_points(xn, rows, old, new, sums, counts)
-        n_iter += 1
-        on_iter(len(rows), time.monotonic() - t0)
-        if not len(rows):
-            converged = True
-            break
-    centers = np.empty_like(state.centers)
-    centers[order] = state.centers
-    return order[state.labels], centers, n_iter, converged, computed / (float(n) * k * n_iter)
-
-
-# --------------------------------------------------------------------------- torch (CUDA): plain chunked Lloyd
+# --------------------------------------------------------------------------- device
 
 
 def cuda_visible() -> bool:
@@ -321,67 +129,6 @@ def resolve_device(device: str) -> str:
             return "cpu"
         raise ValueError(f"k-means device {device!r} requested but torch sees no CUDA device")
     return "cuda" if device == "auto" else device
-
-
-def _lloyd_torch(
-    xn: np.ndarray,
-    centers: np.ndarray,
-    max_iter: int,
-    device: str,
-    on_iter: Callable[[int, float], None],
-    chunk_rows: int | None = None,
-) -> tuple[np.ndarray, np.ndarray, int, bool, float]:
-    """Plain Lloyd iterations in torch on ``device`` (any torch device; CUDA in the pipeline, CPU in the tests).
-
-    Same iteration and stopping rule as :func:`_lloyd_cpu`: each assignment is
-    a full float32 product ``-2 x.c + ||c||^2`` (argmin; ``||x||^2`` does not
-    change it) over chunks of ``chunk_rows`` points (default: a quarter of the
-    free GPU memory, 1 GiB on a CPU), then centers are the float64 means of
-    their points, an empty cluster keeping its center. TF32 is off, so products
-    are full float32. Returns ``(labels, centers, n_iter, converged, work)`` as
-    :func:`_lloyd_cpu` (``work`` is 1.0).
-    """
-    import torch
-
-    dev = torch.device(device)
-    n, dim = xn.shape
-    k = len(centers)
-    if chunk_rows is None:
-        free = torch.cuda.mem_get_info(dev)[0] if dev.type == "cuda" else 1 << 30
-        chunk_rows = max(1, min(n, int(free // 4 // (4 * k))))
-    tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        with torch.inference_mode():
-            x = torch.from_numpy(xn).to(dev)
-            c = torch.from_numpy(centers).to(dev)
-            labels = torch.full((n,), -1, dtype=torch.int64, device=dev)
-            converged, n_iter = False, 0
-            while n_iter < max_iter:
-                t0 = time.monotonic()
-                c_sq = (c * c).sum(dim=1)
-                new = torch.cat(
-                    [
-                        torch.argmin(torch.addmm(c_sq, x[s : s + chunk_rows], c.T, alpha=-2.0), dim=1)
-                        for s in range(0, n, chunk_rows)
-                    ]
-                )
-                changed = int((new != labels).sum())
-                labels = new
-                n_iter += 1
-                on_iter(changed, time.monotonic() - t0)
-                if changed == 0:
-                    converged = True
-                    break
-                sums = torch.zeros((k, dim), dtype=torch.float64, device=dev).index_add_(0, labels, x.double())
-                counts = torch.bincount(labels, minlength=k)
-                keep = counts > 0
-                c = c.clone()
-                c[keep] = (sums[keep] / counts[keep, None]).float()
-            out = labels.cpu().numpy(), c.cpu().numpy()
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-    return out[0], out[1], n_iter, converged, 1.0
 
 
 # --------------------------------------------------------------------------- k-means
@@ -431,9 +178,9 @@ def kmeans(
 
         centers = initial_centers(xn, k, seed, init)
         if device == "cpu":
-            labels, centers, n_iter, converged, work = _lloyd_cpu(xn, centers, max_iter, on_iter)
+            labels, centers, n_iter, converged, work = lloyd_cpu(xn, centers, max_iter, on_iter)
         else:
-            labels, centers, n_iter, converged, work = _lloyd_torch(xn, centers, max_iter, device, on_iter)
+            labels, centers, n_iter, converged, work = lloyd_torch(xn, centers, max_iter, device, on_iter)
         centers = cluster_means(xn, labels, centers)
         inertia = _inertia(xn, labels, centers)
         bar.write(changed=state["changed"], inertia=inertia, converged=converged)

@@ -1,11 +1,11 @@
 """Compiled (numba) per-point loops of the pruned CPU Lloyd of :mod:`ssrl.kmeans`.
 
-Imported only by :func:`ssrl.kmeans._lloyd_cpu` (numba costs ~0.5 s to
+Imported only by :func:`ssrl.kmeans_lloyd.lloyd_cpu` (numba costs ~0.5 s to
 import). The functions are compiled on first use and cached next to this file
 (``cache=True``; numba falls back to a per-user cache directory when that is not
 writable), so a job pays the compilation once per machine and environment.
 
-Conventions shared with :class:`ssrl.kmeans._Yinyang`: centers are in group
+Conventions shared with :class:`ssrl.kmeans_lloyd._Yinyang`: centers are in group
 order (group g holds centers ``starts[g]:starts[g + 1]``); squared distances
 are computed in float32 as ``||x||^2 - 2 x.c + ||c||^2`` (absolute error below
 ``slack`` for unit points and centers of norm <= 1); upper bounds are float64

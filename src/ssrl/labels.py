@@ -5,7 +5,9 @@ SSRL trainer; nothing here trains.
 * Phases: :func:`relabel_start_epoch`, :func:`first_replace_epoch`, :func:`is_relabel_epoch`,
   :func:`is_replace_epoch` map ``(epoch, E_fix, L)`` to what happens in that
   epoch. Epoch indices are 0-based within one training run (a stage that
-  continues another's state, e.g. WavLM step 2-ft, counts from 0 again).
+  continues another's state, e.g. WavLM step 2-ft, counts from 0 again). Their
+  arguments are bounded where the stage reads its hyper-parameters
+  (:class:`ssrl.train.ssrl_config.SSRLConfig`: E_fix >= 0, L >= 1), not again here.
 * Labels: :func:`vote` (mode of a queue, ties to the oldest entry) and
   :class:`LabelState` (queues, current labels, removed classes and p_clean of
   every training utterance, with numpy ``state_dict`` for checkpoints).
@@ -50,7 +52,6 @@ def relabel_start_epoch(e_fix: int, queue_len: int) -> int:
     copies + 3 argmaxes = L entries) by the first replacement at the end of epoch 4.
     A negative value (E_fix = 0, or L // 2 + 1 > E_fix) clamps to 0: relabel from the start.
     """
-    _check_phase_args(e_fix, queue_len)
     return max(e_fix - (queue_len // 2 + 1), 0)
 
 
@@ -60,7 +61,6 @@ def first_replace_epoch(e_fix: int) -> int:
     E_fix = 0 (WavLM step 2-ft: no label-fixed epochs) replaces at the end of every
     epoch from epoch 0; no epoch index can be negative.
     """
-    _check_phase_args(e_fix, 1)
     return max(e_fix - 1, 0)
 
 
@@ -75,13 +75,6 @@ def is_replace_epoch(epoch: int, e_fix: int) -> bool:
     Every replacement epoch is also a relabelling epoch (``L // 2 + 1 >= 1``).
     """
     return epoch >= first_replace_epoch(e_fix)
-
-
-def _check_phase_args(e_fix: int, queue_len: int) -> None:
-    if e_fix < 0:
-        raise ValueError(f"E_fix (label-fixed epochs) must be >= 0, got {e_fix}")
-    if queue_len < 1:
-        raise ValueError(f"queue length must be >= 1, got {queue_len}")
 
 
 # --------------------------------------------------------------------------- voting
@@ -173,6 +166,8 @@ class LabelState:
                 f"LabelState: initial labels must be a non-empty 1-D integer array, "
                 f"got shape {labels.shape} dtype {labels.dtype}"
             )
+        # Checked here as well as in SSRLConfig: from_state_dict takes L from a saved state (a model
+        # file's label state), not from a checked config.
         if queue_len < 1:
             raise ValueError(f"LabelState: queue length must be >= 1, got {queue_len}")
         if n_classes is None:

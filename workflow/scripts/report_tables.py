@@ -22,9 +22,10 @@ import argparse
 import sys
 
 from ssrl.provenance import now_iso
+from ssrl.report.published import read_published
 from ssrl.report.render import summary_markdown, write_tables
 from ssrl.report.spec import load_run, provenance_lines, read_spec
-from ssrl.report.tables import build_tables, read_published
+from ssrl.report.tables import build_tables
 from ssrl.results import ResultsError
 
 

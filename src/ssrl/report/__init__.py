@@ -2,7 +2,9 @@
 tables and figures, built only from the files the pipeline wrote.
 
 * :mod:`ssrl.report.spec`: the run spec (which systems exist, where their files are) and the loaded run;
-* :mod:`ssrl.report.tables`: the tables (Markdown, CSV, the summary with its provenance block);
+* :mod:`ssrl.report.tables`: the system and pseudo-label tables, with :mod:`ssrl.report.cost` (training
+  cost) and :mod:`ssrl.report.published` (the published numbers);
+* :mod:`ssrl.report.render`: the renderings (Markdown, CSV, the summary with its provenance block);
 * :mod:`ssrl.report.plots`: the figures.
 
 The names below are read by rules/report.smk when the Snakefile is parsed: this module imports nothing

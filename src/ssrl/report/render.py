@@ -59,6 +59,14 @@ class Table:
         return out
 
 
+def table_frame(rows: list[dict[str, Any]], columns: list[str], int_columns: Sequence[str] = ()) -> pd.DataFrame:
+    """The frame of a table: one row a dict, ``columns`` in order, ``int_columns`` as nullable integers."""
+    frame = pd.DataFrame(rows, columns=columns)
+    for col in int_columns:
+        frame[col] = frame[col].astype("Int64") if len(frame) else frame[col]
+    return frame
+
+
 def to_markdown(table: Table, level: int = 1) -> str:
     """Markdown: a heading, the how-to-read line, a pipe table (or a no-rows line), the notes."""
 

@@ -38,16 +38,24 @@ class SSRLConfig:
     ``sinkhorn_iters`` / ``sinkhorn_epsilon`` (0 = plain argmax), ``gmm_max_iter`` /
     ``gmm_tol``.
 
-    Model: ``init`` (see the module docstring), ``head`` (aam | softmax), ``head_init``
+    Model: ``init`` (:mod:`ssrl.train.ssrl_init`), ``head`` (aam | softmax), ``head_init``
     (centers | random; ``encoder`` init only, ``scratch`` needs random), ``aam_scale`` /
-    ``aam_margin``, ``softmax_dropout``; WavLM front-ends only: ``freeze_wavlm``,
-    ``teacher_shares_wavlm`` (Q3; implies nothing else), ``wavlm_lr_scale`` (LR factor of the
-    WavLM param groups when it is trained), ``gradient_checkpointing``.
+    ``aam_margin``, ``softmax_dropout``; WavLM front-ends only (applied by
+    :mod:`ssrl.train.ssrl_wavlm`): ``freeze_wavlm``, ``teacher_shares_wavlm`` (Q3; implies nothing
+    else), ``wavlm_lr_scale`` (LR factor of the WavLM param groups when it is trained),
+    ``gradient_checkpointing``.
 
     Data: ``student_crop_s`` / ``teacher_crop_s`` (seconds), ``augment_prob`` (probability
     that a student crop is augmented), ``none_is_noise`` (Q1: a drawn "none" becomes additive
     noise, so student crops are never clean), ``seed``; validation EER of the teacher (of the student without one) every
     ``val_every`` epochs and after the last (0: only after the last), ``val_max_batch_seconds``.
+
+    Why the four WavLM-only fields stay flat here rather than in a nested section: this class is
+    the ``ssrl`` section of the stage's --hparams, which :mod:`ssrl.variants` writes, the rules pass
+    as ``params`` (a rerun trigger), the trainer hashes into the checkpoint fingerprint and the model
+    file records. Nesting them would change all of these for every WavLM step (its jobs rerun, its
+    checkpoints no longer resume), and their checks (``teacher_shares_wavlm`` needs a teacher) read
+    the other fields; with their defaults they are no-ops for every other stage.
     """
 
     fixed_epochs: int = 5

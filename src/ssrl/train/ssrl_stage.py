@@ -47,8 +47,9 @@ The same stage, by its hyper-parameters (:class:`SSRLConfig`), runs
   ``warmup_epochs``, then cosine to ``lr * lr_final``), ``augment_prob``, ``freeze_wavlm``
   (WavLM under ``torch.no_grad()`` in eval mode, out of the optimiser), ``teacher_shares_wavlm``
   (quirk Q3: the teacher runs the student's WavLM module instead of an EMA copy),
-  ``wavlm_lr_scale`` (an unfrozen WavLM is its own pair of param groups with this LR factor) and
-  ``gradient_checkpointing`` (recompute WavLM layer activations in the backward pass).
+  ``wavlm_lr_scale`` (an unfrozen WavLM is its own param group with this LR factor) and
+  ``gradient_checkpointing`` (recompute WavLM layer activations in the backward pass); the
+  WavLM options are applied by :mod:`ssrl.train.ssrl_wavlm`.
 
 Labels: the k-means labels the stage sees are renumbered to 0..C-1 (C = number of distinct
 labels, docs/method.md §7) in increasing order of their k-means id; the matching rows of the centers
@@ -79,10 +80,8 @@ from ..labels import is_relabel_epoch, is_replace_epoch
 from ..manifest import check_audio_exists, read_utt2spk, read_wav_scp
 from ..models import (
     AAMSoftmax,
-    SpeakerModel,
     save_model_file,
 )
-from ..models.wavlm import WavLMFrontend
 from ..relabel import (
     clean_detector_stats,
     distributed_all_reduce,
@@ -97,6 +96,7 @@ from . import schedules
 from .ema import make_teacher
 from .ssrl_config import SSRLConfig
 from .ssrl_init import ClassifierModel, SSRLInit, utt_list_sha256
+from .ssrl_wavlm import param_groups, setup_wavlm
 from .stage import Stage, file_digest
 from .validation import ValidationSet, validation_eer
 
@@ -181,7 +181,8 @@ class SSRLStage(Stage):
         model, head, classes = start.model, start.head, start.classes
         self.head_spec, self.label_state = start.head_spec, start.label_state
         self.classes, self.n_utts, self.list_sha = classes, len(utts), list_sha
-        self._setup_wavlm(model)
+        source = self.init_model if self.init_model is not None else "hparams['arch']"
+        self.find_unused_parameters = setup_wavlm(model, cfg, self.name, source)
         self.student = ClassifierModel(model, head)
         # init 'student': the teacher starts as a copy of the init model's student (incl. head).
         self.teacher = make_teacher(self.student) if cfg.teacher else None
@@ -213,36 +214,6 @@ class SSRLStage(Stage):
         self._reset_epoch()
         self.label_rows: list[dict[str, Any]] = []
 
-    def _setup_wavlm(self, model: SpeakerModel) -> None:
-        """Freeze (or unfreeze) the WavLM and set its gradient checkpointing, as configured."""
-        cfg = self.cfg
-        asked = [
-            key
-            for key, on in (
-                ("freeze_wavlm", cfg.freeze_wavlm),
-                ("teacher_shares_wavlm", cfg.teacher_shares_wavlm),
-                ("gradient_checkpointing", cfg.gradient_checkpointing),
-                ("wavlm_lr_scale", cfg.wavlm_lr_scale != 1.0),
-            )
-            if on
-        ]
-        if not isinstance(model.frontend, WavLMFrontend):
-            if asked:
-                source = self.init_model if self.init_model is not None else "hparams['arch']"
-                raise ValueError(
-                    f"{self.name}: {' / '.join(asked)} need a WavLM front-end, but {source} has a "
-                    f"{type(model.frontend).__name__}"
-                )
-            return
-        model.frontend.freeze_wavlm(cfg.freeze_wavlm)
-        model.frontend.set_gradient_checkpointing(cfg.gradient_checkpointing)
-        # A trained WavLM with layer drop (or no gradient into its CNN) leaves parameters without a
-        # gradient in some steps, which DDP must be told about.
-        reg = model.frontend.wavlm.regularisation
-        self.find_unused_parameters = not cfg.freeze_wavlm and (
-            reg["encoder_layer_drop"] > 0 or reg["feature_grad_mult"] == 0
-        )
-
     def _read_truth(self, utts: list[str]) -> np.ndarray | None:
         if self.utt2spk is None:
             return None
@@ -260,27 +231,7 @@ class SSRLStage(Stage):
         """Adam over the trainable parameters with Adam's own weight decay on all of them (biases and
         1-D parameters too, as the reference; only DINO exempts them): group ``model``, and a trained
         WavLM as group ``wavlm`` with ``lr_scale = wavlm_lr_scale``. Frozen parameters are left out."""
-        params = [p for p in student.parameters() if p.requires_grad]
-        frontend = student.model.frontend
-        wavlm = set()
-        if isinstance(frontend, WavLMFrontend) and not frontend.wavlm_frozen:
-            wavlm = {id(p) for p in frontend.wavlm.parameters()}
-        groups = [
-            {
-                "name": "model",
-                "params": [p for p in params if id(p) not in wavlm],
-                "weight_decay": self.cfg.weight_decay,
-            }
-        ]
-        if wavlm:
-            groups.append(
-                {
-                    "name": "wavlm",
-                    "params": [p for p in params if id(p) in wavlm],
-                    "weight_decay": self.cfg.weight_decay,
-                    "lr_scale": self.cfg.wavlm_lr_scale,
-                }
-            )
+        groups = param_groups(student, self.cfg.weight_decay, self.cfg.wavlm_lr_scale)
         return torch.optim.Adam(groups, lr=0.0)
 
     def lr_schedule(self, steps_per_epoch: int) -> np.ndarray:
