@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+import sys
 
 import numpy as np
 import pytest
 
 from ssrl.manifest import (
     MAX_SHOWN,
+    OTHER_SPACE,
     ManifestError,
     Trials,
     check_audio_exists,
@@ -19,6 +21,7 @@ from ssrl.manifest import (
     read_trials,
     read_utt2spk,
     read_wav_scp,
+    split_trials,
     write_labels,
     write_list,
     write_trials,
@@ -141,6 +144,39 @@ def test_trials_vectorised_reader_agrees_with_line_reader(tmp_path):
     p = _write(tmp_path / "bad.txt", "1 a b\n0 a\n1 b c d\n")
     with pytest.raises(ManifestError, match=re.escape(f"{p}:2: expected 3 fields")):
         read_trials(p)
+
+
+def test_other_space_is_every_non_ascii_split_separator():
+    """OTHER_SPACE is exactly what str.split() splits at besides ASCII " \\t\\n\\v\\f\\r"."""
+    everything = {c for c in map(chr, range(sys.maxunicode + 1)) if c.isspace()}
+    assert set(OTHER_SPACE) == everything - set(" \t\n\v\f\r")
+
+
+def test_split_trials_known_answers():
+    labels, enroll, test = split_trials("\n1 a\tbé\r\n  \n0 ü c\n\n1\tc   a".encode())
+    assert labels.dtype == np.int8 and labels.tolist() == [1, 0, 1]
+    assert enroll == [b"a", "ü".encode(), b"c"] and test == ["bé".encode(), b"c", b"a"]
+    labels, enroll, test = split_trials(b"1 a b\x0c0 c d\x0b")  # \f and \v end lines, as for the line reader
+    assert labels.tolist() == [1, 0] and enroll == [b"a", b"c"] and test == [b"b", b"d"]
+    refused = [
+        b"",  # no trials
+        b"1 a b\n0 a\n1 b c d\n",  # 2 + 4 fields: the count is a multiple of 3, the lines are not
+        b"1 a\rb\n",  # \r ends a line for the line reader
+        b"1 a\x1cx b\n",  # str.split() splits at \x1c (ASCII) ...
+        "1 a\u2003x b\n".encode(),  # ... and at non-ASCII spaces
+        b"2 a b\n",
+        b"10 a b\n",
+        b"1 a \xff\n",  # not UTF-8
+    ]
+    for data in refused:
+        assert split_trials(data) is None, data
+
+
+def test_read_trials_falls_back_to_the_line_reader(tmp_path):
+    """Files split_trials refuses still read as the line reader reads them (form feed and NEL end lines)."""
+    back = read_trials(_write(tmp_path / "t.txt", "1 a b\f0 c d\x851 e f\n"))
+    assert back.labels.tolist() == [1, 0, 1] and back.enroll.tolist() == ["a", "c", "e"]
+    assert back.test.tolist() == ["b", "d", "f"]
 
 
 def test_trials_wrong_field_count(tmp_path):

@@ -187,8 +187,19 @@ def test_cosine_scores_known_answer(small_set, tmp_path):
     np.testing.assert_allclose(res.scores, expected, atol=1e-6)
     assert res.n_dropped == 0 and res.norm == "none"
     assert res.enroll.tolist() == ["a", "b", "d", "c"] and res.test.tolist() == ["b", "c", "a", "c"]
-    # chunking does not change anything
-    np.testing.assert_array_equal(score_trials(utts, emb, trials, chunk=1).scores, res.scores)
+
+
+def test_cosine_scores_from_file_non_ascii_ids(tmp_path):
+    """The file path (ids looked up as UTF-8 bytes) with non-ASCII ids, an embedding id holding a newline
+    (never in a trials file) and CRLF lines: the known cosines and the ids as written."""
+    utts = ["spk1/é", "b", "line\nbreak", "d"]
+    emb = np.array([[1, 0, 0], [3, 4, 0], [0, 0, 2], [1, 1, 1]], dtype=np.float32)
+    path = tmp_path / "trials.txt"
+    path.write_bytes("1 spk1/é b\r\n0 d spk1/é\r\n".encode())
+    res = score_trials(utts, emb, path)
+    np.testing.assert_allclose(res.scores, [0.6, 1 / np.sqrt(3)], atol=1e-6)
+    assert res.labels.tolist() == [1, 0] and res.enroll.tolist() == ["spk1/é", "d"]
+    assert res.test.tolist() == ["b", "spk1/é"]
 
 
 def test_missing_utterances(small_set, tmp_path):
@@ -217,6 +228,12 @@ def test_bad_embeddings_are_rejected(small_set):
         score_trials(["a", "b", "a", "d"], emb, trials)
     with pytest.raises(ValueError, match="do not match 3 utterance ids"):
         score_trials(utts[:3], emb, trials)
+    bad[2, 1] = 1e30  # finite, but its squared norm is not
+    with pytest.raises(ValueError, match="squared norm of the embedding of 'c' overflows float32"):
+        score_trials(utts, bad, trials)
+    bad[2] = 0
+    with pytest.raises(ValueError, match="embedding of 'c' is all zeros"):
+        score_trials(utts, bad, trials)
 
 
 def slow_asnorm(utts, emb, trials, cohort, top_n):

@@ -155,38 +155,76 @@ def read_list(path: PathLike) -> list[str]:
     return out
 
 
-def _fields_per_line(data: bytes) -> tuple[np.ndarray, int]:
-    """Number of ASCII-whitespace-separated fields on each ``\\n``-terminated line of ``data`` (vectorised),
-    and the length in bytes of the longest field."""
+#: Characters other than ASCII " \t\n\v\f\r" that ``str.split()`` (the line reader) treats as whitespace;
+#: a file containing one goes through the line reader. Complete (a test compares it with ``str.isspace``).
+OTHER_SPACE = (
+    "\x1c\x1d\x1e\x1f\x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u2028\u2029\u202f\u205f\u3000"
+)
+_OTHER_SPACE_ASCII = [c.encode("ascii") for c in OTHER_SPACE if c.isascii()]
+
+
+def split_trials(data: bytes) -> tuple[np.ndarray, list[bytes], list[bytes]] | None:
+    """Vectorised parse of the bytes of a well-formed trials file -> ``(labels, enroll, test)``, or None.
+
+    ``labels`` (n,) int8; ``enroll`` and ``test`` the n ids of each side as UTF-8 bytes, in file order.
+    Well-formed: valid UTF-8, every non-blank line (lines end at ``\\n``, ``\\r``, ``\\v`` or ``\\f``,
+    as for ``str.splitlines``) exactly three fields separated by ASCII whitespace, flags 0 or 1, no
+    other whitespace character. None for anything else, which :func:`read_trials`' line reader
+    parses or rejects, naming the line; where both accept a file they give the same trials.
+    """
+    if data.isascii():
+        if any(c in data for c in _OTHER_SPACE_ASCII):
+            return None
+    else:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        if any(c in text for c in OTHER_SPACE):
+            return None
+    tokens = data.split()  # splits at exactly the bytes of `space` below
+    if not tokens or len(tokens) % 3:
+        return None
     b = np.frombuffer(data, dtype=np.uint8)
-    space = (b == 32) | ((b >= 9) & (b <= 13))  # " \t\n\v\f\r"
-    edge = np.flatnonzero(np.diff(space, prepend=True, append=True))  # field starts and ends, alternating
-    starts, ends = edge[0::2], edge[1::2]
-    line = np.searchsorted(np.flatnonzero(b == ord("\n")), starts)
-    counts = np.bincount(line, minlength=int((b == ord("\n")).sum()) + 1)
-    return counts, int((ends - starts).max(initial=0))
+    space = np.empty(len(b) + 1, dtype=bool)
+    space[0] = True
+    np.less_equal(b - np.uint8(9), 4, out=space[1:])  # \t \n \v \f \r (uint8 wraps below 9)
+    space[1:] |= b == 32
+    starts = np.flatnonzero(space[:-1] > space[1:])  # byte offset of each token
+    # breaks[i]: a line ends between token i - 1 and token i; well-formed: exactly at i = 3, 6, ...
+    breaks = np.zeros(len(tokens) + 1, dtype=bool)
+    breaks[np.searchsorted(starts, np.flatnonzero(b - np.uint8(10) <= 3), side="right")] = True  # \n \v \f \r
+    breaks[-1] = True
+    per_line = breaks[1:].reshape(-1, 3)
+    if per_line[:, :2].any() or not per_line[:, 2].all():
+        return None
+    flags = tokens[0::3]
+    joined = b"".join(flags)
+    if len(joined) != len(flags) or joined.strip(b"01"):
+        return None
+    return np.frombuffer(joined, dtype=np.int8) - np.int8(ord("0")), tokens[1::3], tokens[2::3]
+
+
+def _str_array(ids: list[bytes]) -> np.ndarray:
+    """UTF-8 ids -> (n,) str array, as wide as the longest id."""
+    text = b"\n".join(ids).decode("utf-8").split("\n")
+    return np.array(text, dtype=f"U{max(map(len, text))}")
 
 
 def read_trials(path: PathLike) -> Trials:
     """``1|0 enroll test`` lines -> :class:`Trials`. Repeated pairs are kept as written.
 
-    Well-formed files (every non-blank line three fields, flags 0 or 1) are
-    parsed in one split; anything else goes through the line-by-line reader,
-    whose ManifestError names the offending line.
+    Well-formed files are parsed by :func:`split_trials`; anything else goes
+    through the line-by-line reader, whose ManifestError names the offending line.
     """
     try:
         with open(path, "rb") as fh:
-            data = fh.read()
-        tokens = data.decode("utf-8").split()
-    except (OSError, UnicodeDecodeError):
-        tokens = None  # the line reader raises the error
-    if tokens:
-        fields, width = _fields_per_line(data)  # agrees with str.split() unless non-ASCII whitespace
-        flags = tokens[0::3]
-        if np.isin(fields, (0, 3)).all() and fields.sum() == len(tokens) and set(flags) <= {"0", "1"}:
-            labels = np.frombuffer("".join(flags).encode("ascii"), dtype=np.int8) - np.int8(ord("0"))
-            ids = f"U{width}"  # bytes >= characters: wide enough, found in one pass
-            return Trials(labels, np.array(tokens[1::3], dtype=ids), np.array(tokens[2::3], dtype=ids))
+            parsed = split_trials(fh.read())
+    except OSError:
+        parsed = None  # the line reader raises the error
+    if parsed is not None:
+        labels, enroll, test = parsed
+        return Trials(labels, _str_array(enroll), _str_array(test))
     labels: list[int] = []
     enroll: list[str] = []
     test: list[str] = []

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import ndtri
 
-from .manifest import Trials, check_trials_cover, read_trials
+from .manifest import Trials, check_trials_cover, read_trials, split_trials
 
 # ---------------------------------------------------------------------------
 # error rates, EER, minDCF, DET
@@ -201,8 +201,9 @@ class TrialScores:
         yield self.labels
 
 
-def _normalised_rows(embeddings: np.ndarray, utts: Sequence[str] | None, what: str) -> np.ndarray:
-    """Check an (N, dim) embedding matrix (against its ids, when given) and L2-normalise its rows (float32)."""
+def _row_norms(embeddings: np.ndarray, utts: Sequence[str] | None, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Check an (N, dim) embedding matrix (against its ids, when given) -> (rows (N, dim) float32, L2 norms (N,)
+    float32); every norm is finite and non-zero."""
     x = np.asarray(embeddings, dtype=np.float32)
     if x.ndim != 2 or (utts is not None and x.shape[0] != len(utts)):
         raise ValueError(
@@ -210,6 +211,9 @@ def _normalised_rows(embeddings: np.ndarray, utts: Sequence[str] | None, what: s
             if utts is not None
             else f"{what}: expected an (N, dim) matrix, got shape {x.shape}"
         )
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
+    if np.isfinite(norms).all() and norms.all():
+        return x, norms
 
     def name(i: int) -> str:
         return repr(utts[i]) if utts is not None else f"row {i}"
@@ -218,10 +222,16 @@ def _normalised_rows(embeddings: np.ndarray, utts: Sequence[str] | None, what: s
     if not finite.all():
         i = int(np.flatnonzero(~finite)[0])
         raise ValueError(f"{what}: {int((~finite).sum())} embedding(s) contain NaN/inf, first {name(i)}")
-    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
-    if (norms == 0).any():
-        i = int(np.flatnonzero(norms == 0)[0])
-        raise ValueError(f"{what}: embedding of {name(i)} is all zeros (cosine undefined)")
+    if not np.isfinite(norms).all():
+        i = int(np.flatnonzero(~np.isfinite(norms))[0])
+        raise ValueError(f"{what}: the squared norm of the embedding of {name(i)} overflows float32")
+    i = int(np.flatnonzero(norms == 0)[0])
+    raise ValueError(f"{what}: embedding of {name(i)} is all zeros (cosine undefined)")
+
+
+def _normalised_rows(embeddings: np.ndarray, utts: Sequence[str] | None, what: str) -> np.ndarray:
+    """Check an (N, dim) embedding matrix (see :func:`_row_norms`) and L2-normalise its rows (float32)."""
+    x, norms = _row_norms(embeddings, utts, what)
     return x / norms[:, None]
 
 
@@ -273,30 +283,52 @@ def score_trials(
 
     A trial naming an utterance without an embedding is a ValueError (count and
     first few ids in the message) unless ``allow_missing``, which drops those
-    trials and reports their number in ``n_dropped``. Trials are processed
-    ``chunk`` at a time to bound memory. Returns a :class:`TrialScores`, which
-    unpacks as ``(scores, labels)``.
+    trials and reports their number in ``n_dropped``. Returns a
+    :class:`TrialScores`, which unpacks as ``(scores, labels)``. The cosines
+    are computed by a compiled loop that reads the embedding rows in place;
+    ``chunk`` (trials per gathered block of an earlier version) is accepted
+    for compatibility and has no effect.
     """
     source = os.fspath(trials) if isinstance(trials, (str, os.PathLike)) else "trials"
+    parsed = None  # (labels, enroll ids, test ids as UTF-8 bytes) of a well-formed trials file
     if isinstance(trials, (str, os.PathLike)):
-        trials = read_trials(trials)
-    enroll = np.asarray(trials.enroll, dtype=str)
-    test = np.asarray(trials.test, dtype=str)
-    labels = np.asarray(trials.labels, dtype=np.int8)
-    if not len(labels):
-        raise ValueError(f"{source}: no trials")
+        try:
+            with open(trials, "rb") as fh:
+                parsed = split_trials(fh.read())
+        except OSError:
+            pass  # read_trials raises the error
+        if parsed is None:
+            trials = read_trials(trials)
     index = {u: i for i, u in enumerate(utts)}
     if len(index) != len(utts):
         seen: set[str] = set()
         dup = next(u for u in utts if u in seen or seen.add(u))
         raise ValueError(f"duplicate utterance id {dup!r} in the embeddings")
-    x = _normalised_rows(embeddings, utts, "embeddings")
+    x, norms = _row_norms(embeddings, utts, "embeddings")
 
     # Embedding row of each trial side (-1: no embedding).
-    def rows_of(ids: np.ndarray) -> np.ndarray:
-        return np.fromiter(map(index.get, ids.tolist(), itertools.repeat(-1)), dtype=np.int64, count=len(ids))
+    def rows_of(ids: list, rows: dict) -> np.ndarray:
+        return np.fromiter(map(rows.get, ids, itertools.repeat(-1)), dtype=np.int64, count=len(ids))
 
-    e_rows, t_rows = rows_of(enroll), rows_of(test)
+    if parsed is not None:
+        keys = "\n".join(utts).encode("utf-8", "surrogatepass").split(b"\n")  # one encode (ids hold no newline)
+        if len(keys) != len(utts):
+            keys = [u.encode("utf-8", "surrogatepass") for u in utts]
+        byte_index = dict(zip(keys, range(len(keys))))
+        labels, e_rows, t_rows = parsed[0], rows_of(parsed[1], byte_index), rows_of(parsed[2], byte_index)
+        if (e_rows < 0).any() or (t_rows < 0).any():  # the general path below names or drops them
+            trials = read_trials(source)
+            parsed = None
+        else:
+            ids = np.asarray(utts, dtype=str)
+            enroll, test = ids[e_rows], ids[t_rows]
+    if parsed is None:
+        enroll = np.asarray(trials.enroll, dtype=str)
+        test = np.asarray(trials.test, dtype=str)
+        labels = np.asarray(trials.labels, dtype=np.int8)
+        if not len(labels):
+            raise ValueError(f"{source}: no trials")
+        e_rows, t_rows = rows_of(enroll.tolist(), index), rows_of(test.tolist(), index)
     missing = (e_rows < 0) | (t_rows < 0)
     n_dropped = int(missing.sum())
     if n_dropped:
@@ -307,10 +339,11 @@ def score_trials(
         keep = ~missing
         enroll, test, labels, e_rows, t_rows = enroll[keep], test[keep], labels[keep], e_rows[keep], t_rows[keep]
 
-    scores = np.empty(len(labels), dtype=np.float64)
-    for start in range(0, len(labels), chunk):  # gathered rows stay in cache: one product per chunk
-        sl = slice(start, start + chunk)
-        scores[sl] = np.einsum("ij,ij->i", x.take(e_rows[sl], axis=0), x.take(t_rows[sl], axis=0))
+    from .score_kernels import row_dots  # numba: imported only here
+
+    dots = np.empty(len(labels), dtype=np.float32)
+    row_dots(x, e_rows, t_rows, dots)
+    scores = dots / (norms[e_rows].astype(np.float64) * norms[t_rows])  # cosines
 
     norm = "none"
     if cohort is not None:
@@ -321,7 +354,7 @@ def score_trials(
         # cohort statistics once per distinct utterance; e_loc / t_loc index them
         used, local = np.unique(np.concatenate([e_rows, t_rows]), return_inverse=True)
         e_loc, t_loc = local[: len(labels)], local[len(labels) :]
-        mean, std = cohort_statistics(x[used], c, top_n)
+        mean, std = cohort_statistics(x[used] / norms[used, None], c, top_n)
         if (std == 0).any():
             i = int(np.flatnonzero(std == 0)[0])
             raise ValueError(f"AS-norm: the top-{top_n} cohort scores of {utts[used[i]]!r} are all equal")
