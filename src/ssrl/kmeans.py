@@ -60,17 +60,17 @@ def normalise_rows(x: np.ndarray) -> np.ndarray:
     x = np.array(x, dtype=np.float32, order="C", copy=True)
     if x.ndim != 2 or x.shape[0] == 0:
         raise ValueError(f"expected a non-empty (n, dim) matrix, got shape {x.shape}")
-    finite = np.isfinite(x).all(axis=1)
-    if not finite.all():
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))  # NaN/inf when a row holds one
+    if not np.isfinite(norms).all():
+        finite = np.isfinite(norms)
         raise ValueError(f"{int((~finite).sum())} row(s) contain NaN/inf, first row {int(np.argmin(finite))}")
-    norms = np.linalg.norm(x, axis=1)
     if (norms == 0).any():
         raise ValueError(f"row {int(np.argmax(norms == 0))} is all zeros (cannot be L2-normalised)")
-    x /= norms[:, None]
+    x /= norms[:, None].astype(np.float32)
     return x
 
 
-def cluster_means(x: np.ndarray, labels: np.ndarray, previous: np.ndarray, block: int = 1 << 16) -> np.ndarray:
+def cluster_means(x: np.ndarray, labels: np.ndarray, previous: np.ndarray, block: int = 1 << 13) -> np.ndarray:
     """Per-cluster means of the rows of ``x`` (n, dim), accumulated in float64.
 
     ``labels`` (n,) in [0, k); ``previous`` (k, dim): centers kept for empty
@@ -80,7 +80,7 @@ def cluster_means(x: np.ndarray, labels: np.ndarray, previous: np.ndarray, block
     return sums_to_means(sums, counts, previous)
 
 
-def _inertia(x: np.ndarray, labels: np.ndarray, centers: np.ndarray, block: int = 1 << 16) -> float:
+def _inertia(x: np.ndarray, labels: np.ndarray, centers: np.ndarray, block: int = 1 << 13) -> float:
     total = 0.0
     for start in range(0, len(x), block):
         diff = x[start : start + block] - centers[labels[start : start + block]]
