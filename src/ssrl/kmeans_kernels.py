@@ -43,6 +43,13 @@ def _lo(d_sq: float, slack: float) -> np.float32:
 
 
 @numba.njit(cache=True)
+def _store(v: float, cum: float) -> np.float32:
+    """A group lower bound ``v`` as stored: ``v + cum`` (the group's accumulated shift), rounded down to float32."""
+    s = v + cum
+    return np.float32(s - abs(s) * 1.2e-7)
+
+
+@numba.njit(cache=True, inline="always")  # a call would pass (and reference-count) every array
 def _point(
     i,
     xn,
@@ -52,10 +59,12 @@ def _point(
     starts,
     drift,
     shift,
+    cum,
     slack,
     dense_centers,
     labels,
     upper,
+    glower,
     lower,
     dense,
     old_lb,
@@ -64,35 +73,30 @@ def _point(
     first_j,
     second_v,
 ):
-    """One Yinyang step of point ``i`` (see :func:`yinyang_pass`); returns the distances computed."""
+    """One Yinyang step of point ``i``, whose moved bounds ``upper[i]`` and ``glower[i]`` failed the global
+    filter (see :func:`yinyang_pass`); returns the distances computed."""
     n_groups = len(starts) - 1
     lab = labels[i]
-    ub = upper[i] + drift[lab]
+    ub = upper[i]
     glb = np.inf
     for g in range(n_groups):
-        old_lb[g] = lower[i, g]
-        new_lb[g] = lower[i, g] - shift[g]
+        new_lb[g] = lower[i, g] - cum[g]
+        old_lb[g] = new_lb[g] + shift[g]
         glb = min(glb, new_lb[g])
-    if ub <= glb:  # global filter with the loose upper bound
-        upper[i] = ub
-        lower[i, :] = new_lb
+    glower[i] = glb
+    if ub <= glb:  # the same filter with the (tighter) minimum of the group bounds
         return 0
     x, xs = xn[i], np.float64(x_sq[i])
     e_own = c_sq[lab] - np.float32(2.0) * _dot(x, centers[lab])
     ub = _up(xs + e_own, slack)
     computed = 1
-    n_open = 0
-    for g in range(n_groups):
-        n_open += new_lb[g] < ub
-    upper[i] = ub
-    lower[i, :] = new_lb
-    if n_open == 0:
-        return computed
-    n_cand = 0  # centers that pass neither filter
+    n_cand = 0  # centers of the groups that fail the group filter
     for g in range(n_groups):
         if new_lb[g] < ub:
-            for j in range(starts[g], starts[g + 1]):
-                n_cand += old_lb[g] - drift[j] < ub
+            n_cand += starts[g + 1] - starts[g]
+    upper[i] = ub
+    if n_cand == 0:
+        return computed
     if n_cand > dense_centers:  # cheaper as a full BLAS assignment
         dense[i] = True
         return computed
@@ -120,14 +124,18 @@ def _point(
             elif v < s_v:
                 s_v = v
         first_v[g], first_j[g], second_v[g] = f_v, f_j, s_v
+    glb = np.inf
     for g in range(n_groups):
-        if new_lb[g] < ub:
-            lower[i, g] = second_v[g] if first_j[g] == best_j else first_v[g]
+        if new_lb[g] < ub:  # an open group: its bound from the distances above
+            new_lb[g] = second_v[g] if first_j[g] == best_j else first_v[g]
+            lower[i, g] = _store(new_lb[g], cum[g])
+        elif best_j != lab and starts[g] <= lab < starts[g + 1]:  # the old center joins the other centers
+            new_lb[g] = min(new_lb[g], _lo(xs + e_own, slack))
+            lower[i, g] = _store(new_lb[g], cum[g])
+        glb = min(glb, new_lb[g])
+    glower[i] = glb
     if best_j != lab:
         upper[i] = best_ub
-        g_old = np.searchsorted(starts, lab, side="right") - 1
-        if new_lb[g_old] >= ub:  # the old center joins the "other" centers of its group
-            lower[i, g_old] = min(lower[i, g_old], _lo(xs + e_own, slack))
         labels[i] = best_j
     return computed
 
@@ -141,10 +149,12 @@ def yinyang_pass(
     starts: np.ndarray,
     drift: np.ndarray,
     shift: np.ndarray,
+    cum: np.ndarray,
     slack: float,
     dense_centers: int,
     labels: np.ndarray,
     upper: np.ndarray,
+    glower: np.ndarray,
     lower: np.ndarray,
     dense: np.ndarray,
 ) -> int:
@@ -153,13 +163,22 @@ def yinyang_pass(
     xn (n, dim) float32 unit rows, x_sq (n,) float32 their squared norms;
     centers (k, dim) float32 (new), c_sq (k,) float32; starts (G + 1,) int64
     group boundaries; drift (k,) float64 upper bounds on each center's move;
-    shift (G,) float32 upper bounds on the largest move in each group (plus
-    the float32 rounding margin); slack: absolute error bound of a float32
-    squared distance. labels (n,) int64, upper (n,) float64, lower (n, G)
-    float32: the state, updated. A point with more than ``dense_centers``
-    centers left by the group and local filters (counted before any distance)
-    gets ``dense[i] = True`` and valid (not tight) bounds, its label
-    unchanged: the caller re-assigns it in full. Otherwise
+    shift (G,) float64 upper bounds on the largest move in each group (plus
+    the float32 rounding margin), cum (G,) float64 the shifts summed over all
+    updates so far, this one included; slack: absolute error bound of a
+    float32 squared distance. The state, updated: labels (n,) int64, upper (n,)
+    float64; lower (n, G) float32, the group lower bounds stored as
+    ``bound + cum[g]`` at the time they were set (so that a center update
+    moves them all at once through ``cum``, without touching them); glower (n,)
+    float64 <= every group bound of the point, lowered by the largest shift
+    at each update (a point whose upper bound stays below it is skipped without
+    reading its group bounds). A point whose groups left open by the group
+    filter hold more than ``dense_centers`` centers gets ``dense[i] = True``
+    and valid (not tight) bounds, its label unchanged: the caller re-assigns it
+    in full, which also makes all its bounds exact again (counting whole groups
+    rather than the centers that pass the local filter sends more points to
+    the full assignment while the centers still move far, and so leaves tight
+    bounds for the late updates, when few points fail the global filter). Otherwise
     the label is the nearest center: groups whose bound exceeds the point's
     exact own distance are skipped, and inside the other groups so is every
     center whose old group bound minus its own drift does (Yinyang's local
@@ -168,15 +187,20 @@ def yinyang_pass(
     n = xn.shape[0]
     n_groups = len(starts) - 1
     n_blocks = (n + BLOCK - 1) // BLOCK
+    max_shift = shift.max()
     computed = 0
     for b in numba.prange(n_blocks):
-        old_lb = np.empty(n_groups, dtype=np.float32)
-        new_lb = np.empty(n_groups, dtype=np.float32)
+        old_lb = np.empty(n_groups, dtype=np.float64)
+        new_lb = np.empty(n_groups, dtype=np.float64)
         first_v = np.empty(n_groups, dtype=np.float32)
         first_j = np.empty(n_groups, dtype=np.int64)
         second_v = np.empty(n_groups, dtype=np.float32)
         local = 0
         for i in range(b * BLOCK, min(n, (b + 1) * BLOCK)):
+            upper[i] += drift[labels[i]]
+            glower[i] -= max_shift
+            if upper[i] <= glower[i]:  # global filter: O(1), no group bound read (most points, late on)
+                continue
             local += _point(
                 i,
                 xn,
@@ -186,10 +210,12 @@ def yinyang_pass(
                 starts,
                 drift,
                 shift,
+                cum,
                 slack,
                 dense_centers,
                 labels,
                 upper,
+                glower,
                 lower,
                 dense,
                 old_lb,
@@ -225,15 +251,18 @@ def assign_rows(
     x_sq: np.ndarray,
     c_sq: np.ndarray,
     starts: np.ndarray,
+    cum: np.ndarray,
     slack: float,
     labels: np.ndarray,
     upper: np.ndarray,
+    glower: np.ndarray,
     lower: np.ndarray,
 ) -> None:
     """Full assignment of the points ``rows`` (m,) from their dot products ``dots`` (m, k) float32 with every
-    center: label = nearest center (least ``||c||^2 - 2 x.c``, the first on a tie), ``upper`` its distance and
+    center: label = nearest center (least ``||c||^2 - 2 x.c``, the first on a tie), ``upper`` its distance,
     ``lower[:, g]`` the distance to the nearest other center of group g (``starts`` (G + 1,) group
-    boundaries), as bounds; in place."""
+    boundaries; stored as in :func:`yinyang_pass`, plus ``cum[g]``) and ``glower`` their minimum, as bounds;
+    in place."""
     m, k = len(rows), dots.shape[1]
     n_groups = len(starts) - 1
     for b in numba.prange((m + BLOCK - 1) // BLOCK):
@@ -261,8 +290,12 @@ def assign_rows(
             for j in range(starts[best_g], starts[best_g + 1]):
                 v = min(v, e[j])
             low[best_g] = v
+            glb = np.inf
             for g in range(n_groups):
-                lower[i, g] = np.float32(np.sqrt(max(xs + low[g] - slack, 0.0)) * (1.0 - 1e-6) - 1e-6)
+                lb = _lo(xs + low[g], slack)
+                lower[i, g] = _store(lb, cum[g])
+                glb = min(glb, lb)
+            glower[i] = glb
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"})

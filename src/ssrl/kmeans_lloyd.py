@@ -25,7 +25,7 @@ import numpy as np
 import scipy.sparse
 
 
-def cluster_sums(x: np.ndarray, labels: np.ndarray, k: int, block: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
+def cluster_sums(x: np.ndarray, labels: np.ndarray, k: int, block: int = 1 << 13) -> tuple[np.ndarray, np.ndarray]:
     """Per-cluster sums (k, dim) float64 and counts (k,) int64 of the rows of ``x`` (n, dim)."""
     sums = np.zeros((k, x.shape[1]), dtype=np.float64)
     for start in range(0, len(x), block):
@@ -47,8 +47,8 @@ def sums_to_means(sums: np.ndarray, counts: np.ndarray, previous: np.ndarray) ->
 
 #: Bytes of one chunk's (rows, k) float32 distance block in the assignments.
 CHUNK_BYTES = 16 << 20
-#: Fraction of the centers left by the filters above which a point of the pruned CPU Lloyd gets a full BLAS
-#: assignment (a compiled per-point distance costs a few times one of the BLAS product).
+#: Fraction of the centers in the groups left open by the group filter above which a point of the pruned CPU
+#: Lloyd gets a full BLAS assignment (a compiled per-point distance costs a few times one of the BLAS product).
 DENSE_CENTERS = 0.2
 #: Centers per group of the pruned CPU Lloyd (fewer groups when their bounds would exceed BOUND_BYTES).
 GROUP_SIZE = 10
@@ -73,8 +73,11 @@ class _Yinyang:
     group order, c_sq their squared norms; starts (G,) first center of each group, bounds
     (G + 1,) the same and k;
     labels (n,) in group order; upper (n,) float64 >= the distance of each point
-    to its center; lower (n, G) float32 <= its distance to every other center of
-    each group; slack: absolute error bound of a float32 squared distance.
+    to its center; lower (n, G) float32: ``lower[i, g] - cum[g]`` <= its distance
+    to every other center of group g, where cum (G,) float64 sums the group's
+    shifts (largest center drifts) over the updates, so an update moves every
+    stored bound without touching it; glower (n,) float64 <= every group bound of
+    the point; slack: absolute error bound of a float32 squared distance.
     """
 
     def __init__(self, xn: np.ndarray, centers: np.ndarray, starts: np.ndarray, slack: float):
@@ -85,7 +88,9 @@ class _Yinyang:
         n = len(xn)
         self.labels = np.empty(n, dtype=np.int64)
         self.upper = np.empty(n, dtype=np.float64)
+        self.glower = np.empty(n, dtype=np.float64)
         self.lower = np.empty((n, len(starts)), dtype=np.float32)
+        self.cum = np.zeros(len(starts), dtype=np.float64)
         self.assign_all(np.arange(n))
 
     def assign_all(self, rows: np.ndarray) -> None:
@@ -103,9 +108,11 @@ class _Yinyang:
                 self.x_sq,
                 self.c_sq,
                 self.bounds,
+                self.cum,
                 self.slack,
                 self.labels,
                 self.upper,
+                self.glower,
                 self.lower,
             )
 
@@ -116,11 +123,12 @@ class _Yinyang:
     def step(self, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         """Move to ``centers`` (k, dim) and re-assign -> (moved rows, their old labels, new labels, distances
         computed). The compiled pass (:func:`ssrl.kmeans_kernels.yinyang_pass`) filters and re-assigns the
-        points; those with more than DENSE_CENTERS of the centers left by the filters get a full BLAS assignment."""
+        points; those with more than DENSE_CENTERS of the centers in open groups get a full BLAS assignment."""
         from .kmeans_kernels import yinyang_pass
 
         drift = np.sqrt(((centers.astype(np.float64) - self.centers) ** 2).sum(axis=1)) * (1 + 1e-6) + 1e-7
-        shift = np.maximum.reduceat(drift, self.starts).astype(np.float32) + np.float32(1e-6)
+        shift = np.maximum.reduceat(drift, self.starts) + 1e-6
+        self.cum += shift
         self.set_centers(centers)
         old = self.labels.copy()
         dense = np.zeros(len(old), dtype=bool)
@@ -132,10 +140,12 @@ class _Yinyang:
             self.bounds,
             drift,
             shift,
+            self.cum,
             self.slack,
             int(DENSE_CENTERS * len(centers)),
             self.labels,
             self.upper,
+            self.glower,
             self.lower,
             dense,
         )
@@ -163,11 +173,12 @@ def lloyd_cpu(
     (Euclidean). After a center update the upper bound grows by its center's
     drift and each group bound shrinks by the group's largest drift. A point
     keeps its label without a distance computed when its upper bound is below
-    every group bound; otherwise the upper bound is tightened to the exact
+    every group bound (checked first against one bound per point over all
+    groups, lowered by the largest drift at each update); otherwise the upper bound is tightened to the exact
     distance, and only the centers of the groups whose bound still fails, less
     those whose old group bound minus their own drift exceeds the best distance
     so far (local filter), get a distance (:func:`ssrl.kmeans_kernels.yinyang_pass`).
-    A point left with more than DENSE_CENTERS of the k centers is re-assigned
+    A point whose open groups hold more than DENSE_CENTERS of the k centers is re-assigned
     by one float32 BLAS product with all of them instead, which also makes its
     bounds exact (:func:`ssrl.kmeans_kernels.assign_rows`); so is every point
     in the first iteration. Squared distances ``||x||^2 + (||c||^2 - 2 x.c)``
