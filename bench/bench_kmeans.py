@@ -77,6 +77,8 @@ def run_one(args: argparse.Namespace) -> dict:
     x, spk = synthetic(args.one, args.dim)
     if args.impl == "reference":
         import torch  # noqa: F401  (imported before the clock starts)
+    elif args.impl == "ssrl" and args.device == "cpu":
+        import ssrl.kmeans_kernels  # noqa: F401  (numba, likewise; the cached kernels load inside the clock)
     t0, c0 = time.perf_counter(), time.process_time()
     work = 1.0
     if args.impl == "ssrl":
@@ -135,6 +137,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sklearn", action="store_true", help="also time scikit-learn KMeans on the first size")
     ap.add_argument("--reference", action="store_true", help="also time the reference's torch Lloyd on each size")
     ap.add_argument("--device", default="cpu", help="ssrl.kmeans.kmeans device (cpu, cuda, auto)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        help="threads of every pool (OpenMP, BLAS, numba, torch) in each run; default: the libraries' own "
+        "(on a shared machine, idle pool threads spin and inflate the CPU seconds of both sides)",
+    )
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--impl", choices=["ssrl", "reference", "sklearn"], default="ssrl", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -144,7 +152,10 @@ def main(argv: list[str] | None = None) -> None:
 
     jobs = [(impl, n) for n in args.sizes for impl in ("ssrl", "reference")[: 1 + args.reference]]
     jobs += [("sklearn", args.sizes[0])] if args.sklearn else []
-    print(f"k-means K={args.k}, dim {args.dim}, max_iter {args.max_iter}, load average {os.getloadavg()[0]:.2f}")
+    print(
+        f"k-means K={args.k}, dim {args.dim}, max_iter {args.max_iter}, threads {args.threads or 'default'}, "
+        f"load average {os.getloadavg()[0]:.2f}"
+    )
     results = {}
     for impl, n in jobs:
         cmd = [
@@ -163,7 +174,11 @@ def main(argv: list[str] | None = None) -> None:
             "--device",
             args.device,
         ]
-        out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
+        env = dict(os.environ)
+        if args.threads:
+            pools = ("OMP", "OPENBLAS", "MKL", "NUMBA")
+            env.update({f"{pool}_NUM_THREADS": str(args.threads) for pool in pools})
+        out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True, env=env).stdout
         r = json.loads(out.strip().splitlines()[-1])
         print(
             f"  {r['impl']:9s} n={r['n']:>9,d}: {r['seconds']:8.1f} s  "
