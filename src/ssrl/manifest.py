@@ -211,6 +211,12 @@ def _str_array(ids: list[bytes]) -> np.ndarray:
     return np.array(text, dtype=f"U{max(map(len, text))}")
 
 
+def trials_from_split(parsed: tuple[np.ndarray, list[bytes], list[bytes]]) -> Trials:
+    """:class:`Trials` of a :func:`split_trials` result."""
+    labels, enroll, test = parsed
+    return Trials(labels, _str_array(enroll), _str_array(test))
+
+
 def read_trials(path: PathLike) -> Trials:
     """``1|0 enroll test`` lines -> :class:`Trials`. Repeated pairs are kept as written.
 
@@ -223,8 +229,7 @@ def read_trials(path: PathLike) -> Trials:
     except OSError:
         parsed = None  # the line reader raises the error
     if parsed is not None:
-        labels, enroll, test = parsed
-        return Trials(labels, _str_array(enroll), _str_array(test))
+        return trials_from_split(parsed)
     labels: list[int] = []
     enroll: list[str] = []
     test: list[str] = []

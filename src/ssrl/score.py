@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import ndtri
 
-from .manifest import Trials, check_trials_cover, read_trials, split_trials
+from .manifest import Trials, check_trials_cover, read_trials, split_trials, trials_from_split
 
 # ---------------------------------------------------------------------------
 # error rates, EER, minDCF, DET
@@ -269,7 +269,6 @@ def score_trials(
     cohort: np.ndarray | None = None,
     top_n: int = 300,
     allow_missing: bool = False,
-    chunk: int = 256,
 ) -> TrialScores:
     """Score a trial list by cosine similarity, optionally AS-normalised (docs/method.md §10).
 
@@ -285,9 +284,7 @@ def score_trials(
     first few ids in the message) unless ``allow_missing``, which drops those
     trials and reports their number in ``n_dropped``. Returns a
     :class:`TrialScores`, which unpacks as ``(scores, labels)``. The cosines
-    are computed by a compiled loop that reads the embedding rows in place;
-    ``chunk`` (trials per gathered block of an earlier version) is accepted
-    for compatibility and has no effect.
+    are computed by a compiled loop that reads the embedding rows in place.
     """
     source = os.fspath(trials) if isinstance(trials, (str, os.PathLike)) else "trials"
     parsed = None  # (labels, enroll ids, test ids as UTF-8 bytes) of a well-formed trials file
@@ -317,7 +314,7 @@ def score_trials(
         byte_index = dict(zip(keys, range(len(keys))))
         labels, e_rows, t_rows = parsed[0], rows_of(parsed[1], byte_index), rows_of(parsed[2], byte_index)
         if (e_rows < 0).any() or (t_rows < 0).any():  # the general path below names or drops them
-            trials = read_trials(source)
+            trials = trials_from_split(parsed)
             parsed = None
         else:
             ids = np.asarray(utts, dtype=str)
