@@ -40,10 +40,12 @@ if [ ${#missing[@]} -gt 0 ]; then
         policy_added=1
     fi
     export DEBIAN_FRONTEND=noninteractive
+    # Where the mirrors cannot be reached (an offline CI machine) apt gives up in about a minute.
+    apt=(apt-get -o Acquire::Retries=0 -o Acquire::http::Timeout=30 -o Acquire::https::Timeout=30)
     dpkg-query -W -f='${Package}\n' | sort > "$DIR/packages-before"
-    if ! { apt-get install -y -qq --no-install-recommends "${missing[@]}" >"$DIR/apt.log" 2>&1 \
-           || { apt-get update -qq >>"$DIR/apt.log" 2>&1 \
-                && apt-get install -y -qq --no-install-recommends "${missing[@]}" >>"$DIR/apt.log" 2>&1; }; }; then
+    if ! { "${apt[@]}" install -y -qq --no-install-recommends "${missing[@]}" >"$DIR/apt.log" 2>&1 \
+           || { "${apt[@]}" update -qq >>"$DIR/apt.log" 2>&1 \
+                && "${apt[@]}" install -y -qq --no-install-recommends "${missing[@]}" >>"$DIR/apt.log" 2>&1; }; }; then
         [ -n "$policy_added" ] && rm -f /usr/sbin/policy-rc.d
         tail -5 "$DIR/apt.log" >&2
         cannot "apt-get could not install ${missing[*]} (log: $DIR/apt.log)"
