@@ -9,7 +9,7 @@ and the distribution's packages reachable; they are installed for the test and p
 tests/slurm/stop_slurm.sh), and is skipped with the reason otherwise; SSRL_TEST_SLURM=1 (`make test-slurm`)
 turns that reason into a failure; without the variable (plain `pytest`) it is skipped. SSRL_SLURM_DIR=DIR
 reuses a cluster already started with `tests/slurm/start_slurm.sh DIR` (left running afterwards).
-About 2.5 min on an idle 2-core machine (load 0.4), installation and purge included.
+About 1.8-2.5 min on an idle 2-core machine (load 0.4-0.5), installation and purge included.
 """
 
 from __future__ import annotations
