@@ -2,7 +2,7 @@
 #   dino/model.pt        model file (eval_state = EMA teacher's SpeakerModel; student, teacher, head, centre)
 #   dino/train_log.tsv   `step` rows every train.log_every steps, `epoch` rows (means, validation EER, time)
 #   dino/train_record.json  cost (steps, global batch, processes, device, wall/CPU/GPU-seconds, peak memory)
-#                        and the job stamp (commit, config hash): ssrl.train.cost
+#                        and the job stamp (commit, config hash): ssrl.train.record
 # dino/ckpt/ holds the resumable checkpoints and the live log: a params value, not an output, so a
 # killed or preempted job (exit 143 after SIGTERM) resumes where it stopped when it is rerun.
 # Validation: EER of the teacher on the first trial list (TRIAL_LISTS) every dino.val_every epochs.

@@ -4,7 +4,7 @@
 #   <system>/train_log.tsv   `step` rows every train.log_every steps, `epoch` rows (means, live classes, EER)
 #   <system>/label_log.tsv   per epoch: phase, relabelled/replaced, live classes, label NMI/accuracy/purity,
 #                            p_clean > 0.5 as a clean-label detector (TP/FP/TN/FN), loss, acc, teacher EER
-#   <system>/train_record.json  cost and provenance of the training job (ssrl.train.cost)
+#   <system>/train_record.json  cost and provenance of the training job (ssrl.train.record)
 # <system> is `ssrl` or an ablation name (ABLATIONS, rules/common.smk: config ablations, name -> overrides
 # of the ssrl section; ssrl.variants builds the hyper-parameters).
 # Inputs: the DINO model (encoder = its EMA teacher) and its k-means labels + centers; the training

@@ -127,7 +127,7 @@ def test_gpus_from_nvidia_smi(tmp_path, monkeypatch):
 def test_add_attempt_sums_seconds_and_keeps_peaks():
     import torch
 
-    from ssrl.train.cost import add_attempt
+    from ssrl.train.record import add_attempt
 
     usages = [
         {"wall_s": 10.0, "cpu_s": 5.0, "peak_rss_bytes": 1, "peak_gpu_bytes": 7},

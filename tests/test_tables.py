@@ -106,7 +106,7 @@ STAMP = {
 
 
 def train_record(name: str, gpu: bool = False, **stamp) -> dict:
-    """A train_record.json as ssrl.train.cost writes it."""
+    """A train_record.json as ssrl.train.record writes it."""
     steps, batch, cpu = TRAIN.get(name, (50, 32, 200.0))
     return {
         "stage": name,

@@ -15,7 +15,7 @@ file (under ``results/<run>/``)            written by                           
 ``<system>/train_log.tsv``                 :class:`TsvLog` (ssrl.train.loop)       :func:`read_train_log`
 ``<system>/kmeans_k<K>/centers.npy``       :func:`write_centers` (scripts/kmeans.py)  :func:`read_centers`
 ``<system>/train_record.json``             :func:`write_train_record` (values:     :func:`read_train_record`
-                                           ssrl.train.cost)
+                                           ssrl.train.record)
 =========================================  ======================================  ===========================
 
 Readers raise :class:`ResultsError` naming the file (and line) at fault. pandas is imported by the TSV
@@ -224,7 +224,7 @@ def read_centers(path: str | os.PathLike) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------
-# train_record.json (ssrl.train.cost builds it, the trainer writes it)
+# train_record.json (ssrl.train.record builds it, the trainer writes it)
 
 
 def write_train_record(path: str | os.PathLike, record: Mapping[str, Any]) -> None:
@@ -289,7 +289,7 @@ def read_quality(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def read_train_record(path: str | os.PathLike) -> dict[str, Any]:
-    """A ``<system>/train_record.json`` of the trainer (ssrl.train.cost): :data:`TRAIN_RECORD_KEYS`,
+    """A ``<system>/train_record.json`` of the trainer (ssrl.train.record): :data:`TRAIN_RECORD_KEYS`,
     numbers checked (``gpu_s`` / ``peak_gpu_bytes`` null on CPU; stamp keys null when unknown)."""
     r = _read_object(path, TRAIN_RECORD_KEYS)
     for key in TRAIN_RECORD_NUMBERS:

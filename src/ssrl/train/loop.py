@@ -72,8 +72,8 @@ from ..results import TsvLog, write_train_record
 from . import distributed as D
 from .checkpoint import CheckpointManager, rng_state, set_rng_state
 from .config import RuntimeConfig
-from .cost import add_attempt, process_usage, train_record
 from .ema import ema_update
+from .record import add_attempt, process_usage, train_record
 from .stage import Stage
 
 log = logging.getLogger("ssrl.train")

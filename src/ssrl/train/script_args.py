@@ -32,7 +32,7 @@ def add_training_arguments(ap: argparse.ArgumentParser, no_augment_help: str) ->
     ap.add_argument(
         "--record-out",
         default=None,
-        help="cost and provenance record to write (<system>/train_record.json, ssrl.train.cost)",
+        help="cost and provenance record to write (<system>/train_record.json, ssrl.train.record)",
     )
     ap.add_argument("--hparams", required=True, help="JSON, see above")
 
