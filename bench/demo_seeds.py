@@ -163,7 +163,7 @@ STAGES = {
     "ssrl_train": "SSRL + ablations",
     "iterative_train": "iterative rounds",
     "wavlm_pretrain": "WavLM pre-training",
-    "wavlm_train": "WavLM steps 1, 2, 2-ft",
+    "wavlm_train": "WavLM pre-training, steps 1, 2, 2-ft",
     "extract": "extraction",
     "kmeans": "k-means",
     "score": "scoring",
