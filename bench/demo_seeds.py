@@ -162,7 +162,6 @@ STAGES = {
     "dino_train": "DINO",
     "ssrl_train": "SSRL + ablations",
     "iterative_train": "iterative rounds",
-    "wavlm_pretrain": "WavLM pre-training",
     "wavlm_train": "WavLM pre-training, steps 1, 2, 2-ft",
     "extract": "extraction",
     "kmeans": "k-means",
