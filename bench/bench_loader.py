@@ -104,6 +104,12 @@ def main(argv: list[str] | None = None) -> int:
         help="ssrl: one student crop per item; dino: 2 x 4 s + 4 x 2 s crops per item",
     )
     parser.add_argument("--n-utts", type=int, default=200, help="synthetic utterances to write")
+    parser.add_argument(
+        "--preload-mb",
+        type=float,
+        default=256.0,
+        help="Augmenter preload_mb: noise/music/babble decoded into memory when they fit (0: crops read from disk)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
@@ -119,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error(f"{args.corpus}: no .flac or .wav files")
         if args.augment is not None:
             lists = {name: read_list(args.augment / f"{name}.lst") for name in SOURCES}
-        augmenter = Augmenter(**lists)
+        augmenter = Augmenter(**lists, preload_mb=args.preload_mb)
         if args.policy == "ssrl":
             dataset = LabelledCropDataset(
                 utts,
@@ -139,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     processes = max(1, args.workers)
     rate = crops / elapsed / processes
     line = (
-        f"{args.policy} policy, {what}, {len(utts)} utterances, workers={args.workers}: "
+        f"{args.policy} policy, {what}, {len(utts)} utterances, workers={args.workers}, "
+        f"{augmenter.preloaded} augmentation files preloaded: "
         f"{crops} crops in {elapsed:.1f} s -> {rate:.0f} crops/s per worker process"
     )
     if args.workers == 0:

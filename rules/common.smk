@@ -269,6 +269,19 @@ def iterative_previous(wildcards):
     return "dino" if r == 1 else f"iter_r{r - 1}"
 
 
+ITERATIVE_PRIORITY = 5
+"""Rule priority of the iterative rounds' jobs (training, and the extraction and k-means between rounds):
+after DINO they are the longest serial chain (R x train, extract, k-means), so they go before jobs that
+can wait (the SSRL systems, each one long job). Without it, on the demo's 2 cores the rounds queued
+behind the SSRL jobs and ran alone at the end (160 s with one core idle, bench/RESULTS.md)."""
+
+
+def iterative_chain_priority(wildcards):
+    """Priority of an extraction or k-means job: ITERATIVE_PRIORITY for an iterative round's system
+    (wildcard {system} iter_r<r>), else 0."""
+    return ITERATIVE_PRIORITY if re.fullmatch(r"iter_r[1-9][0-9]*", wildcards.system) else 0
+
+
 def wavlm_checkpoint():
     """The WavLM checkpoint of the WavLM systems: config wavlm.checkpoint, or, when it is null with
     wavlm.tiny true and a wavlm.pretrain section, the tiny WavLM that rule wavlm_pretrain pre-trains

@@ -27,6 +27,7 @@ rule extract_train_test:
         bench_path("extract/{system}/train_test")
     wildcard_constraints:
         system=train_embedding_systems(),
+    priority: iterative_chain_priority
     conda:
         ENV
     threads: 8

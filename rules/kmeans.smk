@@ -22,6 +22,7 @@ rule kmeans:
         bench_path("kmeans/{system}_k{k}")
     wildcard_constraints:
         k=r"[1-9][0-9]*",
+    priority: iterative_chain_priority
     conda:
         ENV
     threads: 16

@@ -139,6 +139,23 @@ def test_additive_measured_snr_equals_drawn_value(sources, speech):
     assert counts == set(range(3, 9))
 
 
+
+def test_preloaded_sources_give_the_crops_read_from_disk(sources, speech):
+    """Sources within preload_mb are decoded once; the crops cut from memory equal the disk reads."""
+    on_disk = sum(Path(p).stat().st_size for name in ("noise", "music", "babble") for p in sources[name])
+    preloaded = Augmenter(**sources)  # default budget: these ~1 MB fit
+    assert set(preloaded._preloaded) == {p for name in ("noise", "music", "babble") for p in sources[name]}
+    too_small = Augmenter(**sources, preload_mb=0.99 * on_disk / 2**20)
+    never = Augmenter(**sources, preload_mb=0)
+    assert too_small.preloaded == 0 and never.preloaded == 0
+    for seed in range(30):
+        y, draw = preloaded.additive_with_draw(speech, np.random.default_rng(seed))
+        for other in (too_small, never):
+            z, other_draw = other.additive_with_draw(speech, np.random.default_rng(seed))
+            assert other_draw == draw
+            np.testing.assert_array_equal(z, y)
+
+
 def test_additive_sources_are_tiled_and_peak_normalised_before_summing(tmp_path, sources):
     """Short sources of different peaks: alternating +-0.4 (noise, babble) and constant 0.1 (music).
 

@@ -13,8 +13,11 @@ which augmentation a crop gets:
 
 All randomness comes from the numpy ``Generator`` passed in. RIRs are small
 (about a second each) and are kept in a bounded in-memory cache after their
-first use; noise/music/babble files are minutes long and only the needed crop
-is read (:func:`ssrl.audio.read_random_crop`).
+first use. When the noise/music/babble files together fit in ``preload_mb``
+(the demo's 22 files: ~30 MB) they are decoded once at construction, so that
+DataLoader processes forked afterwards share them; otherwise (MUSAN: ~100 h)
+only the needed crop of each is read (:func:`ssrl.audio.read_random_crop`).
+Both ways give the same crops.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import Any
 import numpy as np
 import scipy.fft  # light; scipy.signal costs seconds at start-up in every loader process
 
-from .audio import AudioError, load_audio, peak_normalise, read_random_crop
+from .audio import AudioError, load_audio, peak_normalise, random_crop, read_random_crop
 from .manifest import read_list
 
 AUGMENT_SOURCES = ("noise", "music", "babble", "rir")
@@ -170,7 +173,9 @@ class Augmenter:
     the SNR range (dB, uniform, inclusive). ``babble_count``: the range of the
     number of babble speakers in the babble-only mixture (integers, inclusive).
     ``rir_cache_items``: prepared RIRs kept in memory per process (least recently
-    used dropped; 2048 one-second RIRs take about 128 MB).
+    used dropped; 2048 one-second RIRs take about 128 MB). ``preload_mb``: when the
+    noise, music and babble files together take at most this many MiB on disk, they
+    are decoded (float32) at construction and crops are cut from memory; 0: never.
     """
 
     @classmethod
@@ -198,6 +203,7 @@ class Augmenter:
         snr_db: tuple[float, float] = (0.0, 20.0),
         babble_count: tuple[int, int] = (3, 8),
         rir_cache_items: int = 2048,
+        preload_mb: float = 256.0,
     ):
         self.sources = {
             "noise": [str(p) for p in noise],
@@ -216,10 +222,32 @@ class Augmenter:
             raise ValueError(f"Augmenter: babble_count range {babble_count} must satisfy 1 <= min <= max")
         if rir_cache_items < 0:
             raise ValueError(f"Augmenter: rir_cache_items must be >= 0, got {rir_cache_items}")
+        if preload_mb < 0:
+            raise ValueError(f"Augmenter: preload_mb must be >= 0, got {preload_mb}")
         self.snr_db = (lo, hi)
         self.babble_count = (kmin, kmax)
         self.rir_cache_items = int(rir_cache_items)
         self._rir_cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._preloaded = self._preload(preload_mb)
+
+    @property
+    def preloaded(self) -> int:
+        """Noise/music/babble files held in memory (0: every crop is read from disk)."""
+        return len(self._preloaded)
+
+    def _preload(self, budget_mb: float) -> dict[str, np.ndarray]:
+        """``path -> (samples,)`` of every noise/music/babble file when their files take at most
+        ``budget_mb`` MiB on disk (decoded float32 is ~2x that of 16-bit PCM), else empty."""
+        if budget_mb == 0:
+            return {}
+        paths = sorted({p for name in ("noise", "music", "babble") for p in self.sources[name]})
+        try:
+            on_disk = sum(os.path.getsize(p) for p in paths)
+        except OSError:  # a missing file is reported, with its name, when a crop is read
+            return {}
+        if on_disk > budget_mb * 2**20:
+            return {}
+        return {p: load_audio(p) for p in paths}
 
     def _rir(self, path: str) -> np.ndarray:
         rir = self._rir_cache.get(path)
@@ -245,7 +273,9 @@ class Augmenter:
     def _source_sum(self, names: Sequence[str], num_samples: int, rng: np.random.Generator) -> np.ndarray:
         total = np.zeros(num_samples, dtype=np.float64)
         for path in names:
-            total += peak_normalise(read_random_crop(path, num_samples, rng))
+            audio = self._preloaded.get(path)
+            crop = read_random_crop(path, num_samples, rng) if audio is None else random_crop(audio, num_samples, rng)
+            total += peak_normalise(crop)
         return total
 
     def additive_with_draw(self, x: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, AdditiveDraw]:
