@@ -23,9 +23,7 @@ rule dino_train:
         log_path("dino_train"),
     benchmark:
         bench_path("dino_train")
-    # DINO heads every chain but the WavLM pre-training's: on a small machine it starts first, with
-    # all the cores its threads ask for, rather than queue behind a job that can wait.
-    priority: 10
+    priority: PRIORITY["dino"]
     conda:
         ENV
     threads: 32

@@ -25,7 +25,7 @@ rule iterative_train:
         bench_path("iterative_train/iter_r{r}")
     wildcard_constraints:
         r=r"[1-9][0-9]*",
-    priority: ITERATIVE_PRIORITY
+    priority: PRIORITY["iterative"]
     conda:
         ENV
     threads: 32

@@ -28,6 +28,7 @@ rule ssrl_train:
         bench_path("ssrl_train/{system}")
     wildcard_constraints:
         system="|".join(re.escape(s) for s in SSRL_SYSTEMS),
+    priority: PRIORITY["ssrl"]
     conda:
         ENV
     threads: 32

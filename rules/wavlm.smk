@@ -64,6 +64,7 @@ if WAVLM["enabled"] and wavlm_checkpoint() == run_path("wavlm_pretrain", "wavlm_
             log_path("wavlm_train/wavlm_pretrain"),
         benchmark:
             bench_path("wavlm_train/wavlm_pretrain")
+        priority: PRIORITY["wavlm"]
         conda:
             ENV
         threads: 32
@@ -93,6 +94,7 @@ if WAVLM["enabled"]:
             log_path("wavlm_train/wavlm_step1"),
         benchmark:
             bench_path("wavlm_train/wavlm_step1")
+        priority: PRIORITY["wavlm"]
         conda:
             ENV
         threads: 32
@@ -112,6 +114,7 @@ if WAVLM["enabled"]:
             log_path("wavlm_train/wavlm_step2"),
         benchmark:
             bench_path("wavlm_train/wavlm_step2")
+        priority: PRIORITY["wavlm"]
         conda:
             ENV
         threads: 32
@@ -131,6 +134,7 @@ if WAVLM["enabled"]:
             log_path("wavlm_train/wavlm_ft"),
         benchmark:
             bench_path("wavlm_train/wavlm_ft")
+        priority: PRIORITY["wavlm"]
         conda:
             ENV
         threads: 32
