@@ -139,7 +139,6 @@ def test_additive_measured_snr_equals_drawn_value(sources, speech):
     assert counts == set(range(3, 9))
 
 
-
 def test_preloaded_sources_give_the_crops_read_from_disk(sources, speech):
     """Sources within preload_mb are decoded once; the crops cut from memory equal the disk reads."""
     on_disk = sum(Path(p).stat().st_size for name in ("noise", "music", "babble") for p in sources[name])
