@@ -275,9 +275,9 @@ order of submission). DINO first: every chain but the WavLM pre-training's waits
 SSRL systems (each one long job that cannot be split), the iterative rounds (the longest serial chain
 of short jobs: R x train, extract, k-means), the WavLM training chain, and last every other job
 (extraction and scoring of finished systems, the DINO system's own k-means), which fill the gaps.
-A list schedule of the demo's measured job times on 2 cores ends 0-37 s after its ideal (total work /
-2) in this order, against up to 108 s with the iterative rounds first and the SSRL systems last
-(bench/RESULTS.md, "The demo's schedule")."""
+Measured on the demo's 2 cores, from DINO's end to the last job: 585 s with only DINO first, 622 s
+with the iterative rounds first (the third SSRL job then ran alone for 184 s), 555 / 572 / 559 s in
+this order on seeds 0 / 1 / 2 (bench/RESULTS.md, "The demo's schedule")."""
 
 
 def iterative_chain_priority(wildcards):
