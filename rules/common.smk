@@ -193,13 +193,17 @@ def extract_command(pairs):
     )
 
 
+ITERATIVE_SYSTEM = r"iter_r[1-9][0-9]*"
+"""Regex of the iterative rounds' system names (rules/iterative.smk)."""
+
+
 def train_embedding_systems():
     """Regex of the systems whose train-set embeddings are used (rules/extract.smk): k-means of dino, ssrl
     and the iterative rounds, the ablations with kmeans.ablation_quality, every system as the AS-norm
     cohort."""
     if config["score"]["asnorm"]:
         return r"[a-z0-9_]+"
-    systems = ["dino", "ssrl", r"iter_r[1-9][0-9]*"]
+    systems = ["dino", "ssrl", ITERATIVE_SYSTEM]
     if config["kmeans"]["ablation_quality"]:
         systems += [re.escape(name) for name in ABLATIONS]
     return "|".join(systems)
@@ -283,7 +287,7 @@ this order on seeds 0 / 1 / 2 (bench/RESULTS.md, "The demo's schedule")."""
 def iterative_chain_priority(wildcards):
     """Priority of an extraction or k-means job: PRIORITY["iterative"] for an iterative round's system
     (wildcard {system} iter_r<r>), else 0."""
-    return PRIORITY["iterative"] if re.fullmatch(r"iter_r[1-9][0-9]*", wildcards.system) else 0
+    return PRIORITY["iterative"] if re.fullmatch(ITERATIVE_SYSTEM, wildcards.system) else 0
 
 
 def wavlm_checkpoint():

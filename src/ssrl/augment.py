@@ -34,7 +34,10 @@ import scipy.fft  # light; scipy.signal costs seconds at start-up in every loade
 from .audio import AudioError, load_audio, peak_normalise, random_crop, read_random_crop
 from .manifest import read_list
 
-AUGMENT_SOURCES = ("noise", "music", "babble", "rir")
+ADDITIVE_SOURCES = ("noise", "music", "babble")
+"""The additive sources among :data:`AUGMENT_SOURCES` (minutes-long files; preloaded when they fit)."""
+
+AUGMENT_SOURCES = (*ADDITIVE_SOURCES, "rir")
 """The augmentation source lists (data/augment/<source>.lst), the keyword arguments of :class:`Augmenter`."""
 
 AUGMENTATIONS = ("reverb", "noise", "none")
@@ -240,7 +243,7 @@ class Augmenter:
         ``budget_mb`` MiB on disk (decoded float32 is ~2x that of 16-bit PCM), else empty."""
         if budget_mb == 0:
             return {}
-        paths = sorted({p for name in ("noise", "music", "babble") for p in self.sources[name]})
+        paths = sorted({p for name in ADDITIVE_SOURCES for p in self.sources[name]})
         try:
             on_disk = sum(os.path.getsize(p) for p in paths)
         except OSError:  # a missing file is reported, with its name, when a crop is read
