@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -13,6 +15,7 @@ from ssrl.audio import (
     load_audio,
     peak_normalise,
     pre_emphasis,
+    preload_audio,
     random_crop,
     read_random_crop,
     resample,
@@ -188,6 +191,23 @@ def test_read_random_crop_matches_random_crop_of_loaded_file(tmp_path, length):
         got = read_random_crop(path, 1000, np.random.default_rng(seed))
         want = random_crop(x, 1000, np.random.default_rng(seed))
         np.testing.assert_array_equal(got, want)
+
+
+def test_preload_audio_within_budget_only(tmp_path):
+    xs = [np.random.default_rng(i).uniform(-0.5, 0.5, 800 * (i + 1)).astype(np.float32) for i in range(3)]
+    paths = []
+    for i, x in enumerate(xs):
+        paths.append(str(tmp_path / f"u{i}.wav"))
+        sf.write(paths[-1], x, SAMPLE_RATE, subtype="FLOAT")
+    on_disk_mb = sum(Path(p).stat().st_size for p in paths) / 2**20
+    loaded = preload_audio(paths + paths[:1], on_disk_mb)  # duplicates count once
+    assert sorted(loaded) == sorted(paths)
+    for p, x in zip(paths, xs):
+        np.testing.assert_array_equal(loaded[p], x)
+    assert preload_audio(paths, 0.99 * on_disk_mb) == {} and preload_audio(paths, 0) == {}
+    assert preload_audio([*paths, str(tmp_path / "missing.wav")], 256) == {}
+    with pytest.raises(ValueError, match=">= 0"):
+        preload_audio(paths, -1)
 
 
 def test_read_random_crop_resamples_other_rates(tmp_path):

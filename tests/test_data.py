@@ -105,6 +105,26 @@ def test_loader_output_is_independent_of_num_workers(corpus):
         assert torch.equal(g0, g1) and torch.equal(l0, l1)
 
 
+def test_preloaded_utterances_give_the_items_read_from_disk(corpus):
+    """Within preload_mb the utterances are decoded once; every crop equals the one read from disk."""
+    paths, aug = corpus
+    labels = np.arange(len(paths))
+    for make in (
+        lambda mb: MultiCropDataset(paths, seed=3, augmenter=aug, global_s=0.6, local_s=0.3, preload_mb=mb),
+        lambda mb: LabelledCropDataset(
+            paths, labels, seed=3, student_s=0.4, teacher_s=0.9, augmenter=aug, preload_mb=mb
+        ),
+    ):
+        memory, disk = make(256.0), make(0.0)
+        assert memory.preloaded == len(paths) and disk.preloaded == 0
+        for epoch in (0, 1):
+            memory.set_epoch(epoch), disk.set_epoch(epoch)
+            for i in range(len(paths)):
+                a, b = memory[i], disk[i]
+                for x, y in zip(a.values() if isinstance(a, dict) else a, b.values() if isinstance(b, dict) else b):
+                    assert torch.equal(x, y)
+
+
 # --- LabelledCropDataset (SSRL) ------------------------------------------------------------
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -303,6 +303,31 @@ def read_random_crop(path: str | os.PathLike, num_samples: int, rng: np.random.G
                     raise AudioError(f"{path}: audio contains NaN or infinite samples")
                 return x
     return random_crop(load_audio(path), num_samples, rng)
+
+
+def preload_audio(paths: Sequence[str | os.PathLike], budget_mb: float) -> dict[str, np.ndarray]:
+    """``{path: load_audio(path)}`` of every distinct path when the files together take at most
+    ``budget_mb`` MiB on disk, else ``{}`` (also for ``budget_mb`` 0 or a missing file, which is
+    then reported with its name when it is read). Decoded float32 takes about twice the disk
+    size of 16-bit PCM. The sizes are summed only until the budget is passed, so a list of a
+    million files costs a few thousand ``stat`` calls. Used to cut crops from memory
+    (:func:`random_crop`, the same crops as :func:`read_random_crop` from disk) when a corpus is
+    small, e.g. the demo's.
+    """
+    if budget_mb < 0:
+        raise ValueError(f"preload budget must be >= 0 MiB, got {budget_mb}")
+    if budget_mb == 0:
+        return {}
+    unique = sorted({str(p) for p in paths})
+    budget, on_disk = budget_mb * 2**20, 0
+    try:
+        for p in unique:
+            on_disk += os.path.getsize(p)
+            if on_disk > budget:
+                return {}
+    except OSError:
+        return {}
+    return {p: load_audio(p) for p in unique}
 
 
 def peak_normalise(x: np.ndarray) -> np.ndarray:

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import scipy.fft  # light; scipy.signal costs seconds at start-up in every loader process
 
-from .audio import AudioError, load_audio, peak_normalise, random_crop, read_random_crop
+from .audio import AudioError, load_audio, peak_normalise, preload_audio, random_crop, read_random_crop
 from .manifest import read_list
 
 ADDITIVE_SOURCES = ("noise", "music", "babble")
@@ -225,32 +225,16 @@ class Augmenter:
             raise ValueError(f"Augmenter: babble_count range {babble_count} must satisfy 1 <= min <= max")
         if rir_cache_items < 0:
             raise ValueError(f"Augmenter: rir_cache_items must be >= 0, got {rir_cache_items}")
-        if preload_mb < 0:
-            raise ValueError(f"Augmenter: preload_mb must be >= 0, got {preload_mb}")
         self.snr_db = (lo, hi)
         self.babble_count = (kmin, kmax)
         self.rir_cache_items = int(rir_cache_items)
         self._rir_cache: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._preloaded = self._preload(preload_mb)
+        self._preloaded = preload_audio([p for name in ADDITIVE_SOURCES for p in self.sources[name]], preload_mb)
 
     @property
     def preloaded(self) -> int:
         """Noise/music/babble files held in memory (0: every crop is read from disk)."""
         return len(self._preloaded)
-
-    def _preload(self, budget_mb: float) -> dict[str, np.ndarray]:
-        """``path -> (samples,)`` of every noise/music/babble file when their files take at most
-        ``budget_mb`` MiB on disk (decoded float32 is ~2x that of 16-bit PCM), else empty."""
-        if budget_mb == 0:
-            return {}
-        paths = sorted({p for name in ADDITIVE_SOURCES for p in self.sources[name]})
-        try:
-            on_disk = sum(os.path.getsize(p) for p in paths)
-        except OSError:  # a missing file is reported, with its name, when a crop is read
-            return {}
-        if on_disk > budget_mb * 2**20:
-            return {}
-        return {p: load_audio(p) for p in paths}
 
     def _rir(self, path: str) -> np.ndarray:
         rir = self._rir_cache.get(path)

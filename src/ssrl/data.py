@@ -27,7 +27,15 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from . import SAMPLE_RATE
-from .audio import audio_duration, load_audio, peak_normalise, pre_emphasis, random_crop, read_random_crop
+from .audio import (
+    audio_duration,
+    load_audio,
+    peak_normalise,
+    pre_emphasis,
+    preload_audio,
+    random_crop,
+    read_random_crop,
+)
 from .augment import Augmenter, AugmentPolicy
 from .progress import Progress
 
@@ -87,14 +95,40 @@ def _check_paths(paths: Sequence[str | os.PathLike], what: str) -> list[str]:
 
 
 class EpochDataset(Dataset):
-    """Utterance paths + ``seed`` + the current epoch (the shared part of the crop datasets)."""
+    """Utterance paths + ``seed`` + the current epoch (the shared part of the crop datasets).
 
-    def __init__(self, paths: Sequence[str | os.PathLike], seed: int):
+    ``preload_mb``: when the utterance files together take at most this many MiB on disk
+    they are decoded once here (:func:`ssrl.audio.preload_audio`; the demo's 576 training
+    utterances: ~65 MB on disk, ~130 MB decoded) and every crop is cut from memory, in
+    the DataLoader processes forked afterwards too; otherwise (VoxCeleb) each item reads
+    its file. Both ways give the same crops. 0: always read.
+    """
+
+    def __init__(self, paths: Sequence[str | os.PathLike], seed: int, preload_mb: float = 256.0):
         self.paths = _check_paths(paths, type(self).__name__)
         if seed < 0:
             raise ValueError(f"{type(self).__name__}: seed must be >= 0, got {seed}")
         self.seed = int(seed)
         self.epoch = 0
+        self._audio = preload_audio(self.paths, preload_mb)
+
+    @property
+    def preloaded(self) -> int:
+        """Utterances held in memory (0: every item reads its file)."""
+        return len(self._audio)
+
+    def load(self, index: int) -> np.ndarray:
+        """Utterance ``index``, whole: ``(samples,)`` float32."""
+        audio = self._audio.get(self.paths[index])
+        return load_audio(self.paths[index]) if audio is None else audio
+
+    def crop(self, index: int, num_samples: int, rng: np.random.Generator) -> np.ndarray:
+        """A random crop of utterance ``index`` (:func:`ssrl.audio.random_crop`, one draw from ``rng``);
+        from disk only the crop is decoded (:func:`ssrl.audio.read_random_crop`)."""
+        audio = self._audio.get(self.paths[index])
+        if audio is None:
+            return read_random_crop(self.paths[index], num_samples, rng)
+        return random_crop(audio, num_samples, rng)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose crops ``__getitem__`` returns (before creating the iterator)."""
@@ -128,8 +162,9 @@ class MultiCropDataset(EpochDataset):
         global_s: float = 4.0,
         n_local: int = 4,
         local_s: float = 2.0,
+        preload_mb: float = 256.0,
     ):
-        super().__init__(paths, seed)
+        super().__init__(paths, seed, preload_mb)
         if n_global < 1 or n_local < 0:
             raise ValueError(f"MultiCropDataset: need n_global >= 1 and n_local >= 0, got {n_global}, {n_local}")
         self.augmenter = augmenter
@@ -140,7 +175,7 @@ class MultiCropDataset(EpochDataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = self._rng(index)
-        wave = load_audio(self.paths[index])
+        wave = self.load(index)
         views = [
             make_crop(wave, n, rng, self.augmenter, self.policy)
             for n in [self.global_samples] * self.n_global + [self.local_samples] * self.n_local
@@ -175,8 +210,9 @@ class LabelledCropDataset(EpochDataset):
         augmenter: Augmenter | None = None,
         policy: AugmentPolicy | None = None,
         p_clean: np.ndarray | None = None,
+        preload_mb: float = 256.0,
     ):
-        super().__init__(paths, seed)
+        super().__init__(paths, seed, preload_mb)
         self.augmenter = augmenter
         self.policy = policy if policy is not None else AugmentPolicy.ssrl_student()
         self.student_samples = seconds_to_samples(student_s)
@@ -207,14 +243,12 @@ class LabelledCropDataset(EpochDataset):
         self.p_clean = p.copy()
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        # Each crop is read on its own (seek + decode of the crop only, see read_random_crop):
-        # the same values as cropping the loaded utterance, at a fraction of the decoding.
+        # Each crop is cut on its own (from disk: seek + decode of the crop only, see self.crop).
         student_rng, teacher_rng = self._rng(index).spawn(2)
-        path = self.paths[index]
-        student = read_random_crop(path, self.student_samples, student_rng)
+        student = self.crop(index, self.student_samples, student_rng)
         item = {"student": torch.from_numpy(finish_crop(student, student_rng, self.augmenter, self.policy))}
         if self.teacher_samples is not None:
-            teacher = read_random_crop(path, self.teacher_samples, teacher_rng)
+            teacher = self.crop(index, self.teacher_samples, teacher_rng)
             item["teacher"] = torch.from_numpy(normalise_waveform(teacher))
         item["label"] = torch.tensor(self.labels[index], dtype=torch.int64)
         item["p_clean"] = torch.tensor(self.p_clean[index], dtype=torch.float32)

@@ -102,4 +102,21 @@ class MelFrontend(nn.Module):
                 f"{self.pad} samples for the reflect padding)"
             )
         with torch.autocast(device_type=wave.device.type, enabled=False):
-            return self.mel(reflect_pad_ends(wave.float(), self.pad, lengths))
+            return self._mel_power(reflect_pad_ends(wave.float(), self.pad, lengths))
+
+    def _mel_power(self, padded: torch.Tensor) -> torch.Tensor:
+        """``self.mel`` on the padded waveform ``(batch, samples)``, with the power taken as
+        real^2 + imag^2 of the STFT (torchaudio takes ``abs()`` of the complex STFT and squares it:
+        the same values to float rounding, 3-4x slower on CPU, about 6 % of an SSRL training step)."""
+        spec = self.mel.spectrogram
+        stft = torch.stft(
+            padded,
+            n_fft=spec.n_fft,
+            hop_length=spec.hop_length,
+            win_length=spec.win_length,
+            window=spec.window,
+            center=False,
+            return_complex=True,
+        )
+        power = stft.real.square() + stft.imag.square()  # (batch, n_fft // 2 + 1, frames)
+        return torch.matmul(power.transpose(1, 2), self.mel.mel_scale.fb).transpose(1, 2)

@@ -262,7 +262,7 @@ class MaskedUnitDataset(EpochDataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = self._rng(index)
-        wave = torch.from_numpy(make_crop(load_audio(self.paths[index]), self.crop_samples, rng))
+        wave = torch.from_numpy(make_crop(self.load(index), self.crop_samples, rng))
         mask = span_mask(self.num_frames, self.mask_prob, self.mask_length, rng)
         return {"wave": wave, "units": self.targets.units(wave), "mask": torch.from_numpy(mask)}
 
