@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         "--preload-mb",
         type=float,
         default=256.0,
-        help="Augmenter preload_mb: noise/music/babble decoded into memory when they fit (0: crops read from disk)",
+        help="preload_mb of the Augmenter (noise/music/babble) and of the dataset (the utterances): each "
+        "decoded into memory when its files fit (0: every crop read from disk)",
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -134,10 +135,11 @@ def main(argv: list[str] | None = None) -> int:
                 teacher_s=None,
                 augmenter=augmenter,
                 policy=AugmentPolicy.ssrl_student(),
+                preload_mb=args.preload_mb,
             )
             per_item, what = 1, f"{args.crop_s:g} s crops"
         else:
-            dataset = MultiCropDataset(utts, augmenter=augmenter, local_s=args.crop_s)
+            dataset = MultiCropDataset(utts, augmenter=augmenter, local_s=args.crop_s, preload_mb=args.preload_mb)
             per_item = dataset.n_global + dataset.n_local
             what = f"crops ({dataset.n_global} x 4 s + {dataset.n_local} x {args.crop_s:g} s per item)"
         crops, elapsed, cpu = measure(dataset, args.workers, args.seconds, per_item)
@@ -146,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     rate = crops / elapsed / processes
     line = (
         f"{args.policy} policy, {what}, {len(utts)} utterances, workers={args.workers}, "
-        f"{augmenter.preloaded} augmentation files preloaded: "
+        f"{augmenter.preloaded} augmentation files and {dataset.preloaded} utterances preloaded: "
         f"{crops} crops in {elapsed:.1f} s -> {rate:.0f} crops/s per worker process"
     )
     if args.workers == 0:
