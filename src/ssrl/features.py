@@ -61,6 +61,7 @@ class MelFrontend(nn.Module):
         self.hop_length = hop_length
         self.n_mels = n_mels
         # The centre padding is done by reflect_pad_ends (per utterance), not by torchaudio.
+        # Its window and mel filterbank (the model file's buffers) are used by _mel_power, not its forward.
         self.mel = torchaudio.transforms.MelSpectrogram(
             sample_rate=sample_rate,
             n_fft=n_fft,

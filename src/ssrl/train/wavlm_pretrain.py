@@ -50,7 +50,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from .. import SAMPLE_RATE
-from ..audio import load_audio
 from ..data import EpochDataset, make_crop, normalise_waveform, seconds_to_samples
 from ..fileio import save_torch
 from ..kmeans import kmeans
@@ -355,18 +354,19 @@ class WavLMPretrainStage(Stage):
                 f"wavlm.pretrain.crop_s={cfg.crop_s}: {self.targets.num_frames(crop)} MFCC frames "
                 f"but {wavlm.num_frames(crop)} WavLM frames"
             )
-        self._fit_units(list(scp.values()))
-        self.student = MaskedPredictionModel(wavlm, cfg.n_units)
+        # The dataset first: its audio (held in memory when it fits) also feeds the unit fit.
         self.train_set = MaskedUnitDataset(
             list(scp.values()), self.targets, crop, cfg.mask_prob, cfg.mask_length, seed=cfg.seed
         )
+        self._fit_units(self.train_set)
+        self.student = MaskedPredictionModel(wavlm, cfg.n_units)
 
-    def _fit_units(self, paths: list[str]) -> None:
+    def _fit_units(self, dataset: MaskedUnitDataset) -> None:
         """MFCC frames of every whole training utterance (as extraction reads them) -> k-means units."""
         frames = []
-        meter = Progress(len(paths), "MFCC frames", unit="files", every_s=30.0, enabled=self.env.is_main)
-        for path in paths:
-            wave = torch.from_numpy(normalise_waveform(load_audio(path)))
+        meter = Progress(len(dataset), "MFCC frames", unit="files", every_s=30.0, enabled=self.env.is_main)
+        for index in range(len(dataset)):
+            wave = torch.from_numpy(normalise_waveform(dataset.load(index)))
             if wave.shape[0] >= self.targets.window:
                 frames.append(self.targets.features(wave))
             meter.update()
