@@ -76,15 +76,22 @@ def run_one(args: argparse.Namespace) -> dict:
     """One measurement in this process -> dict printed as JSON."""
     x, spk = synthetic(args.one, args.dim)
     if args.impl == "reference":
-        import torch  # noqa: F401  (imported before the clock starts)
+        import torch
     elif args.impl == "ssrl" and args.device == "cpu":
-        import ssrl.kmeans_kernels  # noqa: F401  (numba, likewise; the cached kernels load inside the clock)
+        import ssrl.kmeans_kernels
+        import ssrl.kmeans_lloyd
+
+        if args.screen == "on" or (
+            args.screen == "auto" and float(args.one) * args.k * args.dim >= ssrl.kmeans_lloyd.SCREEN_MIN_WORK
+        ):
+            import torch  # noqa: F401  (the bfloat16 screen's, as the reference's; its probe runs inside the clock)
     t0, c0 = time.perf_counter(), time.process_time()
     work = 1.0
     if args.impl == "ssrl":
         from ssrl.kmeans import kmeans
 
-        res = kmeans(x, args.k, seed=0, max_iter=args.max_iter, progress=True, device=args.device)
+        screen = {"auto": None, "on": True, "off": False}[args.screen]
+        res = kmeans(x, args.k, seed=0, max_iter=args.max_iter, progress=True, device=args.device, screen=screen)
         n_iter, inertia, labels, work = res.n_iter, res.inertia, res.labels, res.work
     elif args.impl == "reference":
         from ssrl.kmeans import cluster_means, initial_centers, normalise_rows
@@ -138,6 +145,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--reference", action="store_true", help="also time the reference's torch Lloyd on each size")
     ap.add_argument("--device", default="cpu", help="ssrl.kmeans.kmeans device (cpu, cuda, auto)")
     ap.add_argument(
+        "--screen",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="the CPU path's bfloat16 screen of full assignments (auto: where its product is >= 2x faster)",
+    )
+    ap.add_argument(
         "--threads",
         type=int,
         help="threads of every pool (OpenMP, BLAS, numba, torch) in each run; default: the libraries' own "
@@ -173,6 +186,8 @@ def main(argv: list[str] | None = None) -> None:
             str(args.max_iter),
             "--device",
             args.device,
+            "--screen",
+            args.screen,
         ]
         env = dict(os.environ)
         if args.threads:

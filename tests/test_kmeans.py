@@ -129,21 +129,63 @@ def test_pruned_lloyd_gives_plain_lloyd_labels_every_iteration(n, dim, k, spread
         np.testing.assert_array_equal(res.labels, labels, err_msg=f"iteration {t}")
 
 
-@pytest.mark.parametrize("dense", [0.0, 1.0])
-def test_pruned_lloyd_exact_on_each_path(monkeypatch, dense):
+@pytest.mark.parametrize("n, dim, k, spread", [(2000, 16, 30, 1.0), (3000, 8, 120, 0.5), (1500, 32, 200, 2.0)])
+def test_bf16_screen_gives_plain_lloyd_labels_every_iteration(n, dim, k, spread):
+    """With the bfloat16 screen forced on (full assignments from a bfloat16 product, exact float32 distances
+    only for the centers its error bounds leave), every iteration still yields plain float64 Lloyd's labels;
+    the filter pass is skipped while many labels change (FULL_AFTER_MOVED) and runs after."""
+    x = overlapping(n, dim, 40, spread, seed=n + k)
+    xn = normalise_rows(x)
+    full = kmeans(x, k, seed=3, max_iter=200, progress=False, device="cpu", screen=True)
+    assert full.converged and full.n_iter >= 5
+    assert full.work < 0.2  # float32 distances: about one per point in a full assignment
+    for t in range(1, full.n_iter + 1):
+        res = kmeans(x, k, seed=3, max_iter=t, progress=False, device="cpu", screen=True)
+        labels, _ = reference_lloyd(xn.astype(np.float64), k, 3, t)
+        np.testing.assert_array_equal(res.labels, labels, err_msg=f"iteration {t}")
+
+
+@pytest.mark.parametrize("dim, k", [(7, 5), (64, 300), (512, 40)])
+def test_bf16_product_error_bound(dim, k):
+    """The bound that the screen relies on holds for torch's bfloat16 product on this machine: every product of
+    a unit row with a center (a mean of unit rows, or a row itself) is within x_err * ||c|| + ||x~|| * c_err +
+    2^-7 |dot| of the exact float64 dot product; and the rounding is torch's own (bit for bit)."""
+    import torch
+
+    from ssrl.kmeans_lloyd import Bf16Product
+
+    rng = np.random.default_rng(dim)
+    xn = normalise_rows(rng.standard_normal((3000, dim)).astype(np.float32) + rng.normal(0, 2, dim).astype(np.float32))
+    centers = np.concatenate([xn[: k // 2], normalise_rows(rng.standard_normal((k - k // 2, dim))) * 0.7])
+    centers = centers.astype(np.float32)
+    prod = Bf16Product(xn)
+    prod.set_centers(centers)
+    assert torch.equal(prod.xq, torch.from_numpy(xn).to(torch.bfloat16))
+    dots = prod.dots(slice(0, len(xn))).astype(np.float64)  # (k, n)
+    exact = centers.astype(np.float64) @ xn.astype(np.float64).T
+    bound = prod.x_err[None, :] * prod.c_norm[:, None] + prod.xq_norm[None, :] * prod.c_err[:, None]
+    bound = bound + 0.0079 * np.abs(dots)
+    assert np.all(np.abs(dots - exact) <= bound)
+    assert np.abs(dots - exact).max() > 0  # the product is not exact: the test tests something
+
+
+@pytest.mark.parametrize("dense, screen", [(0.0, False), (1.0, False), (0.0, True)])
+def test_pruned_lloyd_exact_on_each_path(monkeypatch, dense, screen):
     """Every re-assignment through one path only: the compiled per-point filters and distances (dense 1.0:
-    no point is handed to BLAS) or the BLAS product + compiled argmin pass (dense 0.0: every point with a
-    candidate left is) still yields plain float64 Lloyd's labels after every iteration."""
+    no point is handed to BLAS) or the full assignment, BLAS product + compiled argmin pass or the bfloat16
+    screen (dense 0.0: every point with a candidate left is), still yields plain float64 Lloyd's labels after
+    every iteration. The filter pass runs at every update (FULL_AFTER_MOVED above 1: never skipped)."""
     import ssrl.kmeans_lloyd
 
     monkeypatch.setattr(ssrl.kmeans_lloyd, "DENSE_CENTERS", dense)
+    monkeypatch.setattr(ssrl.kmeans_lloyd, "FULL_AFTER_MOVED", 2.0)
     x = overlapping(1200, 16, 30, 1.0, seed=11)
     xn = normalise_rows(x)
-    full = kmeans(x, 60, seed=2, max_iter=200, progress=False, device="cpu")
+    full = kmeans(x, 60, seed=2, max_iter=200, progress=False, device="cpu", screen=screen)
     assert full.converged and full.n_iter >= 5
     assert dense == 0.0 or full.work < 0.7  # the compiled path pruned
     for t in range(1, full.n_iter + 1, 2):
-        res = kmeans(x, 60, seed=2, max_iter=t, progress=False, device="cpu")
+        res = kmeans(x, 60, seed=2, max_iter=t, progress=False, device="cpu", screen=screen)
         labels, _ = reference_lloyd(xn.astype(np.float64), 60, 2, t)
         np.testing.assert_array_equal(res.labels, labels, err_msg=f"iteration {t}")
 

@@ -142,6 +142,7 @@ def kmeans(
     n_init: int = 1,
     progress: bool = True,
     device: str = "auto",
+    screen: bool | None = None,
 ) -> KMeansResult:
     """Lloyd k-means of the L2-normalised rows of ``x`` (n, dim) into ``k`` clusters (docs/method.md §6).
 
@@ -155,6 +156,8 @@ def kmeans(
     final assignment. With ``n_init > 1`` the init with the lowest inertia
     wins. ``device`` (see :func:`resolve_device`): "cpu" runs the pruned numpy
     Lloyd, a CUDA device the torch one; "auto" picks CUDA when there is one.
+    ``screen``: the CPU Lloyd's bfloat16 screen of its full assignments (see
+    :func:`ssrl.kmeans_lloyd.lloyd_cpu`; None: where it pays; the labels are the same).
     Returns a :class:`KMeansResult` (unpacks as ``(labels, centers)``).
     """
     xn = normalise_rows(x)
@@ -178,7 +181,7 @@ def kmeans(
 
         centers = initial_centers(xn, k, seed, init)
         if device == "cpu":
-            labels, centers, n_iter, converged, work = lloyd_cpu(xn, centers, max_iter, on_iter)
+            labels, centers, n_iter, converged, work = lloyd_cpu(xn, centers, max_iter, on_iter, screen=screen)
         else:
             labels, centers, n_iter, converged, work = lloyd_torch(xn, centers, max_iter, device, on_iter)
         centers = cluster_means(xn, labels, centers)

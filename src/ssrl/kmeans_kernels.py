@@ -303,3 +303,144 @@ def _offsets(dots: np.ndarray, c_sq: np.ndarray, out: np.ndarray) -> None:
     """out = ||c||^2 - 2 x.c (k,) float32 from the dot products ``dots`` (k,)."""
     for j in range(len(out)):
         out[j] = c_sq[j] - np.float32(2.0) * dots[j]
+
+
+#: Points whose bounds :func:`assign_rows_screened` computes together (its loops run across them).
+COLUMNS = 512
+
+
+@numba.njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})
+def assign_rows_screened(
+    dots: np.ndarray,
+    rows: np.ndarray,
+    xn: np.ndarray,
+    x_sq: np.ndarray,
+    x_err: np.ndarray,
+    xq_norm: np.ndarray,
+    centers: np.ndarray,
+    c_sq: np.ndarray,
+    c_norm: np.ndarray,
+    c_err: np.ndarray,
+    starts: np.ndarray,
+    cum: np.ndarray,
+    slack: float,
+    labels: np.ndarray,
+    upper: np.ndarray,
+    glower: np.ndarray,
+    lower: np.ndarray,
+) -> int:
+    """:func:`assign_rows` of the points ``rows`` (m,) from bfloat16 dot products: the same labels and valid
+    bounds; returns the float32 distances computed. Overwrites ``dots``.
+
+    dots (k, m) float32: the bfloat16 products of the rounded centers and the
+    rounded points ``rows`` (m,) (float32 accumulation, bfloat16 output), a row
+    per center. Each differs from the exact ``x.c`` by at most ``x_err[i]
+    c_norm[j] + xq_norm[i] c_err[j] + 2^-7 |dot|``: x_err (n,) and c_err (k,)
+    float32 are the norms of the rounding errors of the points and centers
+    (c_err with the float32 accumulation's ``dim 2^-23 ||c||`` added), xq_norm
+    (n,) those of the rounded points, c_norm (k,) those of the centers; the last
+    term is the output rounding (to nearest or toward zero). A center whose
+    lower bound ``||c||^2 - 2 (dot + err)`` exceeds the least upper bound
+    ``||c||^2 - 2 (dot - err)`` of the point cannot be the nearest one; the
+    others (about one per point) get an exact float32 distance, as in
+    :func:`yinyang_pass`, and the label is the nearest of them. The group
+    bounds are the least lower bounds, in the nearest center's group over its
+    other centers' exact distances where computed. COLUMNS points at a time go
+    through the loops over the centers, which run across the points.
+    """
+    m = dots.shape[1]
+    n_groups = len(starts) - 1
+    margin = np.float32(slack)
+    computed = 0
+    for b in numba.prange((m + COLUMNS - 1) // COLUMNS):
+        # max(., 0): an index numba can prove is not negative, so that the accesses below skip the
+        # negative-index wraparound, whose check kept the loops over the points from vectorising (2.5x slower)
+        c0 = max(np.int64(b) * COLUMNS, 0)
+        w = min(COLUMNS, m - c0)
+        local = 0
+        ex = np.empty(w, dtype=np.float32)
+        xq = np.empty(w, dtype=np.float32)
+        xs = np.empty(w, dtype=np.float32)
+        least = np.empty(w, dtype=np.float32)
+        low = np.empty((n_groups, w), dtype=np.float32)
+        for q in range(w):
+            i = rows[c0 + q]
+            ex[q] = np.float32(2.0) * x_err[i]
+            xq[q] = np.float32(2.0) * xq_norm[i]
+            xs[q] = x_sq[i]
+            least[q] = np.inf
+        for g in range(n_groups):  # lower bounds (in dots), their group minima and the least upper bound
+            for q in range(w):
+                low[g, q] = np.inf
+            for j in range(starts[g], starts[g + 1]):
+                cn, ce, cs = c_norm[j], c_err[j], c_sq[j]
+                for q in range(w):
+                    d = dots[j, c0 + q]
+                    err = ex[q] * cn + xq[q] * ce + np.float32(0.0158) * abs(d) + margin
+                    e = cs - np.float32(2.0) * d
+                    v = e - err
+                    dots[j, c0 + q] = v
+                    low[g, q] = v if v < low[g, q] else low[g, q]
+                    h = e + err
+                    least[q] = h if h < least[q] else least[q]
+        for q in range(w):  # exact distances to the centers the bounds leave
+            i = rows[c0 + q]
+            x = xn[i]
+            best_j, best_g, best_e = -1, -1, np.float32(np.inf)
+            for g in range(n_groups):
+                if low[g, q] > least[q]:
+                    continue
+                for j in range(starts[g], starts[g + 1]):
+                    if dots[j, c0 + q] <= least[q]:
+                        e32 = c_sq[j] - np.float32(2.0) * _dot(x, centers[j])
+                        local += 1
+                        dots[j, c0 + q] = e32
+                        if e32 < best_e:
+                            best_j, best_g, best_e = j, g, e32
+            v = np.float32(np.inf)
+            for j in range(starts[best_g], starts[best_g + 1]):
+                if j != best_j:
+                    v = min(v, dots[j, c0 + q])
+            low[best_g, q] = v
+            labels[i] = best_j
+            upper[i] = _up(np.float64(xs[q]) + best_e, slack)
+        for q in range(w):
+            least[q] = np.inf  # from here: the least group bound
+        for g in range(n_groups):  # the group bounds as _lo gives them (float32, the margin covers its rounding)
+            for q in range(w):
+                lb = np.sqrt(max(xs[q] + low[g, q] - margin, np.float32(0.0))) * np.float32(1.0 - 1e-6)
+                lb -= np.float32(1e-6)
+                low[g, q] = lb
+                least[q] = lb if lb < least[q] else least[q]
+        for q in range(w):
+            i = rows[c0 + q]
+            for g in range(n_groups):
+                lower[i, g] = _store(low[g, q], cum[g])
+            glower[i] = least[q]
+        computed += local
+    return computed
+
+
+@numba.njit(cache=True, parallel=True)
+def round_bf16(a: np.ndarray, bits: np.ndarray, err_norm: np.ndarray, q_norm: np.ndarray) -> None:
+    """Round the finite rows of ``a`` (m, dim) float32 to bfloat16 (to nearest, ties to even, as torch does)
+    into ``bits`` (m, dim) uint16; ``err_norm`` (m,) gets the norm of each row's rounding error and
+    ``q_norm`` (m,) that of the rounded row, float32, rounded up (by far more than their own rounding)."""
+    words = a.view(np.uint32)
+    dim = a.shape[1]
+    for b in numba.prange((a.shape[0] + BLOCK - 1) // BLOCK):
+        word = np.empty(dim, dtype=np.uint32)
+        q = word.view(np.float32)
+        for i in range(b * BLOCK, min(a.shape[0], (b + 1) * BLOCK)):
+            for d in range(dim):
+                u = words[i, d]
+                r = (u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+                bits[i, d] = np.uint16(r)
+                word[d] = r << np.uint32(16)
+            e2, q2 = 0.0, 0.0
+            for d in range(dim):
+                diff = np.float64(a[i, d]) - np.float64(q[d])
+                e2 += diff * diff
+                q2 += np.float64(q[d]) * np.float64(q[d])
+            err_norm[i] = np.float32(np.sqrt(e2) * (1.0 + 1e-6))
+            q_norm[i] = np.float32(np.sqrt(q2) * (1.0 + 1e-6))
