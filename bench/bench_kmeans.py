@@ -148,7 +148,8 @@ def main(argv: list[str] | None = None) -> None:
         "--screen",
         choices=["auto", "on", "off"],
         default="auto",
-        help="the CPU path's bfloat16 screen of full assignments (auto: where its product is >= 2x faster)",
+        help="the CPU path's bfloat16 screen of full assignments (auto: on CPUs with AMX bfloat16, from 2^32 "
+        "multiply-adds per assignment)",
     )
     ap.add_argument(
         "--threads",

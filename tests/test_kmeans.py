@@ -169,6 +169,17 @@ def test_bf16_product_error_bound(dim, k):
     assert np.abs(dots - exact).max() > 0  # the product is not exact: the test tests something
 
 
+def test_has_amx_bf16_reads_the_cpu_flags(tmp_path):
+    from ssrl.kmeans_lloyd import has_amx_bf16
+
+    amx, avx = tmp_path / "amx", tmp_path / "avx"
+    amx.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile\n\nprocessor\t: 1\n")
+    avx.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    assert has_amx_bf16(str(amx)) is True  # torch is installed here
+    assert has_amx_bf16(str(avx)) is False
+    assert has_amx_bf16(str(tmp_path / "missing")) is False
+
+
 @pytest.mark.parametrize("dense, screen", [(0.0, False), (1.0, False), (0.0, True)])
 def test_pruned_lloyd_exact_on_each_path(monkeypatch, dense, screen):
     """Every re-assignment through one path only: the compiled per-point filters and distances (dense 1.0:
