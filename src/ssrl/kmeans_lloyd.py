@@ -183,6 +183,7 @@ class _Yinyang:
         from .kmeans_kernels import assign_rows, assign_rows_screened
 
         step = max(1, (SCREEN_CHUNK_BYTES if self.screen else CHUNK_BYTES) // (4 * len(self.centers)))
+        state = (self.bounds, self.cum, self.slack, self.labels, self.upper, self.glower, self.lower)  # written
         computed = 0
         for s in range(0, len(rows), step):
             idx = rows[s : s + step]
@@ -199,13 +200,7 @@ class _Yinyang:
                     self.c_sq,
                     self.screen.c_norm,
                     self.screen.c_err,
-                    self.bounds,
-                    self.cum,
-                    self.slack,
-                    self.labels,
-                    self.upper,
-                    self.glower,
-                    self.lower,
+                    *state,
                 )
                 continue
             computed += len(idx) * len(self.centers)
@@ -215,13 +210,7 @@ class _Yinyang:
                 idx,
                 self.x_sq,
                 self.c_sq,
-                self.bounds,
-                self.cum,
-                self.slack,
-                self.labels,
-                self.upper,
-                self.glower,
-                self.lower,
+                *state,
             )
         return computed
 
