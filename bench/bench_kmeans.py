@@ -76,15 +76,13 @@ def run_one(args: argparse.Namespace) -> dict:
     """One measurement in this process -> dict printed as JSON."""
     x, spk = synthetic(args.one, args.dim)
     if args.impl == "reference":
-        import torch
+        import torch  # imported before the clock starts
     elif args.impl == "ssrl" and args.device == "cpu":
-        import ssrl.kmeans_kernels
+        import ssrl.kmeans_kernels  # numba, likewise; the cached kernels load inside the clock
         import ssrl.kmeans_lloyd
 
-        if args.screen == "on" or (
-            args.screen == "auto" and float(args.one) * args.k * args.dim >= ssrl.kmeans_lloyd.SCREEN_MIN_WORK
-        ):
-            import torch  # noqa: F401  (the bfloat16 screen's, as the reference's; its probe runs inside the clock)
+        if args.screen == "on" or (args.screen == "auto" and ssrl.kmeans_lloyd.screen_pays(args.one, args.k, args.dim)):
+            import torch  # noqa: F401  (the bfloat16 screen's, as the reference's)
     t0, c0 = time.perf_counter(), time.process_time()
     work = 1.0
     if args.impl == "ssrl":

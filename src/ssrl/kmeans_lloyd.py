@@ -116,6 +116,12 @@ class Bf16Product:
         return out.numpy()
 
 
+def screen_pays(n: int, k: int, dim: int) -> bool:
+    """The automatic choice of :func:`lloyd_cpu`'s bfloat16 screen for n points, k centers, dim dimensions:
+    at least SCREEN_MIN_WORK multiply-adds per full assignment on a CPU with AMX bfloat16."""
+    return float(n) * k * dim >= SCREEN_MIN_WORK and has_amx_bf16()
+
+
 def has_amx_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """Whether this CPU has AMX bfloat16 tiles (Linux ``/proc/cpuinfo`` flag ``amx_bf16``: Intel Sapphire Rapids
     and later) and torch is installed: there the bfloat16 product of the screen runs ~6x as fast as numpy's
@@ -233,28 +239,26 @@ class _Yinyang:
         old = self.labels.copy()
         if self.moved_share > FULL_AFTER_MOVED:  # the bounds would fail for most points: skip the filter pass
             computed = self.assign_all(np.arange(len(old)))
-            moved = np.flatnonzero(self.labels != old)
-            self.moved_share = len(moved) / len(old)
-            return moved, old[moved], self.labels[moved], computed
-        dense = np.zeros(len(old), dtype=bool)
-        computed = yinyang_pass(
-            self.xn,
-            self.x_sq,
-            self.centers,
-            self.c_sq,
-            self.bounds,
-            drift,
-            shift,
-            self.cum,
-            self.slack,
-            int(DENSE_CENTERS * len(centers)),
-            self.labels,
-            self.upper,
-            self.glower,
-            self.lower,
-            dense,
-        )
-        computed += self.assign_all(np.flatnonzero(dense))
+        else:
+            dense = np.zeros(len(old), dtype=bool)
+            computed = yinyang_pass(
+                self.xn,
+                self.x_sq,
+                self.centers,
+                self.c_sq,
+                self.bounds,
+                drift,
+                shift,
+                self.cum,
+                self.slack,
+                int(DENSE_CENTERS * len(centers)),
+                self.labels,
+                self.upper,
+                self.glower,
+                self.lower,
+                dense,
+            )
+            computed += self.assign_all(np.flatnonzero(dense))
         moved = np.flatnonzero(self.labels != old)
         self.moved_share = len(moved) / len(old)
         return moved, old[moved], self.labels[moved], computed
@@ -288,7 +292,7 @@ def lloyd_cpu(
     bounds exact (:func:`ssrl.kmeans_kernels.assign_rows`); so is every point
     in the first iteration, and in every iteration after one that changed more
     than FULL_AFTER_MOVED of the labels (without the filter pass). ``screen``
-    (None: when n * k * dim >= SCREEN_MIN_WORK and :func:`has_amx_bf16`) computes these full assignments from a
+    (None: :func:`screen_pays`) computes these full assignments from a
     bfloat16 product instead, whose error bounds leave about one candidate per
     point for an exact float32 distance (:class:`Bf16Product`,
     :func:`ssrl.kmeans_kernels.assign_rows_screened`): the same labels, at a
@@ -312,7 +316,7 @@ def lloyd_cpu(
     order = np.argsort(group, kind="stable")
     starts = np.flatnonzero(np.diff(group[order], prepend=-1))
     if screen is None:
-        screen = float(n) * k * dim >= SCREEN_MIN_WORK and has_amx_bf16()
+        screen = screen_pays(n, k, dim)
     state = _Yinyang(xn, centers[order], starts, slack=dim * 2.0**-21, screen=Bf16Product(xn) if screen else None)
     computed = float(state.first_work)
     n_iter, converged = 1, False
