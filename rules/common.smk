@@ -135,12 +135,14 @@ LOG_ATTEMPT = (
 
 
 def thread_env(omp):
-    """Shell prefix ``nt=<omp>; OMP_NUM_THREADS=$nt MKL_NUM_THREADS=$nt`` for the command that follows:
-    ``omp`` compute threads (a template or shell arithmetic) for OpenMP and for MKL. Snakemake sets
-    MKL_NUM_THREADS to the rule's threads; left there, torch's MKL calls (the STFT of the mel front-end)
-    run more threads than the job computes on, and their spin-waiting took 4-6x the CPU time of a
-    training step on 2 loaded cores (bench/RESULTS.md, "Threads")."""
-    return f"nt={omp}; OMP_NUM_THREADS=$nt MKL_NUM_THREADS=$nt"
+    """Shell prefix ``nt=<omp>; OMP_NUM_THREADS=$nt MKL_NUM_THREADS=$nt NUMBA_NUM_THREADS=$nt`` for the
+    command that follows: ``omp`` compute threads (a template or shell arithmetic) for OpenMP, MKL and
+    numba's pool (the k-means and scoring kernels). Snakemake sets MKL_NUM_THREADS to the rule's threads;
+    left there, torch's MKL calls (the STFT of the mel front-end) run more threads than the job computes
+    on, and their spin-waiting took 4-6x the CPU time of a training step on 2 loaded cores
+    (bench/RESULTS.md, "Threads"). numba sizes its pool from the CPUs the process may run on, which
+    outside a SLURM allocation is the whole machine, not the job's threads."""
+    return f"nt={omp}; OMP_NUM_THREADS=$nt MKL_NUM_THREADS=$nt NUMBA_NUM_THREADS=$nt"
 
 
 def script_cmd(name, args, omp="{threads}"):

@@ -176,7 +176,7 @@ def planned_jobs(out: str) -> list[dict]:
             wildcards: system=ssrl, trials=vox1_o     (wildcard rules)
             threads: 32                               (only when > 1)
             resources: tmpdir=/tmp, mem_mb=128000, mem=128 GB, ..., cpus_per_task=32, gpu=4
-        Shell command: ... nt=2; OMP_NUM_THREADS=$nt MKL_NUM_THREADS=$nt python ...
+        Shell command: ... nt=2; OMP_NUM_THREADS=$nt MKL_NUM_THREADS=$nt NUMBA_NUM_THREADS=$nt python ...
 
     Returns [{"rule", "wildcards" (dict), "threads" (int), "resources" (dict of str), "shell"}].
     """
@@ -410,10 +410,10 @@ def _launch(shell: str) -> tuple[int, str]:
     """(compute threads, launcher) of a job's shell command, evaluated by bash as the job would: a
     training command (rules/common.smk train_command: shell variables from threads and gpu) or a
     script_cmd line, both ``... nt=<n or $(( shell arithmetic ))>; OMP_NUM_THREADS=$nt
-    MKL_NUM_THREADS=$nt <$run or python> ...`` after the log set-up (rules/common.smk LOG_ATTEMPT)."""
+    MKL_NUM_THREADS=$nt NUMBA_NUM_THREADS=$nt <$run or python> ...`` after the log set-up (rules/common.smk LOG_ATTEMPT)."""
     start = shell.find("gpus=")
     shell = shell[start if start >= 0 else shell.find("; nt=") + 2 :]
-    setup, sep, rest = shell.partition("; OMP_NUM_THREADS=$nt MKL_NUM_THREADS=$nt ")
+    setup, sep, rest = shell.partition("; OMP_NUM_THREADS=$nt MKL_NUM_THREADS=$nt NUMBA_NUM_THREADS=$nt ")
     assert sep and (rest.startswith("$run ") or rest.startswith("python ")), shell[:300]
     out = subprocess.run(
         ["bash", "-c", f'{setup}; echo "$nt ${{run:-python}}"'], capture_output=True, text=True, check=True
