@@ -94,6 +94,8 @@ def test_units_separate_two_sounds():
     assert all(f.shape == (targets.num_frames(SR), 39) for f in feats)
     stats = targets.fit(feats, n_units=2, seed=0, max_iter=20)
     assert stats["frames"] == 6 * targets.num_frames(SR) and stats["empty_units"] == 0
+    # numba's parallel k-means (OpenMP, the libgomp torch uses) must not leave torch on numba's pool size
+    assert torch.get_num_threads() == 1
     unit_low, unit_high = (torch.cat([targets.units(w) for w in ws]) for ws in (low, high))
     assert len(set(unit_low.tolist())) == 1 and len(set(unit_high.tolist())) == 1
     assert unit_low[0] != unit_high[0]
