@@ -13,7 +13,9 @@ accuracy, purity).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -169,26 +171,31 @@ def kmeans(
     device = resolve_device(device)
     t0 = time.monotonic()
     best: tuple | None = None
-    for init in range(n_init):
-        bar = Progress(
-            max_iter, f"k-means k={k} init {init + 1}/{n_init} on {device}", unit="iter", every_s=30.0, enabled=progress
-        )
-        state = {"changed": n}
+    with _torch_threads_kept():  # numba's kernels below, torch in the caller
+        for init in range(n_init):
+            bar = Progress(
+                max_iter,
+                f"k-means k={k} init {init + 1}/{n_init} on {device}",
+                unit="iter",
+                every_s=30.0,
+                enabled=progress,
+            )
+            state = {"changed": n}
 
-        def on_iter(changed: int, seconds: float, state: dict = state, bar: Progress = bar) -> None:
-            state["changed"] = changed
-            bar.update(1, changed=changed, s_per_iter=round(seconds, 3))
+            def on_iter(changed: int, seconds: float, state: dict = state, bar: Progress = bar) -> None:
+                state["changed"] = changed
+                bar.update(1, changed=changed, s_per_iter=round(seconds, 3))
 
-        centers = initial_centers(xn, k, seed, init)
-        if device == "cpu":
-            labels, centers, n_iter, converged, work = lloyd_cpu(xn, centers, max_iter, on_iter, screen=screen)
-        else:
-            labels, centers, n_iter, converged, work = lloyd_torch(xn, centers, max_iter, device, on_iter)
-        centers = cluster_means(xn, labels, centers)
-        inertia = _inertia(xn, labels, centers)
-        bar.write(changed=state["changed"], inertia=inertia, converged=converged)
-        if best is None or inertia < best[0]:
-            best = (inertia, labels, centers, n_iter, converged, work)
+            centers = initial_centers(xn, k, seed, init)
+            if device == "cpu":
+                labels, centers, n_iter, converged, work = lloyd_cpu(xn, centers, max_iter, on_iter, screen=screen)
+            else:
+                labels, centers, n_iter, converged, work = lloyd_torch(xn, centers, max_iter, device, on_iter)
+            centers = cluster_means(xn, labels, centers)
+            inertia = _inertia(xn, labels, centers)
+            bar.write(changed=state["changed"], inertia=inertia, converged=converged)
+            if best is None or inertia < best[0]:
+                best = (inertia, labels, centers, n_iter, converged, work)
     inertia, labels, centers, n_iter, converged, work = best
     return KMeansResult(
         labels=labels,
@@ -200,6 +207,20 @@ def kmeans(
         device=device,
         work=work,
     )
+
+
+@contextlib.contextmanager
+def _torch_threads_kept() -> Iterator[None]:
+    """Restores the thread count of a torch already imported in this process: numba's OpenMP threading
+    layer shares libgomp with torch, and its parallel kernels leave torch on numba's pool size, by default
+    every CPU (bench/RESULTS.md, "numba's OpenMP pool and torch's threads"). Never imports torch."""
+    torch = sys.modules.get("torch")
+    threads = torch.get_num_threads() if torch is not None else 0
+    try:
+        yield
+    finally:
+        if torch is not None:
+            torch.set_num_threads(threads)
 
 
 # --------------------------------------------------------------------------- quality

@@ -191,11 +191,7 @@ class UnitTargets:
             raise ValueError(f"UnitTargets: {len(x)} frames cannot make {n_units} units")
         mean = x.mean(0, dtype=np.float64)
         std = np.maximum(x.std(0, dtype=np.float64), STD_FLOOR)
-        threads = torch.get_num_threads()
         result = kmeans((x - mean) / std, n_units, seed=seed, max_iter=max_iter, progress=False)
-        # numba's OpenMP threading layer shares libgomp with torch: its parallel k-means leaves torch on
-        # numba's pool size, by default every CPU (bench/RESULTS.md, "numba's OpenMP pool and torch's threads")
-        torch.set_num_threads(threads)
         self.set_state(
             {
                 "mean": torch.from_numpy(mean).float(),
